@@ -1,0 +1,251 @@
+"""Load and validate a YAML config; every error names the file, line and key."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import yaml
+
+from llmlbd.config import validators as v
+from llmlbd.config.settings import SECTIONS, SETTINGS, Setting, by_path
+from llmlbd.state.keys import validate_name
+
+__all__ = ["Backend", "Config", "ConfigError", "load_config", "config_from_dict"]
+
+TOP_LEVEL = {*SECTIONS, "backends", "lb_policy", "lb_type"}
+
+
+class ConfigError(Exception):
+    """The config is invalid; the message names where and why."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    url: str
+    weight: float = 1.0
+
+
+class Section:
+    """The validated values of one config section, as attributes."""
+
+    def __init__(self, name: str, values: dict[str, Any]) -> None:
+        self._name = name
+        self.__dict__.update(values)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.__dict__.get(key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: val for k, val in self.__dict__.items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        return f"Section({self._name}, {self.as_dict()})"
+
+
+@dataclass
+class RedisTarget:
+    """Where to connect, resolved from `redis` or Higress's lb_config fields."""
+
+    embedded: bool
+    url: str | None
+    mode: str
+    source: str  # "redis.url", "lb_config.serviceFQDN" or "embedded"
+
+
+class Config:
+    def __init__(self, sections: dict[str, Section], backends: list[Backend],
+                 lb_policy: str, path: str | None, explicit: set[str]) -> None:
+        self.server: Section = sections["server"]
+        self.redis: Section = sections["redis"]
+        self.lb_config: Section = sections["lb_config"]
+        self.collector: Section = sections["collector"]
+        self.logging: Section = sections["logging"]
+        self.demo: Section = sections["demo"]
+        self.backends = backends
+        self.lb_policy = lb_policy
+        self.path = path
+        # Dotted paths the file set explicitly (the rest are defaults).
+        self.explicit = explicit
+
+    def redis_target(self) -> RedisTarget:
+        r, lb = self.redis, self.lb_config
+        if r.embedded:
+            return RedisTarget(True, None, "standalone", "embedded")
+        if r.url or r.mode == "sentinel":
+            return RedisTarget(False, r.url, r.mode, "redis.url")
+        if lb.serviceFQDN:
+            auth = ""
+            if lb.username or lb.password:
+                auth = f"{quote(lb.username or '', safe='')}:{quote(lb.password or '', safe='')}@"
+            url = f"redis://{auth}{lb.serviceFQDN}:{lb.servicePort}/{lb.database}"
+            return RedisTarget(False, url, "standalone", "lb_config.serviceFQDN")
+        return RedisTarget(True, None, "standalone", "embedded")
+
+    def with_overrides(self, **paths: Any) -> "Config":
+        """Apply validated overrides given as section__key=value (CLI flags)."""
+        for dotted, value in paths.items():
+            if value is None:
+                continue
+            path = dotted.replace("__", ".")
+            setting = by_path(path)
+            if setting is None:
+                raise ConfigError(f"unknown setting {path}")
+            try:
+                converted = setting.validator(value)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            setattr(getattr(self, setting.section), setting.key, converted)
+            self.explicit.add(path)
+        return self
+
+
+def _lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
+    """Record the 1-based line of every mapping key and list item below *node*."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = f"{path}.{key_node.value}" if path else str(key_node.value)
+            out[child] = key_node.start_mark.line + 1
+            _lines(value_node, child, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = f"{path}[{index}]"
+            out[child] = item.start_mark.line + 1
+            _lines(item, child, out)
+
+
+class _Where:
+    def __init__(self, source: str, lines: dict[str, int]) -> None:
+        self.source, self.lines = source, lines
+
+    def error(self, path: str, message: str) -> ConfigError:
+        line = self.lines.get(path)
+        where = f"{self.source}:{line}" if line else self.source
+        return ConfigError(f"{where}: {path}: {message}")
+
+
+def _backend_name(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def _load_backends(raw: Any, where: _Where) -> list[Backend]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise where.error("backends", f"expected a list of {{url, name, weight}}, got {raw!r}")
+    backends: list[Backend] = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(raw):
+        path = f"backends[{index}]"
+        if isinstance(item, str):
+            item = {"url": item}
+        if not isinstance(item, dict):
+            raise where.error(path, f"expected a URL or a mapping with url, name, weight, got {item!r}")
+        unknown = set(item) - {"url", "name", "weight"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise where.error(f"{path}.{key}", "unknown key (expected url, name or weight)")
+        if "url" not in item:
+            raise where.error(path, "missing required key url")
+        try:
+            url = v.http_url(item["url"])
+        except ValueError as exc:
+            raise where.error(f"{path}.url", str(exc)) from None
+        name = item.get("name") or _backend_name(url)
+        try:
+            validate_name("backend name", name)
+        except ValueError as exc:
+            raise where.error(f"{path}.name", str(exc)) from None
+        try:
+            weight = v.positive_float(item.get("weight", 1.0))
+        except ValueError as exc:
+            raise where.error(f"{path}.weight", str(exc)) from None
+        if name in seen:
+            raise where.error(f"{path}.name", f"duplicate backend name {name!r} (also {seen[name]})")
+        seen[name] = path
+        backends.append(Backend(name, url, weight))
+    return backends
+
+
+def config_from_dict(data: Any, source: str = "<config>",
+                     lines: dict[str, int] | None = None) -> Config:
+    """Validate a parsed config mapping; *lines* maps dotted paths to line numbers."""
+    from llmlbd.policy.registry import canonical_policy_name, policy_names
+
+    where = _Where(source, lines or {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise where.error("(top level)", f"expected a mapping of sections, got {type(data).__name__}")
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise where.error(str(key), f"unknown top-level key (expected one of {', '.join(sorted(TOP_LEVEL))})")
+
+    if data.get("lb_type", "endpoint") != "endpoint":
+        raise where.error("lb_type", f"only 'endpoint' is supported, got {data['lb_type']!r}")
+
+    lb_policy = data.get("lb_policy", "global_least_request")
+    try:
+        lb_policy = canonical_policy_name(lb_policy)
+    except KeyError:
+        raise where.error("lb_policy", f"unknown policy {lb_policy!r} (expected one of "
+                                       f"{', '.join(policy_names())})") from None
+
+    explicit: set[str] = set()
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for setting in SETTINGS:
+        values[setting.section][setting.key] = setting.default
+    for section in SECTIONS:
+        raw = data.get(section)
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            raise where.error(section, f"expected a mapping, got {raw!r}")
+        for key, value in raw.items():
+            path = f"{section}.{key}"
+            setting: Setting | None = by_path(path)
+            if setting is None:
+                known = sorted(s.key for s in SETTINGS if s.section == section)
+                raise where.error(path, f"unknown key (known keys: {', '.join(known)})")
+            if setting.policies and lb_policy not in setting.policies:
+                raise where.error(path, f"applies to lb_policy {' or '.join(setting.policies)}, "
+                                        f"not {lb_policy}")
+            try:
+                values[section][key] = setting.validator(value)
+            except ValueError as exc:
+                raise where.error(path, str(exc)) from None
+            explicit.add(path)
+    sections = {name: Section(name, vals) for name, vals in values.items()}
+    backends = _load_backends(data.get("backends"), where)
+    return Config(sections, backends, lb_policy, None if source == "<config>" else source, explicit)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate *path*; None gives the defaults (embedded Redis, demo backends)."""
+    if path is None:
+        return config_from_dict({})
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    lines: dict[str, int] = {}
+    if node is not None:
+        _lines(node, "", lines)
+    config = config_from_dict(data, source, lines)
+    config.path = source
+    return config

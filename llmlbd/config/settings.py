@@ -1,0 +1,166 @@
+"""Every config key of llmlbd, declared once.
+
+Each `Setting` names its dotted path, default, validator and a one-line doc
+(the first sentence is the --help text and the reference entry). The YAML
+loader, `llmlbd config check`, `llmlbd config show` and the generated
+docs/reference/config.md all read this list; nothing else declares a key.
+Units are in the key's name (`_s` seconds, `_ms` milliseconds, `_bytes`).
+Keys under `lb_config` keep Higress's camelCase spelling so that a Higress
+`ai-load-balancer` plugin config is accepted unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmlbd.config import validators as v
+
+__all__ = ["Setting", "SETTINGS", "SECTIONS", "by_path"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    path: str
+    default: Any
+    validator: v.Validator
+    doc: str
+    unit: str = ""
+    # For lb_config keys: the policies that read it (empty: every policy).
+    policies: tuple[str, ...] = field(default=())
+
+    @property
+    def section(self) -> str:
+        return self.path.split(".", 1)[0]
+
+    @property
+    def key(self) -> str:
+        return self.path.split(".", 1)[1]
+
+
+SECTIONS = {
+    "server": "The proxy process: listening socket, workers, limits and timeouts.",
+    "redis": "Where the shared state lives. Without `url` (and without Higress's "
+             "`lb_config.serviceFQDN`), llmlbd starts a private embedded server.",
+    "lb_config": "Policy options. Higress `ai-load-balancer` keys are accepted as they are.",
+    "collector": "The metrics and health collector (`llmlbd collector`).",
+    "logging": "Structured logs.",
+    "demo": "What `llmlbd start` runs when the config lists no backends.",
+}
+
+GLR, PREFIX, BUSY = "global_least_request", "prefix_cache", "least_busy"
+
+SETTINGS: list[Setting] = [
+    # server -------------------------------------------------------------------------------
+    Setting("server.bind", "127.0.0.1:8000", v.bind_address,
+            "Address the proxy listens on: HOST:PORT or unix:PATH."),
+    Setting("server.workers", 2, v.positive_int,
+            "Number of gunicorn worker processes (gevent); about one per core."),
+    Setting("server.worker_connections", 1000, v.positive_int,
+            "Most concurrent client connections per worker."),
+    Setting("server.max_body_bytes", 10 * 1024 * 1024, v.byte_size,
+            "Largest request body accepted; larger bodies get 413.", "bytes"),
+    Setting("server.connect_timeout_s", 2.0, v.positive_float,
+            "Time allowed to open a connection to a backend.", "s"),
+    Setting("server.read_timeout_s", 600.0, v.positive_float,
+            "Longest silence allowed from a backend while waiting for response bytes; "
+            "before the first byte this gives 504.", "s"),
+    Setting("server.max_retries", 2, v.non_negative_int,
+            "Other backends tried when one fails before sending any response byte."),
+    Setting("server.upstream_pool_size", 256, v.positive_int,
+            "Keep-alive connections kept per backend in each worker."),
+    Setting("server.graceful_timeout_s", 30.0, v.positive_float,
+            "On SIGTERM or reload, how long in-flight requests may run before workers stop.", "s"),
+    Setting("server.backend_header", True, v.boolean,
+            "Add `x-llmlbd-backend: <name>` to every proxied response."),
+    Setting("server.pool", "default", v.string,
+            "Name of this fleet; replicas that share a pool name share their state."),
+    Setting("server.lease_ttl_s", 5.0, v.positive_float,
+            "A worker that stops heart-beating for this long has its in-flight leases "
+            "reclaimed.", "s"),
+    # redis --------------------------------------------------------------------------------
+    Setting("redis.url", None, v.redis_url,
+            "redis://, rediss:// or unix:// URL of the shared Redis (or Valkey). Unset: "
+            "embedded server."),
+    Setting("redis.embedded", False, v.boolean,
+            "Start a private Redis-compatible server even if a URL is configured."),
+    Setting("redis.mode", "standalone", v.one_of("standalone", "sentinel", "cluster"),
+            "standalone (one server), sentinel (url names none; see `sentinels`) or cluster."),
+    Setting("redis.sentinels", [], v.string_list,
+            "HOST:PORT of each Sentinel, with mode: sentinel."),
+    Setting("redis.sentinel_master", "mymaster", v.string,
+            "Name of the master the Sentinels watch."),
+    Setting("redis.username", None, v.optional_string, "ACL user name."),
+    Setting("redis.password", None, v.optional_string, "Password (prefer an env file)."),
+    Setting("redis.db", 0, v.non_negative_int, "Database number (standalone and sentinel)."),
+    Setting("redis.socket_timeout_s", 0.5, v.positive_float,
+            "Longest wait for one Redis reply before the request falls back.", "s"),
+    Setting("redis.connect_timeout_s", 0.5, v.positive_float,
+            "Longest wait to connect to Redis.", "s"),
+    Setting("redis.max_connections", 64, v.positive_int,
+            "Redis connections per worker process."),
+    Setting("redis.breaker_failures", 3, v.positive_int,
+            "Consecutive Redis failures that open the circuit breaker (local fallback)."),
+    Setting("redis.breaker_reset_s", 2.0, v.positive_float,
+            "How long the breaker stays open before one request probes Redis again.", "s"),
+    # lb_config (Higress names) ------------------------------------------------------------
+    Setting("lb_config.serviceFQDN", None, v.optional_string,
+            "Higress: Redis host. Used when the `redis` section has no url."),
+    Setting("lb_config.servicePort", 6379, v.positive_int, "Higress: Redis port."),
+    Setting("lb_config.username", None, v.optional_string, "Higress: Redis user."),
+    Setting("lb_config.password", None, v.optional_string, "Higress: Redis password."),
+    Setting("lb_config.timeout", 3000, v.positive_int,
+            "Higress: Redis timeout; llmlbd caps its per-call wait at this.", "ms"),
+    Setting("lb_config.database", 0, v.non_negative_int, "Higress: Redis database."),
+    Setting("lb_config.maxRequestCount", 0, v.non_negative_int,
+            "Most requests in flight per backend across the fleet; 0 means no cap. When every "
+            "backend is at the cap, requests get 429."),
+    Setting("lb_config.cleanInterval", 60, v.positive_int,
+            "Higress: stale-host cleanup period. Accepted for compatibility; llmlbd's leases "
+            "and the collector's reconciliation replace it.", "min"),
+    Setting("lb_config.enableDetailLog", False, v.boolean,
+            "Higress: log every backend's in-flight count with each decision."),
+    # collector ----------------------------------------------------------------------------
+    Setting("collector.enabled", None, lambda x: x if x is None else v.boolean(x),
+            "Run the collector as a child of `llmlbd start`. Default: on with the embedded "
+            "Redis, off otherwise (run `llmlbd collector` under systemd)."),
+    Setting("collector.interval_ms", 200, v.positive_int,
+            "Time between two scrapes of one backend's /metrics.", "ms"),
+    Setting("collector.timeout_ms", 1000, v.positive_int,
+            "Longest wait for one backend's /metrics or /health.", "ms"),
+    Setting("collector.health_path", "/health", v.string, "Path of the active health check."),
+    Setting("collector.health_interval_ms", 1000, v.positive_int,
+            "Time between two health checks of one backend.", "ms"),
+    Setting("collector.down_after", 3, v.positive_int,
+            "Consecutive failed checks that mark a backend down."),
+    Setting("collector.up_after", 2, v.positive_int,
+            "Consecutive good checks that mark a down backend up again."),
+    Setting("collector.stale_after_ms", 2000, v.positive_int,
+            "Metrics older than this are stale: policies treat them as unknown.", "ms"),
+    Setting("collector.max_page_bytes", 4 * 1024 * 1024, v.byte_size,
+            "Largest /metrics page read; a larger page is a failed scrape.", "bytes"),
+    Setting("collector.models_refresh_s", 5.0, v.positive_float,
+            "Time between two reads of a backend's /v1/models.", "s"),
+    Setting("collector.metrics_port", 9101, v.non_negative_int,
+            "Port of the collector's own Prometheus /metrics; 0 turns it off."),
+    Setting("collector.metric_map", {}, v.mapping,
+            "Per-field metric names for servers llmlbd does not know, e.g. "
+            "`waiting: 'queue_len{engine=\"0\"}'`."),
+    # logging ------------------------------------------------------------------------------
+    Setting("logging.level", "info", v.one_of("debug", "info", "warning", "error"),
+            "Lowest level logged."),
+    Setting("logging.format", "json", v.one_of("json", "console"),
+            "json (one object per line) or console (for people)."),
+    Setting("logging.access_log", True, v.boolean, "Log one line per request."),
+    # demo ---------------------------------------------------------------------------------
+    Setting("demo.backends", 2, v.positive_int,
+            "Simulated vLLM servers started when the config lists no backends."),
+    Setting("demo.base_port", 8100, v.positive_int,
+            "Port of the first simulated server; the others follow."),
+]
+
+_BY_PATH = {setting.path: setting for setting in SETTINGS}
+
+
+def by_path(path: str) -> Setting | None:
+    return _BY_PATH.get(path)

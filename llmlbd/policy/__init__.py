@@ -1,0 +1,1 @@
+"""Routing policies, built as filter -> scorer -> picker pipelines plus one Redis script."""

@@ -1,0 +1,93 @@
+"""Every Redis key llmlbd uses, built in one place.
+
+All keys of a pool share the hash tag ``{pool}`` so that each Lua script's keys
+live in one Redis Cluster slot. Nothing outside this module formats a key.
+See docs/redis-keys.md for the full reference.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["PoolKeys", "validate_name"]
+
+PREFIX = "llmlb"
+_NAME = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+def validate_name(kind: str, value: str) -> str:
+    """Return *value* if it is safe inside a key (no braces, no spaces), else raise ValueError."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{kind} {value!r} must be 1-128 characters of letters, digits and . _ : @ -"
+        )
+    return value
+
+
+class PoolKeys:
+    """The keys of one pool (one fleet of interchangeable backends)."""
+
+    __slots__ = ("pool", "_base")
+
+    def __init__(self, pool: str = "default") -> None:
+        self.pool = validate_name("pool name", pool)
+        self._base = f"{PREFIX}:{{{pool}}}"
+
+    # proxy state -------------------------------------------------------------
+    @property
+    def inflight(self) -> str:
+        """HASH backend -> requests in flight (maintained by the lease scripts)."""
+        return f"{self._base}:inflight"
+
+    @property
+    def leases(self) -> str:
+        """HASH request id -> "backend worker_id": one entry per reserved request."""
+        return f"{self._base}:leases"
+
+    @property
+    def workers(self) -> str:
+        """ZSET proxy worker id -> heartbeat deadline (ms, Redis clock)."""
+        return f"{self._base}:workers"
+
+    @property
+    def drained(self) -> str:
+        """SET of backend names that take no new requests."""
+        return f"{self._base}:drained"
+
+    @property
+    def members(self) -> str:
+        """HASH backend name -> JSON {url, weight}: runtime pool membership."""
+        return f"{self._base}:members"
+
+    # collector state ---------------------------------------------------------
+    def backend(self, name: str) -> str:
+        """HASH of one backend's scraped metrics and health (fields in backend_fields)."""
+        return f"{self._base}:backend:{name}"
+
+    @property
+    def collectors(self) -> str:
+        """ZSET collector id -> heartbeat deadline (ms)."""
+        return f"{self._base}:collectors"
+
+    @property
+    def scrape_owners(self) -> str:
+        """HASH backend -> "collector_id deadline_ms": which collector scrapes it."""
+        return f"{self._base}:scrape_owners"
+
+    # prefix_cache state ------------------------------------------------------
+    def prefix(self, block_hash: str) -> str:
+        """STRING: the backend that last served the prefix ending in *block_hash*."""
+        return f"{self._base}:prefix:{block_hash}"
+
+    def prefix_pattern(self) -> str:
+        """SCAN pattern matching every prefix key of the pool."""
+        return f"{self._base}:prefix:*"
+
+    @property
+    def prefix_owned(self) -> str:
+        """Base name of the per-backend ZSETs capping prefix entries."""
+        return f"{self._base}:prefix_owned"
+
+    def prefix_owned_by(self, backend: str) -> str:
+        """ZSET block hash -> last use (ms) of the prefix keys pointing at *backend*."""
+        return f"{self._base}:prefix_owned:{backend}"

@@ -1,0 +1,48 @@
+"""Fixtures that start real things on free ports and always stop them."""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+import redis
+
+from llmlbd.embedded import EmbeddedRedis
+from tests.harness import free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real Redis-compatible server for the session, on a free TCP port."""
+    server = EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="llmlbd-test-redis-"),
+                           port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session server's URL, emptied before the test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.script_flush()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def private_redis():
+    """A server of the test's own, which the test may kill and restart."""
+    server = EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="llmlbd-test-redis-"),
+                           port=free_port())
+    server.start()
+    yield server
+    server.stop()
