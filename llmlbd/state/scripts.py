@@ -1,0 +1,38 @@
+"""Lua scripts, one file per atomic operation in ``lua/``, loaded once and run with EVALSHA.
+
+Each file starts with a header naming its KEYS, ARGV and return value.
+`ScriptSet(client)` registers every script with redis-py, whose `Script`
+object runs EVALSHA and reloads the script when the server answers NOSCRIPT
+(after a restart or SCRIPT FLUSH).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+__all__ = ["script_source", "ScriptSet"]
+
+
+@lru_cache(maxsize=None)
+def script_source(name: str) -> str:
+    """The text of ``lua/<name>.lua``."""
+    return resources.files("llmlbd.state").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+class ScriptSet:
+    """Every script of llmlbd registered on one client; attribute access by file name."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._scripts: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._client.register_script(script_source(name))
+            self._scripts[name] = script
+        return script
