@@ -85,6 +85,14 @@ class Config:
             return RedisTarget(False, url, "standalone", "lb_config.serviceFQDN")
         return RedisTarget(True, None, "standalone", "embedded")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every value (defaults included), in the file's shape: `llmlbd config show`."""
+        data: dict[str, Any] = {name: getattr(self, name).as_dict() for name in SECTIONS}
+        data["lb_policy"] = self.lb_policy
+        data["backends"] = [{"name": b.name, "url": b.url, "weight": b.weight}
+                            for b in self.backends]
+        return data
+
     def with_overrides(self, **paths: Any) -> "Config":
         """Apply validated overrides given as section__key=value (CLI flags)."""
         for dotted, value in paths.items():

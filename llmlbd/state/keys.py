@@ -55,6 +55,11 @@ class PoolKeys:
         return f"{self._base}:drained"
 
     @property
+    def rr_counter(self) -> str:
+        """STRING counter shared by round_robin across workers and replicas."""
+        return f"{self._base}:rr"
+
+    @property
     def members(self) -> str:
         """HASH backend name -> JSON {url, weight}: runtime pool membership."""
         return f"{self._base}:members"

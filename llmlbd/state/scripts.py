@@ -15,10 +15,14 @@ from typing import Any
 __all__ = ["script_source", "ScriptSet"]
 
 
+def _read(name: str) -> str:
+    return resources.files("llmlbd.state").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
 @lru_cache(maxsize=None)
 def script_source(name: str) -> str:
-    """The text of ``lua/<name>.lua``."""
-    return resources.files("llmlbd.state").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """The text of ``lua/<name>.lua``, after the shared helpers of ``lua/_lib.lua``."""
+    return _read("_lib") + "\n" + _read(name)
 
 
 class ScriptSet:

@@ -1,0 +1,31 @@
+"""What a policy may use: the pool's backends, its config and the shared state."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmlbd.config.loader import Backend, Section
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.leases import Leases
+
+__all__ = ["PolicyContext"]
+
+
+@dataclass
+class PolicyContext:
+    backends: list[Backend]
+    lb_config: Section
+    keys: PoolKeys
+    # None when the policy runs without Redis (the local fallback).
+    leases: Leases | None
+    client: Any = None
+    stale_after_ms: int = 2000
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.by_name = {backend.name: backend for backend in self.backends}
+
+    def candidates(self, exclude: frozenset[str]) -> list[Backend]:
+        return [backend for backend in self.backends if backend.name not in exclude]

@@ -1,0 +1,66 @@
+"""round_robin and random: load-blind baselines for benchmarks (and tiny fleets).
+
+Both still reserve through the lease scripts, so in-flight counts, drains
+and health apply to them exactly as to the real policies.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from llmlbd.config.loader import Backend
+from llmlbd.errors import ModelNotFound
+from llmlbd.policy.context import PolicyContext
+from llmlbd.policy.framework import Decision
+from llmlbd.policy.outcomes import no_route
+from llmlbd.request import RoutingRequest
+
+__all__ = ["RoundRobin", "Random"]
+
+
+class _InOrder:
+    """Try the backends in the order `order()` gives; the first that accepts wins."""
+
+    name = ""
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+        self.cap = ctx.lb_config.maxRequestCount
+
+    def order(self, candidates: list[Backend]) -> Sequence[Backend]:
+        raise NotImplementedError
+
+    def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
+        ctx = self.ctx
+        assert ctx.leases is not None
+        candidates = ctx.candidates(exclude)
+        if not candidates:
+            raise no_route("none" if exclude else "empty", request)
+        reasons = []
+        for backend in self.order(candidates):
+            reservation = ctx.leases.acquire(request.request_id, backend.name,
+                                             model=request.model, cap=self.cap)
+            if reservation.backend is not None:
+                return Decision(backend, request.request_id, self.name, reason=self.name,
+                                inflight=reservation.inflight)
+            reasons.append(reservation.reason)
+        if all(reason == "model" for reason in reasons):
+            raise ModelNotFound(f"the model '{request.model}' does not exist on any backend")
+        raise no_route("cap" if "cap" in reasons else "none", request)
+
+
+class RoundRobin(_InOrder):
+    name = "round_robin"
+
+    def order(self, candidates: list[Backend]) -> Sequence[Backend]:
+        # One counter for the whole pool, so replicas take turns together.
+        turn = int(self.ctx.client.incr(self.ctx.keys.rr_counter)) if self.ctx.client else 0
+        start = turn % len(candidates)
+        return candidates[start:] + candidates[:start]
+
+
+class Random(_InOrder):
+    name = "random"
+
+    def order(self, candidates: list[Backend]) -> Sequence[Backend]:
+        return self.ctx.rng.sample(candidates, len(candidates))

@@ -1,0 +1,39 @@
+"""global_least_request: the fewest requests in flight across every worker and replica.
+
+Filter (healthy, not drained, serves the model), pick (least in-flight per
+unit of weight, random among ties) and reserve all happen in one Lua script,
+so two workers can never both see the same idle backend.
+"""
+
+from __future__ import annotations
+
+from llmlbd.policy.context import PolicyContext
+from llmlbd.policy.framework import Decision
+from llmlbd.policy.outcomes import no_route
+from llmlbd.request import RoutingRequest
+
+__all__ = ["GlobalLeastRequest"]
+
+
+class GlobalLeastRequest:
+    name = "global_least_request"
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+        self.cap = ctx.lb_config.maxRequestCount
+
+    def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
+        ctx = self.ctx
+        assert ctx.leases is not None
+        candidates = ctx.candidates(exclude)
+        if not candidates:
+            raise no_route("none" if exclude else "empty", request)
+        # Shuffled so that the script's "first minimum wins" is a uniform random tie-break.
+        ctx.rng.shuffle(candidates)
+        reservation = ctx.leases.acquire_least_request(
+            request.request_id, [b.name for b in candidates], [b.weight for b in candidates],
+            model=request.model, cap=self.cap)
+        if reservation.backend is None:
+            raise no_route(reservation.reason, request)
+        return Decision(ctx.by_name[reservation.backend], request.request_id, self.name,
+                        reason="least_inflight", inflight=reservation.inflight)

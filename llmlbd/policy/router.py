@@ -1,0 +1,121 @@
+"""The proxy's only door into routing: pick, release, and keep the worker's state healthy.
+
+The Router runs the configured policy while Redis answers and the local
+least-request fallback while it does not (behind a circuit breaker), and it
+makes release reliable: a release that fails because Redis is down is kept
+and retried by `maintain()`, which a worker calls about once a second.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+import structlog
+
+from llmlbd.errors import LLMLBError
+from llmlbd.policy.fallback import LocalLeastRequest
+from llmlbd.policy.framework import Decision, Policy
+from llmlbd.request import RoutingRequest
+from llmlbd.state import backend_fields as F
+from llmlbd.state.breaker import Breaker
+from llmlbd.state.leases import Leases
+
+__all__ = ["Router", "REDIS_ERRORS"]
+
+log = structlog.get_logger("llmlbd.router")
+
+# Network trouble with Redis: fall back. A ResponseError is a bug and is not caught here.
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
+                redis.exceptions.ReadOnlyError, redis.exceptions.ClusterDownError)
+
+
+class Router:
+    def __init__(self, policy: Policy, fallback: LocalLeastRequest, leases: Leases,
+                 breaker: Breaker, reap_every_s: float = 2.0,
+                 observer: Any = None) -> None:
+        self.policy = policy
+        self.fallback = fallback
+        self.leases = leases
+        self.breaker = breaker
+        self.reap_every_s = reap_every_s
+        self.pending_releases: set[str] = set()
+        self._last_reap = 0.0
+        # Optional callbacks for metrics: redis_error(op), fallback().
+        self.observer = observer
+
+    def _redis_failed(self, op: str, exc: Exception) -> None:
+        opened = self.breaker.failure()
+        if self.observer:
+            self.observer.redis_error(op)
+        if opened:
+            log.warning("redis_unavailable", op=op, error=str(exc) or type(exc).__name__,
+                        fallback=self.fallback.name, retry_in_s=self.breaker.reset_s)
+
+    def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
+        if self.breaker.allow():
+            try:
+                decision = self.policy.pick(request, exclude)
+            except REDIS_ERRORS as exc:
+                self._redis_failed("pick", exc)
+            except LLMLBError:
+                self.breaker.success()
+                raise
+            else:
+                if self.breaker.state != "closed":
+                    log.info("redis_recovered")
+                self.breaker.success()
+                return decision
+        if self.observer:
+            self.observer.fallback()
+        return self.fallback.pick(request, exclude)
+
+    def release(self, decision: Decision) -> None:
+        """Give the slot back, exactly once; never raises."""
+        if decision.local:
+            self.fallback.release(decision.request_id)
+            return
+        try:
+            self.leases.release(decision.request_id)
+        except REDIS_ERRORS as exc:
+            self._redis_failed("release", exc)
+            self.pending_releases.add(decision.request_id)
+
+    def maintain(self) -> None:
+        """Heartbeat, retry failed releases, reap dead workers' leases, refresh health."""
+        try:
+            self.leases.heartbeat()
+            for request_id in list(self.pending_releases):
+                self.leases.release(request_id)
+                self.pending_releases.discard(request_id)
+            now = time.monotonic()
+            if now - self._last_reap >= self.reap_every_s:
+                self._last_reap = now
+                self.leases.reap()
+            self._refresh_unavailable()
+        except REDIS_ERRORS as exc:
+            self._redis_failed("maintain", exc)
+        else:
+            if self.breaker.state == "open":
+                # Redis answers again: let the next request probe it now.
+                self.breaker.opened_at = time.monotonic() - self.breaker.reset_s
+
+    def _refresh_unavailable(self) -> None:
+        keys = self.leases.keys
+        client = self.leases.client
+        names = [b.name for b in self.fallback.ctx.backends]
+        pipe = client.pipeline(transaction=False)
+        pipe.smembers(keys.drained)
+        for name in names:
+            pipe.hget(keys.backend(name), F.HEALTH)
+        drained, *health = pipe.execute()
+        self.fallback.unavailable = set(drained) | {
+            name for name, state in zip(names, health) if state == F.HEALTH_DOWN}
+
+    def retire(self) -> None:
+        """The worker is exiting: drop every lease it still holds."""
+        try:
+            self.leases.retire()
+        except REDIS_ERRORS as exc:
+            log.warning("retire_failed", error=str(exc))

@@ -1,0 +1,1 @@
+"""The proxy: gunicorn master and gevent workers running the WSGI app."""

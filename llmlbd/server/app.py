@@ -1,0 +1,121 @@
+"""`llmlbd start` as a gunicorn application: the arbiter, gevent workers, their hooks.
+
+Pre-fork discipline: the master builds the WSGI app (config only); every
+socket, Redis client and greenlet is created per worker in post_worker_init.
+The arbiter subclass also supervises llmlbd's own children (embedded Redis,
+demo backends, collector) from its main loop: no thread in the master.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import structlog
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+from llmlbd.config.loader import Config
+from llmlbd.server.children import Child
+from llmlbd.server.wsgi import ProxyApp
+from llmlbd.state.leases import new_worker_id, reap
+
+__all__ = ["LLMLBApplication"]
+
+log = structlog.get_logger("llmlbd.master")
+
+
+class LLMLBArbiter(Arbiter):
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        self.app.supervise_children()  # type: ignore[attr-defined]
+
+
+class LLMLBApplication(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config: Config, children: list[Child] | None = None) -> None:
+        self.config = config
+        self.children = list(children or [])
+        self.proxy = ProxyApp(config)
+        self._master_client: Any = None
+        super().__init__()
+
+    # gunicorn application protocol --------------------------------------------------------
+    def load_config(self) -> None:
+        server = self.config.server
+        settings = {
+            "bind": [server.bind],
+            "workers": server.workers,
+            "worker_class": "gevent",
+            "worker_connections": server.worker_connections,
+            "graceful_timeout": max(1, round(server.graceful_timeout_s)),
+            "timeout": 30,
+            "keepalive": 75,
+            "proc_name": "llmlbd",
+            "logger_class": "llmlbd.logs.GunicornLogger",
+            "loglevel": self.config.logging.level,
+            "pre_fork": self._pre_fork,
+            "post_worker_init": self._post_worker_init,
+            "worker_exit": self._worker_exit,
+            "child_exit": self._child_exit,
+            "when_ready": self._when_ready,
+            "on_exit": self._on_exit,
+        }
+        # Two llmlbd instances on one host must not fight over gunicorn's control socket.
+        if "control_socket_disable" in self.cfg.settings:
+            settings["control_socket_disable"] = True
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> ProxyApp:
+        return self.proxy
+
+    def run(self) -> None:
+        LLMLBArbiter(self).run()
+
+    # hooks --------------------------------------------------------------------------------
+    def _pre_fork(self, server: Any, worker: Any) -> None:
+        # Chosen in the master so that child_exit knows whose leases to drop.
+        worker.llmlbd_id = new_worker_id()
+
+    def _post_worker_init(self, worker: Any) -> None:
+        self.proxy.init_worker(worker.llmlbd_id)
+        log.info("worker_ready", worker_id=worker.llmlbd_id, policy=self.config.lb_policy)
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        self.proxy.shutdown_worker()
+
+    def _child_exit(self, server: Any, worker: Any) -> None:
+        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if multiproc_dir:
+            from prometheus_client import multiprocess
+            multiprocess.mark_process_dead(worker.pid, multiproc_dir)
+        # A worker that died hard (SIGKILL, OOM) could not release: do it for it now.
+        try:
+            from llmlbd.state.client import connect
+            from llmlbd.state.keys import PoolKeys
+            if self._master_client is None:
+                self._master_client = connect(self.config)
+            reaped, _ = reap(self._master_client, PoolKeys(self.config.server.pool),
+                             dead_worker=getattr(worker, "llmlbd_id", ""))
+            if reaped:
+                log.warning("reaped_dead_worker_leases", pid=worker.pid, leases=reaped)
+        except Exception as exc:  # noqa: BLE001 - the lease TTL will catch it instead
+            log.warning("reap_on_exit_failed", pid=worker.pid, error=str(exc))
+
+    def _when_ready(self, server: Any) -> None:
+        bind = self.config.server.bind
+        url = bind if bind.startswith("unix:") else f"http://{bind}"
+        log.info("llmlbd_ready", url=url, policy=self.config.lb_policy,
+                 backends=[b.name for b in self.config.backends],
+                 workers=self.config.server.workers)
+
+    def _on_exit(self, server: Any) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+    def supervise_children(self) -> None:
+        for child in self.children:
+            try:
+                child.supervise()
+            except Exception as exc:  # noqa: BLE001 - try again on the next loop
+                log.error("child_restart_failed", child=child.name, error=str(exc))

@@ -1,0 +1,88 @@
+"""Processes `llmlbd start` runs beside gunicorn on a single VM: embedded Redis,
+demo backends, the collector. The arbiter checks them every loop and restarts
+one that died; they die with llmlbd (PR_SET_PDEATHSIG)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import structlog
+
+from llmlbd.embedded import EmbeddedRedis, _die_with_parent
+
+__all__ = ["Child", "CommandChild", "RedisChild"]
+
+log = structlog.get_logger("llmlbd.children")
+
+
+class Child:
+    name = "child"
+
+    def start(self) -> None: ...
+    def alive(self) -> bool: ...
+    def stop(self) -> None: ...
+
+    def supervise(self) -> None:
+        if not self.alive():
+            log.warning("child_died", child=self.name, action="restart")
+            self.start()
+
+
+class RedisChild(Child):
+    name = "embedded-redis"
+
+    def __init__(self, server: EmbeddedRedis) -> None:
+        self.server = server
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("embedded_redis_started", binary=self.server.binary, url=self.server.url)
+
+    def alive(self) -> bool:
+        return self.server.process is not None and self.server.process.poll() is None
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class CommandChild(Child):
+    def __init__(self, name: str, args: list[str],
+                 ready: Callable[[], bool] | None = None, ready_timeout_s: float = 20.0) -> None:
+        self.name = name
+        self.args = args
+        self.ready = ready
+        self.ready_timeout_s = ready_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # Output goes to our stderr, so journald keeps it with llmlbd's own lines.
+        self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                        stdout=sys.stderr, stderr=sys.stderr,
+                                        preexec_fn=_die_with_parent)
+        if self.ready is None:
+            return
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with status {self.process.returncode}")
+            if self.ready():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} was not ready within {self.ready_timeout_s:.0f} s")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,123 @@
+"""`llmlbd start`: the proxy in the foreground, ready for systemd (Type=notify)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from llmlbd.exits import ConfigProblem, RuntimeProblem
+
+# Nothing that imports ssl or socket may be imported at the top of this module:
+# start_command monkey-patches first (see below).
+
+__all__ = ["start_command", "runtime_directory"]
+
+
+def runtime_directory(explicit: str | None) -> Path:
+    """systemd's RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/llmlbd, else /tmp/llmlbd-<uid>."""
+    if explicit:
+        path = Path(explicit)
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "llmlbd"
+    else:
+        path = Path(f"/tmp/llmlbd-{os.getuid()}")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _all_healthy(urls: list[str]) -> bool:
+    import requests
+
+    for url in urls:
+        try:
+            if requests.get(f"{url}/health", timeout=0.5).status_code != 200:
+                return False
+        except requests.RequestException:
+            return False
+    return True
+
+
+@click.command("start")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              envvar="LLMLBD_CONFIG", show_envvar=True,
+              help="YAML config file. Without one: embedded Redis and simulated backends.")
+@click.option("-b", "--bind", help="HOST:PORT or unix:PATH to listen on (overrides server.bind).")
+@click.option("-w", "--workers", type=click.IntRange(min=1),
+              help="Number of worker processes (overrides server.workers).")
+@click.option("--runtime-dir", envvar="RUNTIME_DIRECTORY",
+              help="Where sockets, the embedded Redis and metrics files live "
+                   "[default: $XDG_RUNTIME_DIR/llmlbd or /tmp/llmlbd-UID].")
+def start_command(config_path: str | None, bind: str | None, workers: int | None,
+                  runtime_dir: str | None) -> None:
+    """Run the proxy (gunicorn master + gevent workers) in the foreground.
+
+    Stops gracefully on SIGTERM (in-flight requests finish within
+    server.graceful_timeout_s), re-reads its workers on SIGHUP.
+    """
+    # gevent workers patch in each worker; patching the master too, before
+    # anything imports ssl, avoids half-patched modules inherited by fork.
+    from gevent import monkey
+    monkey.patch_all()
+
+    import yaml
+
+    from llmlbd.config import Backend, ConfigError, load_config
+    try:
+        config = load_config(config_path).with_overrides(server__bind=bind,
+                                                         server__workers=workers)
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+    from llmlbd import logs
+    logs.configure(config.logging.level, config.logging.format)
+
+    run_dir = runtime_directory(runtime_dir)
+    prometheus_dir = run_dir / "prometheus"
+    shutil.rmtree(prometheus_dir, ignore_errors=True)
+    prometheus_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prometheus_dir)
+
+    # Imported after PROMETHEUS_MULTIPROC_DIR is set: metrics are created in multiprocess mode.
+    from llmlbd.embedded import EmbeddedRedis, EmbeddedRedisError
+    from llmlbd.server.app import LLMLBApplication
+    from llmlbd.server.children import Child, CommandChild, RedisChild
+    from llmlbd.state.client import EMBEDDED_URL_ENV
+
+    children: list[Child] = []
+    try:
+        target = config.redis_target()
+        if target.embedded:
+            redis_child = RedisChild(EmbeddedRedis(runtime_dir=str(run_dir / "redis")))
+            redis_child.start()
+            children.append(redis_child)
+            os.environ[EMBEDDED_URL_ENV] = redis_child.server.url
+        if not config.backends:
+            count, base = config.demo.backends, config.demo.base_port
+            urls = [f"http://127.0.0.1:{base + i}" for i in range(count)]
+            sims = CommandChild("demo-backends",
+                                [sys.executable, "-m", "llmlbd.sim", "--count", str(count),
+                                 "--base-port", str(base)],
+                                ready=lambda: _all_healthy(urls))
+            sims.start()
+            children.append(sims)
+            config.backends = [Backend(f"sim-{i}", url) for i, url in enumerate(urls)]
+        collector_on = config.collector.enabled
+        if collector_on is None:
+            collector_on = target.embedded
+        if collector_on:
+            effective = run_dir / "effective-config.yaml"
+            effective.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            collector = CommandChild("collector", [sys.executable, "-m", "collector",
+                                                   "--config", str(effective)])
+            collector.start()
+            children.append(collector)
+    except (EmbeddedRedisError, RuntimeError, OSError) as exc:
+        for child in reversed(children):
+            child.stop()
+        raise RuntimeProblem(str(exc)) from None
+
+    LLMLBApplication(config, children).run()

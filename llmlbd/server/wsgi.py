@@ -1,0 +1,316 @@
+"""The proxy's WSGI app: parse -> pick -> forward -> release, in that one direction.
+
+The app object is created in the gunicorn master and holds only the config;
+each worker calls `init_worker()` after fork to build its Redis client,
+policy and connection pools (WorkerRuntime). Routing decisions go through
+`Router` only: this module knows no policy internals.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Iterable, Iterator
+
+import gevent
+import structlog
+import urllib3
+
+from llmlbd import metrics
+from llmlbd.config.loader import Backend, Config
+from llmlbd.errors import (BadRequest, BodyTooLarge, LLMLBError, MethodNotAllowed,
+                           RouteNotFound, UpstreamFailed, UpstreamTimeout)
+from llmlbd.policy.framework import Decision
+from llmlbd.request import RoutingRequest
+from llmlbd.server import models_union
+from llmlbd.server.forward import (ConnectFailure, UpstreamReadTimeout, iter_body,
+                                   request_headers, response_headers)
+from llmlbd.server.parse import parse_request
+from llmlbd.server.responses import (StartResponse, error_response, json_response,
+                                     sse_error_event)
+from llmlbd.server.runtime import WorkerRuntime
+
+__all__ = ["ProxyApp", "BACKEND_HEADER"]
+
+log = structlog.get_logger("llmlbd.proxy")
+
+BACKEND_HEADER = "x-llmlbd-backend"
+# A backend answering one of these before any byte reached the client is
+# overloaded or broken: another backend may serve the request.
+RETRY_STATUSES = frozenset({502, 503})
+# After a connection failure a worker avoids that backend for this long, so
+# one dead backend costs one retry, not one per request.
+COOLDOWN_S = 2.0
+PROXIED_PREFIXES = ("/v1/",)
+PROXIED_PATHS = frozenset({"/tokenize", "/detokenize", "/v1"})
+
+
+def _client_headers(environ: dict[str, Any]) -> dict[str, str]:
+    headers = {key[5:].replace("_", "-").lower(): value
+               for key, value in environ.items() if key.startswith("HTTP_")}
+    if environ.get("CONTENT_TYPE"):
+        headers["content-type"] = environ["CONTENT_TYPE"]
+    return headers
+
+
+class ProxyApp:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.runtime: WorkerRuntime | None = None
+        self.cooldown: dict[str, float] = {}
+        self.max_body = config.server.max_body_bytes
+        self.backend_header = config.server.backend_header
+        self.access_log = config.logging.access_log
+        self._maintainer: gevent.Greenlet | None = None
+        self.models = models_union.ModelsCache(config.backends)
+
+    # worker lifecycle ---------------------------------------------------------------------
+    def init_worker(self, worker_id: str) -> None:
+        self.runtime = WorkerRuntime.build(self.config, worker_id)
+        self.runtime.router.maintain()  # heartbeat before the first request
+        self._maintainer = gevent.spawn(self._maintain_forever)
+
+    def _maintain_forever(self) -> None:
+        assert self.runtime is not None
+        while True:
+            gevent.sleep(1.0)
+            try:
+                self.runtime.router.maintain()
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("maintain_failed")
+
+    def shutdown_worker(self) -> None:
+        if self._maintainer is not None:
+            self._maintainer.kill(block=False)
+        if self.runtime is not None:
+            self.runtime.router.retire()
+            self.runtime.upstreams.close()
+
+    # request dispatch ---------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            if path in ("/healthz", "/health"):
+                return json_response(start_response, 200, {"status": "ok"})
+            if path == "/readyz":
+                return self._readyz(start_response)
+            if path == "/metrics":
+                return self._metrics(start_response)
+            if path == "/v1/models" and method == "GET":
+                return json_response(start_response, 200, self.models.get())
+            if path.startswith(PROXIED_PREFIXES) or path in PROXIED_PATHS:
+                return self._proxy(environ, start_response, method, path)
+            raise RouteNotFound(f"no route for {method} {path}; llmlbd forwards /v1/*, "
+                                "/tokenize and /detokenize")
+        except LLMLBError as error:
+            return error_response(start_response, error)
+        except Exception:  # noqa: BLE001 - the client gets JSON, the log gets the traceback
+            log.exception("unhandled_error", path=path)
+            return error_response(start_response, LLMLBError("internal error in llmlbd"))
+
+    def _readyz(self, start_response: StartResponse) -> list[bytes]:
+        problems = []
+        if not self.config.backends:
+            problems.append("no backend configured")
+        if self.runtime is None:
+            problems.append("worker not initialised")
+        else:
+            try:
+                self.runtime.client.ping()  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"redis unreachable: {exc}")
+        status = 503 if problems else 200
+        return json_response(start_response, status,
+                             {"status": "ready" if not problems else "not_ready",
+                              "problems": problems, "backends": len(self.config.backends)})
+
+    def _metrics(self, start_response: StartResponse) -> list[bytes]:
+        import os
+
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            from prometheus_client import REGISTRY as registry
+        body = generate_latest(registry)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _read_body(self, environ: dict[str, Any]) -> bytes:
+        length = environ.get("CONTENT_LENGTH")
+        stream = environ["wsgi.input"]
+        if length:
+            try:
+                size = int(length)
+            except ValueError:
+                raise BadRequest("invalid Content-Length") from None
+            if size > self.max_body:
+                raise BodyTooLarge(f"the request body is {size} bytes; the limit is "
+                                   f"{self.max_body} bytes (server.max_body_bytes)")
+            return stream.read(size) if size else b""
+        body = stream.read(self.max_body + 1)
+        if len(body) > self.max_body:
+            raise BodyTooLarge(f"the request body is over the limit of {self.max_body} bytes "
+                               "(server.max_body_bytes)")
+        return body
+
+    def _proxy(self, environ: dict[str, Any], start_response: StartResponse, method: str,
+               path: str) -> Iterable[bytes]:
+        if method not in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"):
+            raise MethodNotAllowed(f"method {method} is not supported")
+        assert self.runtime is not None, "init_worker() was not called"
+        body = self._read_body(environ)
+        headers = _client_headers(environ)
+        request = parse_request(uuid.uuid4().hex, method, path, headers, body)
+        query = environ.get("QUERY_STRING")
+        target = f"{path}?{query}" if query else path
+        upstream_headers = request_headers(headers, environ.get("REMOTE_ADDR", ""),
+                                           environ.get("wsgi.url_scheme", "http"),
+                                           environ.get("HTTP_HOST", ""))
+        return self._forward(request, target, upstream_headers, body, start_response)
+
+    def _cooling(self) -> frozenset[str]:
+        now = time.monotonic()
+        for name, until in list(self.cooldown.items()):
+            if until <= now:
+                del self.cooldown[name]
+        # Never let cooldowns alone empty the pool: the policy then says what is wrong.
+        if len(self.cooldown) >= len(self.config.backends):
+            return frozenset()
+        return frozenset(self.cooldown)
+
+    def _forward(self, request: RoutingRequest, target: str, headers: dict[str, str],
+                 body: bytes, start_response: StartResponse) -> Iterable[bytes]:
+        assert self.runtime is not None
+        router, upstreams = self.runtime.router, self.runtime.upstreams
+        exclude = set(self._cooling())
+        attempts = self.config.server.max_retries + 1
+        failures: list[str] = []
+        for attempt in range(attempts):
+            started = time.perf_counter()
+            decision = router.pick(request, frozenset(exclude))
+            metrics.DECISION_SECONDS.labels(decision.policy).observe(time.perf_counter() - started)
+            backend = decision.backend
+            sent_at = time.perf_counter()
+            try:
+                upstream = upstreams.open(backend, request.method, target, headers,
+                                          body if body else None)
+            except ConnectFailure as exc:
+                router.release(decision)
+                self.cooldown[backend.name] = time.monotonic() + COOLDOWN_S
+                failures.append(f"{backend.name}: {exc}")
+                metrics.RETRIES.labels(backend.name, "connect").inc()
+                exclude.add(backend.name)
+                continue
+            except UpstreamReadTimeout:
+                router.release(decision)
+                self._log_request(request, decision, 504, 0, sent_at, None, "upstream_timeout")
+                raise UpstreamTimeout(
+                    f"backend {backend.name} sent no response within "
+                    f"{self.config.server.read_timeout_s:g} s (server.read_timeout_s)") from None
+            except BaseException:
+                router.release(decision)
+                raise
+            if upstream.status in RETRY_STATUSES and attempt + 1 < attempts:
+                failures.append(f"{backend.name}: HTTP {upstream.status}")
+                upstream.drain_conn()
+                upstream.release_conn()
+                router.release(decision)
+                metrics.RETRIES.labels(backend.name, f"status_{upstream.status}").inc()
+                exclude.add(backend.name)
+                continue
+            response = ProxiedResponse(self, request, decision, upstream, sent_at)
+            start_response(f"{upstream.status} {upstream.reason or ''}".strip(),
+                           response.headers())
+            return response
+        raise UpstreamFailed(
+            f"every backend tried failed before responding ({'; '.join(failures)})")
+
+    def _log_request(self, request: RoutingRequest, decision: Decision | None, status: int,
+                     size: int, sent_at: float, ttfb: float | None, outcome: str) -> None:
+        backend = decision.backend.name if decision else ""
+        policy = decision.policy if decision else ""
+        metrics.REQUESTS.labels(backend, policy, str(status)).inc()
+        if not self.access_log:
+            return
+        duration_ms = round((time.perf_counter() - sent_at) * 1000, 2)
+        log.info("request_done", request_id=request.request_id,
+                 client_request_id=request.headers.get("x-request-id"),
+                 method=request.method, path=request.path, model=request.model,
+                 stream=request.stream, backend=backend, policy=policy,
+                 reason=decision.reason if decision else "", status=status, bytes=size,
+                 ttfb_ms=round(ttfb * 1000, 2) if ttfb is not None else None,
+                 duration_ms=duration_ms, outcome=outcome)
+
+
+class ProxiedResponse:
+    """The response body as a WSGI iterable; `close()` releases the lease exactly once.
+
+    gunicorn calls close() on every path: after the last chunk, when writing
+    to a disconnected client fails, and when the worker stops.
+    """
+
+    def __init__(self, app: ProxyApp, request: RoutingRequest, decision: Decision,
+                 upstream: urllib3.BaseHTTPResponse, sent_at: float) -> None:
+        self.app = app
+        self.request = request
+        self.decision = decision
+        self.upstream = upstream
+        self.sent_at = sent_at
+        self.size = 0
+        self.ttfb: float | None = None
+        self.outcome = "client_disconnect"
+        self.closed = False
+        content_type = upstream.headers.get("content-type", "")
+        self.is_sse = content_type.startswith("text/event-stream")
+        metrics.INFLIGHT.inc()
+
+    def headers(self) -> list[tuple[str, str]]:
+        headers = response_headers(self.upstream)
+        if self.app.backend_header:
+            headers.append((BACKEND_HEADER, self.decision.backend.name))
+        return headers
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.is_sse or self.upstream.headers.get("content-length") is None:
+            yield b""  # send the status line and headers now, before the first token
+        try:
+            for chunk in iter_body(self.upstream):
+                if self.ttfb is None:
+                    self.ttfb = time.perf_counter() - self.sent_at
+                    metrics.UPSTREAM_TTFB_SECONDS.labels(self.decision.backend.name).observe(self.ttfb)
+                self.size += len(chunk)
+                yield chunk
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # Bytes already reached the client: no retry is possible now.
+            self.outcome = "upstream_error"
+            log.warning("upstream_broke_mid_response", request_id=self.request.request_id,
+                        backend=self.decision.backend.name, error=str(exc), bytes=self.size)
+            if self.is_sse:
+                yield sse_error_event(f"backend {self.decision.backend.name} failed "
+                                      "mid-stream; the response is incomplete")
+            return
+        self.outcome = "complete"
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.outcome == "complete":
+                self.upstream.release_conn()
+            else:
+                # Closing the connection tells the backend to stop generating.
+                self.upstream.close()
+        finally:
+            metrics.INFLIGHT.dec()
+            assert self.app.runtime is not None
+            self.app.runtime.router.release(self.decision)
+            metrics.UPSTREAM_SECONDS.labels(self.decision.backend.name).observe(
+                time.perf_counter() - self.sent_at)
+            self.app._log_request(self.request, self.decision, self.upstream.status, self.size,
+                                  self.sent_at, self.ttfb, self.outcome)

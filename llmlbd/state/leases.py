@@ -1,0 +1,107 @@
+"""In-flight reservations as leases: exact counts that survive crashes.
+
+Every request that reaches a backend holds one lease (``leases`` HASH:
+request id -> "backend worker since_ms"); the ``inflight`` HASH counts them
+per backend and is changed only by the scripts, atomically with the lease.
+A worker renews its heartbeat (``workers`` ZSET) every second; when it dies,
+`reap` drops its leases and recounts, so a SIGKILLed worker stops counting
+within the lease TTL plus one reap period. Release is idempotent (keyed by
+request id), so no path can count a request twice or go negative.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.scripts import ScriptSet
+
+__all__ = ["Reservation", "Leases", "new_worker_id", "reap"]
+
+
+def new_worker_id() -> str:
+    """Unique across hosts and pid reuse: host:pid:random."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of an acquire script: a backend, or why there is none."""
+
+    backend: str | None
+    inflight: int = 0
+    reason: str = ""
+
+    @classmethod
+    def from_reply(cls, reply: Sequence[Any]) -> "Reservation":
+        first, second = reply[0], reply[1]
+        if not first:
+            return cls(None, 0, _text(second))
+        return cls(_text(first), int(second))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Leases:
+    """The lease scripts of one pool, bound to one client and one worker id."""
+
+    def __init__(self, client: Any, keys: PoolKeys, worker_id: str, ttl_ms: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.worker_id = worker_id
+        self.ttl_ms = ttl_ms
+        self.scripts = ScriptSet(client)
+
+    def acquire_least_request(self, request_id: str, names: Sequence[str],
+                              weights: Sequence[float], model: str = "",
+                              cap: int = 0) -> Reservation:
+        """Pick the least-loaded eligible name and reserve it (names pre-shuffled for ties)."""
+        k = self.keys
+        keys = [k.inflight, k.leases, k.workers, k.drained, *(k.backend(n) for n in names)]
+        args = [request_id, self.worker_id, self.ttl_ms, cap, model, len(names),
+                *names, *(repr(float(w)) for w in weights)]
+        return Reservation.from_reply(self.scripts.acquire_least_request(keys=keys, args=args))
+
+    def acquire(self, request_id: str, name: str, model: str = "", cap: int = 0) -> Reservation:
+        """Reserve *name*, chosen by the caller, unless it is down, drained or full."""
+        k = self.keys
+        keys = [k.inflight, k.leases, k.workers, k.drained, k.backend(name)]
+        args = [request_id, self.worker_id, self.ttl_ms, cap, model, name]
+        return Reservation.from_reply(self.scripts.acquire_backend(keys=keys, args=args))
+
+    def release(self, request_id: str) -> bool:
+        """Give the request's slot back; False if it had none (already released or reaped)."""
+        k = self.keys
+        return bool(self.scripts.release(keys=[k.inflight, k.leases], args=[request_id]))
+
+    def heartbeat(self) -> int:
+        """Keep this worker's leases alive for another TTL; returns the deadline (ms)."""
+        return int(self.scripts.heartbeat(keys=[self.keys.workers],
+                                          args=[self.worker_id, self.ttl_ms]))
+
+    def reap(self, recount: bool = False) -> tuple[int, int]:
+        return reap(self.client, self.keys, recount=recount)
+
+    def retire(self) -> tuple[int, int]:
+        """This worker is stopping: drop whatever it still holds, now."""
+        return reap(self.client, self.keys, dead_worker=self.worker_id)
+
+
+def reap(client: Any, keys: PoolKeys, dead_worker: str = "",
+         recount: bool = False) -> tuple[int, int]:
+    """Drop the leases of workers whose heartbeat expired (or *dead_worker*) and recount.
+
+    Returns (leases reaped, workers found dead). With *recount*, the in-flight
+    counts are rebuilt from the live leases even when no worker died, which
+    repairs any drift (the collector does this periodically).
+    """
+    reply = ScriptSet(client).reap(
+        keys=[keys.inflight, keys.leases, keys.workers],
+        args=[dead_worker, "1" if recount else "0"])
+    return int(reply[0]), int(reply[1])
