@@ -223,11 +223,14 @@ def config_from_dict(data: Any, source: str = "<config>",
             if setting.policies and lb_policy not in setting.policies:
                 raise where.error(path, f"applies to lb_policy {' or '.join(setting.policies)}, "
                                         f"not {lb_policy}")
+            if setting.path in explicit:
+                raise where.error(path, f"{setting.key} is set twice (once under another "
+                                        "accepted spelling)")
             try:
-                values[section][key] = setting.validator(value)
+                values[section][setting.key] = setting.validator(value)
             except ValueError as exc:
                 raise where.error(path, str(exc)) from None
-            explicit.add(path)
+            explicit.add(setting.path)
     sections = {name: Section(name, vals) for name, vals in values.items()}
     backends = _load_backends(data.get("backends"), where)
     return Config(sections, backends, lb_policy, None if source == "<config>" else source, explicit)

@@ -11,31 +11,11 @@ Keys under `lb_config` keep Higress's camelCase spelling so that a Higress
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
+from llmlbd.config import lb_least_busy, lb_prefix_cache
 from llmlbd.config import validators as v
+from llmlbd.config.setting import Setting
 
 __all__ = ["Setting", "SETTINGS", "SECTIONS", "by_path"]
-
-
-@dataclass(frozen=True)
-class Setting:
-    path: str
-    default: Any
-    validator: v.Validator
-    doc: str
-    unit: str = ""
-    # For lb_config keys: the policies that read it (empty: every policy).
-    policies: tuple[str, ...] = field(default=())
-
-    @property
-    def section(self) -> str:
-        return self.path.split(".", 1)[0]
-
-    @property
-    def key(self) -> str:
-        return self.path.split(".", 1)[1]
 
 
 SECTIONS = {
@@ -48,7 +28,7 @@ SECTIONS = {
     "demo": "What `llmlbd start` runs when the config lists no backends.",
 }
 
-GLR, PREFIX, BUSY = "global_least_request", "prefix_cache", "least_busy"
+
 
 SETTINGS: list[Setting] = [
     # server -------------------------------------------------------------------------------
@@ -157,9 +137,14 @@ SETTINGS: list[Setting] = [
             "Simulated vLLM servers started when the config lists no backends."),
     Setting("demo.base_port", 8100, v.positive_int,
             "Port of the first simulated server; the others follow."),
+    # policy-specific lb_config keys live beside each other in their own modules
+    *lb_prefix_cache.SETTINGS,
+    *lb_least_busy.SETTINGS,
 ]
 
 _BY_PATH = {setting.path: setting for setting in SETTINGS}
+# Alternative spellings (e.g. the inference-extension's environment variable names).
+_BY_PATH.update({f"{s.section}.{alias}": s for s in SETTINGS for alias in s.aliases})
 
 
 def by_path(path: str) -> Setting | None:
