@@ -46,3 +46,11 @@ def private_redis():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def stub_backends():
+    from tests.harness import StubBackends
+
+    with StubBackends(2) as backends:
+        yield backends

@@ -113,3 +113,104 @@ class Proc:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+class LLMLBD:
+    """A real `llmlbd start` (gunicorn master + gevent workers) on a free port.
+
+    *config* is the YAML config as a dict; server.bind is filled in. The
+    process runs in its own session so stop() takes its workers down too.
+    """
+
+    def __init__(self, config: dict, workers: int = 2, env: dict | None = None,
+                 name: str = "llmlbd", wait: bool = True):
+        import yaml
+
+        self.port = free_port()
+        config = dict(config)
+        server = dict(config.get("server") or {})
+        server.setdefault("bind", f"127.0.0.1:{self.port}")
+        server.setdefault("workers", workers)
+        config["server"] = server
+        config.setdefault("logging", {"level": "info"})
+        self.config = config
+        handle, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".yaml")
+        with os.fdopen(handle, "w") as out:
+            yaml.safe_dump(config, out)
+        self.config_path = path
+        self.runtime_dir = tempfile.mkdtemp(prefix=f"{name}-run-")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = Proc([sys.executable, "-m", "llmlbd", "start", "--config", path,
+                          "--runtime-dir", self.runtime_dir], name=name, env=env)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        try:
+            wait_for_http(f"{self.url}/healthz", timeout=timeout, process=self.proc.popen)
+            # Every worker must have booted, not just the first one.
+            wait_until(lambda: self.proc.log().count('"worker_ready"') >= self.config["server"]["workers"],
+                       timeout=timeout, message="all workers ready")
+        except Exception:
+            print(self.proc.log()[-5000:])
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return self.proc.log()
+
+    def worker_pids(self) -> list[int]:
+        import json as _json
+
+        pids = []
+        for line in self.log().splitlines():
+            if '"worker_ready"' in line:
+                try:
+                    pids.append(_json.loads(line)["pid"])
+                except ValueError:
+                    pass
+        return pids
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        return self.proc.stop(timeout)
+
+    def __enter__(self) -> "LLMLBD":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class StubBackends:
+    """K real stub HTTP backends (tests/stub_backend.py), one process each."""
+
+    def __init__(self, count: int, model: str = "stub-model"):
+        self.ports = [free_port() for _ in range(count)]
+        self.names = [f"stub-{i}" for i in range(count)]
+        self.procs = [Proc(python_module("tests.stub_backend", "--port", str(port), "--name", name,
+                                         "--model", model), name=name)
+                      for port, name in zip(self.ports, self.names)]
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        try:
+            for url, proc in zip(self.urls, self.procs):
+                wait_for_http(f"{url}/health", process=proc.popen)
+        except Exception:
+            self.stop()
+            raise
+
+    def config(self) -> list[dict]:
+        return [{"url": url, "name": name} for url, name in zip(self.urls, self.names)]
+
+    def inflight(self) -> dict[str, int]:
+        return {name: requests.get(f"{url}/stub/inflight", timeout=5).json()["inflight"]
+                for name, url in zip(self.names, self.urls)}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop(5)
+
+    def __enter__(self) -> "StubBackends":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,3 @@
+from llmlbd.cli import main
+
+main()
