@@ -1,0 +1,88 @@
+"""The collector's own Prometheus metrics, in a registry of its own.
+
+Its own registry (not prometheus_client's global one) so that nothing else
+imported into the process leaks series into it, and tests can build many.
+Ages and staleness are computed when Prometheus scrapes, from the
+workers' last good scrape, so they are exact at read time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["CollectorMetrics", "Freshness"]
+
+# (backend, owned by this collector, monotonic time of the last good scrape or None)
+Freshness = tuple[str, bool, "float | None"]
+
+
+class _AgeCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[Freshness]], stale_after_s: float) -> None:
+        self.source = source
+        self.stale_after_s = stale_after_s
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.monotonic()
+        age = GaugeMetricFamily(
+            "llmlbd_collector_metrics_age_seconds",
+            "Time since the last good scrape of each backend this collector owns "
+            "(+Inf: none yet).", labels=["backend"])
+        stale = GaugeMetricFamily(
+            "llmlbd_collector_backend_stale",
+            "1 when the backend's metrics are older than collector.stale_after_ms.",
+            labels=["backend"])
+        owned = stale_count = 0
+        for backend, is_owned, last in self.source():
+            if not is_owned:
+                continue
+            owned += 1
+            seconds = float("inf") if last is None else now - last
+            is_stale = seconds > self.stale_after_s
+            stale_count += is_stale
+            age.add_metric([backend], seconds)
+            stale.add_metric([backend], 1.0 if is_stale else 0.0)
+        yield age
+        yield stale
+        yield GaugeMetricFamily("llmlbd_collector_stale_backends",
+                                "Owned backends whose metrics are stale.", value=stale_count)
+        yield GaugeMetricFamily("llmlbd_collector_owned_backends",
+                                "Backends this collector currently scrapes.", value=owned)
+
+
+class CollectorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.scrapes = Counter(
+            "llmlbd_collector_scrapes", "Scrapes of a backend's /metrics, by outcome "
+            "(ok, or the failure kind: timeout, refused, http_503, too_large, ...).",
+            ["backend", "outcome"], registry=r)
+        self.scrape_seconds = Histogram(
+            "llmlbd_collector_scrape_duration_seconds",
+            "Time to fetch and parse one /metrics page.",
+            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5), registry=r)
+        self.health_checks = Counter(
+            "llmlbd_collector_health_checks", "Active health checks, by outcome.",
+            ["backend", "outcome"], registry=r)
+        self.up = Gauge("llmlbd_collector_backend_up",
+                        "Health state: 1 up, 0 down, -1 unknown.", ["backend"], registry=r)
+        self.field_missing = Gauge(
+            "llmlbd_collector_field_missing",
+            "1 when no known source for the field is on the backend's page (the field "
+            "is unknown to the policies).", ["backend", "field"], registry=r)
+        self.publishes = Counter(
+            "llmlbd_collector_publishes", "Backend hash writes, by outcome "
+            "(ok, not_owner, error).", ["outcome"], registry=r)
+        self.redis_errors = Counter(
+            "llmlbd_collector_redis_errors", "Failed Redis calls, by operation.",
+            ["op"], registry=r)
+        self.reaped = Counter("llmlbd_collector_reaped_leases",
+                              "In-flight leases of dead proxy workers dropped.", registry=r)
+
+    def watch_freshness(self, source: Callable[[], Iterable[Freshness]],
+                        stale_after_s: float) -> None:
+        self.registry.register(_AgeCollector(source, stale_after_s))

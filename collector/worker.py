@@ -1,0 +1,249 @@
+"""One backend's schedule: /metrics every interval, the health path, /v1/models.
+
+A worker runs in its own thread (a greenlet in the gevent-patched daemon),
+so a backend that hangs only delays itself. It does work only while this
+collector owns the backend; ownership changes wake it up. All three reads
+share one keep-alive connection to the backend.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from collector.exposition import ScanMemo
+from collector.health import Health
+from collector.http11 import FetchError, HTTPConnection
+from collector.logs import get_logger
+from collector.metrics import CollectorMetrics
+from collector.parse import Reading, read_metrics
+from collector.publish import Update
+from collector.scrape import check_health, get_metrics_text, get_models
+from collector.sources import METRIC_FIELDS, Plan, Source
+from llmlbd.state import backend_fields as F
+
+__all__ = ["Settings", "BackendWorker"]
+
+_HEALTH_VALUE = {F.HEALTH_UP: 1.0, F.HEALTH_DOWN: 0.0, F.HEALTH_UNKNOWN: -1.0}
+_IDLE_WAIT_S = 1.0   # a worker whose backend another collector owns re-checks this often
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ``collector`` config section in the units the workers use."""
+
+    interval_s: float
+    timeout_s: float
+    health_path: str
+    health_interval_s: float
+    down_after: int
+    up_after: int
+    stale_after_s: float
+    max_page_bytes: int
+    models_refresh_s: float
+
+    @classmethod
+    def from_config(cls, section: Any) -> "Settings":
+        return cls(
+            interval_s=section.interval_ms / 1000.0,
+            timeout_s=section.timeout_ms / 1000.0,
+            health_path=section.health_path if section.health_path.startswith("/")
+            else "/" + section.health_path,
+            health_interval_s=section.health_interval_ms / 1000.0,
+            down_after=section.down_after,
+            up_after=section.up_after,
+            stale_after_s=section.stale_after_ms / 1000.0,
+            max_page_bytes=section.max_page_bytes,
+            models_refresh_s=section.models_refresh_s,
+        )
+
+
+class BackendWorker:
+    def __init__(self, name: str, url: str, settings: Settings, plan: Plan,
+                 submit: Callable[[Update], None], metrics: CollectorMetrics,
+                 is_owned: Callable[[str], bool] = lambda name: True,
+                 restore: Callable[[str], Any] | None = None) -> None:
+        self.name = name
+        self.url = url
+        self.settings = settings
+        self.plan = plan
+        self.submit = submit
+        self.metrics = metrics
+        self.is_owned = is_owned
+        self.restore = restore
+        self.conn = HTTPConnection(url)
+        self.health = Health(settings.down_after, settings.up_after)
+        self.memo = ScanMemo()
+        self.learned: dict[str, Source] = {}
+        self.missing: set[str] = set()
+        self.last_ok: float | None = None      # monotonic time of the last good scrape
+        self.active = False
+        self.wake = threading.Event()
+        self.log = get_logger(backend=name)
+
+    # the loop ------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        s = self.settings
+        next_metrics = next_health = next_models = 0.0
+        while not stop.is_set():
+            if not self.is_owned(self.name):
+                if self.active:
+                    self._deactivate()
+                self.wake.wait(_IDLE_WAIT_S)
+                self.wake.clear()
+                continue
+            now = time.monotonic()
+            if not self.active:
+                self._activate()
+                # Spread the first scrapes over one interval: 256 backends
+                # taken at once must not be scraped in one burst forever after.
+                next_metrics = now + random.uniform(0, s.interval_s)
+                next_health = now
+                next_models = now
+            if now >= next_health:
+                self.check_health()
+                next_health = _next(next_health, s.health_interval_s, time.monotonic())
+            if now >= next_metrics:
+                self.scrape_metrics()
+                next_metrics = _next(next_metrics, s.interval_s, time.monotonic())
+            if now >= next_models:
+                self.refresh_models()
+                next_models = _next(next_models, s.models_refresh_s, time.monotonic())
+            wait = min(next_metrics, next_health, next_models) - time.monotonic()
+            if wait > 0 and self.wake.wait(wait):
+                self.wake.clear()
+        self.conn.close()
+
+    def _activate(self) -> None:
+        self.active = True
+        if self.restore is not None:
+            try:
+                state = self.restore(self.name)
+            except Exception as exc:  # Redis down: start from "unknown"
+                self.log.warning("restore_failed", error=str(exc))
+            else:
+                if state:
+                    self.health.restore(*state)
+        self.metrics.up.labels(self.name).set(_HEALTH_VALUE[self.health.state])
+        self.log.info("backend_owned", health=self.health.state)
+
+    def _deactivate(self) -> None:
+        self.active = False
+        self.last_ok = None
+        self.conn.close()
+        self.health = Health(self.settings.down_after, self.settings.up_after)
+        self.log.info("backend_released")
+
+    # the three reads -----------------------------------------------------------
+    def scrape_metrics(self) -> Reading | None:
+        """Read /metrics once and submit the fields; None when the scrape failed."""
+        s = self.settings
+        started = time.monotonic()
+        try:
+            text = get_metrics_text(self.conn, s.timeout_s, s.max_page_bytes)
+        except FetchError as exc:
+            self._scrape_failed(exc.kind, str(exc))
+            return None
+        received = time.monotonic()
+        reading = read_metrics(text, self.plan, self.memo, self.learned)
+        if reading.empty:
+            # An answer with none of the families we know is not a metrics
+            # page (an error page, a proxy's default site): keep the last
+            # values and let them go stale rather than calling them unknown.
+            self._scrape_failed("no_known_metrics", "no known metric family on the page")
+            return None
+        elapsed = time.monotonic() - started
+        fields = dict(reading.values)
+        fields[F.SCRAPE_MS] = f"{elapsed * 1000:.1f}"
+        fields[F.URL] = self.url
+        self.submit(Update(self.name, fields, (*reading.missing, F.LAST_ERROR),
+                           scraped_mono=received))
+        self.last_ok = received
+        self.metrics.scrapes.labels(self.name, "ok").inc()
+        self.metrics.scrape_seconds.observe(elapsed)
+        self._note_missing(reading)
+        return reading
+
+    def _scrape_failed(self, kind: str, message: str) -> None:
+        self.metrics.scrapes.labels(self.name, kind).inc()
+        self.submit(Update(self.name, {F.LAST_ERROR: f"metrics: {message}"[:200], F.URL: self.url}))
+        self.log.debug("scrape_failed", kind=kind, error=message)
+
+    def _note_missing(self, reading: Reading) -> None:
+        missing = set(reading.missing)
+        if missing == self.missing:
+            return
+        for fname in METRIC_FIELDS:
+            self.metrics.field_missing.labels(self.name, fname).set(1 if fname in missing else 0)
+        if missing - self.missing:
+            self.log.info("fields_missing", fields=sorted(missing - self.missing))
+        if self.missing - missing:
+            self.log.info("fields_found", fields=sorted(self.missing - missing))
+        self.missing = missing
+
+    def check_health(self) -> bool:
+        s = self.settings
+        try:
+            check_health(self.conn, s.health_path, s.timeout_s)
+            ok, error = True, ""
+            self.metrics.health_checks.labels(self.name, "ok").inc()
+        except FetchError as exc:
+            ok, error = False, f"health: {exc}"
+            self.metrics.health_checks.labels(self.name, exc.kind).inc()
+        changed = self.health.observe(ok)
+        fields = self.health.fields()
+        fields[F.URL] = self.url
+        if error:
+            fields[F.LAST_ERROR] = error[:200]
+        self.submit(Update(self.name, fields))
+        if changed:
+            self.metrics.up.labels(self.name).set(_HEALTH_VALUE[self.health.state])
+            log = self.log.warning if self.health.state == F.HEALTH_DOWN else self.log.info
+            log("health_changed", health=self.health.state, fails=self.health.fails,
+                error=error or None)
+        return ok
+
+    def refresh_models(self) -> list[str] | None:
+        try:
+            ids = get_models(self.conn, self.settings.timeout_s)
+        except FetchError as exc:
+            # Keep the last list: models_at shows its age.
+            self.log.debug("models_failed", kind=exc.kind, error=str(exc))
+            return None
+        if ids is None:
+            self.submit(Update(self.name, {}, (F.MODELS, F.MODELS_AT)))
+        else:
+            self.submit(Update(self.name, {F.MODELS: ",".join(ids)},
+                               models_mono=time.monotonic()))
+        return ids
+
+    def once(self) -> dict[str, Any]:
+        """Scrape everything once without Redis (``llmlbd collector --once``)."""
+        out: dict[str, Any] = {"url": self.url}
+        updates: list[Update] = []
+        submit, self.submit = self.submit, updates.append
+        try:
+            self.check_health()
+            reading = self.scrape_metrics()
+            models = self.refresh_models()
+        finally:
+            self.submit = submit
+            self.conn.close()
+        for u in updates:
+            out.update(u.fields)
+        out[F.HEALTH] = self.health.state
+        if reading is not None:
+            out["missing"] = reading.missing
+            out["sources"] = reading.used
+        if models is not None:
+            out[F.MODELS] = ",".join(models)
+        return out
+
+
+def _next(previous: float, interval: float, now: float) -> float:
+    """Fixed rate: the next run one interval after the last planned one, never in the past."""
+    planned = previous + interval
+    return planned if planned > now else now

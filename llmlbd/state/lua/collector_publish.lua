@@ -1,0 +1,30 @@
+-- Write one backend's scraped fields, only if the caller still owns the backend.
+-- The ownership check and the write are one step, so a collector that lost its
+-- lease (paused, partitioned) can never overwrite the new owner's fresher data.
+-- KEYS[1] scrape_owners HASH (backend -> "collector_id deadline_ms")
+-- KEYS[2] the backend's metrics HASH
+-- ARGV[1] collector id   ARGV[2] backend name
+-- ARGV[3] age (ms) of the metrics at send time, or '': sets scraped_at = now - age
+-- ARGV[4] age (ms) of the model list at send time, or '': sets models_at = now - age
+-- ARGV[5] n, the number of field/value pairs that follow
+-- ARGV[6 .. 5+2n] field, value pairs to set;  ARGV[6+2n ..] fields to delete
+-- return 1 when written, 0 when the caller is not the owner (nothing written)
+local entry = redis.call('HGET', KEYS[1], ARGV[2])
+if not entry or string.match(entry, '^(%S+)') ~= ARGV[1] then return 0 end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[5])
+local set = {}
+for i = 6, 5 + 2 * n do set[#set + 1] = ARGV[i] end
+if ARGV[3] ~= '' then
+  set[#set + 1] = 'scraped_at'; set[#set + 1] = tostring(now - tonumber(ARGV[3]))
+end
+if ARGV[4] ~= '' then
+  set[#set + 1] = 'models_at'; set[#set + 1] = tostring(now - tonumber(ARGV[4]))
+end
+if #set > 0 then redis.call('HSET', KEYS[2], unpack(set)) end
+if #ARGV >= 6 + 2 * n then
+  redis.call('HDEL', KEYS[2], unpack(ARGV, 6 + 2 * n))
+end
+return 1
