@@ -1,0 +1,229 @@
+-- prefix_cache: find the longest cached prefix, weigh it against load, pick, reserve
+-- and record the prefix for the chosen backend, atomically.
+-- A prefix key is a HASH backend -> last use (ms, Redis clock); a backend holds
+-- level j when its field is there and younger than the key TTL. A backend's match
+-- is the number of consecutive levels, from the first, that it holds.
+-- KEYS[1] inflight HASH   KEYS[2] leases HASH   KEYS[3] workers ZSET   KEYS[4] drained SET
+-- KEYS[4+i]     metrics HASH of candidate i (i = 1..n)
+-- KEYS[4+n+i]   prefix_owned ZSET of candidate i (block hash -> last use ms)
+-- KEYS[4+2n+j]  prefix HASH of level j (j = 1..m), shortest prefix first
+-- KEYS[4+2n+m+k] prefix HASH of an entry evicted by an earlier call (k = 1..e)
+-- ARGV[1] request id   ARGV[2] worker id   ARGV[3] lease ttl (ms)   ARGV[4] per-backend cap
+--   of requests in flight (0: none)   ARGV[5] model ('' for any)   ARGV[6] n   ARGV[7] m
+--   ARGV[8] e   ARGV[9] prefix TTL (ms)   ARGV[10] metrics stale after (ms)
+--   ARGV[11] min match (blocks)   ARGV[12] max load gap   ARGV[13] max load ratio
+--   ARGV[14] max KV use for affinity (0..1)   ARGV[15] default entries per backend
+--   ARGV[16] tokens per block (sizes the cap from num_gpu_blocks x block_size)
+--   ARGV[17] mode: 'bounded' or 'weighted'   ARGV[18..21] weights of the prefix, queue,
+--   KV and in-flight scorers (weighted mode)
+-- ARGV[21+i] candidate names, shuffled by the caller so that ties go to a random one
+-- ARGV[21+n+i] candidate weights   ARGV[21+2n+i] '1' if the candidate is excluded for this
+--   attempt (ignored, its entries kept), else '0'
+-- ARGV[21+3n+j] blocks covered by level j   ARGV[21+3n+m+k] backend of eviction k
+-- return {backend, in-flight, reason, matched blocks of the chosen backend, longest match
+--   of any usable backend (blocks), that backend or '', fields healed, {evicted: backend,
+--   hash, backend, hash, ...}}, or {false, reason} with reason 'cap', 'model', 'none' or
+--   'duplicate' (as acquire_least_request)
+local H = 21
+local request_id, worker, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cap, model = tonumber(ARGV[4]), ARGV[5]
+local n, m, e = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local ttl, stale_after = tonumber(ARGV[9]), tonumber(ARGV[10])
+local min_match, gap, ratio = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local max_kv, default_entries, tokens_per_block = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+local mode = ARGV[17]
+local w_prefix, w_queue, w_kv, w_inflight = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+local now = now_ms()
+
+-- Candidates: who may be picked, who may hold entries, and their load.
+local index = {}        -- name -> i
+local usable = {}       -- i -> true: may hold entries (eligible, maybe at the cap or excluded)
+local pickable = {}     -- i -> true: may be picked now
+local heal = {}         -- name -> true: its entries are dropped (down or drained)
+local load, kv, waiting, entries_cap = {}, {}, {}, {}
+local saw_eligible, saw_model_miss = false, false
+for i = 1, n do
+  local name = ARGV[H + i]
+  index[name] = i
+  local why = ineligible(KEYS[4], KEYS[4 + i], name, model)
+  if why == 'down' or why == 'drained' then
+    heal[name] = true
+  elseif why == 'model' then
+    saw_model_miss = true
+  else
+    usable[i] = true
+    local f = redis.call('HMGET', KEYS[4 + i], 'scraped_at', 'waiting', 'running', 'kv_usage',
+                         'num_gpu_blocks', 'block_size')
+    local inflight = tonumber(redis.call('HGET', KEYS[1], name) or '0')
+    local queued = 0
+    local scraped = tonumber(f[1])
+    if scraped and now - scraped <= stale_after then
+      waiting[i] = tonumber(f[2])
+      queued = (waiting[i] or 0) + (tonumber(f[3]) or 0)
+      kv[i] = tonumber(f[4])
+    end
+    -- Requests this fleet of proxies sent, or what the engine reports if it has more
+    -- (other clients): never both, which would count our own requests twice.
+    load[i] = math.max(inflight, queued) / tonumber(ARGV[H + n + i])
+    local blocks, block_size = tonumber(f[5]), tonumber(f[6])
+    if blocks and block_size and blocks > 0 and block_size > 0 then
+      entries_cap[i] = math.max(1, math.floor(blocks * block_size / tokens_per_block))
+    else
+      entries_cap[i] = default_entries
+    end
+    if ARGV[H + 2 * n + i] ~= '1' then
+      saw_eligible = true
+      if cap == 0 or inflight < cap then pickable[i] = true end
+    end
+  end
+end
+
+-- Longest prefix per usable backend; heal what points at removed, down, drained or
+-- expired holders on the way.
+local matched = {}      -- i -> levels held consecutively from the first
+local healed = 0
+for j = 1, m do
+  local key = KEYS[4 + 2 * n + j]
+  local fields = redis.call('HGETALL', key)
+  if #fields == 0 then break end
+  local advanced = false
+  for f = 1, #fields, 2 do
+    local name, used = fields[f], tonumber(fields[f + 1]) or 0
+    local i = index[name]
+    if i == nil or heal[name] or now - used > ttl then
+      redis.call('HDEL', key, name)
+      healed = healed + 1
+    elseif usable[i] and (matched[i] or 0) == j - 1 then
+      matched[i] = j
+      advanced = true
+    end
+  end
+  if not advanced then break end
+end
+-- A per-backend cap may have dropped a holder's deepest entries from its owned set
+-- (their fields go when the evicting worker's next call passes them): trust a level
+-- only while the owned set still has it.
+for i, levels in pairs(matched) do
+  while levels > 0 do
+    local key = KEYS[4 + 2 * n + levels]
+    if redis.call('ZSCORE', KEYS[4 + n + i], string.match(key, ':prefix:(.*)$')) then break end
+    levels = levels - 1
+  end
+  matched[i] = levels
+end
+local function blocks_of(levels)
+  if levels == nil or levels == 0 then return 0 end
+  return tonumber(ARGV[H + 3 * n + levels])
+end
+
+-- The longest usable match, whatever its load (for the decision record).
+local best_blocks, best_name = 0, ''
+for i = 1, n do
+  if usable[i] and blocks_of(matched[i]) > best_blocks then
+    best_blocks, best_name = blocks_of(matched[i]), ARGV[H + i]
+  end
+end
+
+local min_load
+for i = 1, n do
+  if pickable[i] and (min_load == nil or load[i] < min_load) then min_load = load[i] end
+end
+if min_load == nil then
+  if saw_eligible then return {false, 'cap'} end
+  if saw_model_miss then return {false, 'model'} end
+  return {false, 'none'}
+end
+
+local chosen, reason
+if mode == 'weighted' then
+  -- Scorers in [0, 1], weighted and summed (the inference-extension's v1 formulas):
+  -- prefix = matched / total levels; queue and in-flight min-max normalised (all equal:
+  -- 1); KV = 1 - use. Unknown or stale metrics score 0.
+  local q_min, q_max, l_min, l_max
+  for i = 1, n do
+    if pickable[i] then
+      if waiting[i] then
+        q_min = math.min(q_min or waiting[i], waiting[i]); q_max = math.max(q_max or waiting[i], waiting[i])
+      end
+      l_min = math.min(l_min or load[i], load[i]); l_max = math.max(l_max or load[i], load[i])
+    end
+  end
+  local best_score
+  for i = 1, n do
+    if pickable[i] then
+      local score = 0
+      if m > 0 and blocks_of(matched[i]) >= min_match then score = w_prefix * (matched[i] or 0) / m end
+      if waiting[i] then
+        score = score + w_queue * ((q_max == q_min) and 1 or (q_max - waiting[i]) / (q_max - q_min))
+      end
+      if kv[i] then score = score + w_kv * math.max(0, math.min(1, 1 - kv[i])) end
+      score = score + w_inflight * ((l_max == l_min) and 1 or (l_max - load[i]) / (l_max - l_min))
+      if best_score == nil or score > best_score then chosen, best_score = i, score end
+    end
+  end
+  reason = (blocks_of(matched[chosen]) >= min_match and blocks_of(matched[chosen]) > 0) and 'weighted_hit' or 'weighted'
+else
+  -- Bounded load: follow the longest match among backends whose load is within
+  -- max(min + gap, min x ratio) and whose KV use (when fresh) is under the limit.
+  local bound = math.max(min_load + gap, min_load * ratio)
+  local best_match
+  for i = 1, n do
+    local b = blocks_of(matched[i])
+    if pickable[i] and b >= min_match and b > 0 and load[i] <= bound and (kv[i] == nil or kv[i] <= max_kv) then
+      if best_match == nil or b > best_match or (b == best_match and load[i] < load[chosen]) then
+        chosen, best_match = i, b
+      end
+    end
+  end
+  if chosen then
+    reason = 'affinity'
+  else
+    for i = 1, n do
+      if pickable[i] and load[i] == min_load then chosen = i; break end
+    end
+    reason = (best_blocks >= min_match and best_blocks > 0) and 'overloaded' or 'miss'
+  end
+end
+
+local name = ARGV[H + chosen]
+local count = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
+if not count then return {false, 'duplicate'} end
+
+-- Record (or refresh) every level for the chosen backend.
+local owned = KEYS[4 + n + chosen]
+local members = {}
+for j = 1, m do
+  local key = KEYS[4 + 2 * n + j]
+  redis.call('HSET', key, name, now)
+  redis.call('PEXPIRE', key, ttl)
+  members[#members + 1] = now
+  members[#members + 1] = string.match(key, ':prefix:(.*)$')
+  if #members >= 500 then redis.call('ZADD', owned, unpack(members)); members = {} end
+end
+if #members > 0 then redis.call('ZADD', owned, unpack(members)) end
+local evicted = {}
+if m > 0 then
+  redis.call('PEXPIRE', owned, ttl)
+  redis.call('ZREMRANGEBYSCORE', owned, '-inf', now - ttl)
+  local over = redis.call('ZCARD', owned) - entries_cap[chosen]
+  if over > 0 then
+    local popped = redis.call('ZPOPMIN', owned, over)
+    for p = 1, #popped, 2 do
+      evicted[#evicted + 1] = name
+      evicted[#evicted + 1] = popped[p]
+    end
+  end
+end
+
+-- Entries evicted by earlier calls: drop the field unless the backend took the
+-- prefix again since.
+for k = 1, e do
+  local key = KEYS[4 + 2 * n + m + k]
+  local holder = ARGV[H + 3 * n + m + k]
+  local i = index[holder]
+  if i == nil or not redis.call('ZSCORE', KEYS[4 + n + i], string.match(key, ':prefix:(.*)$')) then
+    healed = healed + redis.call('HDEL', key, holder)
+  end
+end
+
+return {name, count, reason, blocks_of(matched[chosen]), best_blocks, best_name, healed, evicted}

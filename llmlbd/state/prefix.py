@@ -1,0 +1,108 @@
+"""The prefix index in Redis and its one-round-trip acquire (``lua/acquire_prefix.lua``).
+
+Layout (all keys carry the pool's hash tag, see keys.py):
+
+- ``prefix:<hash>`` HASH backend -> last use (ms): the backends that served a
+  prompt starting with the prefix whose chained hash is ``<hash>``. The key's
+  TTL (``redisKeyTTL``) is refreshed on every use, and a field older than the
+  TTL counts as absent (another backend may keep the key alive).
+- ``prefix_owned:<backend>`` ZSET hash -> last use (ms): the entries of one
+  backend, capped to about the size of its KV cache. When the cap pops
+  entries, their fields are removed by this worker's *next* acquire, which
+  declares those keys in KEYS (a script may touch only declared keys on Redis
+  Cluster); until then a lookup ignores them because the owned set lacks them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.leases import Leases
+
+__all__ = ["PrefixParams", "PrefixReservation", "PrefixIndex"]
+
+# Evicted entries sent along with one acquire, and kept waiting per worker.
+EVICTIONS_PER_CALL = 256
+EVICTIONS_KEPT = 8192
+
+
+@dataclass(frozen=True)
+class PrefixParams:
+    ttl_ms: int = 1_800_000
+    stale_after_ms: int = 2000
+    min_match_blocks: int = 4
+    max_load_gap: float = 4.0
+    max_load_ratio: float = 1.5
+    max_kv_usage: float = 0.95
+    entries_per_backend: int = 31_250
+    tokens_per_block: float = 16.0
+    mode: str = "bounded"
+    weights: tuple[float, float, float, float] = (3.0, 2.0, 2.0, 1.0)  # prefix, queue, kv, inflight
+
+
+@dataclass(frozen=True)
+class PrefixReservation:
+    backend: str | None
+    inflight: int = 0
+    reason: str = ""
+    matched_blocks: int = 0
+    best_blocks: int = 0
+    best_backend: str = ""
+    healed: int = 0
+    evicted: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class PrefixIndex:
+    """One pool's prefix index, bound to a worker's leases (and its pending evictions)."""
+
+    def __init__(self, leases: Leases, params: PrefixParams) -> None:
+        self.leases = leases
+        self.keys: PoolKeys = leases.keys
+        self.params = params
+        self.pending: deque[tuple[str, str]] = deque(maxlen=EVICTIONS_KEPT)
+
+    def call_keys(self, names: Sequence[str], hashes: Sequence[str],
+                  evictions: Sequence[tuple[str, str]]) -> list[str]:
+        k = self.keys
+        return [k.inflight, k.leases, k.workers, k.drained,
+                *(k.backend(n) for n in names),
+                *(k.prefix_owned_by(n) for n in names),
+                *(k.prefix(h) for h in hashes),
+                *(k.prefix(h) for _, h in evictions)]
+
+    def acquire(self, request_id: str, names: Sequence[str], weights: Sequence[float],
+                excluded: Sequence[bool], hashes: Sequence[str], blocks: Sequence[int],
+                model: str = "", cap: int = 0) -> PrefixReservation:
+        """Pick and reserve a backend for a prompt whose level hashes are *hashes*."""
+        p = self.params
+        evictions = [self.pending.popleft()
+                     for _ in range(min(EVICTIONS_PER_CALL, len(self.pending)))]
+        keys = self.call_keys(names, hashes, evictions)
+        args: list[Any] = [
+            request_id, self.leases.worker_id, self.leases.ttl_ms, cap, model,
+            len(names), len(hashes), len(evictions), p.ttl_ms, p.stale_after_ms,
+            p.min_match_blocks, repr(float(p.max_load_gap)), repr(float(p.max_load_ratio)),
+            repr(float(p.max_kv_usage)), p.entries_per_backend, repr(float(p.tokens_per_block)),
+            p.mode, *(repr(float(w)) for w in p.weights),
+            *names, *(repr(float(w)) for w in weights), *("1" if x else "0" for x in excluded),
+            *blocks, *(name for name, _ in evictions)]
+        try:
+            reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
+        except BaseException:
+            self.pending.extendleft(reversed(evictions))  # not applied: keep them for later
+            raise
+        if not reply[0]:
+            self.pending.extendleft(reversed(evictions))
+            return PrefixReservation(None, 0, _text(reply[1]))
+        flat = [_text(x) for x in reply[7]]
+        evicted = list(zip(flat[0::2], flat[1::2]))
+        self.pending.extend(evicted)
+        return PrefixReservation(_text(reply[0]), int(reply[1]), _text(reply[2]), int(reply[3]),
+                                 int(reply[4]), _text(reply[5]), int(reply[6]), evicted)
