@@ -1,0 +1,76 @@
+"""prefix_cache: send a prompt where its prefix is already in the KV cache, without hot spots.
+
+Python turns the prompt into chained block hashes (llmlbd.policy.prompt);
+one Lua script (state/lua/acquire_prefix.lua) then, atomically: filters the
+candidates (healthy, not drained, serves the model, under the in-flight cap),
+finds each backend's longest cached prefix, weighs it against load, picks,
+reserves the in-flight slot and records the prompt's blocks for the chosen
+backend. Entries of removed, down or drained backends are ignored and
+dropped on the way. See docs/policies/prefix_cache.md.
+"""
+
+from __future__ import annotations
+
+from llmlbd.config.lb_prefix_cache import SCORERS, scorer_weights
+from llmlbd.policy import prompt
+from llmlbd.policy.context import PolicyContext
+from llmlbd.policy.framework import Decision
+from llmlbd.policy.outcomes import no_route
+from llmlbd.request import RoutingRequest
+from llmlbd.state.prefix import PrefixIndex, PrefixParams
+
+__all__ = ["PrefixCache"]
+
+
+class PrefixCache:
+    name = "prefix_cache"
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+        lb = ctx.lb_config
+        self.cap = lb.maxRequestCount
+        self.block_chars = lb.blockChars
+        self.max_levels = lb.maxBlocks
+        weights = scorer_weights(lb.scorerWeights)
+        self.params = PrefixParams(
+            ttl_ms=lb.redisKeyTTL * 1000, stale_after_ms=ctx.stale_after_ms,
+            min_match_blocks=lb.minMatchBlocks, max_load_gap=lb.maxLoadGap,
+            max_load_ratio=lb.maxLoadRatio, max_kv_usage=lb.maxKvUsage,
+            entries_per_backend=lb.maxEntriesPerBackend,
+            tokens_per_block=lb.blockChars / lb.charsPerToken, mode=lb.scoring,
+            weights=tuple(weights[name] for name in SCORERS))  # type: ignore[arg-type]
+        self.index = PrefixIndex(ctx.leases, self.params) if ctx.leases is not None else None
+
+    def levels(self, request: RoutingRequest) -> prompt.Levels:
+        return prompt.levels(request.body, pool=self.ctx.keys.pool, model=request.model,
+                             cache_salt=request.cache_salt, block_chars=self.block_chars,
+                             max_levels=self.max_levels)
+
+    def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
+        ctx = self.ctx
+        assert self.index is not None
+        if not ctx.backends:
+            raise no_route("empty", request)
+        if all(backend.name in exclude for backend in ctx.backends):
+            raise no_route("none", request)
+        levels = self.levels(request)
+        # Every backend of the pool goes in (entries of names not in it are stale), shuffled
+        # so that the script's "first best wins" is a uniform random tie-break.
+        candidates = list(ctx.backends)
+        ctx.rng.shuffle(candidates)
+        reservation = self.index.acquire(
+            request.request_id, [b.name for b in candidates], [b.weight for b in candidates],
+            [b.name in exclude for b in candidates], levels.hashes, levels.blocks,
+            model=request.model, cap=self.cap)
+        if reservation.backend is None:
+            raise no_route(reservation.reason, request)
+        return Decision(ctx.by_name[reservation.backend], request.request_id, self.name,
+                        reason=reservation.reason, inflight=reservation.inflight,
+                        details={"matched_blocks": reservation.matched_blocks,
+                                 "matched_chars": reservation.matched_blocks * self.block_chars,
+                                 "prompt_blocks": levels.total_blocks,
+                                 "levels": len(levels),
+                                 "best_blocks": reservation.best_blocks,
+                                 "best_backend": reservation.best_backend,
+                                 "healed": reservation.healed,
+                                 "evicted": len(reservation.evicted)})
