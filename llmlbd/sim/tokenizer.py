@@ -18,7 +18,7 @@ from functools import lru_cache
 
 VOCAB_SIZE = 128_256  # Llama 3's vocabulary size, so ids look plausible
 
-_PIECE = re.compile(r" ?\w{1,6}| ?[^\w\s]|\s+")
+_PIECE = re.compile(r"<\|[a-z_]+\|>| ?\w{1,6}| ?[^\w\s]|\s+")
 
 # A stable piece -> id map is all /detokenize can invert; ids never seen in this
 # process decode to a placeholder.

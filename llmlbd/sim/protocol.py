@@ -1,0 +1,115 @@
+"""Reading OpenAI-style request bodies the way vLLM does, and rejecting bad ones as it does."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from llmlbd.sim.config import SimConfig
+from llmlbd.sim.errors import SimHTTPError
+from llmlbd.sim.tokenizer import render_chat, tokenize, detokenize
+
+__all__ = ["InferenceRequest", "read_json", "parse_inference", "resolve_model", "prompt_of"]
+
+
+@dataclass
+class InferenceRequest:
+    kind: str  # "chat" or "completion"
+    model: str  # the name the client used (base model or adapter)
+    lora: str | None
+    prompt_text: str
+    prompt_ids: list[int]
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    ignore_eos: bool
+    n: int
+    cache_salt: str | None
+
+    @property
+    def cache_scope(self) -> tuple:
+        return (self.lora or "", self.cache_salt or "")
+
+
+def read_json(environ: dict) -> dict:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    raw = environ["wsgi.input"].read(length) if length else environ["wsgi.input"].read()
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise SimHTTPError(400, f"JSON decode error: {exc}", error_type="Bad Request") from None
+    if not isinstance(body, dict):
+        raise SimHTTPError(400, "Input should be a valid dictionary", param="body",
+                           error_type="Bad Request")
+    return body
+
+
+def resolve_model(config: SimConfig, name: object) -> tuple[str, str | None]:
+    """(the served name, the adapter or None); an unknown name is vLLM's 404."""
+    if name in (None, "", config.model):
+        return config.model, None
+    if isinstance(name, str) and name in config.loras:
+        return name, name
+    valid = ", ".join([config.model, *config.loras])
+    raise SimHTTPError(404, f"The model `{name}` does not exist. Valid aliases: {valid}", param="model")
+
+
+def prompt_of(kind: str, body: dict) -> str:
+    """The prompt text of a chat or completion body (token-id prompts are decoded)."""
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise SimHTTPError(400, "Field required: messages must be a non-empty list",
+                               param="body.messages", error_type="Bad Request")
+        return render_chat(messages, bool(body.get("add_generation_prompt", True)))
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return detokenize(prompt)
+    raise SimHTTPError(400, "prompt must be a string or a list of token ids (the simulator "
+                            "serves one prompt per request)", param="prompt", error_type="Bad Request")
+
+
+def parse_inference(config: SimConfig, kind: str, body: dict) -> InferenceRequest:
+    model, lora = resolve_model(config, body.get("model"))
+    prompt_text = prompt_of(kind, body)
+    if kind == "completion" and isinstance(body.get("prompt"), list) and body["prompt"] \
+            and isinstance(body["prompt"][0], int):
+        prompt_ids = list(body["prompt"])
+    else:
+        prompt_ids = tokenize(prompt_text)
+    max_tokens = body.get("max_completion_tokens") if kind == "chat" else None
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens", 16 if kind == "completion" else None)
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise SimHTTPError(400, f"max_tokens must be at least 1, got {max_tokens}.",
+                           param="max_tokens", error_type="Bad Request")
+    n = body.get("n", 1)
+    if n != 1:
+        raise SimHTTPError(400, "the simulator supports only n=1", param="n")
+    prompt_len = len(prompt_ids)
+    limit = config.max_model_len
+    if prompt_len >= limit:
+        raise SimHTTPError(400, f"This model's maximum context length is {limit} tokens. However, "
+                                f"your request has {prompt_len} input tokens. Please reduce the "
+                                f"length of the input messages.", param="messages")
+    if max_tokens is not None and prompt_len + max_tokens > limit:
+        raise SimHTTPError(400, f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. "
+                                f"This model's maximum context length is {limit} tokens and your "
+                                f"request has {prompt_len} input tokens ({max_tokens} > {limit} - "
+                                f"{prompt_len}).", param="max_tokens")
+    stream_options = body.get("stream_options") or {}
+    cache_salt = body.get("cache_salt")
+    return InferenceRequest(
+        kind=kind, model=model, lora=lora, prompt_text=prompt_text, prompt_ids=prompt_ids,
+        stream=bool(body.get("stream", False)),
+        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+        max_tokens=max_tokens, ignore_eos=bool(body.get("ignore_eos", False)), n=1,
+        cache_salt=cache_salt if isinstance(cache_salt, str) and cache_salt else None,
+    )
