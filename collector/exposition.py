@@ -9,7 +9,7 @@ away. Here each wanted name is located with ``str.find`` on ``"\\n" + name``
 labels parsed.
 
 Handled: ``text/plain; version=0.0.4`` and ``1.0.0``, OpenMetrics 1.0
-(``# EOF`` ends the page; exemplars after the value are ignored), escaped
+(the final ``# EOF`` line; exemplars after the value are ignored), escaped
 label values (``\\\\``, ``\\"``, ``\\n``), braces and commas inside values,
 sample timestamps, ``NaN``/``+Inf``/``-Inf`` values, blank lines, ``\\r\\n``
 line ends. A line that does not parse is skipped, never fatal: a missing or
@@ -155,7 +155,9 @@ class Page:
         # Only complete lines: a body that stops mid-line (a server killed
         # while writing) must not yield "2" for a cut "24.0".
         limit = text.rfind("\n") + 1
-        # OpenMetrics ends with "# EOF" (its last line; nothing may follow).
+        # OpenMetrics ends with "# EOF", which must be the last line. Only
+        # the tail is checked: searching a 70 KB page for a short needle
+        # costs as much as reading every field we want.
         raw_tail = text[-64:]
         tail = raw_tail.rstrip()
         if tail.endswith("# EOF"):
@@ -203,20 +205,27 @@ class Page:
         needle = "\n" + name
         found: list[Sample] = []
         first = -1
+        contiguous = True       # every line of the family follows the previous one
+        expected = -1
         pos = 0 if text.startswith(name) else text.find(needle, 0, limit) + 1 or -1
         while pos != -1:
             end = text.find("\n", pos, limit)
             if end == -1:
                 end = limit
             if self._starts_line(pos, name):
+                if first == -1:
+                    first = pos
+                elif pos != expected:
+                    contiguous = False
+                expected = end + 1
                 sample = self._parse_at(pos, end, name)
                 if sample is not None:
-                    if first == -1:
-                        first = pos
                     found.append(sample)
             pos = text.find(needle, end, limit) + 1 or -1
         if self.memo is not None:
-            if first != -1:
+            # A family split across the page (against the format's rules, but
+            # seen) is always searched fully: the group read would miss parts.
+            if first != -1 and contiguous:
                 self.memo.hints[name] = first
             else:
                 self.memo.hints.pop(name, None)

@@ -115,7 +115,7 @@ def _value(fname: str, source: Source, samples: list[Sample], plan: Plan) -> str
 
 def _lookup(page: Page, source: Source) -> list[Sample]:
     samples = page.samples(source.name)
-    if not samples:
+    if not samples and source.loose_total:
         # OpenMetrics names a counter's family without "_total" and its
         # sample with it; some exporters (TGI) never add it. Accept either.
         if source.name.endswith("_total"):

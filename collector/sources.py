@@ -109,12 +109,15 @@ class Source:
     selector: tuple[tuple[str, str], ...]   # label pairs a series must carry
     label: str | None                       # read this label instead of the value
     text: str                               # as written, for logs and docs
+    # Operator mappings may name a counter's family ("foo") for its sample
+    # ("foo_total") or the reverse; built-in names are exact.
+    loose_total: bool = False
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.selector)
 
 
-def parse_source(text: str) -> Source:
+def parse_source(text: str, loose_total: bool = False) -> Source:
     """Parse ``name{l="v",...}@label`` (selector and ``@label`` optional); ValueError if bad."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"expected a metric name such as 'queue_len{{engine=\"0\"}}', got {text!r}")
@@ -139,7 +142,7 @@ def parse_source(text: str) -> Source:
     name = name.strip()
     if not name or any(c in name for c in ' \t"=,}'):
         raise ValueError(f"{text!r}: bad metric name {name!r}")
-    return Source(name, tuple(sorted(selector.items())), label, text)
+    return Source(name, tuple(sorted(selector.items())), label, text, loose_total)
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ def build_plan(metric_map: Mapping[str, Any] | None = None) -> Plan:
                              f"(expected one of {', '.join(METRIC_FIELDS)})")
         specs = value if isinstance(value, (list, tuple)) else [value]
         try:
-            mapped = [parse_source(s) for s in specs]
+            mapped = [parse_source(s, loose_total=True) for s in specs]
         except ValueError as exc:
             raise ValueError(f"metric_map.{field}: {exc}") from None
         sources[field] = mapped + sources[field]
