@@ -1,0 +1,137 @@
+"""What every `llmlbctl` command shares: the config, the pool's keys, a Redis client.
+
+Everything is built on first use, not in the root callback, so that
+`llmlbctl <command> --help` never needs a config or a Redis server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from llmlbd.exits import ConfigProblem, RuntimeProblem
+
+__all__ = ["Ctl", "pass_ctl", "DEFAULT_CONFIG", "redact_url", "runtime_socket_candidates"]
+
+DEFAULT_CONFIG = "/etc/llmlbd/llmlbd.yaml"
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with its password replaced by ***, for output and error messages."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query,
+                       parts.fragment))
+
+
+def runtime_socket_candidates() -> list[Path]:
+    """Where `llmlbd start` puts its embedded Redis socket, most specific first."""
+    dirs = []
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        dirs.append(Path(os.environ["RUNTIME_DIRECTORY"]))
+    dirs.append(Path("/run/llmlbd"))
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "llmlbd")
+    dirs.append(Path(f"/tmp/llmlbd-{os.getuid()}"))
+    return [d / "redis" / "redis.sock" for d in dirs]
+
+
+class Ctl:
+    """The global options of one `llmlbctl` run and what is built from them."""
+
+    def __init__(self, config_path: str | None = None, redis_url: str | None = None,
+                 pool: str | None = None) -> None:
+        self.config_path = config_path
+        self.redis_url_option = redis_url
+        self.pool_option = pool
+        self._config: Any = None
+        self._keys: Any = None
+        self._client: Any = None
+        self._url: str | None = None
+
+    # config ------------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        if self._config is None:
+            from llmlbd.config import ConfigError, load_config
+
+            path = self.config_path
+            if path is None and os.path.exists(DEFAULT_CONFIG):
+                path = DEFAULT_CONFIG
+            try:
+                self._config = load_config(path)
+            except ConfigError as exc:
+                raise ConfigProblem(str(exc)) from None
+        return self._config
+
+    @property
+    def keys(self) -> Any:
+        if self._keys is None:
+            from llmlbd.state.keys import PoolKeys
+
+            try:
+                self._keys = PoolKeys(self.pool_option or self.config.server.pool)
+            except ValueError as exc:
+                raise ConfigProblem(str(exc)) from None
+        return self._keys
+
+    # redis -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str | None:
+        """The Redis URL used (None with Sentinel, which finds the master itself)."""
+        if self._url is None:
+            from llmlbd.state.client import resolved_url
+
+            url = self.redis_url_option or resolved_url(self.config)
+            if url is None and self.config.redis_target().embedded:
+                for candidate in runtime_socket_candidates():
+                    if candidate.exists():
+                        url = f"unix://{candidate}"
+                        break
+            self._url = url
+        return self._url
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from llmlbd.state.client import connect
+
+            config = self.config
+            if self.url is None and config.redis.mode != "sentinel":
+                raise RuntimeProblem(
+                    "no Redis to read: the config uses an embedded Redis and no running "
+                    "`llmlbd start` socket was found; pass --redis-url (or set "
+                    "LLMLBD_REDIS_URL), or give --config the file the proxy runs with")
+            try:
+                self._client = connect(config, url=self.url)
+            except (RuntimeError, ValueError) as exc:
+                raise RuntimeProblem(str(exc)) from None
+        return self._client
+
+    def describe_redis(self) -> str:
+        if self.url:
+            return redact_url(self.url) or ""
+        r = self.config.redis
+        return f"sentinel master {r.sentinel_master} via {', '.join(r.sentinels)}"
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - closing must never mask the command's result
+                pass
+            self._client = None
+
+
+pass_ctl = click.make_pass_decorator(Ctl)

@@ -1,0 +1,136 @@
+"""`llmlbctl explain`: where a request would go now, and why. Reserves nothing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import click
+
+from llmlbd import exits
+from llmlbd.ctl.context import Ctl, pass_ctl
+from llmlbd.ctl.members import effective_backends
+from llmlbd.ctl.output import emit, fmt_age, fmt_list, fmt_num, json_option, table
+
+__all__ = ["explain_command", "render_explain"]
+
+
+def _fmt_score(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() else f"{value:.3f}"
+    return str(value)
+
+
+def render_explain(data: dict[str, Any]) -> str:
+    req = data.get("request") or {}
+    lines = [f"policy {data.get('policy')}   request {req.get('path', '?')} model "
+             f"{req.get('model') or '(none)'}"
+             + (f", {req['prompt_chars']} prompt chars" if req.get("prompt_chars") else "")
+             + (", stream" if req.get("stream") else "")]
+    by = data.get("explained_by")
+    lines.append("explained by the policy itself" if by == "policy" else
+                 "explained by the generic explainer ("
+                 + ("exact for this policy" if data.get("exact") else "an approximation") + ")")
+    candidates = data.get("candidates") or []
+    if candidates:
+        lines.append("")
+        lines.append(table(
+            ["BACKEND", "INFLIGHT", "WEIGHT", "HEALTH", "DRAINED", "MODELS", "METRICS AGE",
+             "REMOVED BY", "SCORE"],
+            [[c.get("name"), c.get("inflight"), fmt_num(c.get("weight")), c.get("health"),
+              "yes" if c.get("drained") else "no", fmt_list(c.get("models")),
+              fmt_age(c.get("metrics_age_ms")) + (" STALE" if c.get("stale") else ""),
+              c.get("removed_by") or "", _fmt_score(c.get("score"))] for c in candidates]))
+    filters = data.get("filters") or []
+    if filters:
+        lines.append("")
+        lines.append("filters: " + "; ".join(
+            f"{f['name']}: " + (", ".join(f["removed"]) if f.get("removed") else "none removed")
+            for f in filters))
+    if data.get("score_meaning"):
+        lines.append(f"score: {data['score_meaning']}")
+    if data.get("prefix_match") is not None:
+        unit = data.get("prefix_match_unit", "")
+        lines.append(f"prefix match: {data['prefix_match']} {unit}".rstrip())
+    lines.append("")
+    outcome = data.get("outcome") or {}
+    if data.get("choice"):
+        ties = [t for t in data.get("ties") or [] if t != data["choice"]]
+        lines.append(f"-> {data['choice']}  (reason {data.get('reason')})"
+                     + (f"; tied with {', '.join(ties)}: one of them is picked at random"
+                        if ties else ""))
+    else:
+        lines.append(f"-> no backend: the client gets {outcome.get('status')} "
+                     f"{outcome.get('code', '')}: {outcome.get('message', '')}")
+    if data.get("note"):
+        lines.append(f"note: {data['note']}")
+    # Whatever else a policy's own explain returned.
+    known = {"policy", "explained_by", "exact", "note", "request", "candidates", "filters",
+             "score_meaning", "choice", "ties", "reason", "prefix_match", "prefix_match_unit",
+             "outcome"}
+    extra = {k: v for k, v in data.items() if k not in known}
+    for key, value in extra.items():
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def _headers(values: tuple[str, ...]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected 'Name: value', got {value!r}",
+                                     param_hint="'-H' / '--header'")
+        headers[name.strip().lower()] = content.strip()
+    return headers
+
+
+@click.command("explain")
+@click.option("--body", "body_file", type=click.File("rb"), required=True,
+              help="The request body (JSON), or - for standard input.")
+@click.option("--path", default="/v1/chat/completions", show_default=True,
+              help="The request path the client would use.")
+@click.option("-H", "--header", "header_values", multiple=True,
+              help="A request header, 'Name: value' (repeatable), e.g. x-llmlbd-criticality.")
+@json_option
+@pass_ctl
+def explain_command(ctl: Ctl, body_file: Any, path: str, header_values: tuple[str, ...],
+                    as_json: bool) -> None:
+    """Where a request with this body would go now, and why: which filters
+    removed which backends, the scores, the prefix match length. Nothing is
+    reserved and no request is sent.
+
+    Uses the policy's own explain method when it has one, else the generic
+    explainer (exact for global_least_request, round_robin and random).
+    Exits 0 when a backend would be chosen, 3 when no backend serves the
+    model (404), 4 when every backend is down, drained or full (503/429),
+    2 when the body is not a valid request.
+    """
+    from llmlbd.errors import LLMLBError
+    from llmlbd.policy.context import PolicyContext
+    from llmlbd.policy.explain import explain
+    from llmlbd.server.parse import parse_request
+    from llmlbd.state.leases import Leases
+
+    body = body_file.read()
+    headers = _headers(header_values)
+    headers.setdefault("content-type", "application/json")
+    try:
+        request = parse_request(f"explain-{uuid.uuid4().hex[:12]}", "POST", path, headers, body)
+    except LLMLBError as exc:
+        problem = click.ClickException(f"the client would get {exc.status}: {exc.message}")
+        problem.exit_code = exits.BAD_CONFIG
+        raise problem from None
+    config, client, keys = ctl.config, ctl.client, ctl.keys
+    backends, _ = effective_backends(client, keys.members, config.backends)
+    # A Leases object so that policies can be built as in a worker; explain never calls it.
+    leases = Leases(client, keys, "llmlbctl-explain", int(config.server.lease_ttl_s * 1000))
+    ctx = PolicyContext(backends, config.lb_config, keys, leases, client,
+                        stale_after_ms=config.collector.stale_after_ms)
+    data = explain(config.lb_policy, ctx, request)
+    emit(data, as_json, render_explain)
+    if not data.get("choice"):
+        status = (data.get("outcome") or {}).get("status")
+        raise SystemExit(exits.NOT_FOUND if status == 404 else exits.UNHEALTHY)

@@ -1,0 +1,93 @@
+"""Pool membership in Redis: the `members` HASH, name -> JSON {"url", "weight"}.
+
+Semantics (documented in docs/operations.md): the config file's `backends`
+list is only the seed. When the hash does not exist, proxy workers (and
+llmlbctl) use the config's list, and the first change made here writes the
+seed and the change together, in one transaction, so adding one backend
+never drops the others. Once the hash exists it is the truth for every
+worker and replica, which re-read it every second. The last member cannot be
+removed: an empty hash does not exist in Redis, and the workers would fall
+back to the config's seed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Sequence
+
+import redis
+
+from llmlbd.config.loader import Backend
+
+__all__ = ["read_members", "effective_backends", "encode", "change_members", "MembersError"]
+
+
+class MembersError(Exception):
+    """A membership change that cannot be made (the message says why)."""
+
+
+def encode(backend: Backend) -> str:
+    return json.dumps({"url": backend.url, "weight": backend.weight}, sort_keys=True)
+
+
+def _decode(name: str, raw: str) -> Backend | None:
+    try:
+        data = json.loads(raw)
+        return Backend(name, str(data["url"]), float(data.get("weight", 1.0)))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def read_members(client: Any, key: str) -> dict[str, Backend] | None:
+    """The members hash as name -> Backend (in name order), or None when it does not exist.
+
+    Entries that are not valid JSON {"url", "weight"} are skipped.
+    """
+    raw = client.hgetall(key)
+    if not raw:
+        return None
+    members = {}
+    for name in sorted(raw):
+        backend = _decode(name, raw[name])
+        if backend is not None:
+            members[name] = backend
+    return members
+
+
+def effective_backends(client: Any, key: str, seed: Sequence[Backend]) -> tuple[list[Backend], str]:
+    """The pool's backends and where the list came from: "redis" or "config"."""
+    members = read_members(client, key)
+    if members is None:
+        return list(seed), "config"
+    return list(members.values()), "redis"
+
+
+def change_members(client: Any, key: str, seed: Sequence[Backend],
+                   change: Callable[[dict[str, Backend]], dict[str, Backend]]) -> dict[str, Backend]:
+    """Apply *change* to the current membership atomically (WATCH/MULTI, retried on conflict).
+
+    *change* gets the members (the config's seed when the hash does not
+    exist) and returns the new members; it may raise MembersError. The whole
+    hash is rewritten, so the seed and the change land together.
+    """
+    for _ in range(20):
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.hgetall(key)
+                if raw:
+                    current = {n: b for n in sorted(raw) if (b := _decode(n, raw[n])) is not None}
+                else:
+                    current = {b.name: b for b in seed}
+                new = change(dict(current))
+                if not new:
+                    raise MembersError("a pool cannot have no backend (an empty members hash "
+                                       "would make every worker fall back to the config's seed)")
+                pipe.multi()
+                pipe.delete(key)
+                pipe.hset(key, mapping={name: encode(b) for name, b in new.items()})
+                pipe.execute()
+                return new
+            except redis.exceptions.WatchError:
+                continue
+    raise MembersError(f"{key} kept changing under us; try again")
