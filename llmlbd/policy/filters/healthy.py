@@ -1,0 +1,39 @@
+"""healthy: drop backends that are drained or that the collector marked down.
+
+Formula: keep ``b`` iff ``b ∉ drained`` and ``health(b) != "down"``. A backend
+whose health is "unknown" (or never checked) is kept: only evidence removes
+it. Runs first, before any metric is looked at.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from llmlbd.policy.filters._base import by_predicate
+from llmlbd.policy.framework import BackendState, FilterResult
+from llmlbd.request import RoutingRequest
+from llmlbd.state import backend_fields as F
+
+__all__ = ["Healthy", "TYPE"]
+
+TYPE = "healthy"
+
+
+class Healthy:
+    def __init__(self, name: str = TYPE) -> None:
+        self.name = name
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "Healthy":
+        return cls(**dict(params or {}))
+
+    def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
+        return by_predicate(candidates, _why_not)
+
+
+def _why_not(state: BackendState) -> str | None:
+    if state.drained:
+        return "drained"
+    if state.metrics.get(F.HEALTH) == F.HEALTH_DOWN:
+        return "down"
+    return None

@@ -1,0 +1,42 @@
+"""serves_model: drop backends known not to serve the requested model.
+
+Formula: keep ``b`` iff the request names no model, or ``models(b)`` is
+unknown (empty), or ``model ∈ models(b)``, where ``models(b)`` is the
+collector's list of ids from the backend's /v1/models (base models and
+adapters). Same rule as the lease scripts' ``ineligible()``, so a backend
+kept here is not refused later for its model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from llmlbd.policy.filters._base import by_predicate
+from llmlbd.policy.framework import BackendState, FilterResult
+from llmlbd.request import RoutingRequest
+from llmlbd.state import backend_fields as F
+
+__all__ = ["ServesModel", "TYPE"]
+
+TYPE = "serves_model"
+
+
+class ServesModel:
+    def __init__(self, name: str = TYPE) -> None:
+        self.name = name
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "ServesModel":
+        return cls(**dict(params or {}))
+
+    def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
+        model = request.model
+        if not model:
+            return FilterResult(list(candidates))
+        return by_predicate(candidates, lambda s: None if _serves(s, model)
+                            else f"does not serve model {model!r}")
+
+
+def _serves(state: BackendState, model: str) -> bool:
+    served = state.names(F.MODELS)
+    return not served or model in served

@@ -1,0 +1,199 @@
+"""least_busy decision tables, run through the real policy against a real Redis.
+
+Each case in data/least_busy_tree.yaml writes per-backend metrics hashes and
+in-flight counts, then picks (and releases) many times: the set of backends
+returned must equal the case's `expect`, or every pick must raise its error.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmlbd import errors
+from llmlbd.config.loader import Backend, config_from_dict
+from llmlbd.policy.context import PolicyContext
+from llmlbd.policy.profiles.least_busy import LeastBusy
+from llmlbd.request import RoutingRequest
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.leases import Leases
+
+DATA = Path(__file__).parent / "data" / "least_busy_tree.yaml"
+CASES = yaml.safe_load(DATA.read_text())
+PICKS = 120
+ERRORS = {"shed": errors.Shed, "no_backend": errors.NoBackend,
+          "model_not_found": errors.ModelNotFound, "over_capacity": errors.OverCapacity}
+SPECIAL = {"inflight", "drained", "age_ms"}
+
+
+class Pool:
+    """A pool whose shared state a test writes directly into Redis, as the collector would."""
+
+    def __init__(self, client: Any, names: list[str], lb_config: dict | None = None,
+                 pool: str = "t", stale_after_ms: int = 2000, seed: int = 7) -> None:
+        self.client = client
+        self.keys = PoolKeys(pool)
+        self.backends = [Backend(name, f"http://127.0.0.1:{9000 + i}")
+                         for i, name in enumerate(names)]
+        config = config_from_dict({"lb_policy": "least_busy", "lb_config": lb_config or {}})
+        self.leases = Leases(client, self.keys, "test-worker", 5000)
+        self.ctx = PolicyContext(self.backends, config.lb_config, self.keys, self.leases,
+                                 client, stale_after_ms=stale_after_ms,
+                                 rng=random.Random(seed))
+        self.policy = LeastBusy(self.ctx)
+        self._n = 0
+
+    def now_ms(self) -> int:
+        seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def set_backend(self, name: str, spec: dict) -> None:
+        key = self.keys.backend(name)
+        self.client.delete(key)
+        fields = {k: str(v) for k, v in spec.items() if k not in SPECIAL}
+        if "age_ms" in spec:
+            fields["scraped_at"] = str(self.now_ms() - int(spec["age_ms"]))
+        if fields:
+            self.client.hset(key, mapping=fields)
+        self.client.hset(self.keys.inflight, name, int(spec.get("inflight", 0)))
+        if spec.get("drained"):
+            self.client.sadd(self.keys.drained, name)
+        else:
+            self.client.srem(self.keys.drained, name)
+
+    def request(self, **fields: Any) -> RoutingRequest:
+        self._n += 1
+        return RoutingRequest(request_id=f"r{self._n}", method="POST",
+                              path="/v1/chat/completions", **fields)
+
+    def pick_and_release(self, request_fields: dict, exclude: frozenset[str] = frozenset()):
+        decision = self.policy.pick(self.request(**request_fields), exclude)
+        assert self.leases.release(decision.request_id)
+        return decision
+
+
+def _ids(cases: list[dict]) -> list[str]:
+    return [case["id"] for case in cases]
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_decision_table(case: dict, redis_client) -> None:
+    """The policy returns exactly the backends the table allows, or the table's error."""
+    pool = Pool(redis_client, list(case["backends"]), case.get("lb_config"))
+    for name, spec in case["backends"].items():
+        pool.set_backend(name, spec or {})
+    request = dict(case.get("request") or {})
+    if "error" in case:
+        for _ in range(5):
+            with pytest.raises(ERRORS[case["error"]]) as caught:
+                pool.pick_and_release(request)
+        assert caught.value.status in (404, 429, 503)
+        # Nothing leaked: the in-flight counts are those the case wrote.
+        assert {k: int(v) for k, v in redis_client.hgetall(pool.keys.inflight).items()} == {
+            name: int((spec or {}).get("inflight", 0)) for name, spec in case["backends"].items()}
+        return
+    seen: Counter[str] = Counter()
+    reasons = set()
+    for _ in range(PICKS):
+        decision = pool.pick_and_release(request)
+        seen[decision.backend.name] += 1
+        reasons.add(decision.reason)
+    assert set(seen) == set(case["expect"]), (seen, decision.details)
+    if "reason" in case:
+        assert reasons == {case["reason"]}
+
+
+def test_uniform_final_pick(redis_client) -> None:
+    """Among equal survivors the pick is uniform (each of 4 gets 25% +- 8 points over 800)."""
+    pool = Pool(redis_client, ["a", "b", "c", "d"], seed=11)
+    for name in "abcd":
+        pool.set_backend(name, {"waiting": 1, "kv_usage": 0.5, "age_ms": 0})
+    seen = Counter(pool.pick_and_release({"criticality": "critical"}).backend.name
+                   for _ in range(800))
+    assert all(0.17 <= seen[name] / 800 <= 0.33 for name in "abcd"), seen
+
+
+def test_exclude_is_honoured(redis_client) -> None:
+    """Backends the proxy excludes (failed before the first byte) are never returned."""
+    pool = Pool(redis_client, ["a", "b"])
+    pool.set_backend("a", {"waiting": 0, "kv_usage": 0.0, "age_ms": 0})
+    pool.set_backend("b", {"waiting": 50, "kv_usage": 0.9, "age_ms": 0})
+    assert {pool.pick_and_release({}, frozenset({"a"})).backend.name for _ in range(20)} == {"b"}
+    with pytest.raises(errors.NoBackend):
+        pool.policy.pick(pool.request(), frozenset({"a", "b"}))
+
+
+def test_burst_between_scrapes_spreads(redis_client) -> None:
+    """Picks held open between two scrapes spread over equal backends instead of herding."""
+    pool = Pool(redis_client, ["a", "b", "c", "d"])
+    for name in "abcd":
+        pool.set_backend(name, {"waiting": 0, "running": 0, "kv_usage": 0.2, "age_ms": 0})
+    held = Counter(pool.policy.pick(pool.request(criticality="critical"), frozenset()).backend.name
+                   for _ in range(40))
+    # The metrics never change, yet each backend ends with 10 +- 1 in flight.
+    assert max(held.values()) - min(held.values()) <= 2, held
+    assert sum(held.values()) == 40
+
+
+class RacingLeastBusy(LeastBusy):
+    """Another worker drains the chosen backend between our snapshot and our reservation."""
+
+    race: tuple[Any, str, str] | None = None
+
+    def _decide(self, request, states):
+        result = super()._decide(request, states)
+        if self.race is not None:
+            client, key, name = self.race
+            client.sadd(key, name)
+            self.race = None
+        return result
+
+
+def test_refused_reservation_picks_again(redis_client) -> None:
+    """A backend refused by the reservation script is dropped and the tree runs again."""
+    pool = Pool(redis_client, ["a", "b"])
+    pool.set_backend("a", {"waiting": 0, "kv_usage": 0.0, "age_ms": 0})
+    pool.set_backend("b", {"waiting": 60, "kv_usage": 0.5, "age_ms": 0})
+    policy = RacingLeastBusy(pool.ctx)
+    policy.race = (redis_client, pool.keys.drained, "a")
+    decision = policy.pick(pool.request(criticality="critical"), frozenset())
+    assert decision.backend.name == "b"
+    assert decision.details["refused"] == {"a": "drained"}
+    assert len(decision.details["rounds"]) == 2
+    assert redis_client.hget(pool.keys.inflight, "b") == "1"
+    assert redis_client.hget(pool.keys.inflight, "a") == "0"
+
+
+def test_decision_details_trace(redis_client) -> None:
+    """Decision.details names the criticality, its source and every filter that ran."""
+    pool = Pool(redis_client, ["a", "b"], {"criticalModels": ["m"]})
+    pool.set_backend("a", {"waiting": 0, "kv_usage": 0.0, "age_ms": 0})
+    pool.set_backend("b", {"waiting": 0, "kv_usage": 0.0, "age_ms": 9000})
+    decision = pool.pick_and_release({"model": "m"})
+    details = decision.details
+    assert (details["criticality"], details["criticality_source"]) == ("critical",
+                                                                      "criticalModels")
+    trace = details["rounds"][0]
+    assert [step["filter"] for step in trace] == [
+        "healthy", "serves_model", "below_cap", "fresh_metrics", "critical_request",
+        "low_queue", "lora_affinity", "least_queue", "least_kv"]
+    fresh = trace[3]
+    assert fresh["kept"] == ["a"] and fresh["removed"]["b"].startswith("stale metrics")
+
+
+def test_shed_error_is_openai_shaped_with_retry_after(redis_client) -> None:
+    """A shed request gets 429, an OpenAI-style body and a Retry-After value."""
+    pool = Pool(redis_client, ["a"])
+    pool.set_backend("a", {"waiting": 9, "kv_usage": 0.1, "age_ms": 0})
+    with pytest.raises(errors.Shed) as caught:
+        pool.pick_and_release({"criticality": "sheddable"})
+    error = caught.value
+    assert error.status == 429 and error.retry_after and error.retry_after >= 1
+    body = error.body()["error"]
+    assert body["type"] == "rate_limit_error" and body["code"] == "shed"
+    assert "queueThresholdCritical" in body["message"]
