@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from llmlbd.sim.config import DEFAULT_MODEL
@@ -106,6 +108,10 @@ def sim_command(ctx: click.Context, **options) -> None:
             raise click.BadParameter("the fleet's ports run past 65535", param_hint="--base-port")
         ctx.exit(run_fleet(options["count"], base_port, options["host"], options["name"] or "sim",
                            child_args, wait_for_listen=not options["refuse_connections"]))
+    # A sim started by `llmlbd start` inherits the proxy's PROMETHEUS_MULTIPROC_DIR;
+    # with it, prometheus_client would write the sim's vllm:* series into the
+    # proxy's metrics directory. Drop it before prometheus_client is imported.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from llmlbd.sim.config import SimConfig
     from llmlbd.sim.server import serve
     config = SimConfig(

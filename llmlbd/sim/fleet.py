@@ -9,6 +9,7 @@ The fleet prints one ``NAME URL`` line per server once every server listens:
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -30,6 +31,8 @@ def run_fleet(count: int, base_port: int, host: str, name_prefix: str, child_arg
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
+    # Not the proxy's multiprocess metrics directory (see cli.py).
+    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
     children: list[tuple[str, str, subprocess.Popen]] = []
     try:
         for index in range(count):
@@ -38,7 +41,7 @@ def run_fleet(count: int, base_port: int, host: str, name_prefix: str, child_arg
             args = [sys.executable, "-m", "llmlbd.sim", "--host", host, "--port", str(port),
                     "--name", name, *child_args]
             process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       preexec_fn=_die_with_parent)
+                                       env=env, preexec_fn=_die_with_parent)
             children.append((name, f"http://{host}:{port}", process))
         ready = not wait_for_listen or _wait_listening(children, host, base_port, ready_timeout_s, stopping)
         if stopping:

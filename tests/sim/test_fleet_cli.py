@@ -95,3 +95,17 @@ def test_simfleet_helper_takes_per_server_overrides():
                  for url in fleet.urls]
         assert codes == [200, 503]
     assert all(p.popen.poll() is not None for p in fleet.procs)
+
+
+def test_a_sim_started_by_the_proxy_keeps_its_metrics_out_of_the_proxys_directory(tmp_path):
+    base = consecutive_free_ports(1)
+    proc = Proc(python_module("llmlbd.sim", "--count", "1", "--base-port", str(base), "--time-scale", "0.1"),
+                name="sim-multiproc", env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    try:
+        wait_until(lambda: "sim-0 http://" in proc.log(), timeout=20, message="fleet up")
+        url = f"http://127.0.0.1:{base}"
+        requests.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=5).raise_for_status()
+        assert "vllm:generation_tokens_total" in requests.get(url + "/metrics", timeout=5).text
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        proc.stop()
