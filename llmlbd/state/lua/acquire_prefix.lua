@@ -78,15 +78,14 @@ for i = 1, n do
   end
 end
 
--- Longest prefix per usable backend; heal what points at removed, down, drained or
--- expired holders on the way.
+-- Longest prefix per usable backend. Every level is read, even past the end of the
+-- match, because the chosen backend is written at every level: what points at removed,
+-- down, drained or expired holders is dropped from each key on the way.
 local matched = {}      -- i -> levels held consecutively from the first
 local healed = 0
 for j = 1, m do
   local key = KEYS[4 + 2 * n + j]
   local fields = redis.call('HGETALL', key)
-  if #fields == 0 then break end
-  local advanced = false
   for f = 1, #fields, 2 do
     local name, used = fields[f], tonumber(fields[f + 1]) or 0
     local i = index[name]
@@ -95,10 +94,8 @@ for j = 1, m do
       healed = healed + 1
     elseif usable[i] and (matched[i] or 0) == j - 1 then
       matched[i] = j
-      advanced = true
     end
   end
-  if not advanced then break end
 end
 -- A per-backend cap may have dropped a holder's deepest entries from its owned set
 -- (their fields go when the evicting worker's next call passes them): trust a level
@@ -178,8 +175,16 @@ else
   if chosen then
     reason = 'affinity'
   else
-    for i = 1, n do
-      if pickable[i] and load[i] == min_load then chosen = i; break end
+    -- Least load, preferring backends whose KV cache is not full (fresh metrics).
+    local chosen_load
+    for pass = 1, 2 do
+      for i = 1, n do
+        if pickable[i] and (pass == 2 or kv[i] == nil or kv[i] <= max_kv)
+           and (chosen_load == nil or load[i] < chosen_load) then
+          chosen, chosen_load = i, load[i]
+        end
+      end
+      if chosen then break end
     end
     reason = (best_blocks >= min_match and best_blocks > 0) and 'overloaded' or 'miss'
   end

@@ -1,0 +1,336 @@
+"""prefix_cache against a real Redis: affinity, spreading, healing, bounds and the key layout."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from llmlbd.config.loader import ConfigError, config_from_dict
+from llmlbd.errors import ModelNotFound, NoBackend, OverCapacity
+from llmlbd.policy.context import PolicyContext
+from llmlbd.policy.profiles.prefix_cache import PrefixCache
+from llmlbd.request import RoutingRequest
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.leases import Leases
+
+SYSTEM = ("You are the support assistant of a large online bookshop. Answer politely, quote "
+          "prices in euros, never promise delivery dates you cannot check, and keep every answer "
+          "under two hundred words. ") * 12  # ~2,300 characters, ~36 blocks
+_ids = itertools.count()
+
+
+def make_policy(client, count=8, lb=None, names=None, worker="w1", seed=1, pool="default"):
+    names = names or [f"b{i}" for i in range(count)]
+    cfg = config_from_dict({"lb_policy": "prefix_cache", "lb_config": lb or {},
+                            "backends": [{"name": n, "url": f"http://127.0.0.1:{9000 + i}"}
+                                         for i, n in enumerate(names)]})
+    keys = PoolKeys(pool)
+    leases = Leases(client, keys, worker, 60_000)
+    ctx = PolicyContext(cfg.backends, cfg.lb_config, keys, leases, client, rng=random.Random(seed))
+    return PrefixCache(ctx)
+
+
+def chat(messages, model="m", salt=""):
+    body = {"model": model, "messages": messages}
+    return RoutingRequest(request_id=f"req-{next(_ids)}", method="POST",
+                          path="/v1/chat/completions", body=body, model=model, cache_salt=salt)
+
+
+def conversation(topic, turns):
+    """The message lists of a conversation's successive turns."""
+    messages = [{"role": "system", "content": SYSTEM}]
+    for turn in range(turns):
+        messages = messages + [{"role": "user", "content": f"{topic}: question {turn} " * 8}]
+        yield messages
+        messages = messages + [{"role": "assistant", "content": f"{topic}: answer {turn} " * 20}]
+
+
+def release(policy, decision):
+    policy.ctx.leases.release(decision.request_id)
+
+
+def fields_of(client, policy, request):
+    keys = policy.ctx.keys
+    return [client.hgetall(keys.prefix(h)) for h in policy.levels(request).hashes]
+
+
+def set_metrics(client, policy, name, **fields):
+    seconds, micros = client.time()
+    fields.setdefault("scraped_at", seconds * 1000 + micros // 1000)
+    client.hset(policy.ctx.keys.backend(name), mapping=fields)
+
+
+class TestAffinity:
+    def test_multi_turn_conversation_sticks(self, redis_client):
+        """Each turn of a conversation goes where the previous turns went, among busy traffic."""
+        policy = make_policy(redis_client)
+        rng = random.Random(7)
+        held = []
+        seen = set()
+        for messages in conversation("rome", 8):
+            # background: other conversations come and go
+            for _ in range(6):
+                held.append(policy.pick(chat([{"role": "user", "content": f"other {rng.random()}" * 30}]),
+                                        frozenset()))
+            while len(held) > 12:
+                release(policy, held.pop(rng.randrange(len(held))))
+            decision = policy.pick(chat(messages), frozenset())
+            seen.add(decision.backend.name)
+            release(policy, decision)
+        assert len(seen) == 1
+        assert decision.reason == "affinity"
+        assert decision.details["matched_blocks"] > 36
+
+    def test_shared_system_prompt_spreads(self, redis_client):
+        """Conversations sharing one long system prompt spread by load instead of piling up."""
+        policy = make_policy(redis_client)
+        decisions = [policy.pick(chat(next(conversation(f"user{i}", 1))), frozenset())
+                     for i in range(64)]
+        counts = Counter(d.backend.name for d in decisions)
+        assert len(counts) == 8
+        assert max(counts.values()) - min(counts.values()) <= policy.params.max_load_gap + 1
+        # every backend now holds the system prompt, so none pays for it again
+        first = fields_of(redis_client, policy, chat(next(conversation("x", 1))))[0]
+        assert len(first) == 8
+        # ...and a conversation's second turn still finds its own backend
+        for i, d in enumerate(decisions[:8]):
+            release(policy, d)
+        turns = conversation("user3", 2)
+        next(turns)
+        again = policy.pick(chat(next(turns)), frozenset())
+        assert again.backend.name == decisions[3].backend.name
+
+    def test_overloaded_match_goes_to_least_loaded(self, redis_client):
+        """A match on a backend loaded beyond the bound is not followed; the least loaded wins."""
+        policy = make_policy(redis_client, count=4, lb={"maxLoadGap": 2, "maxLoadRatio": 1.0})
+        turns = conversation("t", 2)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        busy = [policy.ctx.leases.acquire(f"bg{i}", home.backend.name) for i in range(3)]
+        assert all(r.backend for r in busy)
+        decision = policy.pick(chat(next(turns)), frozenset())
+        assert decision.backend.name != home.backend.name
+        assert decision.reason == "overloaded" and decision.inflight == 1
+
+    def test_short_match_is_a_miss(self, redis_client):
+        """A match shorter than minMatchBlocks does not count: the request goes by load."""
+        policy = make_policy(redis_client, count=4, lb={"minMatchBlocks": 40})
+        first = policy.pick(chat([{"role": "user", "content": "x" * 2000}]), frozenset())
+        second = policy.pick(chat([{"role": "user", "content": "x" * 2000 + "y" * 100}]), frozenset())
+        assert second.reason == "miss" and second.backend.name != first.backend.name
+        assert second.details["best_blocks"] == 31
+
+    def test_queue_metric_counts_as_load_only_when_fresh(self, redis_client):
+        """A fresh waiting queue breaks affinity; a stale one is ignored."""
+        policy = make_policy(redis_client, count=4)
+        turns = conversation("q", 3)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        set_metrics(redis_client, policy, home.backend.name, waiting=30, running=8, scraped_at=1)
+        stale = policy.pick(chat(next(turns)), frozenset())
+        release(policy, stale)
+        assert stale.backend.name == home.backend.name and stale.reason == "affinity"
+        set_metrics(redis_client, policy, home.backend.name, waiting=30, running=8)
+        fresh = policy.pick(chat(next(turns)), frozenset())
+        assert fresh.backend.name != home.backend.name and fresh.reason == "overloaded"
+
+    def test_full_kv_cache_breaks_affinity(self, redis_client):
+        """A backend whose fresh KV use is above maxKvUsage is not followed."""
+        policy = make_policy(redis_client, count=4, lb={"maxKvUsage": 0.9})
+        turns = conversation("kv", 2)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        set_metrics(redis_client, policy, home.backend.name, kv_usage=0.97)
+        assert policy.pick(chat(next(turns)), frozenset()).backend.name != home.backend.name
+
+    def test_miss_goes_to_least_loaded(self, redis_client):
+        """Without a match, the backend with the fewest requests in flight is chosen."""
+        policy = make_policy(redis_client, count=3)
+        for name, count in (("b0", 2), ("b1", 0), ("b2", 1)):
+            for i in range(count):
+                policy.ctx.leases.acquire(f"{name}-{i}", name)
+        decision = policy.pick(chat([{"role": "user", "content": "brand new " * 50}]), frozenset())
+        assert decision.backend.name == "b1" and decision.reason == "miss"
+
+    def test_ttl_refreshed_on_hit(self, redis_client):
+        """A hit pushes every matched key's expiry back to the full redisKeyTTL."""
+        policy = make_policy(redis_client, count=2, lb={"redisKeyTTL": 100})
+        turns = conversation("ttl", 2)
+        first = next(turns)
+        release(policy, policy.pick(chat(first), frozenset()))
+        keys = [policy.ctx.keys.prefix(h) for h in policy.levels(chat(first)).hashes]
+        for key in keys:
+            redis_client.pexpire(key, 5000)
+        release(policy, policy.pick(chat(next(turns)), frozenset()))
+        assert min(redis_client.pttl(key) for key in keys) > 90_000
+
+    def test_two_instances_share_the_index(self, redis_url):
+        """Two proxies (own clients, workers and random seeds) send a conversation to one backend."""
+        one = redis.Redis.from_url(redis_url, decode_responses=True)
+        two = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            a = make_policy(one, worker="proxy-a", seed=1)
+            b = make_policy(two, worker="proxy-b", seed=2)
+            seen = set()
+            for turn, messages in enumerate(conversation("shared", 6)):
+                decision = (a if turn % 2 else b).pick(chat(messages), frozenset())
+                seen.add(decision.backend.name)
+                release(a, decision)
+            assert len(seen) == 1
+        finally:
+            one.close()
+            two.close()
+
+
+class TestHealing:
+    @pytest.mark.parametrize("how", ["down", "drained"])
+    def test_unhealthy_backend_loses_traffic_and_keys_heal(self, redis_client, how):
+        """A conversation leaves a down or drained backend at once; its entries are replaced."""
+        policy = make_policy(redis_client, count=4)
+        turns = conversation("heal", 3)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        if how == "down":
+            redis_client.hset(policy.ctx.keys.backend(home.backend.name), "health", "down")
+        else:
+            redis_client.sadd(policy.ctx.keys.drained, home.backend.name)
+        request = chat(next(turns))
+        moved = policy.pick(request, frozenset())
+        release(policy, moved)
+        assert moved.backend.name != home.backend.name
+        assert moved.details["healed"] >= 1
+        for fields in fields_of(redis_client, policy, request):
+            assert set(fields) == {moved.backend.name}
+        follow = policy.pick(chat(next(turns)), frozenset())
+        assert follow.backend.name == moved.backend.name and follow.reason == "affinity"
+
+    def test_removed_backend_entries_ignored_and_healed(self, redis_client):
+        """After a backend leaves the pool, nothing routes to it and no key keeps pointing at it."""
+        policy = make_policy(redis_client, count=4)
+        turns = conversation("gone", 2)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        remaining = [f"b{i}" for i in range(4) if f"b{i}" != home.backend.name]
+        smaller = make_policy(redis_client, names=remaining)
+        request = chat(next(turns))
+        moved = smaller.pick(request, frozenset())
+        assert moved.backend.name in remaining
+        for fields in fields_of(redis_client, smaller, request):
+            assert home.backend.name not in fields
+
+    def test_excluded_backend_keeps_its_entries(self, redis_client):
+        """A retry that excludes a backend goes elsewhere without erasing that backend's entries."""
+        policy = make_policy(redis_client, count=3)
+        turns = conversation("retry", 2)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        request = chat(next(turns))
+        other = policy.pick(request, frozenset({home.backend.name}))
+        assert other.backend.name != home.backend.name
+        level1 = fields_of(redis_client, policy, request)[0]
+        assert home.backend.name in level1
+
+    def test_no_route_errors(self, redis_client):
+        """All drained -> 503, model served nowhere -> 404, all at the cap -> 429."""
+        policy = make_policy(redis_client, count=2, lb={"maxRequestCount": 1})
+        keys = policy.ctx.keys
+        redis_client.hset(keys.backend("b0"), "models", "other")
+        redis_client.hset(keys.backend("b1"), "models", "other")
+        with pytest.raises(ModelNotFound):
+            policy.pick(chat([{"role": "user", "content": "hi"}]), frozenset())
+        redis_client.delete(keys.backend("b0"), keys.backend("b1"))
+        policy.pick(chat([{"role": "user", "content": "hi"}]), frozenset())
+        policy.pick(chat([{"role": "user", "content": "hi"}]), frozenset())
+        with pytest.raises(OverCapacity):
+            policy.pick(chat([{"role": "user", "content": "hi"}]), frozenset())
+        redis_client.sadd(keys.drained, "b0", "b1")
+        with pytest.raises(NoBackend):
+            policy.pick(chat([{"role": "user", "content": "hi"}]), frozenset())
+
+
+class TestBoundedMemory:
+    def test_every_key_has_a_ttl(self, redis_client):
+        """Every prefix and owned-set key expires."""
+        policy = make_policy(redis_client, count=3)
+        for i in range(10):
+            for messages in conversation(f"c{i}", 2):
+                release(policy, policy.pick(chat(messages), frozenset()))
+        keys = list(redis_client.scan_iter(policy.ctx.keys.prefix_pattern())) + \
+            list(redis_client.scan_iter(policy.ctx.keys.prefix_owned + ":*"))
+        assert keys and all(0 < redis_client.pttl(key) <= 1_800_000 for key in keys)
+
+    def test_per_backend_cap_sized_from_kv_cache(self, redis_client):
+        """num_gpu_blocks x block_size caps a backend's entries; evicted fields are removed."""
+        policy = make_policy(redis_client, count=1)
+        # 8 blocks of 16 tokens = 128 tokens = 8 entries of 64 chars at 4 chars per token
+        redis_client.hset(policy.ctx.keys.backend("b0"),
+                          mapping={"num_gpu_blocks": 8, "block_size": 16})
+        for i in range(12):
+            decision = policy.pick(chat([{"role": "user", "content": f"{i} " * 400}]), frozenset())
+            release(policy, decision)
+        owned = policy.ctx.keys.prefix_owned_by("b0")
+        assert redis_client.zcard(owned) == 8
+        holders = sum("b0" in redis_client.hgetall(key)
+                      for key in redis_client.scan_iter(policy.ctx.keys.prefix_pattern()))
+        assert holders <= 8 + len(policy.index.pending)
+        assert decision.details["evicted"] > 0
+
+    def test_keys_of_one_call_share_a_slot(self, redis_client):
+        """Every key an acquire declares is in the pool's hash slot (Redis Cluster)."""
+        policy = make_policy(redis_client, count=3, pool="tenant-a")
+        request = chat(next(conversation("slot", 1)))
+        keys = policy.index.call_keys(["b0", "b1", "b2"], policy.levels(request).hashes,
+                                      [("b1", "abc"), ("gone", "def")])
+        assert len({key_slot(key.encode()) for key in keys}) == 1
+        assert all("{tenant-a}" in key for key in keys)
+
+
+class TestWeighted:
+    def test_gie_preset_follows_prefix_without_metrics(self, redis_client):
+        """With the gie-v1 weights and no metrics, the prefix scorer decides."""
+        policy = make_policy(redis_client, count=4, lb={"scoring": "weighted",
+                                                        "scorerWeights": "gie-v1"})
+        seen = set()
+        for messages in conversation("w", 4):
+            decision = policy.pick(chat(messages), frozenset())
+            seen.add(decision.backend.name)
+        assert len(seen) == 1 and decision.reason == "weighted_hit"
+
+    def test_queue_outweighs_prefix(self, redis_client):
+        """A long queue on the holder outweighs a partial prefix match with queue weight high."""
+        policy = make_policy(redis_client, count=2, lb={
+            "scoring": "weighted", "scorerWeights": {"prefix": 1, "queue": 5}})
+        turns = conversation("wq", 2)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        other = "b1" if home.backend.name == "b0" else "b0"
+        set_metrics(redis_client, policy, home.backend.name, waiting=10)
+        set_metrics(redis_client, policy, other, waiting=0)
+        assert policy.pick(chat(next(turns)), frozenset()).backend.name == other
+
+
+class TestConfig:
+    def test_keys_rejected_for_other_policies(self):
+        """prefix_cache's keys are refused under another lb_policy."""
+        with pytest.raises(ConfigError, match="applies to lb_policy prefix_cache"):
+            config_from_dict({"lb_policy": "global_least_request",
+                              "lb_config": {"blockChars": 64}})
+
+    @pytest.mark.parametrize("key,value", [("scorerWeights", {"bogus": 1}),
+                                           ("scorerWeights", "nope"), ("maxBlocks", 0),
+                                           ("maxLoadRatio", 0.5), ("scoring", "fancy")])
+    def test_bad_values(self, key, value):
+        """Invalid values name the key."""
+        with pytest.raises(ConfigError, match=key):
+            config_from_dict({"lb_policy": "prefix_cache", "lb_config": {key: value}})
+
+    def test_higress_config_accepted(self):
+        """A Higress prefix_cache plugin config loads unchanged."""
+        cfg = config_from_dict({"lb_policy": "prefix_cache", "lb_config": {
+            "serviceFQDN": "redis.local", "servicePort": 6379, "redisKeyTTL": 60}})
+        assert cfg.lb_config.redisKeyTTL == 60
