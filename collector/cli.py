@@ -74,6 +74,8 @@ def _once(config_path: str | None) -> int:
         plan = build_plan(config.collector.metric_map)
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    from collector.logs import configure
+    configure("warning", config.logging.format)   # stdout is for the JSON result only
     settings = Settings.from_config(config.collector)
     metrics = CollectorMetrics()
     result = {}
