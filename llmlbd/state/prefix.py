@@ -77,22 +77,46 @@ class PrefixIndex:
                 *(k.prefix(h) for h in hashes),
                 *(k.prefix(h) for _, h in evictions)]
 
+    def _args(self, request_id: str, names: Sequence[str], weights: Sequence[float],
+              excluded: Sequence[bool], blocks: Sequence[int], model: str, cap: int,
+              evictions: Sequence[tuple[str, str]], dry: bool) -> list[Any]:
+        p = self.params
+        return [request_id, self.leases.worker_id, self.leases.ttl_ms, cap, model,
+                len(names), len(blocks), len(evictions), p.ttl_ms, p.stale_after_ms,
+                p.min_match_blocks, repr(float(p.max_load_gap)), repr(float(p.max_load_ratio)),
+                repr(float(p.max_kv_usage)), p.entries_per_backend,
+                repr(float(p.tokens_per_block)), p.mode, *(repr(float(w)) for w in p.weights),
+                "1" if dry else "0",
+                *names, *(repr(float(w)) for w in weights), *("1" if x else "0" for x in excluded),
+                *blocks, *(name for name, _ in evictions)]
+
+    def explain(self, names: Sequence[str], weights: Sequence[float], hashes: Sequence[str],
+                blocks: Sequence[int], model: str = "", cap: int = 0) -> dict[str, Any]:
+        """What acquire would choose now, read-only: {"choice", "reason", "candidates"}."""
+        keys = self.call_keys(names, hashes, [])
+        args = self._args("explain", names, weights, [False] * len(names), blocks, model, cap,
+                          [], dry=True)
+        reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
+        if not reply[0]:
+            return {"choice": None, "reason": _text(reply[1]), "candidates": []}
+        rows = []
+        for row in reply[2]:
+            name, status, matched, load, kv, occupancy = (_text(x) for x in row)
+            rows.append({"name": name, "status": status, "matched_blocks": int(matched),
+                         "load": float(load) if load else None,
+                         "kv_usage": float(kv) if kv else None,
+                         "index_occupancy": float(occupancy) if occupancy else None})
+        return {"choice": _text(reply[0]), "reason": _text(reply[1]), "candidates": rows}
+
     def acquire(self, request_id: str, names: Sequence[str], weights: Sequence[float],
                 excluded: Sequence[bool], hashes: Sequence[str], blocks: Sequence[int],
                 model: str = "", cap: int = 0) -> PrefixReservation:
         """Pick and reserve a backend for a prompt whose level hashes are *hashes*."""
-        p = self.params
         evictions = [self.pending.popleft()
                      for _ in range(min(EVICTIONS_PER_CALL, len(self.pending)))]
         keys = self.call_keys(names, hashes, evictions)
-        args: list[Any] = [
-            request_id, self.leases.worker_id, self.leases.ttl_ms, cap, model,
-            len(names), len(hashes), len(evictions), p.ttl_ms, p.stale_after_ms,
-            p.min_match_blocks, repr(float(p.max_load_gap)), repr(float(p.max_load_ratio)),
-            repr(float(p.max_kv_usage)), p.entries_per_backend, repr(float(p.tokens_per_block)),
-            p.mode, *(repr(float(w)) for w in p.weights),
-            *names, *(repr(float(w)) for w in weights), *("1" if x else "0" for x in excluded),
-            *blocks, *(name for name, _ in evictions)]
+        args = self._args(request_id, names, weights, excluded, blocks, model, cap, evictions,
+                          dry=False)
         try:
             reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
         except BaseException:

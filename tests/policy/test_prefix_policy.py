@@ -56,7 +56,8 @@ def release(policy, decision):
 
 def fields_of(client, policy, request):
     keys = policy.ctx.keys
-    return [client.hgetall(keys.prefix(h)) for h in policy.levels(request).hashes]
+    return [{k: v for k, v in client.hgetall(keys.prefix(h)).items() if not k.startswith("#")}
+            for h in policy.levels(request).hashes]
 
 
 def set_metrics(client, policy, name, **fields):
@@ -104,6 +105,36 @@ class TestAffinity:
         next(turns)
         again = policy.pick(chat(next(turns)), frozenset())
         assert again.backend.name == decisions[3].backend.name
+
+    def test_new_conversations_on_a_shared_prompt_spread_even_when_idle(self, redis_client):
+        """Sequential first turns sharing a system prompt spread; each later turn sticks."""
+        policy = make_policy(redis_client)
+        homes = {}
+        for i in range(16):
+            decision = policy.pick(chat(next(conversation(f"idle{i}", 1))), frozenset())
+            release(policy, decision)
+            homes[i] = decision.backend.name
+        assert len(set(homes.values())) == 8
+        assert max(Counter(homes.values()).values()) <= 3
+        for i in range(16):
+            turns = conversation(f"idle{i}", 2)
+            next(turns)
+            decision = policy.pick(chat(next(turns)), frozenset())
+            release(policy, decision)
+            assert decision.backend.name == homes[i] and decision.reason == "affinity"
+
+    def test_explain_matches_the_pick(self, redis_client):
+        """The dry run names the backend the next pick takes, and changes nothing."""
+        policy = make_policy(redis_client, count=4)
+        turns = conversation("explain", 2)
+        release(policy, policy.pick(chat(next(turns)), frozenset()))
+        request = chat(next(turns))
+        before = {k: redis_client.dump(k) for k in redis_client.scan_iter("*")}
+        answer = policy.explain(request)
+        assert {k: redis_client.dump(k) for k in redis_client.scan_iter("*")} == before
+        decision = policy.pick(request, frozenset())
+        assert answer["choice"] == decision.backend.name and answer["reason"] == "affinity"
+        assert answer["prefix_match"] == decision.details["matched_blocks"]
 
     def test_overloaded_match_goes_to_least_loaded(self, redis_client):
         """A match on a backend loaded beyond the bound is not followed; the least loaded wins."""
@@ -275,7 +306,7 @@ class TestBoundedMemory:
             release(policy, decision)
         owned = policy.ctx.keys.prefix_owned_by("b0")
         assert redis_client.zcard(owned) == 8
-        holders = sum("b0" in redis_client.hgetall(key)
+        holders = sum("b0" in redis_client.hgetall(key)  # fields, not the '#' counter
                       for key in redis_client.scan_iter(policy.ctx.keys.prefix_pattern()))
         assert holders <= 8 + len(policy.index.pending)
         assert decision.details["evicted"] > 0

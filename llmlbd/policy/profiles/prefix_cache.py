@@ -11,6 +11,8 @@ dropped on the way. See docs/policies/prefix_cache.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmlbd.config.lb_prefix_cache import SCORERS, scorer_weights
 from llmlbd.policy import prompt
 from llmlbd.policy.context import PolicyContext
@@ -74,3 +76,49 @@ class PrefixCache:
                                  "best_backend": reservation.best_backend,
                                  "healed": reservation.healed,
                                  "evicted": len(reservation.evicted)})
+
+    def explain(self, request: RoutingRequest) -> dict[str, Any]:
+        """Where *request* would go now and why (llmlbd.policy.explain's format), read-only.
+
+        The same script runs in dry-run mode, so the answer is exact except for
+        the random tie-break (candidates are not shuffled here).
+        """
+        from llmlbd.policy.outcomes import no_route as error_for
+
+        ctx = self.ctx
+        assert self.index is not None
+        levels = self.levels(request)
+        names = [b.name for b in ctx.backends]
+        result: dict[str, Any] = {
+            "policy": self.name, "exact": True, "choice": None, "ties": [], "reason": None,
+            "prefix_match": None, "prefix_match_unit": f"blocks of {self.block_chars} chars",
+            "prompt_blocks": levels.total_blocks, "levels": len(levels), "outcome": {"status": 200},
+            "score_meaning": ("bounded: longest match whose load is within max(min + "
+                              f"{self.params.max_load_gap:g}, min x {self.params.max_load_ratio:g})"
+                              if self.params.mode == "bounded" else
+                              f"weighted scorers {dict(zip(SCORERS, self.params.weights))}"),
+            "note": "dry run of acquire_prefix.lua: same filters, match and bound; ties go to "
+                    "the first candidate here but to a random one in the proxy",
+        }
+        if not names:
+            error = error_for("empty", request)
+            result["outcome"] = {"status": error.status, "code": error.code,
+                                 "message": error.message}
+            return result
+        answer = self.index.explain(names, [b.weight for b in ctx.backends], levels.hashes,
+                                    levels.blocks, model=request.model, cap=self.cap)
+        if answer["choice"] is None:
+            error = error_for(answer["reason"], request)
+            result["outcome"] = {"status": error.status, "code": error.code,
+                                 "message": error.message}
+            return result
+        by_name = {row["name"]: row for row in answer["candidates"]}
+        result["candidates"] = [
+            {"name": b.name, "url": b.url, "weight": b.weight,
+             "removed_by": None if by_name[b.name]["status"] == "ok" else by_name[b.name]["status"],
+             "score": by_name[b.name]["matched_blocks"], "load": by_name[b.name]["load"],
+             "kv_usage": by_name[b.name]["kv_usage"],
+             "index_occupancy": by_name[b.name]["index_occupancy"]} for b in ctx.backends]
+        result.update(choice=answer["choice"], reason=answer["reason"],
+                      prefix_match=by_name[answer["choice"]]["matched_blocks"])
+        return result

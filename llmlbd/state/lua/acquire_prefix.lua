@@ -15,16 +15,24 @@
 --   ARGV[14] max KV use for affinity (0..1)   ARGV[15] default entries per backend
 --   ARGV[16] tokens per block (sizes the cap from num_gpu_blocks x block_size)
 --   ARGV[17] mode: 'bounded' or 'weighted'   ARGV[18..21] weights of the prefix, queue,
---   KV and in-flight scorers (weighted mode)
--- ARGV[21+i] candidate names, shuffled by the caller so that ties go to a random one
--- ARGV[21+n+i] candidate weights   ARGV[21+2n+i] '1' if the candidate is excluded for this
+--   KV and in-flight scorers (weighted mode)   ARGV[22] '1' for a dry run (explain: reads
+--   only, reserves and writes nothing)
+-- ARGV[22+i] candidate names, shuffled by the caller so that ties go to a random one
+-- ARGV[22+n+i] candidate weights   ARGV[22+2n+i] '1' if the candidate is excluded for this
 --   attempt (ignored, its entries kept), else '0'
--- ARGV[21+3n+j] blocks covered by level j   ARGV[21+3n+m+k] backend of eviction k
+-- ARGV[22+3n+j] blocks covered by level j   ARGV[22+3n+m+k] backend of eviction k
 -- return {backend, in-flight, reason, matched blocks of the chosen backend, longest match
 --   of any usable backend (blocks), that backend or '', fields healed, {evicted: backend,
 --   hash, backend, hash, ...}}, or {false, reason} with reason 'cap', 'model', 'none' or
---   'duplicate' (as acquire_least_request)
-local H = 21
+--   'duplicate' (as acquire_least_request). A dry run returns {backend or false, reason,
+--   {name, status, matched blocks, load, KV use or '', index occupancy} per candidate}.
+-- Reasons: 'affinity' (longest match within the load bound), 'shared_prefix' (the match
+--   ends where other prompts already branched off: a new conversation on a common system
+--   prompt, spread by load and index occupancy), 'overloaded' (a match existed but was out
+--   of bounds), 'miss', 'weighted_hit', 'weighted'.
+-- A level's HASH may also hold the field '#': how many prompts branched off after it (a
+-- backend name never starts with '#').
+local H = 22
 local request_id, worker, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cap, model = tonumber(ARGV[4]), ARGV[5]
 local n, m, e = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -33,6 +41,7 @@ local min_match, gap, ratio = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(A
 local max_kv, default_entries, tokens_per_block = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
 local mode = ARGV[17]
 local w_prefix, w_queue, w_kv, w_inflight = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+local dry = ARGV[22] == '1'
 local now = now_ms()
 
 -- Candidates: who may be picked, who may hold entries, and their load.
@@ -89,8 +98,10 @@ for j = 1, m do
   for f = 1, #fields, 2 do
     local name, used = fields[f], tonumber(fields[f + 1]) or 0
     local i = index[name]
-    if i == nil or heal[name] or now - used > ttl then
-      redis.call('HDEL', key, name)
+    if string.sub(name, 1, 1) == '#' then
+      -- branch counter, not a holder
+    elseif i == nil or heal[name] or now - used > ttl then
+      if not dry then redis.call('HDEL', key, name) end
       healed = healed + 1
     elseif usable[i] and (matched[i] or 0) == j - 1 then
       matched[i] = j
@@ -114,11 +125,22 @@ local function blocks_of(levels)
 end
 
 -- The longest usable match, whatever its load (for the decision record).
-local best_blocks, best_name = 0, ''
+local best_blocks, best_name, best_levels = 0, '', 0
 for i = 1, n do
   if usable[i] and blocks_of(matched[i]) > best_blocks then
-    best_blocks, best_name = blocks_of(matched[i]), ARGV[H + i]
+    best_blocks, best_name, best_levels = blocks_of(matched[i]), ARGV[H + i], matched[i]
   end
+end
+-- Did other prompts already branch off where this one leaves the index? Then the match
+-- is a prefix many prompts share (a system prompt), not this conversation's history.
+local branches = 0
+if best_levels > 0 and best_levels < m then
+  branches = tonumber(redis.call('HGET', KEYS[4 + 2 * n + best_levels], '#') or '0')
+end
+-- How full each backend's index is (its share of its estimated KV cache).
+local occupancy = {}
+for i = 1, n do
+  if usable[i] then occupancy[i] = redis.call('ZCARD', KEYS[4 + n + i]) / entries_cap[i] end
 end
 
 local min_load
@@ -172,30 +194,50 @@ else
       end
     end
   end
-  if chosen then
+  if chosen and branches > 0 and best_match == best_blocks then
+    chosen, reason = nil, 'shared_prefix'
+  elseif chosen then
     reason = 'affinity'
   else
-    -- Least load, preferring backends whose KV cache is not full (fresh metrics).
-    local chosen_load
+    reason = (best_blocks >= min_match and best_blocks > 0) and 'overloaded' or 'miss'
+  end
+  if not chosen then
+    -- Least load, then the emptiest index; preferring backends whose KV cache is not full
+    -- (fresh metrics).
     for pass = 1, 2 do
       for i = 1, n do
-        if pickable[i] and (pass == 2 or kv[i] == nil or kv[i] <= max_kv)
-           and (chosen_load == nil or load[i] < chosen_load) then
-          chosen, chosen_load = i, load[i]
+        if pickable[i] and (pass == 2 or kv[i] == nil or kv[i] <= max_kv) and (chosen == nil
+            or load[i] < load[chosen] or (load[i] == load[chosen] and occupancy[i] < occupancy[chosen])) then
+          chosen = i
         end
       end
       if chosen then break end
     end
-    reason = (best_blocks >= min_match and best_blocks > 0) and 'overloaded' or 'miss'
   end
 end
 
 local name = ARGV[H + chosen]
+if dry then
+  local rows = {}
+  for i = 1, n do
+    local status = 'ok'
+    if ARGV[H + 2 * n + i] == '1' then status = 'excluded'
+    elseif heal[ARGV[H + i]] then status = 'unavailable'
+    elseif not usable[i] then status = 'model'
+    elseif not pickable[i] then status = 'cap' end
+    rows[#rows + 1] = {ARGV[H + i], status, blocks_of(matched[i]), tostring(load[i] or ''),
+                       tostring(kv[i] or ''), tostring(occupancy[i] or '')}
+  end
+  return {name, reason, rows}
+end
 local count = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
 if not count then return {false, 'duplicate'} end
 
 -- Record (or refresh) every level for the chosen backend.
 local owned = KEYS[4 + n + chosen]
+if best_levels > 0 and best_levels < m then
+  redis.call('HINCRBY', KEYS[4 + 2 * n + best_levels], '#', 1)
+end
 local members = {}
 for j = 1, m do
   local key = KEYS[4 + 2 * n + j]
