@@ -44,7 +44,8 @@ def wait_for_http(url: str, timeout: float = 20.0, status: int = 200,
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
         try:
-            response = requests.get(url, timeout=1)
+            # Connection: close, so no idle keep-alive connection holds a worker at shutdown.
+            response = requests.get(url, timeout=1, headers={"Connection": "close"})
             if response.status_code == status:
                 return response
             last = response.status_code

@@ -48,7 +48,7 @@ class Stub:
             start_response("200 OK", [("Content-Type", "application/octet-stream"),
                                       ("Content-Length", str(len(body)))])
             return [body]
-        if path == "/stub/headers":
+        if path.endswith("/stub/headers"):
             headers = {k[5:].lower().replace("_", "-"): v for k, v in environ.items()
                        if k.startswith("HTTP_")}
             return self._json(start_response, 200, headers)

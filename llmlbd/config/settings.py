@@ -38,6 +38,9 @@ SETTINGS: list[Setting] = [
             "Number of gunicorn worker processes (gevent); about one per core."),
     Setting("server.worker_connections", 1000, v.positive_int,
             "Most concurrent client connections per worker."),
+    Setting("server.keepalive_s", 5, v.positive_int,
+            "How long an idle client connection stays open. Shutdown and reload wait for idle "
+            "connections to time out, so keep this short.", "s"),
     Setting("server.max_body_bytes", 10 * 1024 * 1024, v.byte_size,
             "Largest request body accepted; larger bodies get 413.", "bytes"),
     Setting("server.connect_timeout_s", 2.0, v.positive_float,

@@ -49,11 +49,12 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
             "worker_connections": server.worker_connections,
             "graceful_timeout": max(1, round(server.graceful_timeout_s)),
             "timeout": 30,
-            "keepalive": 75,
+            "keepalive": server.keepalive_s,
             "proc_name": "llmlbd",
             "logger_class": "llmlbd.logs.GunicornLogger",
             "loglevel": self.config.logging.level,
             "pre_fork": self._pre_fork,
+            "post_request": self._post_request,
             "post_worker_init": self._post_worker_init,
             "worker_exit": self._worker_exit,
             "child_exit": self._child_exit,
@@ -78,8 +79,21 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         worker.llmlbd_id = new_worker_id()
 
     def _post_worker_init(self, worker: Any) -> None:
+        import gevent
+
         self.proxy.init_worker(worker.llmlbd_id)
+        gevent.spawn(self._close_idle_on_shutdown, worker)
         log.info("worker_ready", worker_id=worker.llmlbd_id, policy=self.config.lb_policy)
+
+    def _close_idle_on_shutdown(self, worker: Any) -> None:
+        import gevent
+
+        while worker.alive:
+            gevent.sleep(0.2)
+        self.proxy.close_idle_connections()
+
+    def _post_request(self, worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+        self.proxy.connection_idle(environ)
 
     def _worker_exit(self, server: Any, worker: Any) -> None:
         self.proxy.shutdown_worker()

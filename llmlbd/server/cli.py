@@ -58,11 +58,6 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
     Stops gracefully on SIGTERM (in-flight requests finish within
     server.graceful_timeout_s), re-reads its workers on SIGHUP.
     """
-    # gevent workers patch in each worker; patching the master too, before
-    # anything imports ssl, avoids half-patched modules inherited by fork.
-    from gevent import monkey
-    monkey.patch_all()
-
     import yaml
 
     from llmlbd.config import Backend, ConfigError, load_config

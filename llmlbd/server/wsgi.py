@@ -8,8 +8,10 @@ policy and connection pools (WorkerRuntime). Routing decisions go through
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
+import weakref
 from typing import Any, Iterable, Iterator
 
 import gevent
@@ -19,7 +21,7 @@ import urllib3
 from llmlbd import metrics
 from llmlbd.config.loader import Backend, Config
 from llmlbd.errors import (BadRequest, BodyTooLarge, LLMLBError, MethodNotAllowed,
-                           RouteNotFound, UpstreamFailed, UpstreamTimeout)
+                           NoBackend, RouteNotFound, UpstreamFailed, UpstreamTimeout)
 from llmlbd.policy.framework import Decision
 from llmlbd.request import RoutingRequest
 from llmlbd.server import models_union
@@ -62,6 +64,7 @@ class ProxyApp:
         self.backend_header = config.server.backend_header
         self.access_log = config.logging.access_log
         self._maintainer: gevent.Greenlet | None = None
+        self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.models = models_union.ModelsCache(config.backends)
 
     # worker lifecycle ---------------------------------------------------------------------
@@ -87,7 +90,31 @@ class ProxyApp:
             self.runtime.upstreams.close()
 
     # request dispatch ---------------------------------------------------------------------
+    # idle keep-alive connections -----------------------------------------------------------
+    def connection_idle(self, environ: dict[str, Any]) -> None:
+        """gunicorn's post_request: this client connection now waits for its next request."""
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            self._idle_sockets.add(sock)
+
+    def close_idle_connections(self) -> int:
+        """On shutdown: end idle keep-alive connections now instead of after keepalive_s.
+
+        gunicorn's gevent worker waits for every open connection before it exits,
+        so without this an idle client would hold a stop or reload for keepalive_s.
+        """
+        closed = 0
+        for sock in list(self._idle_sockets):
+            try:
+                sock.shutdown(socket.SHUT_RD)
+                closed += 1
+            except OSError:
+                pass
+        self._idle_sockets.clear()
+        return closed
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        self._idle_sockets.discard(environ.get("gunicorn.socket"))
         path = environ.get("PATH_INFO", "") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         try:
@@ -192,7 +219,12 @@ class ProxyApp:
         failures: list[str] = []
         for attempt in range(attempts):
             started = time.perf_counter()
-            decision = router.pick(request, frozenset(exclude))
+            try:
+                decision = router.pick(request, frozenset(exclude))
+            except NoBackend:
+                if failures:  # the others were tried and failed: that is the real story
+                    break
+                raise
             metrics.DECISION_SECONDS.labels(decision.policy).observe(time.perf_counter() - started)
             backend = decision.backend
             sent_at = time.perf_counter()

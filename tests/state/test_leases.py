@@ -1,0 +1,202 @@
+"""The lease scripts against a real Redis: exact, idempotent, crash-safe in-flight counts."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.leases import Leases, reap
+
+NAMES = ["a", "b", "c"]
+
+
+@pytest.fixture
+def keys():
+    return PoolKeys("test")
+
+
+@pytest.fixture
+def leases(redis_client, keys):
+    lease = Leases(redis_client, keys, "host:1:aaa", ttl_ms=5000)
+    lease.heartbeat()
+    return lease
+
+
+def counts(client, keys):
+    return {name: int(value) for name, value in client.hgetall(keys.inflight).items()}
+
+
+class TestAcquire:
+    def test_picks_the_least_loaded(self, leases, redis_client, keys):
+        """With a: 2, b: 0, c: 1 in flight, the next request goes to b."""
+        redis_client.hset(keys.inflight, mapping={"a": 2, "c": 1})
+        reservation = leases.acquire_least_request("r1", NAMES, [1, 1, 1])
+        assert reservation.backend == "b" and reservation.inflight == 1
+
+    def test_weight_divides_the_load(self, leases, redis_client, keys):
+        """a (weight 4) with 3 in flight is less loaded than b (weight 1) with 1."""
+        redis_client.hset(keys.inflight, mapping={"a": 3, "b": 1})
+        assert leases.acquire_least_request("r1", ["a", "b"], [4, 1]).backend == "a"
+
+    def test_ties_are_broken_by_candidate_order(self, leases):
+        """The script takes the first minimum, so the caller's shuffle decides ties."""
+        assert leases.acquire_least_request("r1", ["c", "a", "b"], [1, 1, 1]).backend == "c"
+
+    def test_balances_exactly(self, leases, redis_client, keys):
+        """30 acquires over 3 backends leave exactly 10 on each."""
+        for i in range(30):
+            leases.acquire_least_request(f"r{i}", random.sample(NAMES, 3), [1, 1, 1])
+        assert counts(redis_client, keys) == {"a": 10, "b": 10, "c": 10}
+
+    def test_cap_refuses_when_every_backend_is_full(self, leases):
+        """maxRequestCount: a cap of 1 admits one request per backend, then says 'cap'."""
+        got = [leases.acquire_least_request(f"r{i}", NAMES, [1, 1, 1], cap=1) for i in range(4)]
+        assert sorted(r.backend for r in got[:3]) == NAMES
+        assert got[3].backend is None and got[3].reason == "cap"
+
+    def test_drained_and_down_backends_are_skipped(self, leases, redis_client, keys):
+        redis_client.sadd(keys.drained, "a")
+        redis_client.hset(keys.backend("b"), "health", "down")
+        for i in range(3):
+            assert leases.acquire_least_request(f"r{i}", NAMES, [1, 1, 1]).backend == "c"
+
+    def test_no_eligible_backend(self, leases, redis_client, keys):
+        redis_client.sadd(keys.drained, *NAMES)
+        assert leases.acquire_least_request("r1", NAMES, [1, 1, 1]).reason == "none"
+
+    def test_model_filter_uses_the_collected_model_list(self, leases, redis_client, keys):
+        """A backend whose known models lack the model is skipped; unknown lists pass."""
+        redis_client.hset(keys.backend("a"), "models", "llama,llama-lora")
+        redis_client.hset(keys.backend("b"), "models", "qwen")
+        picked = {leases.acquire_least_request(f"r{i}", ["a", "b"], [1, 1], model="llama-lora").backend
+                  for i in range(4)}
+        assert picked == {"a"}
+        assert leases.acquire_least_request("x", ["a", "b"], [1, 1], model="mistral").reason == "model"
+
+    def test_a_request_id_is_never_counted_twice(self, leases, redis_client, keys):
+        leases.acquire_least_request("r1", NAMES, [1, 1, 1])
+        assert leases.acquire_least_request("r1", NAMES, [1, 1, 1]).reason == "duplicate"
+        assert sum(counts(redis_client, keys).values()) == 1
+
+    def test_acquire_chosen_backend_rechecks_eligibility(self, leases, redis_client, keys):
+        assert leases.acquire("r1", "a").backend == "a"
+        redis_client.sadd(keys.drained, "a")
+        assert leases.acquire("r2", "a").reason == "drained"
+
+
+class TestRelease:
+    def test_release_is_idempotent_and_never_negative(self, leases, redis_client, keys):
+        leases.acquire("r1", "a")
+        assert leases.release("r1") is True
+        assert leases.release("r1") is False
+        assert leases.release("never-acquired") is False
+        assert counts(redis_client, keys) == {}
+
+    def test_release_after_redis_lost_its_data_is_a_no_op(self, leases, redis_client, keys):
+        """After a Redis restart without persistence, old requests must not drive counts negative."""
+        leases.acquire("r1", "a")
+        redis_client.flushall()
+        leases.acquire("r2", "a")
+        assert leases.release("r1") is False
+        assert counts(redis_client, keys) == {"a": 1}
+
+
+class TestReap:
+    def test_dead_worker_leases_are_reaped_and_counts_rebuilt(self, redis_client, keys):
+        alive = Leases(redis_client, keys, "h:alive:1", ttl_ms=60_000)
+        dying = Leases(redis_client, keys, "h:dying:1", ttl_ms=1)
+        alive.acquire("r1", "a")
+        dying.acquire("r2", "a")
+        dying.acquire("r3", "b")
+        import time
+        time.sleep(0.01)
+        assert reap(redis_client, keys) == (2, 1)
+        assert counts(redis_client, keys) == {"a": 1}
+        assert redis_client.hkeys(keys.leases) == ["r1"]
+
+    def test_retire_drops_everything_a_worker_holds(self, leases, redis_client, keys):
+        leases.acquire("r1", "a")
+        leases.acquire("r2", "b")
+        assert leases.retire()[0] == 2
+        assert counts(redis_client, keys) == {}
+
+    def test_recount_repairs_drift(self, leases, redis_client, keys):
+        """A count changed behind the scripts' back is rebuilt from the leases."""
+        leases.acquire("r1", "a")
+        redis_client.hset(keys.inflight, mapping={"a": 7, "ghost": 3})
+        reap(redis_client, keys, recount=True)
+        assert counts(redis_client, keys) == {"a": 1}
+
+    def test_nothing_to_do_is_cheap(self, leases, redis_client, keys):
+        redis_client.hset(keys.inflight, "a", 5)  # drift, but no recount asked
+        assert reap(redis_client, keys) == (0, 0)
+        assert counts(redis_client, keys) == {"a": 5}
+
+
+class TestScripts:
+    def test_scripts_reload_after_script_flush(self, leases, redis_client):
+        """EVALSHA answered NOSCRIPT (Redis restarted): the script is loaded again transparently."""
+        leases.acquire("r1", "a")
+        redis_client.script_flush()
+        assert leases.acquire("r2", "a").backend == "a"
+        assert leases.release("r1")
+
+    def test_every_key_of_a_call_is_in_one_cluster_slot(self, keys):
+        """All keys of a pool share the {pool} hash tag, so each script runs on Redis Cluster."""
+        all_keys = [keys.inflight, keys.leases, keys.workers, keys.drained, keys.members,
+                    keys.collectors, keys.scrape_owners, keys.rr_counter,
+                    keys.backend("gpu-1:8000"), keys.prefix("ab12"), keys.prefix_owned_by("a")]
+        assert len({key_slot(k.encode()) for k in all_keys}) == 1
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("acquire"), st.integers(0, 2), st.integers(0, 30)),
+    st.tuples(st.just("release"), st.integers(0, 2), st.integers(0, 30)),
+    st.tuples(st.just("kill"), st.integers(0, 2), st.just(0)),
+    st.tuples(st.just("reap"), st.just(0), st.just(0)),
+    st.tuples(st.just("drain"), st.integers(0, 2), st.just(0)),
+), max_size=60)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_counts_always_equal_live_leases(redis_url, ops):
+    """Property: whatever the sequence of acquires, releases, worker deaths, reaps and drains,
+    each in-flight count equals its live leases, and no count is ever negative."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushall()
+    keys = PoolKeys("prop")
+    workers = [Leases(client, keys, f"h:{i}:x", ttl_ms=60_000) for i in range(3)]
+    live: dict[str, str] = {}  # request id -> worker id, the model of the truth
+    dead: set[int] = set()
+    for op, who, n in ops:
+        request_id = f"r{n}"
+        if op == "acquire" and who not in dead:
+            r = workers[who].acquire_least_request(request_id, NAMES, [1, 1, 1])
+            if r.backend:
+                live[request_id] = workers[who].worker_id
+        elif op == "release":
+            released = workers[who].release(request_id)
+            assert released == (request_id in live)
+            live.pop(request_id, None)
+        elif op == "kill" and who not in dead:
+            dead.add(who)
+            workers[who].retire()
+            live = {k: w for k, w in live.items() if w != workers[who].worker_id}
+        elif op == "reap":
+            reap(client, keys)
+        elif op == "drain":
+            client.sadd(keys.drained, NAMES[who])
+        inflight = counts(client, keys)
+        assert all(v > 0 for v in inflight.values())
+        per_backend = collections.Counter(v.split()[0] for v in client.hvals(keys.leases))
+        assert inflight == dict(per_backend)
+        assert sum(inflight.values()) == len(live)
+    client.close()
