@@ -37,10 +37,6 @@ class Fault:
     stall_first_byte_s: float = 0.0
     slow_tokens_s: float = 0.0
 
-    @property
-    def none(self) -> bool:
-        return self == Fault()
-
 
 def parse_fault(spec: str, base: Fault | None = None) -> Fault:
     """Parse a fault spec on top of ``base``; raises ValueError naming the bad directive."""

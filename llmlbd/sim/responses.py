@@ -92,7 +92,3 @@ class StreamWriter:
 
     def usage(self, usage: dict) -> str:
         return self._head + '[],"usage":' + json.dumps(usage, separators=(",", ":")) + "}\n\n"
-
-    def error(self, status: int, message: str) -> str:
-        error = {"error": {"message": message, "type": "InternalServerError", "param": None, "code": status}}
-        return "data: " + json.dumps(error) + "\n\n"
