@@ -97,9 +97,10 @@ class Router:
         except REDIS_ERRORS as exc:
             self._redis_failed("maintain", exc)
         else:
-            if self.breaker.state == "open":
-                # Redis answers again: let the next request probe it now.
-                self.breaker.opened_at = time.monotonic() - self.breaker.reset_s
+            if self.breaker.state != "closed":
+                # maintain() itself just proved Redis answers: route globally again now.
+                log.info("redis_recovered")
+                self.breaker.success()
 
     def _refresh_unavailable(self) -> None:
         keys = self.leases.keys

@@ -147,6 +147,10 @@ class ProxyApp:
                 self.runtime.client.ping()  # type: ignore[attr-defined]
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"redis unreachable: {exc}")
+            else:
+                if self.runtime.router.breaker.state != "closed":
+                    problems.append("routing on the worker-local fallback until Redis "
+                                    "answers the next health probe")
         status = 503 if problems else 200
         return json_response(start_response, status,
                              {"status": "ready" if not problems else "not_ready",
