@@ -230,9 +230,10 @@ def inspect_request(ctl: Ctl, request_id: str | None, model: str, as_json: bool)
     Without REQUEST_ID: for each backend, exactly what the acquire scripts
     read (in-flight count, weight, drained flag, health, models) and whether
     it could take a request (for --model), plus the cap and lease counts.
-    With REQUEST_ID (the x-request-id of a request in flight): the backend
-    and worker holding its lease, and whether that worker is alive. Exits 3
-    when the request holds no lease.
+    With REQUEST_ID (llmlbd's id of a request in flight, as listed by
+    `inspect backend` and logged as request_id): the backend and worker
+    holding its lease, and whether that worker is alive. Exits 3 when the
+    request holds no lease.
     """
     if request_id:
         emit(lease_detail(ctl, request_id), as_json, _render_lease)
