@@ -13,6 +13,6 @@ Modules, one concept each:
 - ``daemon``: ownership claims, threads, signals, READY=1; ``cli``: ``llmlbd collector``
 
 Importing this package opens nothing and patches nothing. A process that
-runs the collector calls `collector.daemon.main` (or ``python -m collector``,
-which first makes the process gevent-cooperative).
+runs the collector calls `collector.daemon.main` (or ``python -m collector``);
+with ``--concurrency gevent`` the entry point patches the process first.
 """

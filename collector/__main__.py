@@ -1,15 +1,22 @@
 """``python -m collector --config FILE``: the collector as its own process.
 
-`llmlbd start` runs this as a supervised child on a single VM. gevent
-patches the process first (before anything imports socket or threading's
-users), unless ``--concurrency threads`` is given.
+`llmlbd start` runs this as a supervised child on a single VM. With
+``--concurrency gevent`` the process is patched here, first, before anything
+imports the modules gevent replaces.
 """
 
 import sys
 
 
+def _wants_gevent(argv: list[str]) -> bool:
+    for i, arg in enumerate(argv):
+        if arg == "--concurrency=gevent" or (arg == "--concurrency" and argv[i + 1:i + 2] == ["gevent"]):
+            return True
+    return False
+
+
 def _main() -> None:
-    if "--once" not in sys.argv and "threads" not in sys.argv:
+    if _wants_gevent(sys.argv[1:]):
         from collector.cli import patch_for_gevent
         patch_for_gevent()
     from collector.cli import collector_command

@@ -17,11 +17,13 @@ __all__ = ["collector_command"]
 
 
 def patch_for_gevent() -> None:
-    """Make sockets, threads and sleeps cooperative (the daemon's concurrency model).
+    """Make sockets, threads and sleeps cooperative (``--concurrency gevent``).
 
-    One greenlet per backend costs far less CPU than one OS thread per backend
-    (no GIL hand-offs; see docs/collector.md, Benchmark). Done here, in the
-    process entry point, never at import time of a shared module.
+    Not the default: measured with 256 backends at 10 Hz, greenlets use
+    less CPU than OS threads but every backend shares one hub, and the
+    worst-case metrics age was 2-3x the threads' (docs/collector.md,
+    Benchmark). Done here, in the process entry point, never at import time
+    of a shared module.
     """
     from gevent import monkey
     if not monkey.is_module_patched("socket"):
@@ -35,8 +37,8 @@ def patch_for_gevent() -> None:
               help="This collector's id in Redis (default: host:pid:random).")
 @click.option("--once", is_flag=True,
               help="Scrape every backend once, print the fields as JSON, and exit (no Redis).")
-@click.option("--concurrency", type=click.Choice(["gevent", "threads"]), default="gevent",
-              show_default=True, help="One greenlet per backend, or one OS thread.")
+@click.option("--concurrency", type=click.Choice(["threads", "gevent"]), default="threads",
+              show_default=True, help="One OS thread per backend, or one greenlet.")
 @click.option("--metrics-port", type=int, default=None,
               help="Override collector.metrics_port (0 turns the own /metrics off).")
 def collector_command(config_path: str | None, collector_id: str | None, once: bool,

@@ -1,5 +1,9 @@
 """The collector process: ownership claims, worker threads, signals, READY=1.
 
+One OS thread per backend (or one greenlet with ``--concurrency gevent``):
+a backend that hangs delays only its own thread, and blocking I/O releases
+the GIL, so pages are copied while other threads parse.
+
 Start-up order: connect to Redis, start the own /metrics server, start one
 worker per configured backend (idle until owned), the publisher and the
 reaper, then claim. systemd is told READY=1 once the first claim succeeded
@@ -11,6 +15,7 @@ then STOPPING=1. Signal handlers only set a flag; the main loop acts.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -141,6 +146,10 @@ class Collector:
     def run(self) -> None:
         """Claim every CLAIM_EVERY_S until asked to stop; then shut down cleanly."""
         self.start()
+        # Everything alive now (modules, config, workers) lives as long as the
+        # process: keep it out of the cyclic GC, whose full passes over it
+        # stalled every worker for 70-180 ms at 256 backends.
+        gc.freeze()
         try:
             while not self.stop.is_set():
                 self.claim()

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Protocol
 
 from llmlbd.state import backend_fields as F
 from collector.exposition import Page, Sample, ScanMemo
 from collector.sources import AGGREGATION, LIST_FIELDS, Plan, Source
 
-__all__ = ["Reading", "read_metrics", "format_number", "lora_series"]
+__all__ = ["Reading", "read_metrics", "read_page", "format_number", "lora_series"]
+
+
+class PageLike(Protocol):
+    def samples(self, name: str) -> list[Sample]: ...
 
 # The label pairs of a LoRA info family that list adapters.
 _LORA_LIST_FIELDS = (F.LORA_RUNNING, F.LORA_WAITING)
@@ -113,7 +117,7 @@ def _value(fname: str, source: Source, samples: list[Sample], plan: Plan) -> str
     return format_number(max(values))
 
 
-def _lookup(page: Page, source: Source) -> list[Sample]:
+def _lookup(page: PageLike, source: Source) -> list[Sample]:
     samples = page.samples(source.name)
     if not samples and source.loose_total:
         # OpenMetrics names a counter's family without "_total" and its
@@ -135,7 +139,11 @@ def read_metrics(text: str, plan: Plan, memo: ScanMemo | None = None,
     the next page faster: *learned* remembers which source filled each field
     last time so it is tried first.
     """
-    page = Page(text, memo)
+    return read_page(Page(text, memo), plan, learned)
+
+
+def read_page(page: PageLike, plan: Plan, learned: dict[str, Source] | None = None) -> Reading:
+    """`read_metrics` on anything with ``samples(name)`` (the benchmark feeds a full parse)."""
     reading = Reading()
     for fname, sources in plan.sources.items():
         ordered = sources

@@ -1,6 +1,6 @@
 """One backend's schedule: /metrics every interval, the health path, /v1/models.
 
-A worker runs in its own thread (a greenlet in the gevent-patched daemon),
+A worker runs in its own thread (a greenlet under ``--concurrency gevent``),
 so a backend that hangs only delays itself. It does work only while this
 collector owns the backend; ownership changes wake it up. All three reads
 share one keep-alive connection to the backend.
@@ -98,11 +98,14 @@ class BackendWorker:
             now = time.monotonic()
             if not self.active:
                 self._activate()
-                # Spread the first scrapes over one interval: 256 backends
-                # taken at once must not be scraped in one burst forever after.
+                # Spread each schedule's phase at random: 256 backends taken
+                # at once would otherwise be scraped, checked and refreshed in
+                # one burst, every period, forever after (measured: it was
+                # the collector's worst-case metrics age). The model list, which
+                # routing needs first, is read within a second.
                 next_metrics = now + random.uniform(0, s.interval_s)
-                next_health = now
-                next_models = now
+                next_health = now + random.uniform(0, s.health_interval_s)
+                next_models = now + random.uniform(0, min(1.0, s.models_refresh_s))
             if now >= next_health:
                 self.check_health()
                 next_health = _next(next_health, s.health_interval_s, time.monotonic())
