@@ -19,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_server_binary"]
+__all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_server_binary", "EMBEDDED_URL_ENV"]
+
+# `llmlbd start` puts the embedded server's URL here for its workers and children.
+EMBEDDED_URL_ENV = "LLMLBD_REDIS_URL"
 
 
 class EmbeddedRedisError(RuntimeError):

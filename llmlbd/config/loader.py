@@ -88,6 +88,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Every value (defaults included), in the file's shape: `llmlbd config show`."""
         data: dict[str, Any] = {name: getattr(self, name).as_dict() for name in SECTIONS}
+        # Keys of other policies would not validate under this one.
+        data["lb_config"] = {
+            key: value for key, value in data["lb_config"].items()
+            if not (setting := by_path(f"lb_config.{key}")) or not setting.policies
+            or self.lb_policy in setting.policies}
         data["lb_policy"] = self.lb_policy
         data["backends"] = [{"name": b.name, "url": b.url, "weight": b.weight}
                             for b in self.backends]

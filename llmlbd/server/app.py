@@ -17,8 +17,7 @@ from gunicorn.arbiter import Arbiter
 
 from llmlbd.config.loader import Config
 from llmlbd.server.children import Child
-from llmlbd.server.wsgi import ProxyApp
-from llmlbd.state.leases import new_worker_id, reap
+from llmlbd.state.leases import new_worker_id
 
 __all__ = ["LLMLBApplication"]
 
@@ -35,8 +34,10 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: Config, children: list[Child] | None = None) -> None:
         self.config = config
         self.children = list(children or [])
-        self.proxy = ProxyApp(config)
-        self._master_client: Any = None
+        # Built in each worker by load(), after gevent patched it: the master must not
+        # import urllib3 or redis, whose direct references to ssl.SSLContext would
+        # escape the patch and block a worker's event loop on every TLS handshake.
+        self.proxy: Any = None
         super().__init__()
 
     # gunicorn application protocol --------------------------------------------------------
@@ -67,7 +68,10 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         for key, value in settings.items():
             self.cfg.set(key, value)
 
-    def load(self) -> ProxyApp:
+    def load(self) -> Any:
+        from llmlbd.server.wsgi import ProxyApp
+
+        self.proxy = ProxyApp(self.config)
         return self.proxy
 
     def run(self) -> None:
@@ -103,18 +107,10 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         if multiproc_dir:
             from prometheus_client import multiprocess
             multiprocess.mark_process_dead(worker.pid, multiproc_dir)
-        # A worker that died hard (SIGKILL, OOM) could not release: do it for it now.
-        try:
-            from llmlbd.state.client import connect
-            from llmlbd.state.keys import PoolKeys
-            if self._master_client is None:
-                self._master_client = connect(self.config)
-            reaped, _ = reap(self._master_client, PoolKeys(self.config.server.pool),
-                             dead_worker=getattr(worker, "llmlbd_id", ""))
-            if reaped:
-                log.warning("reaped_dead_worker_leases", pid=worker.pid, leases=reaped)
-        except Exception as exc:  # noqa: BLE001 - the lease TTL will catch it instead
-            log.warning("reap_on_exit_failed", pid=worker.pid, error=str(exc))
+        # A worker that died hard (SIGKILL, OOM) could not release its leases: they
+        # expire after server.lease_ttl_s and the other workers (or the collector) reap
+        # them. The master deliberately holds no Redis client (see __init__).
+        # gunicorn logs the death itself.
 
     def _when_ready(self, server: Any) -> None:
         bind = self.config.server.bind

@@ -20,15 +20,26 @@ log = structlog.get_logger("llmlbd.children")
 
 class Child:
     name = "child"
+    # Restarts back off from 1 s to 30 s so a child that cannot start does not spin.
+    _backoff_s = 0.0
+    _next_start = 0.0
 
     def start(self) -> None: ...
     def alive(self) -> bool: ...
     def stop(self) -> None: ...
 
     def supervise(self) -> None:
-        if not self.alive():
-            log.warning("child_died", child=self.name, action="restart")
-            self.start()
+        if self.alive():
+            self._backoff_s = 0.0
+            return
+        now = time.monotonic()
+        if now < self._next_start:
+            return
+        self._backoff_s = min(30.0, max(1.0, self._backoff_s * 2))
+        self._next_start = now + self._backoff_s
+        log.warning("child_died", child=self.name, action="restart",
+                    next_retry_s=self._backoff_s)
+        self.start()
 
 
 class RedisChild(Child):

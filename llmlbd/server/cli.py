@@ -11,8 +11,8 @@ import click
 
 from llmlbd.exits import ConfigProblem, RuntimeProblem
 
-# Nothing that imports ssl or socket may be imported at the top of this module:
-# start_command monkey-patches first (see below).
+# This module runs in the gunicorn master: it imports no HTTP or Redis client
+# (see llmlbd.server.app for why).
 
 __all__ = ["start_command", "runtime_directory"]
 
@@ -29,14 +29,17 @@ def runtime_directory(explicit: str | None) -> Path:
     return path
 
 
-def _all_healthy(urls: list[str]) -> bool:
-    import requests
+def _all_healthy(ports: list[int]) -> bool:
+    """GET /health on each local port with a bare socket (no HTTP library in the master)."""
+    import socket
 
-    for url in urls:
+    for port in ports:
         try:
-            if requests.get(f"{url}/health", timeout=0.5).status_code != 200:
-                return False
-        except requests.RequestException:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                if not sock.recv(64).startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+                    return False
+        except OSError:
             return False
     return True
 
@@ -77,10 +80,9 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prometheus_dir)
 
     # Imported after PROMETHEUS_MULTIPROC_DIR is set: metrics are created in multiprocess mode.
-    from llmlbd.embedded import EmbeddedRedis, EmbeddedRedisError
+    from llmlbd.embedded import EMBEDDED_URL_ENV, EmbeddedRedis, EmbeddedRedisError
     from llmlbd.server.app import LLMLBApplication
     from llmlbd.server.children import Child, CommandChild, RedisChild
-    from llmlbd.state.client import EMBEDDED_URL_ENV
 
     children: list[Child] = []
     try:
@@ -96,7 +98,7 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
             sims = CommandChild("demo-backends",
                                 [sys.executable, "-m", "llmlbd.sim", "--count", str(count),
                                  "--base-port", str(base)],
-                                ready=lambda: _all_healthy(urls))
+                                ready=lambda: _all_healthy([base + i for i in range(count)]))
             sims.start()
             children.append(sims)
             config.backends = [Backend(f"sim-{i}", url) for i, url in enumerate(urls)]

@@ -15,10 +15,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from llmlbd.embedded import EMBEDDED_URL_ENV
+
 __all__ = ["connect", "EMBEDDED_URL_ENV", "resolved_url"]
 
-# `llmlbd start` puts the embedded server's URL here for its workers and children.
-EMBEDDED_URL_ENV = "LLMLBD_REDIS_URL"
 
 
 def resolved_url(config: Any) -> str | None:
