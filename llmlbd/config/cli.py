@@ -71,14 +71,22 @@ def check_command(path: str) -> None:
 @click.option("--explicit", is_flag=True, help="Only the keys FILE sets (no defaults).")
 def show_command(path: str, as_json: bool, explicit: bool) -> None:
     """Print the effective config of FILE: every key with its default filled
-    in, as YAML (passwords shown as ***). Exits 2 when FILE is invalid.
+    in, as YAML (passwords shown as ***), except the keys of policies other
+    than FILE's. Exits 2 when FILE is invalid.
     """
     import json
 
     import yaml
 
+    from llmlbd.config.settings import SETTINGS
+
     config = _load(path)
     data = config.to_dict()
+    # Keys of other policies cannot be set with this one: leave them out, so
+    # that the output is itself a valid config.
+    for setting in SETTINGS:
+        if setting.policies and config.lb_policy not in setting.policies:
+            data[setting.section].pop(setting.key, None)
     if explicit:
         kept: dict[str, Any] = {}
         for dotted in sorted(config.explicit):

@@ -14,7 +14,7 @@ from llmlbd.config import validators as v
 from llmlbd.config.loader import Backend, _backend_name
 from llmlbd.ctl.context import Ctl, pass_ctl
 from llmlbd.ctl.inspect import NotFound
-from llmlbd.ctl.members import MembersError, change_members, effective_backends
+from llmlbd.ctl.members import SOURCES, MembersError, change_members, effective_backends
 from llmlbd.ctl.output import emit, fmt_num, json_option, table
 from llmlbd.exits import BAD_CONFIG, RuntimeProblem
 from llmlbd.state.keys import validate_name
@@ -37,10 +37,9 @@ def _members_json(backends: list[Backend], source: str) -> dict[str, Any]:
 
 
 def _render_list(data: dict[str, Any]) -> str:
-    source = ("Redis members hash" if data["membership"] == "redis"
-              else "config file (the members hash does not exist yet)")
     rows = [[b["name"], b["url"], fmt_num(b["weight"])] for b in data["backends"]]
-    return f"{len(rows)} backend(s), from the {source}\n" + table(["NAME", "URL", "WEIGHT"], rows)
+    return (f"{len(rows)} backend(s), from {SOURCES[data['membership']]}\n"
+            + table(["NAME", "URL", "WEIGHT"], rows))
 
 
 @backend_group.command("list")
@@ -48,7 +47,7 @@ def _render_list(data: dict[str, Any]) -> str:
 @pass_ctl
 def backend_list(ctl: Ctl, as_json: bool) -> None:
     """The pool's members and where the list comes from (Redis or the config's seed)."""
-    backends, source = effective_backends(ctl.client, ctl.keys.members, ctl.config.backends)
+    backends, source = effective_backends(ctl.client, ctl.keys, ctl.config.backends)
     emit(_members_json(backends, source), as_json, _render_list)
 
 

@@ -124,7 +124,7 @@ def explain_command(ctl: Ctl, body_file: Any, path: str, header_values: tuple[st
         problem.exit_code = exits.BAD_CONFIG
         raise problem from None
     config, client, keys = ctl.config, ctl.client, ctl.keys
-    backends, _ = effective_backends(client, keys.members, config.backends)
+    backends, _ = effective_backends(client, keys, config.backends)
     # A Leases object so that policies can be built as in a worker; explain never calls it.
     leases = Leases(client, keys, "llmlbctl-explain", int(config.server.lease_ttl_s * 1000))
     ctx = PolicyContext(backends, config.lb_config, keys, leases, client,

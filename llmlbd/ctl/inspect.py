@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from llmlbd.ctl.context import Ctl, pass_ctl
-from llmlbd.ctl.members import effective_backends
+from llmlbd.ctl.members import SOURCES, effective_backends
 from llmlbd.ctl.output import emit, fmt_age, fmt_list, fmt_num, json_option, table
 from llmlbd.ctl.pool import redis_now_ms, replica_of
 from llmlbd.exits import NOT_FOUND
@@ -44,7 +44,7 @@ def _leases(client: Any, key: str) -> dict[str, str]:
 
 def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
     client, keys = ctl.client, ctl.keys
-    backends, source = effective_backends(client, keys.members, ctl.config.backends)
+    backends, source = effective_backends(client, keys, ctl.config.backends)
     member = next((b for b in backends if b.name == name), None)
     pipe = client.pipeline(transaction=False)
     pipe.exists(keys.backend(name))
@@ -139,7 +139,7 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
     from llmlbd.state.snapshot import read_pool
 
     client, keys, config = ctl.client, ctl.keys, ctl.config
-    backends, source = effective_backends(client, keys.members, config.backends)
+    backends, source = effective_backends(client, keys, config.backends)
     states = read_pool(client, keys, backends)
     cap = config.lb_config.maxRequestCount
     stale_after = config.collector.stale_after_ms
@@ -199,7 +199,7 @@ def _render_routing(data: dict[str, Any]) -> str:
     lines = [
         f"pool {data['pool']}   policy {data['policy']}   model {data['model'] or '(any)'}   "
         f"cap {cap or 'none'} per backend   {data['leases']} leases, {data['workers']} workers",
-        f"backends from the {'Redis members hash' if data['membership'] == 'redis' else 'config file'}; "
+        f"backends from {SOURCES[data['membership']]};",
         "what the acquire script reads for each:",
         "",
         table(["BACKEND", "WEIGHT", "INFLIGHT", "DRAINED", "HEALTH", "MODELS", "METRICS AGE",
@@ -288,7 +288,7 @@ def prefix_usage(ctl: Ctl, sample: int, batch: int = 1000) -> dict[str, Any]:
             if ttl == -1:
                 no_ttl += 1
     average = sum(sample_bytes) / len(sample_bytes) if sample_bytes else 0.0
-    backends, _ = effective_backends(client, keys.members, ctl.config.backends)
+    backends, _ = effective_backends(client, keys, ctl.config.backends)
     pipe = client.pipeline(transaction=False)
     for backend in backends:
         pipe.zcard(keys.prefix_owned_by(backend.name))

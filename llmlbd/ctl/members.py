@@ -18,8 +18,18 @@ from typing import Any, Callable, Sequence
 import redis
 
 from llmlbd.config.loader import Backend
+from llmlbd.state.keys import PoolKeys
 
-__all__ = ["read_members", "effective_backends", "encode", "change_members", "MembersError"]
+__all__ = ["read_members", "effective_backends", "encode", "change_members", "MembersError",
+           "SOURCES"]
+
+# Where effective_backends found the list, in words.
+SOURCES = {
+    "redis": "the Redis members hash",
+    "config": "the config file (the members hash does not exist yet)",
+    "discovered": "the backends seen in Redis (the config lists none and the members hash "
+                  "does not exist)",
+}
 
 
 class MembersError(Exception):
@@ -54,12 +64,28 @@ def read_members(client: Any, key: str) -> dict[str, Backend] | None:
     return members
 
 
-def effective_backends(client: Any, key: str, seed: Sequence[Backend]) -> tuple[list[Backend], str]:
-    """The pool's backends and where the list came from: "redis" or "config"."""
-    members = read_members(client, key)
-    if members is None:
+def effective_backends(client: Any, keys: PoolKeys,
+                       seed: Sequence[Backend]) -> tuple[list[Backend], str]:
+    """The pool's backends and where the list came from.
+
+    "redis": the members hash; "config": the config's seed; "discovered": the
+    config lists none (e.g. `llmlbd start`'s demo backends) and the hash does
+    not exist, so the names come from the collector's backend hashes and the
+    in-flight counts.
+    """
+    members = read_members(client, keys.members)
+    if members is not None:
+        return list(members.values()), "redis"
+    if seed:
         return list(seed), "config"
-    return list(members.values()), "redis"
+    prefix = keys.backend("")
+    names = {key[len(prefix):] for key in client.scan_iter(match=keys.backend("*"), count=1000)}
+    names |= set(client.hkeys(keys.inflight))
+    found = []
+    for name in sorted(names):
+        url = client.hget(keys.backend(name), "url") or ""
+        found.append(Backend(name, url, 1.0))
+    return found, "discovered"
 
 
 def change_members(client: Any, key: str, seed: Sequence[Backend],

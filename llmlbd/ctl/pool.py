@@ -97,7 +97,7 @@ def pool_status(ctl: Any) -> dict[str, Any]:
     """Everything `llmlbctl status` shows, as one JSON-ready dict."""
     client, keys, config = ctl.client, ctl.keys, ctl.config
     info = redis_info(client)
-    backends, source = effective_backends(client, keys.members, config.backends)
+    backends, source = effective_backends(client, keys, config.backends)
     stale_after = config.collector.stale_after_ms
     rows = backend_rows(client, keys, backends, stale_after)
     pipe = client.pipeline(transaction=False)

@@ -8,6 +8,7 @@ import click
 
 from llmlbd import exits
 from llmlbd.ctl.context import Ctl, pass_ctl
+from llmlbd.ctl.members import SOURCES
 from llmlbd.ctl.output import emit, fmt_age, fmt_list, fmt_num, fmt_pct, json_option, table
 from llmlbd.ctl.pool import pool_status
 
@@ -23,7 +24,7 @@ def render_status(data: dict[str, Any]) -> str:
         f"({data['leases']} leases)",
         f"redis {redis['url']}  role {redis['role']}  version {redis['version']}  "
         f"latency {redis['latency_ms']:.2f}ms",
-        f"membership: {'Redis members hash' if data['membership'] == 'redis' else 'config file (members hash not created yet)'}",
+        f"membership: {SOURCES[data['membership']]}",
         "",
     ]
     rows = []
@@ -39,7 +40,8 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(table(["BACKEND", "HEALTH", "DRAINED", "INFLIGHT", "WAITING", "RUNNING",
                             "KV", "METRICS AGE", "WEIGHT", "MODELS"], rows))
     else:
-        lines.append("no backend: the config lists none and the members hash does not exist")
+        lines.append("no backend: the config lists none, the members hash does not exist and "
+                     "no backend state was found in Redis")
     if data["drained_not_members"]:
         lines.append(f"drained but not members: {', '.join(data['drained_not_members'])}")
     workers, collectors = data["workers"], data["collectors"]

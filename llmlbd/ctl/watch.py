@@ -44,6 +44,8 @@ def watch_command(ctl: Ctl, interval: float, count: int | None, as_json: bool) -
                         else f"cannot reach Redis at {ctl.describe_redis()}: {exc}")
             if clear:
                 click.clear()
+            elif shown and not as_json:
+                click.echo()
             if not as_json:
                 stamp = time.strftime("%H:%M:%S")
                 text = f"{stamp}  every {interval:g}s  (Ctrl-C to quit)\n{text}"

@@ -36,6 +36,22 @@ def test_every_documented_command_exists():
         ("backend", "add"), ("backend", "remove"), ("backend", "list")}
 
 
+def test_cli_doc_covers_every_command():
+    """docs/cli.md has a section for every llmlbctl command and a row per exit code."""
+    from llmlbd import exits
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for path in CTL_COMMANDS:
+        if path[0] in ("inspect", "backend") and len(path) == 1:
+            continue
+        assert f"llmlbctl {' '.join(path)}" in text or f"`{path[-1]}" in text, path
+    for name in ("OK", "FAILURE", "BAD_CONFIG", "NOT_FOUND", "UNHEALTHY"):
+        assert f"| {getattr(exits, name)} | `{name}` |" in text
+    for command in ("llmlbd start", "llmlbd collector", "llmlbd sim", "llmlbd config check",
+                    "llmlbd config show"):
+        assert command in text
+
+
 @pytest.mark.parametrize("path", [(), *CTL_COMMANDS], ids=lambda p: " ".join(p) or "llmlbctl")
 def test_help_works_without_config_or_redis(path, monkeypatch):
     """--help on every llmlbctl command exits 0 even with a config that cannot load."""

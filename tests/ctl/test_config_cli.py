@@ -58,6 +58,21 @@ class TestShow:
         as_json = json.loads(run("show", "--json", str(path)).stdout)
         assert as_json["redis"]["password"] == "***"
 
+    def test_output_is_itself_a_valid_config(self, tmp_path):
+        """show leaves out other policies' keys, so its output passes check."""
+        from llmlbd.config.settings import SETTINGS
+
+        for policy in ("global_least_request", "prefix_cache", "least_busy"):
+            path = tmp_path / f"{policy}.yaml"
+            path.write_text(f"lb_policy: {policy}\n")
+            shown = tmp_path / f"{policy}-shown.yaml"
+            shown.write_text(run("show", str(path)).stdout)
+            assert run("check", str(shown)).exit_code == exits.OK, policy
+            data = yaml.safe_load(shown.read_text())
+            for setting in SETTINGS:
+                if setting.section == "lb_config" and setting.policies:
+                    assert (setting.key in data["lb_config"]) == (policy in setting.policies)
+
     def test_explicit_only(self, tmp_path):
         path = tmp_path / "small.yaml"
         path.write_text("lb_policy: round_robin\nserver: {workers: 3}\n")

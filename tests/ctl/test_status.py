@@ -83,6 +83,20 @@ class TestStatus:
         assert [b["name"] for b in data["backends"]] == ["z"]
 
 
+    def test_without_configured_backends_they_are_discovered(self, tmp_path, ctl, redis_url,
+                                                             redis_client, keys):
+        """A config with no backends (the demo) and no members hash: status lists the
+        backends the collector and the lease scripts wrote about."""
+        path = tmp_path / "demo.yaml"
+        path.write_text(f"server: {{pool: ctltest}}\nredis: {{url: '{redis_url}'}}\n")
+        seed_metrics(redis_client, keys, "sim-0", url="http://127.0.0.1:8100")
+        redis_client.hset(keys.inflight, "sim-1", 0)
+        data = json.loads(ctl("status", "--json", config=str(path)).stdout)
+        assert data["membership"] == "discovered"
+        assert [(b["name"], b["url"]) for b in data["backends"]] == [
+            ("sim-0", "http://127.0.0.1:8100"), ("sim-1", "")]
+
+
 class TestErrors:
     def test_bad_config_exits_2_naming_file_line_key(self, tmp_path, ctl, redis_url):
         """A config error ends the command with exit 2 and FILE:LINE: key: problem."""
