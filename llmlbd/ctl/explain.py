@@ -23,6 +23,42 @@ def _fmt_score(value: Any) -> str:
     return str(value)
 
 
+# Candidate columns in display order: (key, header, formatter).
+_COLUMNS = [
+    ("name", "BACKEND", str),
+    ("inflight", "INFLIGHT", str),
+    ("weight", "WEIGHT", fmt_num),
+    ("health", "HEALTH", str),
+    ("drained", "DRAINED", lambda v: "yes" if v else "no"),
+    ("models", "MODELS", fmt_list),
+    ("metrics_age_ms", "METRICS AGE", fmt_age),
+]
+_HIDDEN = {"url", "stale"}
+
+
+def _candidate_table(candidates: list[dict[str, Any]]) -> str:
+    """A column for each field any candidate has: policies explain with different fields."""
+    present = {key for c in candidates for key in c}
+    columns = [col for col in _COLUMNS if col[0] in present]
+    known = {col[0] for col in _COLUMNS} | _HIDDEN | {"removed_by", "score"}
+    extra = sorted(present - known)
+    headers = [h for _, h, _ in columns] + [k.upper().replace("_", " ") for k in extra]
+    headers += ["REMOVED BY", "SCORE"]
+    rows = []
+    for c in candidates:
+        row = []
+        for key, _, fmt in columns:
+            value = c.get(key)
+            text = "-" if value is None and key != "drained" else fmt(value)
+            if key == "metrics_age_ms" and c.get("stale"):
+                text += " STALE"
+            row.append(text)
+        row += [_fmt_score(c.get(key)) for key in extra]
+        row += [c.get("removed_by") or "", _fmt_score(c.get("score"))]
+        rows.append(row)
+    return table(headers, rows)
+
+
 def render_explain(data: dict[str, Any]) -> str:
     req = data.get("request") or {}
     lines = [f"policy {data.get('policy')}   request {req.get('path', '?')} model "
@@ -36,13 +72,7 @@ def render_explain(data: dict[str, Any]) -> str:
     candidates = data.get("candidates") or []
     if candidates:
         lines.append("")
-        lines.append(table(
-            ["BACKEND", "INFLIGHT", "WEIGHT", "HEALTH", "DRAINED", "MODELS", "METRICS AGE",
-             "REMOVED BY", "SCORE"],
-            [[c.get("name"), c.get("inflight"), fmt_num(c.get("weight")), c.get("health"),
-              "yes" if c.get("drained") else "no", fmt_list(c.get("models")),
-              fmt_age(c.get("metrics_age_ms")) + (" STALE" if c.get("stale") else ""),
-              c.get("removed_by") or "", _fmt_score(c.get("score"))] for c in candidates]))
+        lines.append(_candidate_table(candidates))
     filters = data.get("filters") or []
     if filters:
         lines.append("")

@@ -152,6 +152,18 @@ class TestExplainCommand:
         assert "backends_seen: 3" in text.stdout
 
 
+@pytest.mark.parametrize("policy", ["prefix_cache", "least_busy"])
+def test_real_policies_explain_through_the_cli(policy, tmp_path, ctl, redis_url):
+    """The in-tree policies work with `explain` (their own method, or the generic one)."""
+    path = write_config(tmp_path / f"{policy}.yaml", redis_url, lb_policy=policy)
+    result = ctl("explain", "--body", "-", "--json", input=BODY, config=path)
+    assert result.exit_code == exits.OK, result.output
+    data = json.loads(result.stdout)
+    assert data["policy"] == policy and data["choice"] in {"a", "b", "c"}
+    text = ctl("explain", "--body", "-", input=BODY, config=path)
+    assert text.exit_code == exits.OK and "-> " in text.stdout
+
+
 class ExplainingPolicy:
     """A stand-in policy that explains itself (as prefix_cache or least_busy may)."""
 
