@@ -40,6 +40,8 @@ __all__ = ["Collector", "main", "LEASE_MS", "CLAIM_EVERY_S"]
 # lease, so one slow Redis reply does not cost it its backends.
 LEASE_MS = 1200
 CLAIM_EVERY_S = 0.3
+# `llmlbctl backend add/remove` reaches the collector within this.
+MEMBERS_EVERY_S = 1.0
 
 
 class Collector:
@@ -62,10 +64,11 @@ class Collector:
         self.publisher = Publisher(client, self.leases, self.metrics, self._not_owner)
         self.reaper = Reaper(client, self.keys, self.metrics)
         self.owned: frozenset[str] = frozenset()
-        self.workers = {
-            b.name: BackendWorker(b.name, b.url, self.settings, self.plan, self.publisher.submit,
-                                  self.metrics, self.is_owned, self._restore)
-            for b in config.backends}
+        self.workers: dict[str, BackendWorker] = {}
+        self._worker_stops: dict[str, threading.Event] = {}
+        self._worker_threads: dict[str, threading.Thread] = {}
+        self._seed = {b.name: b.url for b in config.backends}
+        self._members_checked = 0.0
         self.metrics.watch_freshness(self._freshness, self.settings.stale_after_s)
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -111,7 +114,8 @@ class Collector:
             self.log.info("ownership", owned=len(owned), gained=len(owned - before),
                           lost=len(before - owned))
             for name in owned ^ before:
-                self.workers[name].wake.set()
+                if name in self.workers:
+                    self.workers[name].wake.set()
 
     def _restore(self, name: str) -> tuple[Any, Any, Any]:
         values = self.client.hmget(self.keys.backend(name), F.HEALTH, F.FAILS, F.SUCCESSES)
@@ -127,17 +131,66 @@ class Collector:
         if port:
             from prometheus_client import start_http_server
             self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
-        self._spawn("publisher", self.publisher.run)
-        self._spawn("reaper", self.reaper.run)
-        for name, worker in self.workers.items():
-            self._spawn(f"worker-{name}", worker.run)
+        self._spawn("publisher", self.publisher.run, self.stop)
+        self._spawn("reaper", self.reaper.run, self.stop)
+        self.follow_members(force=True)
         self.log.info("collector_started", backends=len(self.workers), pool=self.keys.pool,
                       metrics_port=port or None)
 
-    def _spawn(self, name: str, target: Any) -> None:
-        thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
+    def _spawn(self, name: str, target: Any, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
+
+    # membership --------------------------------------------------------------------
+    def follow_members(self, force: bool = False) -> None:
+        """Start and stop workers to match the pool's membership (about once a second).
+
+        The config's ``backends`` is the seed; once ``llmlbctl backend add/remove``
+        has written the members hash, that hash is the pool (docs/operations.md).
+        """
+        now = time.monotonic()
+        if not force and now - self._members_checked < MEMBERS_EVERY_S:
+            return
+        self._members_checked = now
+        try:
+            from llmlbd.ctl.members import read_members
+            members = read_members(self.client, self.keys.members)
+        except Exception as exc:  # Redis down: keep the current set (at start: the seed)
+            self.metrics.redis_errors.labels("members").inc()
+            self.log.debug("members_read_failed", error=str(exc))
+            if not force:
+                return
+            members = None
+        wanted = self._seed if members is None else {n: b.url for n, b in members.items()}
+        for name in [n for n, w in self.workers.items() if wanted.get(n) != w.url]:
+            self._remove_worker(name)
+        for name, url in wanted.items():
+            if name not in self.workers:
+                self._add_worker(name, url)
+
+    def _add_worker(self, name: str, url: str) -> None:
+        worker = BackendWorker(name, url, self.settings, self.plan, self.publisher.submit,
+                               self.metrics, self.is_owned, self._restore)
+        stop = threading.Event()
+        self.workers[name] = worker
+        self._worker_stops[name] = stop
+        self._worker_threads[name] = self._spawn(f"worker-{name}", worker.run, stop)
+        if self.ready.is_set():
+            self.log.info("backend_added", backend=name, url=url)
+
+    def _remove_worker(self, name: str) -> None:
+        worker = self.workers.pop(name)
+        self._worker_stops.pop(name).set()
+        worker.wake.set()
+        self._threads.remove(self._worker_threads.pop(name))
+        self._set_owned(self.owned - {name})
+        try:
+            self.leases.release([name])
+        except Exception as exc:
+            self.log.debug("release_failed", backend=name, error=str(exc))
+        self.log.info("backend_removed", backend=name)
 
     def request_stop(self, *_: Any) -> None:
         """Signal-handler safe: only sets flags."""
@@ -152,6 +205,7 @@ class Collector:
         gc.freeze()
         try:
             while not self.stop.is_set():
+                self.follow_members()
                 self.claim()
                 self._check_ready()
                 while self._signals:
@@ -174,7 +228,8 @@ class Collector:
     def shutdown(self) -> None:
         notify("STOPPING=1")
         self.stop.set()
-        for worker in self.workers.values():
+        for name, worker in self.workers.items():
+            self._worker_stops[name].set()
             worker.wake.set()
         self.publisher.wake()
         deadline = time.monotonic() + self.settings.timeout_s + 2.0

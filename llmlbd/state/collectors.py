@@ -74,10 +74,18 @@ class CollectorLeases:
         return result if client is not None else bool(result)
 
     def leave(self, backends: Sequence[str]) -> int:
-        """Release every backend this collector owns and drop its heartbeat."""
+        """Stopping: release every backend this collector owns and drop its heartbeat."""
+        return self._release(backends, stopping=True)
+
+    def release(self, backends: Sequence[str]) -> int:
+        """Release *backends* (they left the pool) if this collector owns them."""
+        return self._release(backends, stopping=False)
+
+    def _release(self, backends: Sequence[str], stopping: bool) -> int:
         k = self.keys
         return int(self.scripts.collector_leave(
-            keys=[k.collectors, k.scrape_owners], args=[self.collector_id, *backends]))
+            keys=[k.collectors, k.scrape_owners],
+            args=[self.collector_id, "1" if stopping else "0", *backends]))
 
     def owners(self) -> dict[str, str]:
         """backend -> owning collector id (as recorded; expired entries included)."""

@@ -27,7 +27,7 @@ def fields(client, name):
 
 def wait_fields(client, name, predicate, timeout=5.0, message="fields"):
     return wait_until(lambda: (lambda h: h if predicate(h) else None)(fields(client, name)),
-                      timeout=timeout, message=message)
+                      timeout=timeout, interval=0.01, message=message)
 
 
 class TestPublish:
@@ -138,7 +138,7 @@ class TestBadBackends:
     def test_flapping_backend_hysteresis(self, redis_client, page_server, run_collector):
         """Down only after down_after failures in a row, up only after up_after successes."""
         server = page_server(page("vllm_dp2_sim.txt"))
-        run_collector([("a", server.url)], health_interval_ms=40, down_after=3, up_after=3)
+        run_collector([("a", server.url)], health_interval_ms=150, down_after=3, up_after=3)
         wait_fields(redis_client, "a", lambda h: h.get(F.HEALTH) == F.HEALTH_UP)
         server.health_status = 503
         h = wait_fields(redis_client, "a", lambda h: h.get(F.FAILS) in ("1", "2"))

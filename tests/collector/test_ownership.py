@@ -179,3 +179,34 @@ def test_sigterm_releases_and_notifies_systemd(tmp_path, redis_url, redis_client
         proc.stop()
         sock.close()
         os.unlink(sock_path)
+
+
+def test_release_keeps_heartbeat(redis_client):
+    """Releasing a removed backend frees it but keeps the collector alive in the heartbeat set."""
+    a = leases(redis_client, "A")
+    a.claim(["x", "y"])
+    assert a.release(["x", "nope"]) == 1
+    assert set(redis_client.hkeys(KEYS.scrape_owners)) == {"y"}
+    assert redis_client.zscore(KEYS.collectors, "A") is not None
+
+
+def test_collector_follows_pool_membership(redis_client, page_server, run_collector):
+    """Backends added to / removed from the members hash are scraped / dropped within seconds."""
+    import json
+
+    a = page_server(page("vllm_dp2_sim.txt"))
+    b = page_server(page("sglang_0.5.txt"))
+    run = run_collector([("a", a.url)])
+    wait_until(lambda: redis_client.hget(KEYS.backend("a"), F.RUNNING) == "12")
+    # what `llmlbctl backend add b` writes: the seed and the new member together
+    redis_client.hset(KEYS.members, mapping={
+        "a": json.dumps({"url": a.url, "weight": 1.0}), "b": json.dumps({"url": b.url, "weight": 1.0})})
+    wait_until(lambda: redis_client.hget(KEYS.backend("b"), F.WAITING) == "4", timeout=5,
+               message="new member scraped")
+    redis_client.hdel(KEYS.members, "a")
+    wait_until(lambda: "a" not in run.collector.workers and
+               redis_client.hget(KEYS.scrape_owners, "a") is None, timeout=5,
+               message="removed member released")
+    a.requests.clear()
+    time.sleep(0.3)
+    assert "/metrics" not in a.requests
