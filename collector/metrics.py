@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,6 +57,7 @@ class _AgeCollector(Collector):
 class CollectorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=r)   # the collector's own CPU and memory
         self.scrapes = Counter(
             "llmlbd_collector_scrapes", "Scrapes of a backend's /metrics, by outcome "
             "(ok, or the failure kind: timeout, refused, http_503, too_large, ...).",
