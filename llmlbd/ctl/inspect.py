@@ -243,7 +243,8 @@ def inspect_request(ctl: Ctl, request_id: str | None, model: str, as_json: bool)
 
 # prefix -----------------------------------------------------------------------------------
 def prefix_usage(ctl: Ctl, sample: int, batch: int = 1000) -> dict[str, Any]:
-    """Count prefix keys per backend with SCAN (never KEYS); MEMORY USAGE on a sample."""
+    """Count prefix keys and each backend's entries in them with SCAN (never KEYS);
+    estimate memory with MEMORY USAGE on a sample."""
     client, keys = ctl.client, ctl.keys
     total = 0
     per_backend: dict[str, int] = {}
@@ -251,17 +252,28 @@ def prefix_usage(ctl: Ctl, sample: int, batch: int = 1000) -> dict[str, Any]:
     pending: list[str] = []
 
     def count(batch_keys: list[str]) -> None:
+        # A prefix key is a HASH backend -> last use (acquire_prefix.lua); older
+        # layouts stored the backend as a STRING. Count one entry per backend.
         pipe = client.pipeline(transaction=False)
         for key in batch_keys:
-            pipe.get(key)
-        for value in pipe.execute(raise_on_error=False):
+            pipe.hkeys(key)
+        wrong_type = []
+        for key, value in zip(batch_keys, pipe.execute(raise_on_error=False)):
             if isinstance(value, Exception):
-                owner = "(not a string)"
-            elif value is None:
-                continue  # expired between SCAN and GET
-            else:
-                owner = str(value).split(" ", 1)[0]
-            per_backend[owner] = per_backend.get(owner, 0) + 1
+                wrong_type.append(key)
+                continue
+            for owner in value:
+                per_backend[owner] = per_backend.get(owner, 0) + 1
+        if wrong_type:
+            pipe = client.pipeline(transaction=False)
+            for key in wrong_type:
+                pipe.get(key)
+            for value in pipe.execute(raise_on_error=False):
+                if value is None:
+                    continue  # expired between SCAN and GET
+                owner = ("(unknown type)" if isinstance(value, Exception)
+                         else str(value).split(" ", 1)[0])
+                per_backend[owner] = per_backend.get(owner, 0) + 1
 
     for key in client.scan_iter(match=keys.prefix_pattern(), count=batch):
         total += 1
@@ -317,7 +329,7 @@ def _render_prefix(data: dict[str, Any]) -> str:
             lines.append(f"WARNING: {data['sampled_without_ttl']} sampled keys have no TTL")
     names = sorted(set(data["keys_by_backend"]) | set(data["owned_index_by_backend"]))
     if names:
-        lines += ["", table(["BACKEND", "KEYS", "OWNED INDEX"],
+        lines += ["", table(["BACKEND", "ENTRIES", "OWNED INDEX"],
                             [[n, data["keys_by_backend"].get(n, 0),
                               data["owned_index_by_backend"].get(n)] for n in names])]
     return "\n".join(lines)
@@ -329,8 +341,8 @@ def _render_prefix(data: dict[str, Any]) -> str:
 @json_option
 @pass_ctl
 def inspect_prefix(ctl: Ctl, sample: int, as_json: bool) -> None:
-    """Prefix-affinity keys (prefix_cache policy): how many point at each backend,
-    and about how much memory they use.
+    """Prefix-affinity keys (prefix_cache policy): how many prefixes each
+    backend holds, and about how much memory the keys use.
 
     Walks the keys with SCAN (never KEYS, so Redis is never blocked) and
     measures MEMORY USAGE on a sample. OWNED INDEX is the size of each

@@ -89,19 +89,25 @@ class TestInspectRequest:
 
 class TestInspectPrefix:
     def test_counts_keys_per_backend_and_estimates_memory(self, ctl, redis_client, keys):
-        """Prefix keys are counted per backend via SCAN; memory is estimated from a sample;
-        keys without a TTL are reported; other pools' keys are not counted."""
+        """Each backend's entries in the prefix keys are counted via SCAN; memory is
+        estimated from a sample; keys without a TTL are reported; other pools' keys are
+        not counted."""
+        # As acquire_prefix.lua writes them: HASH backend -> last use (ms).
+        pipe = redis_client.pipeline()
         for i in range(1500):
-            redis_client.set(keys.prefix(f"{i:08x}"), "a" if i % 3 else "b", ex=600)
-        redis_client.set(keys.prefix("noexpiry"), "c")
-        redis_client.set("llmlb:{otherpool}:prefix:ffff", "a")
+            owners = {"a": 1} if i % 3 else {"a": 1, "b": 2}
+            pipe.hset(keys.prefix(f"{i:08x}"), mapping=owners)
+            pipe.pexpire(keys.prefix(f"{i:08x}"), 600_000)
+        pipe.execute()
+        redis_client.set(keys.prefix("noexpiry"), "c")  # a plain string, and no TTL
+        redis_client.hset("llmlb:{otherpool}:prefix:ffff", "a", 1)
         redis_client.zadd(keys.prefix_owned_by("a"), {"h1": 1, "h2": 2})
 
         result = ctl("inspect", "prefix", "--sample", "2000", "--json")
         assert result.exit_code == exits.OK, result.output
         data = json.loads(result.stdout)
         assert data["keys"] == 1501
-        assert data["keys_by_backend"] == {"a": 1000, "b": 500, "c": 1}
+        assert data["keys_by_backend"] == {"a": 1500, "b": 500, "c": 1}
         assert data["sampled"] == 1501 and data["avg_bytes"] > 0
         assert data["estimated_bytes"] >= 1501 * 10
         assert data["sampled_without_ttl"] == 1
