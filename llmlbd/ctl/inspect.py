@@ -38,6 +38,14 @@ def _lease_parts(value: str) -> tuple[str, str, int | None]:
     return backend, worker, since
 
 
+def _ms(value: str | None) -> int | None:
+    """A stored millisecond timestamp, or None when absent or malformed."""
+    try:
+        return int(float(value)) if value else None
+    except ValueError:
+        return None
+
+
 def _leases(client: Any, key: str) -> dict[str, str]:
     return dict(client.hscan_iter(key, count=1000))
 
@@ -85,12 +93,12 @@ def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
         "leases_by_worker": by_worker,
         "leases_of_dead_workers": sum(1 for lease in leases if not lease["worker_alive"]),
         "oldest_leases": leases[:10],
-        "metrics_age_ms": now - int(float(scraped_at)) if scraped_at else None,
-        "models_age_ms": now - int(float(models_at)) if models_at else None,
+        "metrics_age_ms": now - _ms(scraped_at) if _ms(scraped_at) is not None else None,
+        "models_age_ms": now - _ms(models_at) if _ms(models_at) is not None else None,
         "stale_after_ms": ctl.config.collector.stale_after_ms,
         "scrape_owner": ({"collector": owner_id,
-                          "expires_in_ms": int(float(owner_deadline)) - now
-                          if owner_deadline else None} if owner else None),
+                          "expires_in_ms": _ms(owner_deadline) - now
+                          if _ms(owner_deadline) is not None else None} if owner else None),
         "metrics": dict(sorted(metrics.items())),
     }
 
