@@ -69,6 +69,7 @@ class Collector:
         self._worker_threads: dict[str, threading.Thread] = {}
         self._seed = {b.name: b.url for b in config.backends}
         self._members_checked = 0.0
+        self._previous: dict[str, tuple[Any, ...]] = {}   # health state left by the last owner
         self.metrics.watch_freshness(self._freshness, self.settings.stale_after_s)
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -109,7 +110,11 @@ class Collector:
         self._set_owned(owned)
 
     def _set_owned(self, owned: frozenset[str]) -> None:
-        before, self.owned = self.owned, owned
+        before = self.owned
+        gained = owned - before
+        if gained:
+            self._fetch_previous_state(gained)
+        self.owned = owned
         if before != owned:
             self.log.info("ownership", owned=len(owned), gained=len(owned - before),
                           lost=len(before - owned))
@@ -117,9 +122,28 @@ class Collector:
                 if name in self.workers:
                     self.workers[name].wake.set()
 
-    def _restore(self, name: str) -> tuple[Any, Any, Any]:
-        values = self.client.hmget(self.keys.backend(name), F.HEALTH, F.FAILS, F.SUCCESSES)
-        return tuple(v.decode() if isinstance(v, bytes) else v for v in values)  # type: ignore[return-value]
+    def _fetch_previous_state(self, names: Iterable[str]) -> None:
+        """Read, in one round trip, the health state the previous owner left for *names*.
+
+        Done here rather than by each worker: 256 workers taking over at once
+        would each want a pooled connection at the same moment.
+        """
+        names = list(names)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(self.keys.backend(name), F.HEALTH, F.FAILS, F.SUCCESSES)
+            replies = pipe.execute()
+        except Exception as exc:  # Redis down: those workers start from "unknown"
+            self.metrics.redis_errors.labels("restore").inc()
+            self.log.warning("restore_failed", error=str(exc))
+            return
+        for name, values in zip(names, replies):
+            self._previous[name] = tuple(
+                v.decode() if isinstance(v, bytes) else v for v in values)
+
+    def _restore(self, name: str) -> tuple[Any, ...] | None:
+        return self._previous.pop(name, None)
 
     def _freshness(self) -> Iterable[Freshness]:
         owned = self.owned

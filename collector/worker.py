@@ -131,14 +131,14 @@ class BackendWorker:
                 if state:
                     self.health.restore(*state)
         self.metrics.up.labels(self.name).set(_HEALTH_VALUE[self.health.state])
-        self.log.info("backend_owned", health=self.health.state)
+        self.log.debug("backend_owned", health=self.health.state)
 
     def _deactivate(self) -> None:
         self.active = False
         self.last_ok = None
         self.conn.close()
         self.health = Health(self.settings.down_after, self.settings.up_after)
-        self.log.info("backend_released")
+        self.log.debug("backend_released")
 
     # the three reads -----------------------------------------------------------
     def scrape_metrics(self) -> Reading | None:

@@ -178,3 +178,14 @@ class TestOwnMetrics:
         assert "llmlbd_collector_owned_backends 2.0" in text
         assert 'llmlbd_collector_backend_up{backend="good"} 1.0' in text
         assert "python_gc" not in text   # its own registry, not the global one
+
+
+def test_new_owner_continues_the_previous_health_state(redis_client, page_server, run_collector):
+    """After a takeover the hysteresis goes on from what the last owner wrote (a down backend stays down)."""
+    server = page_server(page("vllm_dp2_sim.txt"))
+    redis_client.hset(KEYS.backend("a"), mapping={F.HEALTH: F.HEALTH_DOWN, F.FAILS: "7",
+                                                  F.SUCCESSES: "0"})
+    run_collector([("a", server.url)], health_interval_ms=150, up_after=3)
+    h = wait_fields(redis_client, "a", lambda h: h.get(F.SUCCESSES) in ("1", "2"))
+    assert h[F.HEALTH] == F.HEALTH_DOWN
+    wait_fields(redis_client, "a", lambda h: h.get(F.HEALTH) == F.HEALTH_UP)
