@@ -145,8 +145,8 @@ class RacingLeastBusy(LeastBusy):
 
     race: tuple[Any, str, str] | None = None
 
-    def _decide(self, request, states):
-        result = super()._decide(request, states)
+    def evaluate(self, request, states):
+        result = super().evaluate(request, states)
         if self.race is not None:
             client, key, name = self.race
             client.sadd(key, name)
@@ -197,3 +197,31 @@ def test_shed_error_is_openai_shaped_with_retry_after(redis_client) -> None:
     body = error.body()["error"]
     assert body["type"] == "rate_limit_error" and body["code"] == "shed"
     assert "queueThresholdCritical" in body["message"]
+
+
+def test_explain_reserves_nothing_and_names_the_filters(redis_client) -> None:
+    """explain() gives the survivors, why each other backend was removed, and reserves nothing."""
+    pool = Pool(redis_client, ["a", "b", "c"])
+    pool.set_backend("a", {"waiting": 0, "kv_usage": 0.1, "age_ms": 0})
+    pool.set_backend("b", {"waiting": 0, "kv_usage": 0.1, "age_ms": 0, "health": "down"})
+    pool.set_backend("c", {"waiting": 40, "kv_usage": 0.1, "age_ms": 0})
+    data = pool.policy.explain(pool.request(criticality="critical"))
+    assert data["choice"] == "a" and data["ties"] == ["a"]
+    assert data["reason"] == "critical_low_latency" and data["outcome"] == {"status": 200}
+    removed = {c["name"]: c["removed_by"] for c in data["candidates"]}
+    assert removed["a"] is None
+    assert removed["b"] == "healthy: down"
+    assert removed["c"].startswith("least_queue: queue 40 >")
+    assert data["criticality"] == "critical (from header)"
+    assert redis_client.hlen(pool.keys.leases) == 0
+    assert redis_client.hget(pool.keys.inflight, "a") == "0"
+
+
+def test_explain_shed(redis_client) -> None:
+    """explain() reports the 429 a shed request would get."""
+    pool = Pool(redis_client, ["a"], {"criticalModels": ["vip"]})
+    pool.set_backend("a", {"waiting": 9, "kv_usage": 0.1, "age_ms": 0})
+    data = pool.policy.explain(pool.request(model="other"))
+    assert data["choice"] is None
+    assert data["outcome"]["status"] == 429 and data["outcome"]["code"] == "shed"
+    assert [f["name"] for f in data["filters"]][-1] == "sheddable_capacity"

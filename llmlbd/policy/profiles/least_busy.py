@@ -28,7 +28,7 @@ One request, in order:
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import structlog
@@ -36,8 +36,8 @@ import structlog
 from llmlbd.errors import LLMLBError, ModelNotFound, NoBackend, OverCapacity, Shed
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.criticality import Criticality, resolve_criticality
-from llmlbd.policy.decision_tree import Node, TreeOutcome, TreeRequest, run_tree
-from llmlbd.policy.filters._load import adapters
+from llmlbd.policy.decision_tree import Node, TreeRequest, run_tree
+from llmlbd.policy.filters._load import adapters, queue
 from llmlbd.policy.filters.below_cap import BelowCap
 from llmlbd.policy.filters.critical_request import CriticalRequest
 from llmlbd.policy.filters.fresh_metrics import FreshMetrics
@@ -51,6 +51,7 @@ from llmlbd.policy.filters.sheddable_capacity import SheddableCapacity
 from llmlbd.policy.framework import BackendState, Decision, Filter, FilterResult
 from llmlbd.policy.outcomes import no_route
 from llmlbd.request import RoutingRequest
+from llmlbd.state import backend_fields as F
 from llmlbd.state.snapshot import read_pool
 
 __all__ = ["LeastBusy", "build_tree"]
@@ -97,10 +98,7 @@ class LeastBusy:
         if not backends:
             raise no_route("none" if exclude else "empty", request)
         states = read_pool(ctx.client, ctx.keys, backends)
-        criticality = resolve_criticality(request, self.critical_models,
-                                          self.default_criticality)
-        routed = TreeRequest(**{f.name: getattr(request, f.name) for f in fields(RoutingRequest)})
-        routed.criticality = criticality.level
+        routed, criticality = self.routed(request)
         details: dict[str, Any] = {"criticality": criticality.level,
                                    "criticality_source": criticality.source,
                                    "rounds": []}
@@ -108,17 +106,20 @@ class LeastBusy:
         # Each round either reserves, raises, or refuses at least one more backend.
         for _ in range(len(states)):
             remaining = [s for s in states if s.name not in refused]
-            survivors, outcome, trace = self._decide(routed, remaining)
-            details["rounds"].append(trace)
+            evaluation = self.evaluate(routed, remaining)
+            details["rounds"].append(evaluation.trace)
+            if evaluation.error is not None:
+                raise evaluation.error
+            survivors = evaluation.survivors
             while survivors:
                 choice = ctx.rng.choice(survivors)
                 reservation = ctx.leases.acquire(request.request_id, choice.name,
                                                  model=request.model, cap=self.cap)
                 if reservation.backend is not None:
                     details["refused"] = refused
-                    details["survivors"] = [s.name for s in survivors]
+                    details["survivors"] = [s.name for s in evaluation.survivors]
                     return Decision(choice.backend, request.request_id, self.name,
-                                    reason=_reason(criticality, outcome),
+                                    reason=_reason(criticality, evaluation.trace),
                                     inflight=reservation.inflight, details=details)
                 if reservation.reason == "duplicate":
                     raise no_route("duplicate", request)
@@ -128,9 +129,16 @@ class LeastBusy:
                 break
         raise _refused_error(refused, request)
 
-    def _decide(self, request: TreeRequest, states: list[BackendState]
-                ) -> tuple[list[BackendState], TreeOutcome, list[dict[str, Any]]]:
-        """Pre-filters then the tree; raise the error the client gets when nothing fits."""
+    def routed(self, request: RoutingRequest) -> tuple[TreeRequest, Criticality]:
+        """The request as the tree sees it, with its criticality resolved."""
+        criticality = resolve_criticality(request, self.critical_models,
+                                          self.default_criticality)
+        routed = TreeRequest(**{f.name: getattr(request, f.name) for f in fields(RoutingRequest)})
+        routed.criticality = criticality.level
+        return routed, criticality
+
+    def evaluate(self, request: TreeRequest, states: list[BackendState]) -> Evaluation:
+        """Pre-filters then the tree, on a snapshot; reserves nothing."""
         trace: list[dict[str, Any]] = []
         current = states
         for prefilter in self.prefilters:
@@ -139,7 +147,7 @@ class LeastBusy:
                           "kept": [s.name for s in result.kept], "removed": result.removed,
                           "outcome": "success" if result.kept else "failure"})
             if not result.kept:
-                raise _prefilter_error(prefilter.name, result, request)
+                return Evaluation([], trace, _prefilter_error(prefilter.name, request))
             current = result.kept
         # Every adapter the snapshot knows of, even on backends filtered out: it tells
         # whether the request's model is an adapter at all.
@@ -147,26 +155,84 @@ class LeastBusy:
         outcome = run_tree(self.tree, request, current)
         trace.extend(outcome.trace)
         if outcome.shed:
-            raise Shed(f"llmlbd shed this {request.criticality} request: every backend is "
-                       "queuing or short of KV cache (lb_config.queueThresholdCritical, "
-                       "kvCacheThreshold); retry later, or mark it critical",
-                       trace=trace)
+            return Evaluation([], trace, Shed(
+                f"llmlbd shed this {request.criticality} request: every backend is queuing or "
+                "short of KV cache (lb_config.queueThresholdCritical, kvCacheThreshold); retry "
+                "later, or mark it critical"))
         if not outcome.survivors:
-            raise NoBackend("no backend is available for this request", trace=trace)
-        return outcome.survivors, outcome, trace
+            return Evaluation([], trace, NoBackend("no backend is available for this request"))
+        return Evaluation(outcome.survivors, trace, None, current)
+
+    def explain(self, request: RoutingRequest) -> dict[str, Any]:
+        """Where *request* would go now and why (llmlbd.policy.explain's format); reserves nothing."""
+        ctx = self.ctx
+        states = read_pool(ctx.client, ctx.keys, ctx.backends)
+        routed, criticality = self.routed(request)
+        result: dict[str, Any] = {
+            "policy": self.name, "exact": True, "choice": None, "ties": [], "reason": None,
+            "prefix_match": None, "outcome": {"status": 200},
+            "criticality": f"{criticality.level} (from {criticality.source})",
+            "score_meaning": None,
+            "note": ("the decision tree on this snapshot; the proxy picks one of the ties at "
+                     "random (and LoRA affinity is itself a weighted coin)"),
+        }
+        if not states:
+            error = no_route("empty", request)
+            result["outcome"] = {"status": error.status, "code": error.code,
+                                 "message": error.message}
+            return result
+        evaluation = self.evaluate(routed, states)
+        removed_by: dict[str, str] = {}
+        for step in evaluation.trace:
+            for name, why in step["removed"].items():
+                removed_by.setdefault(name, f"{step['filter']}: {why}")
+        seen = {s.name: s for s in evaluation.seen}
+        result["candidates"] = [{
+            "name": s.name, "url": s.backend.url, "weight": s.backend.weight,
+            "inflight": s.inflight, "drained": s.drained,
+            "health": s.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN, "models": s.names(F.MODELS),
+            "metrics_age_ms": s.metrics_age_ms,
+            "stale": s.metrics_age_ms is None or s.metrics_age_ms > ctx.stale_after_ms,
+            "waiting": s.metrics.get(F.WAITING), "running": s.metrics.get(F.RUNNING),
+            "kv_usage": s.metrics.get(F.KV_USAGE),
+            "queue": queue(seen.get(s.name, s)), "adapters": ",".join(sorted(adapters(s))),
+            "removed_by": removed_by.get(s.name), "score": None,
+        } for s in states]
+        result["filters"] = [{"name": step["filter"], "removed": list(step["removed"])}
+                             for step in evaluation.trace]
+        if evaluation.error is not None:
+            error = evaluation.error
+            result["outcome"] = {"status": error.status, "code": error.code,
+                                 "message": error.message}
+            return result
+        ties = [s.name for s in evaluation.survivors]
+        result.update(choice=ties[0], ties=ties, reason=_reason(criticality, evaluation.trace))
+        return result
 
 
-def _reason(criticality: Criticality, outcome: TreeOutcome) -> str:
+@dataclass
+class Evaluation:
+    """What the pre-filters and the tree made of one snapshot."""
+
+    survivors: list[BackendState]
+    trace: list[dict[str, Any]]
+    # The error the client gets when nothing survived.
+    error: LLMLBError | None
+    # The states the tree ran on (after the pre-filters; metrics blinded if all were stale).
+    seen: list[BackendState] = field(default_factory=list)
+
+
+def _reason(criticality: Criticality, trace: list[dict[str, Any]]) -> str:
     # Which branch decided: low_latency, queued (every backend over queueingThresholdLoRA),
     # or capacity (a non-critical request with room).
     branch = "capacity"
-    for step in outcome.trace:
+    for step in trace:
         if step["filter"] == "low_queue":
             branch = "low_latency" if step["outcome"] == "success" else "queued"
     return f"{criticality.level}_{branch}"
 
 
-def _prefilter_error(name: str, result: FilterResult, request: RoutingRequest) -> LLMLBError:
+def _prefilter_error(name: str, request: RoutingRequest) -> LLMLBError:
     if name == "serves_model":
         return ModelNotFound(f"the model '{request.model}' does not exist on any backend")
     if name == "below_cap":
