@@ -241,9 +241,10 @@ class _Reader:
         return out
 
     def to_close(self, cap: int) -> bytes:
-        while self._fill():
-            if len(self.buf) > cap:
-                raise FetchError("too_large", f"page larger than {cap} bytes")
+        while len(self.buf) <= cap and self._fill():
+            pass
+        if len(self.buf) > cap:
+            raise FetchError("too_large", f"page larger than {cap} bytes")
         out, self.buf = self.buf, b""
         return out
 
