@@ -136,3 +136,25 @@ class TestSources:
         """A metric_map key that is not a metric field is a config error naming it."""
         with pytest.raises(ValueError, match="metric_map.queue"):
             build_plan({"queue": "x"})
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_LABEL_NAME = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(labels=st.dictionaries(_LABEL_NAME, st.text(max_size=20), max_size=6),
+       value=st.floats(allow_nan=False, allow_infinity=False, width=32),
+       noise=st.lists(st.text(alphabet=' {}",=\\#abc_:\n', max_size=30), max_size=5))
+def test_rendered_samples_read_back(labels, value, noise):
+    """Any label values, escaped as the exposition format says, read back exactly, amid junk lines."""
+    rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    line = f"vllm:num_requests_running{{{rendered}}} {value!r}\n"
+    junk = "".join(n.replace("\n", " ") + "\n" for n in noise if not n.startswith("vllm:"))
+    page = Page(junk + line + junk)
+    assert page.samples("vllm:num_requests_running") == [(labels, float(repr(value)))]
