@@ -193,35 +193,42 @@ class SimApp:
         return request.cached_tokens if self.config.prompt_tokens_details else None
 
     def _stream(self, request: SimRequest, parsed, writer: StreamWriter, fault: Fault):
+        # Every token but the last goes out as a content chunk when the engine
+        # makes it; the last one rides in the chunk that carries finish_reason.
         sent = 0
         drop_after = _drop_point(fault, request)
         try:
             while True:
-                if request.output_tokens == sent and not request.finished:
-                    request.wakeup.clear()
-                    request.wakeup.wait()
-                    continue
-                ready = request.output_tokens
-                if drop_after is not None and ready >= drop_after:
-                    ready = drop_after
-                if ready > sent:
+                if request.finish_reason == "abort":
+                    return  # the client is gone
+                if request.finished:
+                    ready = request.output_tokens - 1
+                else:
+                    ready = request.output_tokens
+                    if ready == sent:
+                        request.wakeup.clear()
+                        request.wakeup.wait()
+                        continue
+                if drop_after is not None:
+                    ready = min(ready, drop_after)
+                if ready > sent or (request.finished and sent == 0):
                     if sent == 0:
                         yield writer.first().encode()
                     if fault.slow_tokens_s:
                         for index in range(sent, ready):
                             gevent.sleep(fault.slow_tokens_s)
                             yield writer.tokens(index, index + 1).encode()
-                    else:
+                    elif ready > sent:
                         yield writer.tokens(sent, ready).encode()
-                    sent = ready
+                    sent = max(sent, ready)
                 if drop_after is not None and sent >= drop_after:
                     self.engine.abort(request)
                     raise DropConnection()
-                if request.finished and sent >= request.output_tokens:
+                if request.finished and sent >= request.output_tokens - 1:
                     break
-            if request.finish_reason == "abort":
-                return  # the client is gone
-            tail = writer.finish(request.finish_reason)
+            if fault.slow_tokens_s:
+                gevent.sleep(fault.slow_tokens_s)
+            tail = writer.finish(request.finish_reason, request.output_tokens - 1)
             if parsed.include_usage:
                 tail += writer.usage(usage_of(request.prompt_len, request.output_tokens, self._cached(request)))
             yield tail.encode() + DONE
@@ -255,9 +262,11 @@ class SimApp:
 def _drop_point(fault: Fault, request: SimRequest) -> int | None:
     if fault.close_mid_stream is None:
         return None
+    # Before the last token, which would end the stream normally.
+    last = max(request.output_target - 1, 0)
     if fault.close_mid_stream > 0:
-        return min(fault.close_mid_stream, request.output_target)
-    return max(1, request.output_target // 2)
+        return min(fault.close_mid_stream, last)
+    return min(max(1, request.output_target // 2), last)
 
 
 def _model_card(model_id: str, root: str, parent: str | None, max_model_len: int | None,

@@ -95,15 +95,18 @@ def parse_inference(config: SimConfig, kind: str, body: dict) -> InferenceReques
         raise SimHTTPError(400, "the simulator supports only n=1", param="n")
     prompt_len = len(prompt_ids)
     limit = config.max_model_len
+    # vLLM 0.32 rejects a prompt that leaves no room and a max_tokens above the
+    # context length; a max_tokens that merely overflows it is cut to what fits.
     if prompt_len >= limit:
-        raise SimHTTPError(400, f"This model's maximum context length is {limit} tokens. However, "
-                                f"your request has {prompt_len} input tokens. Please reduce the "
-                                f"length of the input messages.", param="messages")
-    if max_tokens is not None and prompt_len + max_tokens > limit:
-        raise SimHTTPError(400, f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. "
-                                f"This model's maximum context length is {limit} tokens and your "
-                                f"request has {prompt_len} input tokens ({max_tokens} > {limit} - "
-                                f"{prompt_len}).", param="max_tokens")
+        shown = min(prompt_len, limit + 1)
+        raise SimHTTPError(400, f"This model's maximum context length is {limit} tokens. However, your "
+                                f"prompt contains at least {shown} input tokens, which exceeds this limit "
+                                f"even without any output tokens. Please reduce the length of the input "
+                                f"prompt. (parameter=input_tokens, value={shown})", param="input_tokens")
+    if max_tokens is not None and max_tokens > limit:
+        raise SimHTTPError(400, f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. "
+                                f"Please request fewer output tokens. (parameter=max_tokens, "
+                                f"value={max_tokens})", param="max_tokens")
     stream_options = body.get("stream_options") or {}
     cache_salt = body.get("cache_salt")
     return InferenceRequest(

@@ -12,9 +12,12 @@ import time
 
 from llmlbd.sim.answers import TOKEN_JSON, answer_text, token_index
 
-__all__ = ["StreamWriter", "completion_body", "usage_of", "DONE"]
+__all__ = ["StreamWriter", "completion_body", "usage_of", "visible_tokens", "DONE"]
 
 DONE = b"data: [DONE]\n\n"
+
+
+SYSTEM_FINGERPRINT = "vllm-0.33.0-llmlbd-sim"
 
 
 def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None) -> dict:
@@ -25,9 +28,16 @@ def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int | No
     return usage
 
 
+def visible_tokens(output_tokens: int, finish_reason: str) -> int:
+    """Tokens that carry text: a "stop" answer ends with end-of-sequence, which has none."""
+    return output_tokens - 1 if finish_reason == "stop" else output_tokens
+
+
 def completion_body(kind: str, response_id: str, model: str, seed: int, output_tokens: int,
                     finish_reason: str, usage: dict) -> bytes:
-    text = answer_text(seed, output_tokens)
+    # Field for field what a real vLLM 0.32 server returned (scripts/real_vllm).
+    text = answer_text(seed, visible_tokens(output_tokens, finish_reason))
+    usage = {**usage, "completion_tokens_details": None}
     created = int(time.time())
     if kind == "chat":
         body = {
@@ -35,20 +45,21 @@ def completion_body(kind: str, response_id: str, model: str, seed: int, output_t
             "choices": [{"index": 0,
                          "message": {"role": "assistant", "content": text, "refusal": None,
                                      "annotations": None, "audio": None, "function_call": None,
-                                     "tool_calls": [], "reasoning": None},
+                                     "reasoning": None},
                          "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
-                         "token_ids": None}],
-            "service_tier": None, "system_fingerprint": None, "usage": usage,
-            "prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None,
+                         "token_ids": None, "routed_experts": None}],
+            "service_tier": None, "system_fingerprint": SYSTEM_FINGERPRINT, "usage": usage,
+            "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None,
+            "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None,
         }
     else:
         body = {
             "id": response_id, "object": "text_completion", "created": created, "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
                          "stop_reason": None, "token_ids": None, "prompt_logprobs": None,
-                         "prompt_token_ids": None}],
-            "service_tier": None, "system_fingerprint": None, "usage": usage,
-            "kv_transfer_params": None,
+                         "prompt_token_ids": None, "routed_experts": None}],
+            "service_tier": None, "system_fingerprint": SYSTEM_FINGERPRINT, "usage": usage,
+            "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None,
         }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -82,12 +93,14 @@ class StreamWriter:
         prefix, suffix, seed = self._prefix, self._suffix, self.seed
         return "".join(prefix + TOKEN_JSON[token_index(seed, i)] + suffix for i in range(start, stop))
 
-    def finish(self, finish_reason: str) -> str:
+    def finish(self, finish_reason: str, last_index: int) -> str:
+        """The last chunk: the last token (none for "stop": end-of-sequence) plus the finish reason."""
+        text = '""' if finish_reason == "stop" else TOKEN_JSON[token_index(self.seed, last_index)]
         if self.kind == "chat":
-            return (self._head + '[{"index":0,"delta":{"content":""},"logprobs":null,'
+            return (self._head + f'[{{"index":0,"delta":{{"content":{text}}},"logprobs":null,'
                     f'"finish_reason":{json.dumps(finish_reason)},"stop_reason":null,"token_ids":null,'
                     '"weight_versions":null}],"kv_transfer_params":null}\n\n')
-        return (self._head + '[{"index":0,"text":"","logprobs":null,'
+        return (self._head + f'[{{"index":0,"text":{text},"logprobs":null,'
                 f'"finish_reason":{json.dumps(finish_reason)},"stop_reason":null,"token_ids":null}}]}}\n\n')
 
     def usage(self, usage: dict) -> str:

@@ -45,9 +45,11 @@ def test_stream_matches_vllm_chunk_sequence(sim, http):
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [len(c["choices"]) for c in chunks].count(0) == 1
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+    # As vLLM: the last token rides in the chunk with finish_reason ("length": it has text).
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-2]["choices"][0]["delta"]["content"]
     content = [c for c in chunks[1:-2]]
-    assert len(content) == 6
+    assert len(content) == 5
     # Same keys as vLLM's chunks, chunk by chunk kind.
     assert set(chunks[0]) == set(reference[0])
     assert set(content[0]) == set(reference[1])
@@ -66,6 +68,18 @@ def test_completions_default_to_16_tokens_and_stream_without_usage(sim, http):
     assert events[-1] == b"[DONE]"
     assert all("usage" not in e for e in events[:-1])
     assert "".join(e["choices"][0]["text"] for e in events[:-1]).strip()
+
+
+def test_a_stopped_answer_ends_with_an_empty_end_of_sequence_chunk(sim, http):
+    body = {"prompt": "a short answer", "max_tokens": 10_000}
+    plain = http.post(sim + "/v1/completions", json=body, timeout=30).json()
+    assert plain["choices"][0]["finish_reason"] == "stop"
+    with http.post(sim + "/v1/completions", json={**body, "stream": True}, stream=True, timeout=30) as response:
+        events = sse_events(response)[:-1]
+    assert events[-1]["choices"][0] == {**events[-1]["choices"][0], "text": "", "finish_reason": "stop"}
+    tokens = plain["usage"]["completion_tokens"]
+    assert len(events) == tokens  # end-of-sequence counts as a token, as in vLLM
+    assert "".join(e["choices"][0]["text"] for e in events) == plain["choices"][0]["text"]
 
 
 def test_ignore_eos_gives_exactly_max_tokens(sim, http):
@@ -122,7 +136,7 @@ def test_errors_use_vllms_body_and_status(sim, http):
     assert unknown.json()["error"]["param"] == "model"
     assert "`gpt-9` does not exist" in unknown.json()["error"]["message"]
     too_long = http.post(sim + "/v1/completions", json={"prompt": "hi", "max_tokens": 200_000}, timeout=5)
-    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == 400
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "max_tokens"
     no_messages = http.post(sim + "/v1/chat/completions", json={"model": "sim-llama"}, timeout=5)
     assert no_messages.status_code == 400
     bad_json = http.post(sim + "/v1/chat/completions", data=b"{nope", timeout=5)
