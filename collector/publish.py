@@ -69,7 +69,11 @@ class Publisher:
                 if item is not None:
                     batch.append(item)
             if batch:
-                self.send(batch)
+                try:
+                    self.send(batch)
+                except Exception:  # a bug must not stop every write for good
+                    self.metrics.publishes.labels("error").inc(len(batch))
+                    self.log.exception("publish_error", dropped=len(batch))
             if first is None and stop.is_set() and self.queue.empty():
                 return
 

@@ -73,4 +73,7 @@ class Reaper:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(REAP_EVERY_S):
-            self.once()
+            try:
+                self.once()
+            except Exception:  # e.g. a changed reap() reply: log, keep the loop
+                self.log.exception("reap_error")

@@ -107,18 +107,27 @@ class BackendWorker:
                 next_health = now + random.uniform(0, s.health_interval_s)
                 next_models = now + random.uniform(0, min(1.0, s.models_refresh_s))
             if now >= next_health:
-                self.check_health()
+                self._guarded(self.check_health)
                 next_health = _next(next_health, s.health_interval_s, time.monotonic())
             if now >= next_metrics:
-                self.scrape_metrics()
+                self._guarded(self.scrape_metrics)
                 next_metrics = _next(next_metrics, s.interval_s, time.monotonic())
             if now >= next_models:
-                self.refresh_models()
+                self._guarded(self.refresh_models)
                 next_models = _next(next_models, s.models_refresh_s, time.monotonic())
             wait = min(next_metrics, next_health, next_models) - time.monotonic()
             if wait > 0 and self.wake.wait(wait):
                 self.wake.clear()
         self.conn.close()
+
+    def _guarded(self, step: Callable[[], Any]) -> None:
+        """Run one read; a bug must cost one scrape, never the backend's thread."""
+        try:
+            step()
+        except Exception:
+            self.metrics.scrapes.labels(self.name, "internal_error").inc()
+            self.log.exception("worker_error", step=step.__name__)
+            self.conn.close()
 
     def _activate(self) -> None:
         self.active = True

@@ -189,3 +189,25 @@ def test_new_owner_continues_the_previous_health_state(redis_client, page_server
     h = wait_fields(redis_client, "a", lambda h: h.get(F.SUCCESSES) in ("1", "2"))
     assert h[F.HEALTH] == F.HEALTH_DOWN
     wait_fields(redis_client, "a", lambda h: h.get(F.HEALTH) == F.HEALTH_UP)
+
+
+def test_a_bug_costs_one_scrape_not_the_worker(redis_client, page_server, run_collector, monkeypatch):
+    """An unexpected exception in a read is logged and counted; the backend keeps being scraped."""
+    import collector.worker as worker_module
+
+    real = worker_module.read_metrics
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "read_metrics", flaky)
+    server = page_server(page("vllm_dp2_sim.txt"))
+    run = run_collector([("a", server.url)])
+    wait_until(lambda: calls["n"] > 5)
+    assert run.collector.metrics.scrapes.labels("a", "internal_error")._value.get() == 1
+    before = int(fields(redis_client, "a")[F.SCRAPED_AT])
+    wait_until(lambda: int(fields(redis_client, "a")[F.SCRAPED_AT]) > before)
