@@ -19,6 +19,8 @@ import redis
 
 from llmlbd.config.loader import Backend
 from llmlbd.state.keys import PoolKeys
+from llmlbd.state.members import decode as _decode
+from llmlbd.state.members import encode, read_members
 
 __all__ = ["read_members", "effective_backends", "encode", "change_members", "MembersError",
            "SOURCES"]
@@ -34,34 +36,6 @@ SOURCES = {
 
 class MembersError(Exception):
     """A membership change that cannot be made (the message says why)."""
-
-
-def encode(backend: Backend) -> str:
-    return json.dumps({"url": backend.url, "weight": backend.weight}, sort_keys=True)
-
-
-def _decode(name: str, raw: str) -> Backend | None:
-    try:
-        data = json.loads(raw)
-        return Backend(name, str(data["url"]), float(data.get("weight", 1.0)))
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-def read_members(client: Any, key: str) -> dict[str, Backend] | None:
-    """The members hash as name -> Backend (in name order), or None when it does not exist.
-
-    Entries that are not valid JSON {"url", "weight"} are skipped.
-    """
-    raw = client.hgetall(key)
-    if not raw:
-        return None
-    members = {}
-    for name in sorted(raw):
-        backend = _decode(name, raw[name])
-        if backend is not None:
-            members[name] = backend
-    return members
 
 
 def effective_backends(client: Any, keys: PoolKeys,

@@ -25,6 +25,11 @@ class PolicyContext:
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
+        self.set_backends(self.backends)
+
+    def set_backends(self, backends: list[Backend]) -> None:
+        """Replace the pool's members (membership changed in Redis)."""
+        self.backends = list(backends)
         self.by_name = {backend.name: backend for backend in self.backends}
 
     def candidates(self, exclude: frozenset[str]) -> list[Backend]:

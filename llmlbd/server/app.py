@@ -31,9 +31,12 @@ class LLMLBArbiter(Arbiter):
 
 
 class LLMLBApplication(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config, children: list[Child] | None = None) -> None:
+    def __init__(self, config: Config, children: list[Child] | None = None,
+                 overrides: dict[str, Any] | None = None) -> None:
         self.config = config
         self.children = list(children or [])
+        # CLI flags (--bind, --workers) win over the file at every reload too.
+        self.overrides = dict(overrides or {})
         # Built in each worker by load(), after gevent patched it: the master must not
         # import urllib3 or redis, whose direct references to ssl.SSLContext would
         # escape the patch and block a worker's event loop on every TLS handshake.
@@ -67,6 +70,31 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
             settings["control_socket_disable"] = True
         for key, value in settings.items():
             self.cfg.set(key, value)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; new workers start with it, old ones finish.
+
+        An invalid file is logged and ignored: the running config stays.
+        """
+        if self.config.path:
+            from llmlbd.config import ConfigError, load_config
+
+            try:
+                fresh = load_config(self.config.path).with_overrides(**self.overrides)
+            except ConfigError as exc:
+                log.error("reload_rejected", error=str(exc), keeping=self.config.path)
+            else:
+                if not fresh.backends:  # demo backends are started once, by `llmlbd start`
+                    fresh.backends = self.config.backends
+                if fresh.redis_target() != self.config.redis_target():
+                    log.warning("reload_redis_change_ignored",
+                                reason="the Redis location changes only on restart")
+                    fresh.redis = self.config.redis
+                    fresh.lb_config.serviceFQDN = self.config.lb_config.serviceFQDN
+                self.config = fresh
+                log.info("config_reloaded", path=self.config.path, policy=fresh.lb_policy,
+                         backends=[b.name for b in fresh.backends])
+        super().reload()
 
     def load(self) -> Any:
         from llmlbd.server.wsgi import ProxyApp

@@ -117,4 +117,5 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
             child.stop()
         raise RuntimeProblem(str(exc)) from None
 
-    LLMLBApplication(config, children).run()
+    LLMLBApplication(config, children,
+                     overrides={"server__bind": bind, "server__workers": workers}).run()

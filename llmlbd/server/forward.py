@@ -64,25 +64,37 @@ class Upstreams:
     def __init__(self, backends: list[Backend], connect_timeout_s: float,
                  read_timeout_s: float, pool_size: int) -> None:
         self.timeout = urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s)
-        self.pools: dict[str, urllib3.HTTPConnectionPool] = {}
-        self.base_paths: dict[str, str] = {}
+        self.pool_size = pool_size
+        # backend name -> (url, pool): a changed URL gets a new pool.
+        self.pools: dict[str, tuple[str, urllib3.HTTPConnectionPool]] = {}
         for backend in backends:
-            self.add(backend, pool_size)
+            self._pool(backend)
 
-    def add(self, backend: Backend, pool_size: int) -> None:
-        parts = urlsplit(backend.url)
-        # block=False: a burst beyond pool_size opens extra connections instead of waiting.
-        self.pools[backend.name] = urllib3.connection_from_url(
-            backend.url, maxsize=pool_size, block=False, timeout=self.timeout, retries=False)
-        self.base_paths[backend.name] = parts.path.rstrip("/")
+    def _pool(self, backend: Backend) -> urllib3.HTTPConnectionPool:
+        entry = self.pools.get(backend.name)
+        if entry is None or entry[0] != backend.url:
+            # block=False: a burst beyond pool_size opens extra connections instead of waiting.
+            pool = urllib3.connection_from_url(backend.url, maxsize=self.pool_size, block=False,
+                                               timeout=self.timeout, retries=False)
+            if entry is not None:
+                entry[1].close()
+            entry = self.pools[backend.name] = (backend.url, pool)
+        return entry[1]
+
+    def sync(self, backends: list[Backend]) -> None:
+        """Membership changed: drop the idle connections of backends that left."""
+        names = {backend.name for backend in backends}
+        for name in [n for n in self.pools if n not in names]:
+            self.pools.pop(name)[1].close()
 
     def open(self, backend: Backend, method: str, path: str, headers: dict[str, str],
              body: bytes | None) -> urllib3.BaseHTTPResponse:
         """Send the request and return once the status line and headers arrived."""
-        pool = self.pools[backend.name]
+        pool = self._pool(backend)
+        base_path = urlsplit(backend.url).path.rstrip("/")
         try:
             return pool.urlopen(
-                method, self.base_paths[backend.name] + path, body=body, headers=headers,
+                method, base_path + path, body=body, headers=headers,
                 retries=False, redirect=False, assert_same_host=False,
                 preload_content=False, decode_content=False, release_conn=False)
         except ReadTimeoutError as exc:
@@ -91,7 +103,7 @@ class Upstreams:
             raise ConnectFailure(_describe(exc)) from None
 
     def close(self) -> None:
-        for pool in self.pools.values():
+        for _, pool in self.pools.values():
             pool.close()
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from llmlbd.config.loader import Config
+from llmlbd.config.loader import Backend, Config
 from llmlbd.metrics import Observer
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.fallback import LocalLeastRequest
@@ -18,6 +19,7 @@ from llmlbd.state.breaker import Breaker
 from llmlbd.state.client import connect
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
+from llmlbd.state.members import read_members
 
 __all__ = ["WorkerRuntime"]
 
@@ -28,8 +30,21 @@ log = structlog.get_logger("llmlbd.worker")
 class WorkerRuntime:
     router: Router
     upstreams: Upstreams
-    client: object
+    client: Any
     worker_id: str
+    contexts: list[PolicyContext]
+    seed: list[Backend]
+
+    def refresh_membership(self) -> list[Backend] | None:
+        """Adopt the pool's members from Redis (or the config's seed); the new list if it changed."""
+        members = read_members(self.client, self.router.leases.keys.members)
+        backends = list(members.values()) if members is not None else self.seed
+        if backends == self.contexts[0].backends:
+            return None
+        for ctx in self.contexts:
+            ctx.set_backends(backends)
+        self.upstreams.sync(backends)
+        return backends
 
     @classmethod
     def build(cls, config: Config, worker_id: str) -> "WorkerRuntime":
@@ -46,4 +61,4 @@ class WorkerRuntime:
                         observer=Observer())
         upstreams = Upstreams(config.backends, config.server.connect_timeout_s,
                               config.server.read_timeout_s, config.server.upstream_pool_size)
-        return cls(router, upstreams, client, worker_id)
+        return cls(router, upstreams, client, worker_id, [ctx, local_ctx], list(config.backends))

@@ -23,6 +23,7 @@ from llmlbd.config.loader import Backend, Config
 from llmlbd.errors import (BadRequest, BodyTooLarge, LLMLBError, MethodNotAllowed,
                            NoBackend, RouteNotFound, UpstreamFailed, UpstreamTimeout)
 from llmlbd.policy.framework import Decision
+from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
 from llmlbd.server import models_union
 from llmlbd.server.forward import (ConnectFailure, UpstreamReadTimeout, iter_body,
@@ -66,19 +67,33 @@ class ProxyApp:
         self._maintainer: gevent.Greenlet | None = None
         self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.models = models_union.ModelsCache(config.backends)
+        self.backends = list(config.backends)
 
     # worker lifecycle ---------------------------------------------------------------------
     def init_worker(self, worker_id: str) -> None:
         self.runtime = WorkerRuntime.build(self.config, worker_id)
-        self.runtime.router.maintain()  # heartbeat before the first request
+        self._maintain()  # heartbeat and membership before the first request
         self._maintainer = gevent.spawn(self._maintain_forever)
 
-    def _maintain_forever(self) -> None:
+    def _maintain(self) -> None:
         assert self.runtime is not None
+        self.runtime.router.maintain()
+        if self.runtime.router.breaker.state != "closed":
+            return
+        try:
+            changed = self.runtime.refresh_membership()
+        except REDIS_ERRORS:
+            return  # keep the members we have; the breaker hears about it from maintain()
+        if changed is not None:
+            self.backends = changed
+            self.models.backends = changed
+            log.info("membership_changed", backends=[b.name for b in changed])
+
+    def _maintain_forever(self) -> None:
         while True:
             gevent.sleep(1.0)
             try:
-                self.runtime.router.maintain()
+                self._maintain()
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("maintain_failed")
 
@@ -138,7 +153,7 @@ class ProxyApp:
 
     def _readyz(self, start_response: StartResponse) -> list[bytes]:
         problems = []
-        if not self.config.backends:
+        if not self.backends:
             problems.append("no backend configured")
         if self.runtime is None:
             problems.append("worker not initialised")
@@ -154,7 +169,7 @@ class ProxyApp:
         status = 503 if problems else 200
         return json_response(start_response, status,
                              {"status": "ready" if not problems else "not_ready",
-                              "problems": problems, "backends": len(self.config.backends)})
+                              "problems": problems, "backends": len(self.backends)})
 
     def _metrics(self, start_response: StartResponse) -> list[bytes]:
         import os
@@ -210,7 +225,7 @@ class ProxyApp:
             if until <= now:
                 del self.cooldown[name]
         # Never let cooldowns alone empty the pool: the policy then says what is wrong.
-        if len(self.cooldown) >= len(self.config.backends):
+        if len(self.cooldown) >= len(self.backends):
             return frozenset()
         return frozenset(self.cooldown)
 
