@@ -80,7 +80,8 @@ class StreamWriter:
             self._suffix = '},"logprobs":null,"finish_reason":null,"token_ids":null}],"kv_transfer_params":null}\n\n'
         else:
             self._prefix = self._head + '[{"index":0,"text":'
-            self._suffix = ',"logprobs":null,"finish_reason":null,"stop_reason":null,"token_ids":null}]}\n\n'
+            self._suffix = (',"logprobs":null,"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
+                            '"token_ids":null}]}\n\n')
 
     def first(self) -> str:
         """The chunk that opens a chat stream (the assistant role, no text yet)."""
@@ -101,7 +102,10 @@ class StreamWriter:
                     f'"finish_reason":{json.dumps(finish_reason)},"stop_reason":null,"token_ids":null,'
                     '"weight_versions":null}],"kv_transfer_params":null}\n\n')
         return (self._head + f'[{{"index":0,"text":{text},"logprobs":null,'
-                f'"finish_reason":{json.dumps(finish_reason)},"stop_reason":null,"token_ids":null}}]}}\n\n')
+                f'"finish_reason":{json.dumps(finish_reason)},"stop_reason":null,"prompt_token_ids":null,'
+                '"token_ids":null}]}\n\n')
 
     def usage(self, usage: dict) -> str:
+        # Streams leave out unset fields: no prompt_tokens_details unless it has a value.
+        usage = {key: value for key, value in usage.items() if value is not None}
         return self._head + '[],"usage":' + json.dumps(usage, separators=(",", ":")) + "}\n\n"
