@@ -1,0 +1,59 @@
+"""What an operator sees: Prometheus metrics summed over workers, one JSON log line per request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import LLMLBD, StubBackends
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "the-secret-prompt-text-4f1c"
+
+
+def samples(text: str, name: str) -> dict[tuple, float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
+    with StubBackends(2) as stubs:
+        config = {"redis": {"url": redis_server.url}, "backends": stubs.config(),
+                  "server": {"pool": "observe"}, "collector": {"enabled": False}}
+        with LLMLBD(config, workers=2) as proxy:
+            body = {"model": "stub-model", "messages": [{"role": "user", "content": SECRET}]}
+            # New connections each time, so both workers take requests.
+            for _ in range(30):
+                r = requests.post(f"{proxy.url}/v1/chat/completions", json=body,
+                                  headers={"Connection": "close", "x-request-id": "client-42"})
+                assert r.status_code == 200
+            requests.post(f"{proxy.url}/v1/chat/completions", data=b"{broken",
+                          headers={"Connection": "close"})
+            text = requests.get(f"{proxy.url}/metrics").text
+
+            served = samples(text, "llmlbd_requests_total")
+            ok = {labels: v for labels, v in served.items() if dict(labels)["status"] == "200"}
+            assert sum(ok.values()) == 30
+            assert {dict(labels)["backend"] for labels in ok} == {"stub-0", "stub-1"}
+            decisions = samples(text, "llmlbd_decision_seconds_count")
+            assert decisions[(("policy", "global_least_request"),)] == 30
+
+            lines = [json.loads(line) for line in proxy.log().splitlines()
+                     if line.startswith("{") and '"request_done"' in line]
+            pids = {line["pid"] for line in lines}
+            assert len(lines) == 30 and len(pids) == 2  # both workers served, all counted
+            line = lines[0]
+            for field in ("request_id", "backend", "policy", "reason", "status", "bytes",
+                          "ttfb_ms", "duration_ms", "outcome", "timestamp", "level"):
+                assert field in line
+            assert line["client_request_id"] == "client-42"
+            assert line["outcome"] == "complete" and line["status"] == 200
+            assert SECRET not in proxy.log()
