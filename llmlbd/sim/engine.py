@@ -149,6 +149,8 @@ class Engine:
         profile = self.config.profile
         while True:
             scheduled, decode_context = self._schedule()
+            if self.metrics is not None and (self.running or self.waiting):
+                self.metrics.on_scheduled()
             if not scheduled:
                 self._idle()
                 continue

@@ -134,8 +134,9 @@ class SimMetrics:
                                        PREEMPTION_BUCKETS)
         self.h_kv_computed = histogram("vllm:request_prefill_kv_computed_tokens",
                                        "Prompt tokens computed (prompt minus cached) per request.", tokens)
-        # (running adapters, waiting adapters) -> Unix time it was last current
-        self.lora_info: dict[tuple[str, str], float] = {("", ""): time.time()}
+        # (running adapters, waiting adapters) -> Unix time it was last current. Empty
+        # until the first engine step, as in vLLM (its series come from step stats).
+        self.lora_info: dict[tuple[str, str], float] = {}
 
     # -- engine events -------------------------------------------------------
 
@@ -169,6 +170,12 @@ class SimMetrics:
 
     def on_token(self, gap: float) -> None:
         self.h_itl.observe(gap)
+
+    def on_scheduled(self) -> None:
+        # vLLM refreshes the LoRA series from every scheduling pass's stats,
+        # including passes that only defer requests.
+        if self.config.loras:
+            self._touch_lora_info()
 
     def on_step(self, tokens: int, emitted: int) -> None:
         self.h_iteration.observe(tokens)

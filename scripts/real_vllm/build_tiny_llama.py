@@ -1,9 +1,10 @@
 """Build a tiny random-weight Llama that a real vLLM can serve on a CPU, with no download.
 
-    python build_tiny_llama.py OUT_DIR
+    python build_tiny_llama.py OUT_DIR [LORA_DIR]
 
 Writes OUT_DIR/{config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
-generation_config.json}: a 2-layer Llama (hidden 128, GQA 4:2 heads) and a
+generation_config.json} and, if given, a rank-8 PEFT LoRA adapter for it in
+LORA_DIR: a 2-layer Llama (hidden 128, GQA 4:2 heads) and a
 byte-level BPE tokenizer trained here on generated English-like text, with
 Llama-3's special tokens and a Llama-3-style chat template. The weights are
 random, so the text it generates is noise; what matters for the parity tests
@@ -79,14 +80,44 @@ def build_model(out: Path, tokenizer) -> None:
                      pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
 
 
+def build_lora(out: Path, model_dir: Path, rank: int = 8) -> None:
+    """A random PEFT LoRA adapter on q_proj and v_proj, in the layout vLLM loads."""
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads((model_dir / "config.json").read_text())
+    hidden = config["hidden_size"]
+    head_dim = config["head_dim"]
+    outputs = {"q_proj": config["num_attention_heads"] * head_dim,
+               "v_proj": config["num_key_value_heads"] * head_dim}
+    torch.manual_seed(1)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for module, width in outputs.items():
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, hidden) * 0.01
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(width, rank) * 0.01
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0, "target_modules": list(outputs), "bias": "none",
+        "base_model_name_or_path": str(model_dir), "fan_in_fan_out": False,
+        "modules_to_save": None, "use_rslora": False, "use_dora": False,
+    }, indent=2))
+
+
 def main() -> None:
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out)
-    build_model(out, tokenizer)
-    print(json.dumps({"model_dir": str(out), "vocab_size": len(tokenizer)}))
+    if not (out / "model.safetensors").exists():
+        tokenizer = build_tokenizer(out)
+        build_model(out, tokenizer)
+    if len(sys.argv) == 3:
+        build_lora(Path(sys.argv[2]), out)
+    print(json.dumps({"model_dir": str(out), "lora_dir": sys.argv[2] if len(sys.argv) == 3 else None}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ set -euo pipefail
 
 VENV=${VLLM_VENV:-/work/venvs/vllm}
 MODEL_DIR=${VLLM_MODEL_DIR:-/work/venvs/tiny-llama}
+LORA_DIR=${VLLM_LORA_DIR:-/work/venvs/tiny-llama-lora}
 PORT=${PORT:-8199}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -32,8 +33,8 @@ if [ ! -f "$DIST/METADATA" ]; then
     : > "$DIST/RECORD"
 fi
 
-if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
-    "$VENV/bin/python" "$HERE/build_tiny_llama.py" "$MODEL_DIR"
+if [ ! -f "$MODEL_DIR/model.safetensors" ] || [ ! -f "$LORA_DIR/adapter_config.json" ]; then
+    "$VENV/bin/python" "$HERE/build_tiny_llama.py" "$MODEL_DIR" "$LORA_DIR"
 fi
 
 if [ "${1:-}" = "serve" ]; then
@@ -42,7 +43,8 @@ if [ "${1:-}" = "serve" ]; then
     export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
     exec "$VENV/bin/vllm" serve "$MODEL_DIR" --served-model-name tiny-llama \
         --host 127.0.0.1 --port "$PORT" --enable-prefix-caching --max-model-len 2048 \
-        --enable-lora --max-loras 1 --max-lora-rank 8 --dtype bfloat16 \
+        --enable-lora --max-loras 1 --max-lora-rank 8 --lora-modules "parity-lora=$LORA_DIR" \
+        --dtype bfloat16 \
         ${VLLM_EXTRA_ARGS:-}
 fi
 echo "ready: $VENV/bin/vllm, model in $MODEL_DIR; run '$0 serve' to start it on port $PORT"

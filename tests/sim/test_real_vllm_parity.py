@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.harness import wait_until
 from tests.simfleet import SimFleet
 
 REAL_URL = os.environ.get("LLMLBD_REAL_VLLM_URL", "").rstrip("/")
@@ -42,8 +44,9 @@ PROMPT = " ".join(["the tenant shall keep the premises in good repair"] * 40)
 @pytest.fixture(scope="module")
 def pair():
     real_model = requests.get(REAL_URL + "/v1/models", timeout=10).json()["data"][0]
+    # setup.sh serves one adapter, parity-lora, with --max-loras 1.
     with SimFleet(1, model=real_model["id"], max_model_len=real_model["max_model_len"], lora="parity-lora",
-                  time_scale=0.1) as fleet:
+                  max_loras=1, time_scale=0.1) as fleet:
         yield {"real": REAL_URL, "sim": fleet.url, "model": real_model["id"],
                "max_model_len": real_model["max_model_len"]}
 
@@ -193,3 +196,37 @@ def test_prefix_cache_counters_move_alike(pair):
         new_hits = hits_after - hits
         assert new_hits > 0 and new_hits % block == 0, side  # hits are whole blocks
         assert new_hits == (second - 1) // block * block, side  # all full blocks but the last token's
+
+
+def test_an_adapter_in_flight_shows_alike_in_models_and_lora_requests_info(pair):
+    def newest(url: str) -> dict:
+        families = {f.name: f for f in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text)}
+        return max(families["vllm:lora_requests_info"].samples, key=lambda sample: sample.value).labels
+
+    cards = {side: [c for c in r.json()["data"] if c["parent"]] for side, r in both(pair, "GET", "/v1/models").items()}
+    assert [c["id"] for c in cards["real"]] == [c["id"] for c in cards["sim"]] == ["parity-lora"]
+    assert keys(cards["real"][0]) == keys(cards["sim"][0])
+    assert cards["real"][0]["parent"] == cards["sim"][0]["parent"] == pair["model"]
+    assert cards["real"][0]["max_model_len"] is cards["sim"][0]["max_model_len"] is None
+    for side in ("real", "sim"):
+        consumed = []
+
+        def consume(url=pair[side]):
+            with requests.post(url + "/v1/completions", stream=True, timeout=60, json={
+                    "model": "parity-lora", "prompt": "the tenant", "max_tokens": 1000, "ignore_eos": True,
+                    "stream": True}) as response:
+                consumed.extend(json.loads(line[6:])["model"] for line in response.iter_lines()
+                                if line.startswith(b"data: {"))
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        try:
+            # Both refresh the series from every engine step while the request runs.
+            wait_until(lambda: newest(pair[side]) == {"max_lora": "1", "running_lora_adapters": "parity-lora",
+                                                      "waiting_lora_adapters": "parity-lora"},
+                       timeout=10, message=f"{side}: parity-lora in lora_requests_info")
+        finally:
+            reader.join(60)
+        assert set(consumed) == {"parity-lora"}
+        wait_until(lambda: newest(pair[side])["running_lora_adapters"] == "", timeout=10,
+                   message=f"{side}: the empty series is the newest once the request is done")
