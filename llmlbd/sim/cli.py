@@ -66,7 +66,8 @@ def _fault(ctx, param, value: str | None) -> str:
               help="Waiting-queue bound; a request beyond it gets 503 (vLLM --max-num-queued-reqs).")
 @click.option("--num-gpu-blocks", type=click.IntRange(1), default=None,
               help="KV cache blocks (vLLM --num-gpu-blocks-override). Default: the profile's.")
-@click.option("--block-size", type=click.IntRange(1), default=16, help="Tokens per KV block.")
+@click.option("--block-size", type=click.IntRange(1), default=None,
+              help="Tokens per KV block. Default: the profile's (16 on GPUs).")
 @click.option("--max-model-len", type=click.IntRange(2), default=None,
               help="Context length limit in tokens. Default: the profile's.")
 @click.option("--mean-output-tokens", type=click.IntRange(1), default=128,

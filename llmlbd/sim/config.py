@@ -23,7 +23,7 @@ class SimConfig:
     max_num_batched_tokens: int | None = None
     max_num_queued_reqs: int = 1000
     num_gpu_blocks: int | None = None
-    block_size: int = 16
+    block_size: int | None = None
     max_model_len: int | None = None
     mean_output_tokens: int = 128
     time_scale: float = 1.0
@@ -41,6 +41,8 @@ class SimConfig:
             self.max_num_batched_tokens = self.profile.max_num_batched_tokens
         if self.num_gpu_blocks is None:
             self.num_gpu_blocks = self.profile.num_gpu_blocks
+        if self.block_size is None:
+            self.block_size = self.profile.block_size
         if self.max_model_len is None:
             self.max_model_len = self.profile.max_model_len
         if self.time_scale <= 0:

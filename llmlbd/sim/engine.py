@@ -148,14 +148,14 @@ class Engine:
         scale = self.config.time_scale
         profile = self.config.profile
         while True:
-            scheduled, decode_context = self._schedule()
+            scheduled, decode_seqs, decode_context = self._schedule()
             if self.metrics is not None and (self.running or self.waiting):
                 self.metrics.on_scheduled()
             if not scheduled:
                 self._idle()
                 continue
             tokens = sum(n for _, n in scheduled)
-            duration = profile.step_time(tokens, decode_context) * scale
+            duration = profile.step_time(decode_seqs, tokens - decode_seqs, decode_context) * scale
             self.busy_s += duration
             self._sleep(duration)
             self._complete(scheduled, tokens)
@@ -185,10 +185,12 @@ class Engine:
         self._wake.clear()
         self._wake.wait(timeout)
 
-    def _schedule(self) -> tuple[list[tuple[SimRequest, int]], int]:
+    def _schedule(self) -> tuple[list[tuple[SimRequest, int]], int, int]:
+        """(requests and their token counts, decoding sequences, their context tokens)."""
         budget = self.config.max_num_batched_tokens
         block_size = self.config.block_size
         scheduled: list[tuple[SimRequest, int]] = []
+        decode_seqs = 0
         decode_context = 0
         preempted = False
         now = time.monotonic()
@@ -212,11 +214,12 @@ class Engine:
             scheduled.append((request, count))
             budget -= count
             if to_compute == 1:
+                decode_seqs += 1
                 decode_context += request.seq_len
             index += 1
 
         if preempted:
-            return scheduled, decode_context
+            return scheduled, decode_seqs, decode_context
 
         deferred: list[SimRequest] = []
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
@@ -231,7 +234,7 @@ class Engine:
             scheduled.append((request, count))
             budget -= count
         self.waiting.extendleft(reversed(deferred))
-        return scheduled, decode_context
+        return scheduled, decode_seqs, decode_context
 
     def _admit(self, request: SimRequest, now: float) -> bool:
         block_size = self.config.block_size
