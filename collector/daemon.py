@@ -42,6 +42,8 @@ LEASE_MS = 1200
 CLAIM_EVERY_S = 0.3
 # `llmlbctl backend add/remove` reaches the collector within this.
 MEMBERS_EVERY_S = 1.0
+# Threads allowed to parse a page at the same time.
+PARSE_SLOTS = 2
 
 
 class Collector:
@@ -70,6 +72,12 @@ class Collector:
         self._seed = {b.name: b.url for b in config.backends}
         self._members_checked = 0.0
         self._previous: dict[str, tuple[Any, ...]] = {}   # health state left by the last owner
+        # Parsing is the only CPU-heavy step. Letting a few threads parse at a
+        # time (the rest wait without the GIL) keeps the claim loop and the
+        # publisher from queueing behind 256 runnable threads when the
+        # collector is overloaded: with every thread contending, the claim
+        # loop missed its 1.2 s lease and the collector lost its backends.
+        self._cpu_slots = threading.BoundedSemaphore(PARSE_SLOTS)
         self.metrics.watch_freshness(self._freshness, self.settings.stale_after_s)
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -196,7 +204,7 @@ class Collector:
 
     def _add_worker(self, name: str, url: str) -> None:
         worker = BackendWorker(name, url, self.settings, self.plan, self.publisher.submit,
-                               self.metrics, self.is_owned, self._restore)
+                               self.metrics, self.is_owned, self._restore, self._cpu_slots)
         stop = threading.Event()
         self.workers[name] = worker
         self._worker_stops[name] = stop

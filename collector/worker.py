@@ -8,6 +8,7 @@ share one keep-alive connection to the backend.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -65,7 +66,8 @@ class BackendWorker:
     def __init__(self, name: str, url: str, settings: Settings, plan: Plan,
                  submit: Callable[[Update], None], metrics: CollectorMetrics,
                  is_owned: Callable[[str], bool] = lambda name: True,
-                 restore: Callable[[str], Any] | None = None) -> None:
+                 restore: Callable[[str], Any] | None = None,
+                 cpu_slots: Any = None) -> None:
         self.name = name
         self.url = url
         self.settings = settings
@@ -74,6 +76,7 @@ class BackendWorker:
         self.metrics = metrics
         self.is_owned = is_owned
         self.restore = restore
+        self.cpu_slots = cpu_slots if cpu_slots is not None else contextlib.nullcontext()
         self.conn = HTTPConnection(url)
         self.health = Health(settings.down_after, settings.up_after)
         self.memo = ScanMemo()
@@ -160,7 +163,8 @@ class BackendWorker:
             self._scrape_failed(exc.kind, str(exc))
             return None
         received = time.monotonic()
-        reading = read_metrics(text, self.plan, self.memo, self.learned)
+        with self.cpu_slots:
+            reading = read_metrics(text, self.plan, self.memo, self.learned)
         if reading.empty:
             # An answer with none of the families we know is not a metrics
             # page (an error page, a proxy's default site): keep the last
