@@ -29,7 +29,6 @@ import time  # noqa: E402
 import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

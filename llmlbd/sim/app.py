@@ -13,7 +13,7 @@ from llmlbd.sim import debug
 from llmlbd.sim.answers import plan_answer
 from llmlbd.sim.config import SimConfig
 from llmlbd.sim.engine import Engine, QueueFull, SimRequest
-from llmlbd.sim.errors import SimHTTPError, error_body
+from llmlbd.sim.errors import SimHTTPError
 from llmlbd.sim.faults import FAULT_HEADER, Fault, HealthSwitch, parse_fault
 from llmlbd.sim.kvcache import chain_hashes
 from llmlbd.sim.metrics import CONTENT_TYPE, SimMetrics
@@ -66,11 +66,11 @@ class SimApp:
             handler = self.routes.get((method, path))
             if handler is None:
                 known = path in _INFERENCE_PATHS or any(p == path for _, p in self.routes)
-                status, body = (405, b'{"detail":"Method Not Allowed"}') if known else \
-                    (404, b'{"detail":"Not Found"}')
-                start_response(_status(status), JSON)
-                return [body]
-            status, headers, body = handler(environ)
+                # FastAPI's own answers, not vLLM's error body.
+                status, headers, body = (405, JSON, b'{"detail":"Method Not Allowed"}') if known else \
+                    (404, JSON, b'{"detail":"Not Found"}')
+            else:
+                status, headers, body = handler(environ)
         except SimHTTPError as exc:
             status, headers, body = exc.status, JSON, exc.body()
         start_response(_status(status), headers + [("Content-Length", str(len(body)))])
