@@ -43,6 +43,7 @@ class SimApp:
         self.started = int(time.time())
         self.requests_total = 0
         self.rejected_total = 0
+        self.refuse_for = None  # set by the server: stop listening for N seconds
         self.routes = {
             ("GET", "/health"): self.health_route,
             ("GET", "/v1/models"): self.models,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import time
 
+import gevent
+
 from llmlbd.sim.errors import SimHTTPError
 from llmlbd.sim.faults import parse_fault
 from llmlbd.sim.kvcache import chain_hashes
@@ -78,13 +80,24 @@ def cache_match(app, body: dict) -> tuple[int, list, bytes]:
 
 
 def faults(app, body: dict) -> tuple[int, list, bytes]:
-    """Change the server-wide fault spec and/or /health mode: {"fault": "...", "health": "..."}."""
+    """Change faults at run time: {"fault": SPEC, "health": "up|down|flap:S", "refuse_for_s": S}.
+
+    ``refuse_for_s`` closes the listening socket for S seconds (new connections
+    are refused, accepted ones carry on), then listens again: a backend that
+    goes down and comes back.
+    """
     try:
         if "fault" in body:
             app.fault = parse_fault(str(body["fault"] or ""))
         if "health" in body:
             mode, _, period = str(body["health"]).partition(":")
             app.health.set(mode, float(period) if period else 0.0)
-    except ValueError as exc:
+        refuse_s = float(body.get("refuse_for_s") or 0)
+        if refuse_s < 0:
+            raise ValueError("refuse_for_s must not be negative")
+    except (TypeError, ValueError) as exc:
         raise SimHTTPError(400, str(exc), param="body") from None
+    if refuse_s and app.refuse_for is not None:
+        # A moment later, so that this answer goes out first.
+        gevent.spawn_later(0.05, app.refuse_for, refuse_s)
     return 200, JSON, json.dumps({"fault": app.fault.__dict__, "health": app.health.describe()}).encode()

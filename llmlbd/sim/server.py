@@ -46,14 +46,43 @@ def serve(config: SimConfig) -> int:
         stop.wait()
         return 0
     app = SimApp(config)
-    # Big backlog: a benchmark opens hundreds of connections at once.
-    server = WSGIServer((config.host, config.port), app, handler_class=_SimHandler, log=None,
-                        backlog=4096)
-    server.start()
+    listener = _Listener(config, app)
+    app.refuse_for = listener.refuse_for
+    listener.open()
     app.engine.start()
     print(f"llmlbd sim: {config.name} serving {config.model} on {config.url} "
           f"(profile {config.profile.name}, time scale {config.time_scale:g})", flush=True)
     stop.wait()
-    server.stop(timeout=1)
+    listener.close(timeout=1)
     app.engine.stop()
     return 0
+
+
+class _Listener:
+    """The listening socket, which /debug/faults can close for a while (connection refused)."""
+
+    def __init__(self, config: SimConfig, app: SimApp) -> None:
+        self.config = config
+        self.app = app
+        self.server: WSGIServer | None = None
+
+    def open(self) -> None:
+        # Big backlog: a benchmark opens hundreds of connections at once.
+        self.server = WSGIServer((self.config.host, self.config.port), self.app, handler_class=_SimHandler,
+                                 log=None, backlog=4096)
+        self.server.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        server, self.server = self.server, None
+        if server is None:
+            return
+        if timeout is None:
+            server.close()  # stop listening; connections already accepted carry on
+        else:
+            server.stop(timeout=timeout)
+
+    def refuse_for(self, seconds: float) -> None:
+        if self.server is None:
+            return
+        self.close()
+        gevent.spawn_later(seconds, self.open)

@@ -102,3 +102,20 @@ def test_refuse_connections_flag_means_nothing_listens():
         wait_until(lambda: "not listening" in fleet.procs[0].log(), timeout=10, message="started")
         with pytest.raises(requests.ConnectionError):
             requests.get(fleet.url + "/health", timeout=2)
+
+
+def test_refuse_for_closes_the_port_for_a_while_then_listens_again():
+    with SimFleet(1, time_scale=0.1) as fleet, requests.Session() as http:
+        url = fleet.url
+        assert http.post(url + "/debug/faults", json={"refuse_for_s": 1.0}, timeout=5).status_code == 200
+
+        def refused() -> bool:
+            try:
+                requests.get(url + "/health", timeout=1)
+                return False
+            except requests.ConnectionError:
+                return True
+
+        wait_until(refused, timeout=3, message="connections refused")
+        wait_until(lambda: not refused(), timeout=5, message="listening again")
+        assert requests.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=5).ok
