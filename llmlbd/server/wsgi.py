@@ -16,7 +16,6 @@ from typing import Any, Iterable, Iterator
 
 import gevent
 import structlog
-import urllib3
 
 from llmlbd import metrics
 from llmlbd.config.loader import Backend, Config
@@ -26,7 +25,7 @@ from llmlbd.policy.framework import Decision
 from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
 from llmlbd.server import models_union
-from llmlbd.server.forward import (ConnectFailure, UpstreamReadTimeout, iter_body,
+from llmlbd.server.forward import (BodyError, ConnectFailure, Response, UpstreamReadTimeout,
                                    request_headers, response_headers)
 from llmlbd.server.parse import parse_request
 from llmlbd.server.responses import (StartResponse, error_response, json_response,
@@ -268,8 +267,7 @@ class ProxyApp:
                 raise
             if upstream.status in RETRY_STATUSES and attempt + 1 < attempts:
                 failures.append(f"{backend.name}: HTTP {upstream.status}")
-                upstream.drain_conn()
-                upstream.release_conn()
+                upstream.discard()
                 router.release(decision)
                 metrics.RETRIES.labels(backend.name, f"status_{upstream.status}").inc()
                 exclude.add(backend.name)
@@ -306,7 +304,7 @@ class ProxiedResponse:
     """
 
     def __init__(self, app: ProxyApp, request: RoutingRequest, decision: Decision,
-                 upstream: urllib3.BaseHTTPResponse, sent_at: float) -> None:
+                 upstream: Response, sent_at: float) -> None:
         self.app = app
         self.request = request
         self.decision = decision
@@ -316,7 +314,7 @@ class ProxiedResponse:
         self.ttfb: float | None = None
         self.outcome = "client_disconnect"
         self.closed = False
-        content_type = upstream.headers.get("content-type", "")
+        content_type = upstream.header("content-type") or ""
         self.is_sse = content_type.startswith("text/event-stream")
         metrics.INFLIGHT.inc()
 
@@ -327,16 +325,16 @@ class ProxiedResponse:
         return headers
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.is_sse or self.upstream.headers.get("content-length") is None:
+        if self.is_sse or self.upstream.length is None:
             yield b""  # send the status line and headers now, before the first token
         try:
-            for chunk in iter_body(self.upstream):
+            for chunk in self.upstream.iter_body():
                 if self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.sent_at
                     metrics.UPSTREAM_TTFB_SECONDS.labels(self.decision.backend.name).observe(self.ttfb)
                 self.size += len(chunk)
                 yield chunk
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except BodyError as exc:
             # Bytes already reached the client: no retry is possible now.
             self.outcome = "upstream_error"
             log.warning("upstream_broke_mid_response", request_id=self.request.request_id,
@@ -352,11 +350,9 @@ class ProxiedResponse:
             return
         self.closed = True
         try:
-            if self.outcome == "complete":
-                self.upstream.release_conn()
-            else:
-                # Closing the connection tells the backend to stop generating.
-                self.upstream.close()
+            # Pools the connection after a whole body; otherwise closing it tells
+            # the backend to stop generating.
+            self.upstream.release()
         finally:
             metrics.INFLIGHT.dec()
             assert self.app.runtime is not None

@@ -22,8 +22,12 @@ def llmlbctl(config_path: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def served_by(url: str, n: int = 12) -> set[str]:
-    return {requests.post(f"{url}/v1/chat/completions", json=CHAT).headers["x-llmlbd-backend"]
-            for _ in range(n)}
+    names = set()
+    for _ in range(n):
+        response = requests.post(f"{url}/v1/chat/completions", json=CHAT)
+        assert response.status_code == 200, response.text
+        names.add(response.headers["x-llmlbd-backend"])
+    return names
 
 
 def test_added_and_removed_backends_take_effect_without_restart(redis_server, tmp_path):
