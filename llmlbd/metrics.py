@@ -7,10 +7,13 @@ before forking and /metrics aggregates every worker's files
 
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["REQUESTS", "DECISION_SECONDS", "UPSTREAM_TTFB_SECONDS", "UPSTREAM_SECONDS",
-           "RETRIES", "FALLBACKS", "REDIS_ERRORS", "SHED", "INFLIGHT", "Observer"]
+           "RETRIES", "FALLBACKS", "REDIS_ERRORS", "REDIS_SECONDS", "SHED", "INFLIGHT",
+           "Observer", "PoolCollector"]
 
 REQUESTS = Counter("llmlbd_requests_total", "Requests answered, by backend, policy and status.",
                    ["backend", "policy", "status"])
@@ -30,6 +33,9 @@ FALLBACKS = Counter("llmlbd_fallback_decisions_total",
                     "Decisions made by the worker-local fallback because Redis was unavailable.")
 REDIS_ERRORS = Counter("llmlbd_redis_errors_total", "Redis calls that failed, by operation.",
                        ["op"])
+REDIS_SECONDS = Histogram(
+    "llmlbd_redis_seconds", "Redis round trips on the request path, by operation (pick, release).",
+    ["op"], buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5))
 SHED = Counter("llmlbd_shed_total", "Requests refused with 429, by reason.", ["reason"])
 INFLIGHT = Gauge("llmlbd_worker_inflight", "Requests this worker is forwarding now.",
                  multiprocess_mode="livesum")
@@ -41,5 +47,44 @@ class Observer:
     def redis_error(self, op: str) -> None:
         REDIS_ERRORS.labels(op).inc()
 
+    def redis_call(self, op: str, seconds: float) -> None:
+        REDIS_SECONDS.labels(op).observe(seconds)
+
     def fallback(self) -> None:
         FALLBACKS.inc()
+
+
+class PoolCollector:
+    """The pool as Redis sees it, read at scrape time: one truth for every worker and replica.
+
+    Per-worker counters can only sum what each worker did; in-flight per
+    backend, drained and health are shared state, so they come from Redis.
+    """
+
+    def __init__(self, client: Any, keys: Any, backends: Any) -> None:
+        self.client, self.keys, self.backends = client, keys, backends
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from llmlbd.state.snapshot import read_pool
+        try:
+            states = read_pool(self.client, self.keys, self.backends)
+        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
+            return
+        inflight = GaugeMetricFamily("llmlbd_backend_inflight",
+                                     "Requests in flight per backend, across every replica.",
+                                     labels=["backend"])
+        usable = GaugeMetricFamily("llmlbd_backend_usable",
+                                   "1 when the backend takes new requests (not drained, not down).",
+                                   labels=["backend"])
+        age = GaugeMetricFamily("llmlbd_backend_metrics_age_seconds",
+                                "Age of the collector's metrics for the backend.",
+                                labels=["backend"])
+        for state in states:
+            inflight.add_metric([state.name], state.inflight)
+            down = state.metrics.get("health") == "down"
+            usable.add_metric([state.name], 0 if state.drained or down else 1)
+            if state.metrics_age_ms is not None:
+                age.add_metric([state.name], state.metrics_age_ms / 1000)
+        yield from (inflight, usable, age)

@@ -55,6 +55,7 @@ class Router:
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         if self.breaker.allow():
+            started = time.perf_counter()
             try:
                 decision = self.policy.pick(request, exclude)
             except REDIS_ERRORS as exc:
@@ -66,6 +67,8 @@ class Router:
                 if self.breaker.state != "closed":
                     log.info("redis_recovered")
                 self.breaker.success()
+                if self.observer:
+                    self.observer.redis_call("pick", time.perf_counter() - started)
                 return decision
         if self.observer:
             self.observer.fallback()
@@ -76,11 +79,15 @@ class Router:
         if decision.local:
             self.fallback.release(decision.request_id)
             return
+        started = time.perf_counter()
         try:
             self.leases.release(decision.request_id)
         except REDIS_ERRORS as exc:
             self._redis_failed("release", exc)
             self.pending_releases.add(decision.request_id)
+        else:
+            if self.observer:
+                self.observer.redis_call("release", time.perf_counter() - started)
 
     def maintain(self) -> None:
         """Heartbeat, retry failed releases, reap dead workers' leases, refresh health."""

@@ -145,6 +145,9 @@ class ProxyApp:
             raise RouteNotFound(f"no route for {method} {path}; llmlbd forwards /v1/*, "
                                 "/tokenize and /detokenize")
         except LLMLBError as error:
+            metrics.REQUESTS.labels("", "", str(error.status)).inc()
+            if error.status == 429:
+                metrics.SHED.labels(error.code).inc()
             return error_response(start_response, error)
         except Exception:  # noqa: BLE001 - the client gets JSON, the log gets the traceback
             log.exception("unhandled_error", path=path)
@@ -181,6 +184,11 @@ class ProxyApp:
         else:
             from prometheus_client import REGISTRY as registry
         body = generate_latest(registry)
+        if self.runtime is not None and self.runtime.router.breaker.state == "closed":
+            pool = CollectorRegistry()
+            pool.register(metrics.PoolCollector(self.runtime.client,
+                                                self.runtime.router.leases.keys, self.backends))
+            body += generate_latest(pool)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
                                   ("Content-Length", str(len(body)))])
         return [body]

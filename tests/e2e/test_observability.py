@@ -45,6 +45,13 @@ def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
             assert {dict(labels)["backend"] for labels in ok} == {"stub-0", "stub-1"}
             decisions = samples(text, "llmlbd_decision_seconds_count")
             assert decisions[(("policy", "global_least_request"),)] == 30
+            assert samples(text, "llmlbd_redis_seconds_count")[(("op", "release"),)] == 30
+            assert samples(text, "llmlbd_requests_total")[
+                (("backend", ""), ("policy", ""), ("status", "400"))] == 1
+            # Shared state read from Redis at scrape time: nothing in flight now, both usable.
+            assert samples(text, "llmlbd_backend_inflight") == {
+                (("backend", "stub-0"),): 0, (("backend", "stub-1"),): 0}
+            assert set(samples(text, "llmlbd_backend_usable").values()) == {1}
 
             lines = [json.loads(line) for line in proxy.log().splitlines()
                      if line.startswith("{") and '"request_done"' in line]
