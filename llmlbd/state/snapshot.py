@@ -8,8 +8,17 @@ from llmlbd.config.loader import Backend
 from llmlbd.policy.framework import BackendState
 from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
+from llmlbd.state.scripts import ScriptSet
 
 __all__ = ["read_pool"]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[BackendState]:
@@ -18,14 +27,10 @@ def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[
     Metric age uses Redis's clock (TIME), the clock the collector's
     `scraped_at` is compared with, so no host's clock skew matters.
     """
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.hgetall(keys.inflight)
-    pipe.smembers(keys.drained)
-    for backend in backends:
-        pipe.hgetall(keys.backend(backend.name))
-    (seconds, micros), inflight, drained, *hashes = pipe.execute()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    reply = ScriptSet(client).snapshot(
+        keys=[keys.inflight, keys.drained, *(keys.backend(b.name) for b in backends)])
+    now_ms, inflight, drained = int(reply[0]), _pairs(reply[1]), set(map(_text, reply[2]))
+    hashes = [_pairs(flat) for flat in reply[3:]]
     states = []
     for backend, metrics in zip(backends, hashes):
         scraped_at = metrics.get(F.SCRAPED_AT)
