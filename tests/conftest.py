@@ -11,14 +11,17 @@ from llmlbd.embedded import EmbeddedRedis
 from tests.harness import free_port
 
 
+def _real_redis():
+    """A real Redis-compatible server on a free TCP port, stopped afterwards."""
+    with EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="llmlbd-test-redis-"),
+                       port=free_port()) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def redis_server():
-    """One real Redis-compatible server for the session, on a free TCP port."""
-    server = EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="llmlbd-test-redis-"),
-                           port=free_port())
-    server.start()
-    yield server
-    server.stop()
+    """One server for the whole session."""
+    yield from _real_redis()
 
 
 @pytest.fixture
@@ -41,11 +44,7 @@ def redis_client(redis_url):
 @pytest.fixture
 def private_redis():
     """A server of the test's own, which the test may kill and restart."""
-    server = EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="llmlbd-test-redis-"),
-                           port=free_port())
-    server.start()
-    yield server
-    server.stop()
+    yield from _real_redis()
 
 
 @pytest.fixture

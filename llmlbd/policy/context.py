@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmlbd.config.loader import Backend, Section
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
+
+if TYPE_CHECKING:
+    from llmlbd.request import RoutingRequest
 
 __all__ = ["PolicyContext"]
 
@@ -34,3 +37,13 @@ class PolicyContext:
 
     def candidates(self, exclude: frozenset[str]) -> list[Backend]:
         return [backend for backend in self.backends if backend.name not in exclude]
+
+    def candidates_or_raise(self, request: "RoutingRequest",
+                            exclude: frozenset[str]) -> list[Backend]:
+        """The backends not excluded; raise the client's error when there are none."""
+        from llmlbd.policy.outcomes import no_route
+
+        candidates = self.candidates(exclude)
+        if not candidates:
+            raise no_route("none" if exclude else "empty", request)
+        return candidates

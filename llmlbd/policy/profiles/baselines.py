@@ -33,9 +33,7 @@ class _InOrder:
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert ctx.leases is not None
-        candidates = ctx.candidates(exclude)
-        if not candidates:
-            raise no_route("none" if exclude else "empty", request)
+        candidates = ctx.candidates_or_raise(request, exclude)
         reasons = []
         for backend in self.order(candidates):
             reservation = ctx.leases.acquire(request.request_id, backend.name,

@@ -25,9 +25,7 @@ class GlobalLeastRequest:
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert ctx.leases is not None
-        candidates = ctx.candidates(exclude)
-        if not candidates:
-            raise no_route("none" if exclude else "empty", request)
+        candidates = ctx.candidates_or_raise(request, exclude)
         # Shuffled so that the script's "first minimum wins" is a uniform random tie-break.
         ctx.rng.shuffle(candidates)
         reservation = ctx.leases.acquire_least_request(
