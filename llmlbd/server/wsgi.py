@@ -128,7 +128,9 @@ class ProxyApp:
         return closed
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        self._idle_sockets.discard(environ.get("gunicorn.socket"))
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            self._idle_sockets.discard(sock)
         path = environ.get("PATH_INFO", "") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         try:
