@@ -5,7 +5,8 @@ Layout (all keys carry the pool's hash tag, see keys.py):
 - ``prefix:<hash>`` HASH backend -> last use (ms): the backends that served a
   prompt starting with the prefix whose chained hash is ``<hash>``. The key's
   TTL (``redisKeyTTL``) is refreshed on every use, and a field older than the
-  TTL counts as absent (another backend may keep the key alive).
+  TTL counts as absent (another backend may keep the key alive). The field
+  ``#`` (`BRANCH_FIELD`) counts the prompts that branched off after this prefix.
 - ``prefix_owned:<backend>`` ZSET hash -> last use (ms): the entries of one
   backend, capped to about the size of its KV cache. When the cap pops
   entries, their fields are removed by this worker's *next* acquire, which
@@ -22,7 +23,10 @@ from typing import Any, Sequence
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
 
-__all__ = ["PrefixParams", "PrefixReservation", "PrefixIndex"]
+__all__ = ["PrefixParams", "PrefixReservation", "PrefixIndex", "BRANCH_FIELD", "holders"]
+
+# Field of a prefix HASH counting the prompts that branched off after it (not a backend).
+BRANCH_FIELD = "#"
 
 # Evicted entries sent along with one acquire, and kept waiting per worker.
 EVICTIONS_PER_CALL = 256
@@ -53,6 +57,12 @@ class PrefixReservation:
     best_backend: str = ""
     healed: int = 0
     evicted: list[tuple[str, str]] = field(default_factory=list)
+
+
+def holders(fields: dict[str, str]) -> dict[str, int]:
+    """Backend -> last use (ms) from a prefix HASH's HGETALL (for llmlbctl and tests)."""
+    return {name: int(float(used)) for name, used in fields.items()
+            if not name.startswith(BRANCH_FIELD)}
 
 
 def _text(value: Any) -> str:

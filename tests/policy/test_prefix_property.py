@@ -9,14 +9,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmlbd.errors import NoBackend
+from llmlbd.state.prefix import holders as prefix_holders
 from tests.policy.test_prefix_policy import chat, conversation, make_policy
 
 POOL = ["b0", "b1", "b2", "b3"]
 
 
 def holders(fields):
-    """Backend fields of a prefix HASH (without the '#' branch counter)."""
-    return {name for name in fields if not name.startswith("#")}
+    """Backend names of a prefix HASH (without the '#' branch counter)."""
+    return set(prefix_holders(fields))
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("request"), st.integers(0, 5)),
