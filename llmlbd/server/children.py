@@ -4,6 +4,7 @@ one that died; they die with llmlbd (PR_SET_PDEATHSIG)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -64,6 +65,9 @@ class CommandChild(Child):
                  ready: Callable[[], bool] | None = None, ready_timeout_s: float = 20.0) -> None:
         self.name = name
         self.args = args
+        # Only the master talks to systemd (NotifyAccess=main): a child that saw
+        # NOTIFY_SOCKET would send READY=1 that systemd rejects with a warning.
+        self.env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
         self.ready = ready
         self.ready_timeout_s = ready_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
@@ -71,7 +75,7 @@ class CommandChild(Child):
     def start(self) -> None:
         # Output goes to our stderr, so journald keeps it with llmlbd's own lines.
         self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
-                                        stdout=sys.stderr, stderr=sys.stderr,
+                                        stdout=sys.stderr, stderr=sys.stderr, env=self.env,
                                         preexec_fn=_die_with_parent)
         if self.ready is None:
             return
