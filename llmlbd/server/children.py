@@ -66,8 +66,10 @@ class CommandChild(Child):
         self.name = name
         self.args = args
         # Only the master talks to systemd (NotifyAccess=main): a child that saw
-        # NOTIFY_SOCKET would send READY=1 that systemd rejects with a warning.
-        self.env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+        # NOTIFY_SOCKET would send READY=1 that systemd rejects with a warning. And a
+        # child's own Prometheus metrics must not land in the proxy workers' files.
+        self.env = {key: value for key, value in os.environ.items()
+                    if key not in ("NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR")}
         self.ready = ready
         self.ready_timeout_s = ready_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
