@@ -1,7 +1,9 @@
 """Direct vs through llmlbd, against the same fast local backend, measured in one run.
 
-For each of non-streaming and streaming requests at each concurrency (32 and
-256 clients by default), the same load generator drives the backend directly
+For each of non-streaming and streaming requests at each concurrency (1, 32
+and 256 clients by default; closed loop, so at 32 and 256 the machine is
+saturated and latency is mostly queueing, while 1 client shows the latency
+llmlbd adds by itself), the same load generator drives the backend directly
 and then through llmlbd (global_least_request, gunicorn + gevent workers,
 real Redis): requests/s, latency p50/p99, TTFT p50/p99 and the llmlbd/direct
 ratio. The client is gevent on raw keep-alive sockets so that it costs less
@@ -148,7 +150,8 @@ def run_load(port: int, body: str, concurrency: int, seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256],
+                        help="clients; 1 shows the added latency alone, without queueing")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--write-docs", action="store_true",
                         help="replace the '## Proxy overhead' section of docs/benchmarks.md")
