@@ -12,7 +12,8 @@ from typing import Any, Iterator
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["REQUESTS", "DECISION_SECONDS", "UPSTREAM_TTFB_SECONDS", "UPSTREAM_SECONDS",
-           "RETRIES", "FALLBACKS", "REDIS_ERRORS", "REDIS_SECONDS", "SHED", "INFLIGHT",
+           "RETRIES", "FALLBACKS", "REDIS_ERRORS", "REDIS_SECONDS", "PREFIX_BLOCKS", "SHED",
+           "INFLIGHT",
            "Observer", "PoolCollector"]
 
 REQUESTS = Counter("llmlbd_requests_total", "Requests answered, by backend, policy and status.",
@@ -36,6 +37,11 @@ REDIS_ERRORS = Counter("llmlbd_redis_errors_total", "Redis calls that failed, by
 REDIS_SECONDS = Histogram(
     "llmlbd_redis_seconds", "Redis round trips on the request path, by operation (pick, release).",
     ["op"], buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5))
+PREFIX_BLOCKS = Counter(
+    "llmlbd_prefix_blocks_total",
+    "Prompt blocks in prefix_cache decisions (kind=prompt) and how many of them matched a "
+    "cached prefix on the chosen backend (kind=matched): matched/prompt is the hit ratio.",
+    ["kind"])
 SHED = Counter("llmlbd_shed_total", "Requests refused with 429, by reason.", ["reason"])
 INFLIGHT = Gauge("llmlbd_worker_inflight", "Requests this worker is forwarding now.",
                  multiprocess_mode="livesum")
@@ -52,6 +58,12 @@ class Observer:
 
     def fallback(self) -> None:
         FALLBACKS.inc()
+
+    def decided(self, details: dict[str, Any]) -> None:
+        """What a policy reported about its choice (Decision.details)."""
+        if "prompt_blocks" in details:
+            PREFIX_BLOCKS.labels("prompt").inc(details["prompt_blocks"])
+            PREFIX_BLOCKS.labels("matched").inc(details.get("matched_blocks", 0))
 
 
 class PoolCollector:

@@ -69,6 +69,7 @@ class Router:
                 self.breaker.success()
                 if self.observer:
                     self.observer.redis_call("pick", time.perf_counter() - started)
+                    self.observer.decided(decision.details)
                 return decision
         if self.observer:
             self.observer.fallback()

@@ -303,7 +303,8 @@ class ProxyApp:
                  stream=request.stream, backend=backend, policy=policy,
                  reason=decision.reason if decision else "", status=status, bytes=size,
                  ttfb_ms=round(ttfb * 1000, 2) if ttfb is not None else None,
-                 duration_ms=duration_ms, outcome=outcome)
+                 duration_ms=duration_ms, outcome=outcome,
+                 decision=decision.details if decision and decision.details else None)
 
 
 class ProxiedResponse:

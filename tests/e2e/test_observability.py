@@ -64,3 +64,26 @@ def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
             assert line["client_request_id"] == "client-42"
             assert line["outcome"] == "complete" and line["status"] == 200
             assert SECRET not in proxy.log()
+
+
+def test_prefix_hit_ratio_and_decision_details(redis_server):
+    """prefix_cache decisions feed llmlbd_prefix_blocks_total and the request log says why."""
+    with StubBackends(2) as stubs:
+        config = {"redis": {"url": redis_server.url}, "backends": stubs.config(),
+                  "server": {"pool": "prefixobs"}, "lb_policy": "prefix_cache",
+                  "collector": {"enabled": False}}
+        with LLMLBD(config, workers=1) as proxy:
+            messages = [{"role": "system", "content": "You are terse. " * 40}]
+            for turn in range(3):
+                messages.append({"role": "user", "content": f"question {turn} " * 20})
+                r = requests.post(f"{proxy.url}/v1/chat/completions",
+                                  json={"model": "stub-model", "messages": messages})
+                assert r.status_code == 200
+                messages.append({"role": "assistant", "content": f"answer {turn} " * 20})
+            blocks = samples(requests.get(f"{proxy.url}/metrics").text,
+                             "llmlbd_prefix_blocks_total")
+            prompt, matched = blocks[(("kind", "prompt"),)], blocks[(("kind", "matched"),)]
+            assert 0 < matched < prompt  # turns 2 and 3 matched what turn 1 and 2 left
+            lines = [json.loads(line) for line in proxy.log().splitlines()
+                     if line.startswith("{") and '"request_done"' in line]
+            assert [line["decision"]["matched_blocks"] > 0 for line in lines] == [False, True, True]
