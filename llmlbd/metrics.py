@@ -66,6 +66,14 @@ class Observer:
             PREFIX_BLOCKS.labels("matched").inc(details.get("matched_blocks", 0))
 
 
+# Gauges PoolCollector exposes (name -> help), read from Redis at scrape time.
+POOL_GAUGES = {
+    "llmlbd_backend_inflight": "Requests in flight per backend, across every replica.",
+    "llmlbd_backend_usable": "1 when the backend takes new requests (not drained, not down).",
+    "llmlbd_backend_metrics_age_seconds": "Age of the collector's metrics for the backend.",
+}
+
+
 class PoolCollector:
     """The pool as Redis sees it, read at scrape time: one truth for every worker and replica.
 
@@ -84,15 +92,8 @@ class PoolCollector:
             states = read_pool(self.client, self.keys, self.backends)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
             return
-        inflight = GaugeMetricFamily("llmlbd_backend_inflight",
-                                     "Requests in flight per backend, across every replica.",
-                                     labels=["backend"])
-        usable = GaugeMetricFamily("llmlbd_backend_usable",
-                                   "1 when the backend takes new requests (not drained, not down).",
-                                   labels=["backend"])
-        age = GaugeMetricFamily("llmlbd_backend_metrics_age_seconds",
-                                "Age of the collector's metrics for the backend.",
-                                labels=["backend"])
+        inflight, usable, age = (GaugeMetricFamily(name, doc, labels=["backend"])
+                                 for name, doc in POOL_GAUGES.items())
         for state in states:
             inflight.add_metric([state.name], state.inflight)
             down = state.metrics.get("health") == "down"

@@ -20,7 +20,7 @@ def exposed_names() -> set[str]:
         if isinstance(value, MetricWrapperBase):
             for metric in value.describe():
                 names |= {metric.name + suffix for suffix in SUFFIXES.get(metric.type, [""])}
-    return names
+    return names | set(metrics.POOL_GAUGES)
 
 
 def test_dashboard_uses_only_declared_metrics():
