@@ -1,13 +1,14 @@
 """least_busy vs global_least_request vs round_robin on a heterogeneous simulated fleet.
 
-    python bench/least_busy_bench.py            # about 4 minutes on 2 cores
+    python bench/least_busy_bench.py            # about 7 minutes on 2 cores
     python bench/least_busy_bench.py --quick    # one rate, a smoke run
 
 Starts a real Redis-compatible server, 8 ``llmlbd sim`` servers (6 on the
 h100 profile and 2 on the much slower l4 profile, all with few running
 slots so that queues form at loads a 2-core machine can generate), the
-collector daemon, and for each policy a real ``llmlbd start`` (2 gevent
-workers). For each policy and each request rate, an open-loop Poisson client
+collector daemon and a real ``llmlbd start`` (2 gevent workers), all fresh for
+each (policy, rate) run so that no run inherits another's queues; the three
+policies run each rate back to back. In each run an open-loop Poisson client
 sends streaming chat requests, a mix of critical and sheddable (header
 ``x-llmlbd-criticality``), and measures each request's time to first token
 (TTFT: first SSE data line) and status. Reported per policy and rate:
@@ -35,7 +36,6 @@ import socket  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
@@ -108,9 +108,15 @@ def run_rate(port: int, rate: float, seconds: float, critical_share: float, max_
             "messages": [{"role": "user", "content": f"request {seed}-{index}: " + "word " * 40}],
         }).encode()
         index += 1
-        greenlets.append(gevent.spawn(lambda b=body, c=critical: results.append(
-            one_request(port, b, c, timeout))))
-    gevent.joinall(greenlets, timeout=timeout + 5)
+        greenlets.append((gevent.spawn(lambda b=body, c=critical: results.append(
+            one_request(port, b, c, timeout))), critical))
+    gevent.joinall([greenlet for greenlet, _ in greenlets], timeout=timeout + 5)
+    # A request still unanswered (the socket timeout is per read) counts as a timeout.
+    for greenlet, critical in greenlets:
+        if not greenlet.dead:
+            greenlet.kill(block=False)
+            results.append({"status": -2, "ttft": None, "total": timeout + 5,
+                            "critical": critical})
     return results
 
 
@@ -141,20 +147,6 @@ def summarize(results: list[dict], seconds: float, slo: float) -> dict:
                       if sheddable else 0.0),
         "critical_shed": sum(1 for r in results if r["critical"] and r["status"] == 429),
     }
-
-
-def wait_idle(fleet: SimFleet, timeout: float = 60.0) -> None:
-    """Until every server has nothing running or waiting (so runs do not overlap)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = 0
-        for url in fleet.urls:
-            with urllib.request.urlopen(url + "/debug/state", timeout=5) as response:
-                state = json.load(response)
-            busy += state["num_requests_running"] + state["num_requests_waiting"]
-        if not busy:
-            return
-        time.sleep(0.2)
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -195,11 +187,64 @@ def write_section(text: str) -> Path:
     return path
 
 
+def wait_for_metrics(url: str, names: list[str], timeout: float = 20.0) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if all(client.hget(f"llmlb:{{default}}:backend:{name}", "waiting") is not None
+                   for name in names):
+                return
+            time.sleep(0.1)
+        raise SystemExit("the collector published no metrics within 20 s")
+    finally:
+        client.close()
+
+
+def run_once(policy: str, rate: float, servers: list[dict], redis_url: str,
+             args: argparse.Namespace) -> dict:
+    """One policy at one rate on a fresh fleet, collector and proxy sharing a flushed Redis."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    with SimFleet(len(servers), servers=servers, time_scale=args.time_scale) as fleet:
+        backends = [{"name": n, "url": u} for n, u in zip(fleet.names, fleet.urls)]
+        handle, collector_path = tempfile.mkstemp(prefix="lb-bench-collector-", suffix=".yaml")
+        with os.fdopen(handle, "w") as out:
+            yaml.safe_dump({"redis": {"url": redis_url}, "collector": COLLECTOR,
+                            "backends": backends}, out)
+        collector = Proc(python_module("collector", "--config", collector_path),
+                         name="collector")
+        try:
+            config = {"redis": {"url": redis_url}, "backends": backends, "lb_policy": policy,
+                      "collector": {"enabled": False},
+                      "logging": {"level": "info", "access_log": False}}
+            with LLMLBD(config, workers=2, name=f"llmlbd-{policy}") as proxy:
+                wait_for_metrics(redis_url, fleet.names)
+                results = run_rate(proxy.port, rate, args.seconds, args.critical_share,
+                                   args.max_tokens, args.seed + int(rate * 100), args.timeout)
+                summary = summarize(results, args.seconds, args.slo_ttft_s)
+                summary["load_avg_1m"] = os.getloadavg()[0]
+                dead = [name for name, proc in zip(fleet.names, fleet.procs)
+                        if proc.popen.poll() is not None]
+                if dead:
+                    raise SystemExit(f"simulated servers died during the run: {dead} "
+                                     "(killed from outside?); results are void")
+                return summary
+        finally:
+            collector.stop()
+            os.unlink(collector_path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="4,8,12,16",
+    parser.add_argument("--rates", default="4,12,16,20",
                         help="request rates to run, comma-separated (req/s)")
-    parser.add_argument("--seconds", type=float, default=12.0, help="duration of each rate")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
     parser.add_argument("--critical-share", type=float, default=0.3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-num-seqs", type=int, default=2,
@@ -211,7 +256,8 @@ def main() -> None:
                              "long, so the fleet saturates at rates a 2-core machine can drive)")
     parser.add_argument("--slo-ttft-s", type=float, default=1.0,
                         help="a request counts toward goodput when its TTFT is at most this")
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="a request not answered by then counts as an error")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--quick", action="store_true", help="one rate, 6 s: a smoke run")
@@ -230,47 +276,17 @@ def main() -> None:
     started = time.monotonic()
     try:
         servers = fleet_servers(args.slow, args.servers, args.max_num_seqs)
-        with SimFleet(args.servers, servers=servers, time_scale=args.time_scale) as fleet:
-            backends = [{"name": n, "url": u} for n, u in zip(fleet.names, fleet.urls)]
-            handle, collector_path = tempfile.mkstemp(prefix="lb-bench-collector-", suffix=".yaml")
-            with os.fdopen(handle, "w") as out:
-                yaml.safe_dump({"redis": {"url": redis_server.url}, "collector": COLLECTOR,
-                                "backends": backends}, out)
-            collector = Proc(python_module("collector", "--config", collector_path),
-                             name="collector")
-            try:
-                proxies: dict[str, LLMLBD] = {}
-                try:
-                    for policy in policies:
-                        config = {"redis": {"url": redis_server.url}, "backends": backends,
-                                  "lb_policy": policy, "collector": {"enabled": False},
-                                  "logging": {"level": "info", "access_log": False}}
-                        proxies[policy] = LLMLBD(config, workers=2, name=f"llmlbd-{policy}")
-                    # Every policy runs each rate back to back (order rotated per rate), so a
-                    # background load that changes over minutes weighs on all of them alike.
-                    for turn, rate in enumerate(rates):
-                        order = policies[turn % len(policies):] + policies[:turn % len(policies)]
-                        for policy in order:
-                            wait_idle(fleet)
-                            results = run_rate(proxies[policy].port, rate, args.seconds,
-                                               args.critical_share, args.max_tokens,
-                                               args.seed + int(rate * 100), args.timeout)
-                            summary = summarize(results, args.seconds, args.slo_ttft_s)
-                            summary["load_avg_1m"] = os.getloadavg()[0]
-                            dead = [name for name, proc in zip(fleet.names, fleet.procs)
-                                    if proc.popen.poll() is not None]
-                            if dead:
-                                raise SystemExit(f"simulated servers died during the run: {dead} "
-                                                 "(killed from outside?); results are void")
-                            rows.append({"policy": policy, "rate": rate, "summary": summary})
-                            print(json.dumps({"policy": policy, "rate": rate, **{
-                                k: (round(v, 3) if isinstance(v, float) else v)
-                                for k, v in summary.items()}}), flush=True)
-                finally:
-                    for proxy in proxies.values():
-                        proxy.stop()
-            finally:
-                collector.stop()
+        # Every policy runs each rate back to back (order rotated per rate), so a background
+        # load that changes over minutes weighs on all of them alike; each run gets a fresh
+        # fleet, collector and proxy, so no run inherits another's queues.
+        for turn, rate in enumerate(rates):
+            order = policies[turn % len(policies):] + policies[:turn % len(policies)]
+            for policy in order:
+                summary = run_once(policy, rate, servers, redis_server.url, args)
+                rows.append({"policy": policy, "rate": rate, "summary": summary})
+                print(json.dumps({"policy": policy, "rate": rate, **{
+                    k: (round(v, 3) if isinstance(v, float) else v)
+                    for k, v in summary.items()}}), flush=True)
     finally:
         redis_server.stop()
     wall = time.monotonic() - started
