@@ -75,6 +75,7 @@ class Load:
         self.headers_for = headers_for
         self.max_tokens = max_tokens
         self.statuses: dict[str, Counter[int]] = {}
+        self.shed_sample: tuple[dict, dict] | None = None
         self.lock = threading.Lock()
 
     def _client(self, index: int, deadline: float) -> None:
@@ -85,8 +86,11 @@ class Load:
                            "messages": [{"role": "user", "content": f"client {index} says hi"}]})
         while time.monotonic() < deadline:
             try:
-                status = session.post(f"{self.url}/v1/chat/completions", data=body,
-                                      headers=headers, timeout=30).status_code
+                response = session.post(f"{self.url}/v1/chat/completions", data=body,
+                                        headers=headers, timeout=30)
+                status = response.status_code
+                if status == 429 and self.shed_sample is None:
+                    self.shed_sample = (dict(response.headers), response.json())
             except requests.RequestException:
                 status = -1
             with self.lock:
@@ -145,7 +149,9 @@ def test_sheddable_shed_first_critical_never(redis_url, redis_client) -> None:
     """Saturated: sheddable requests get 429 with Retry-After; critical ones all get 200."""
     with SimFleet(4, servers=SERVERS, time_scale=1.0) as fleet, \
             Collector(redis_url, fleet):
-        config = proxy_config(redis_url, fleet, "least_busy")
+        # 36 clients on 20 running slots leave about 4 waiting per server: a threshold of 2
+        # (default 5) makes "every backend is queuing" happen often within a few seconds.
+        config = proxy_config(redis_url, fleet, "least_busy", queueThresholdCritical=2)
         with LLMLBD(config, workers=2) as proxy:
             wait_for_metrics(redis_client, fleet)
             shed = requests.post(f"{proxy.url}/v1/chat/completions", timeout=10, json={
@@ -159,3 +165,6 @@ def test_sheddable_shed_first_critical_never(redis_url, redis_client) -> None:
     print("critical:", dict(critical), "sheddable:", dict(sheddable))
     assert set(critical) == {200}, critical
     assert sheddable[429] > 0 and sheddable[200] > 0, sheddable
+    headers, body = load.shed_sample
+    assert int(headers["Retry-After"]) >= 1
+    assert body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "shed"
