@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmlbd.config.loader import Backend, ConfigError, config_from_dict
 from llmlbd.policy import filters as filters_pkg
@@ -16,7 +18,9 @@ from llmlbd.policy.criticality import resolve_criticality
 from llmlbd.policy.decision_tree import Node, TreeRequest, run_tree
 from llmlbd.policy.filters import FILTERS
 from llmlbd.policy.filters.fresh_metrics import LOAD_FIELDS
+from llmlbd.policy.filters._load import queue
 from llmlbd.policy.framework import BackendState, Filter, FilterResult
+from llmlbd.policy.profiles.least_busy import build_tree
 from llmlbd.request import RoutingRequest
 
 DATA = Path(__file__).parent / "data" / "least_busy_filters.yaml"
@@ -226,3 +230,36 @@ class TestConfig:
             "rate_limit": 0.6}})
         assert config.lb_policy == "least_busy"
         assert config.lb_config.rate_limit == 0.6
+
+
+# --- properties of the whole tree, on random pools -----------------------------------------
+
+_backend = st.fixed_dictionaries({
+    "waiting": st.integers(0, 300), "running": st.integers(0, 300),
+    "kv_usage": st.sampled_from([0.0, 0.1, 0.5, 0.79, 0.8, 0.81, 1.0]),
+    "inflight": st.integers(0, 400),
+    "lora_running": st.sampled_from(["", "x", "y", "x,y"]), "max_lora": st.integers(0, 2),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(pool=st.lists(_backend, min_size=1, max_size=6),
+       level=st.sampled_from(["critical", "standard", "sheddable"]),
+       model=st.sampled_from(["x", "base"]))
+def test_tree_properties(pool, level, model) -> None:
+    """Survivors come from the input; critical is never shed; a shed means no capacity."""
+    lb = config_from_dict({"lb_policy": "least_busy"}).lb_config
+    tree = build_tree(lb, random.Random(3))
+    states = make_states({f"b{i}": spec for i, spec in enumerate(pool)})
+    request = TreeRequest("r", "POST", "/v1/completions", model=model, criticality=level,
+                          pool_adapters=frozenset().union(*(
+                              set(s.names("lora_running")) for s in states)))
+    outcome = run_tree(tree, request, states)
+    names = {s.name for s in states}
+    assert {s.name for s in outcome.survivors} <= names
+    assert bool(outcome.survivors) != outcome.shed
+    if level == "critical":
+        assert outcome.survivors and not outcome.shed
+    if outcome.shed:
+        assert all(queue(s) > lb.queueThresholdCritical or float(s.metrics["kv_usage"]) > 0.8
+                   for s in states)
