@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import click
@@ -31,7 +32,7 @@ def watch_command(ctl: Ctl, interval: float, count: int | None, as_json: bool) -
     import redis
 
     shown = 0
-    clear = not as_json and click.get_text_stream("stdout").isatty()
+    clear = not as_json and sys.stdout.isatty()
     try:
         while count is None or shown < count:
             try:
