@@ -231,7 +231,6 @@ def run_one(policy_name: str, rate: float, args: argparse.Namespace, redis_url: 
         policy = Oracle(ctx, urls, session) if policy_name == "oracle" else \
             load_policy_class(policy_name)(ctx)
 
-        rng = random.Random(seed)
         systems = [text(random.Random(seed * 100 + i), args.system_words)
                    for i in range(args.system_prompts)]
         count = args.users or max(32, int(rate * args.users_per_rate))

@@ -12,7 +12,6 @@ back to the config's seed.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Sequence
 
 import redis

@@ -12,31 +12,29 @@ import socket
 import time
 import uuid
 import weakref
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import gevent
 import structlog
 
 from llmlbd import metrics
-from llmlbd.config.loader import Backend, Config
+from llmlbd.config.loader import Config
 from llmlbd.errors import (BadRequest, BodyTooLarge, LLMLBError, MethodNotAllowed,
                            NoBackend, RouteNotFound, UpstreamFailed, UpstreamTimeout)
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
 from llmlbd.server import models_union
-from llmlbd.server.forward import (BodyError, ConnectFailure, Response, UpstreamReadTimeout,
-                                   request_headers, response_headers)
+from llmlbd.server.forward import ConnectFailure, UpstreamReadTimeout, request_headers
 from llmlbd.server.parse import parse_request
-from llmlbd.server.responses import (StartResponse, error_response, json_response,
-                                     sse_error_event)
+from llmlbd.server.relay import BACKEND_HEADER, ProxiedResponse
+from llmlbd.server.responses import StartResponse, error_response, json_response
 from llmlbd.server.runtime import WorkerRuntime
 
 __all__ = ["ProxyApp", "BACKEND_HEADER"]
 
 log = structlog.get_logger("llmlbd.proxy")
 
-BACKEND_HEADER = "x-llmlbd-backend"
 # A backend answering one of these before any byte reached the client is
 # overloaded or broken: another backend may serve the request.
 RETRY_STATUSES = frozenset({502, 503})
@@ -305,70 +303,3 @@ class ProxyApp:
                  ttfb_ms=round(ttfb * 1000, 2) if ttfb is not None else None,
                  duration_ms=duration_ms, outcome=outcome,
                  decision=decision.details if decision and decision.details else None)
-
-
-class ProxiedResponse:
-    """The response body as a WSGI iterable; `close()` releases the lease exactly once.
-
-    gunicorn calls close() on every path: after the last chunk, when writing
-    to a disconnected client fails, and when the worker stops.
-    """
-
-    def __init__(self, app: ProxyApp, request: RoutingRequest, decision: Decision,
-                 upstream: Response, sent_at: float) -> None:
-        self.app = app
-        self.request = request
-        self.decision = decision
-        self.upstream = upstream
-        self.sent_at = sent_at
-        self.size = 0
-        self.ttfb: float | None = None
-        self.outcome = "client_disconnect"
-        self.closed = False
-        content_type = upstream.header("content-type") or ""
-        self.is_sse = content_type.startswith("text/event-stream")
-        metrics.INFLIGHT.inc()
-
-    def headers(self) -> list[tuple[str, str]]:
-        headers = response_headers(self.upstream)
-        if self.app.backend_header:
-            headers.append((BACKEND_HEADER, self.decision.backend.name))
-        return headers
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self.is_sse or self.upstream.length is None:
-            yield b""  # send the status line and headers now, before the first token
-        try:
-            for chunk in self.upstream.iter_body():
-                if self.ttfb is None:
-                    self.ttfb = time.perf_counter() - self.sent_at
-                    metrics.UPSTREAM_TTFB_SECONDS.labels(self.decision.backend.name).observe(self.ttfb)
-                self.size += len(chunk)
-                yield chunk
-        except BodyError as exc:
-            # Bytes already reached the client: no retry is possible now.
-            self.outcome = "upstream_error"
-            log.warning("upstream_broke_mid_response", request_id=self.request.request_id,
-                        backend=self.decision.backend.name, error=str(exc), bytes=self.size)
-            if self.is_sse:
-                yield sse_error_event(f"backend {self.decision.backend.name} failed "
-                                      "mid-stream; the response is incomplete")
-            return
-        self.outcome = "complete"
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            # Pools the connection after a whole body; otherwise closing it tells
-            # the backend to stop generating.
-            self.upstream.release()
-        finally:
-            metrics.INFLIGHT.dec()
-            assert self.app.runtime is not None
-            self.app.runtime.router.release(self.decision)
-            metrics.UPSTREAM_SECONDS.labels(self.decision.backend.name).observe(
-                time.perf_counter() - self.sent_at)
-            self.app._log_request(self.request, self.decision, self.upstream.status, self.size,
-                                  self.sent_at, self.ttfb, self.outcome)

@@ -81,7 +81,8 @@ class PoolKeys:
 
     # prefix_cache state ------------------------------------------------------
     def prefix(self, block_hash: str) -> str:
-        """STRING: the backend that last served the prefix ending in *block_hash*."""
+        """HASH backend -> last use (ms) of the prefix ending in *block_hash*; field `#`
+        counts the prompts that branched off after it (see docs/policies/prefix_cache.md)."""
         return f"{self._base}:prefix:{block_hash}"
 
     def prefix_pattern(self) -> str:
