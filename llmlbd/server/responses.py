@@ -11,20 +11,25 @@ StartResponse = Callable[..., Any]
 
 
 def json_response(start_response: StartResponse, status: int, payload: Any,
-                  extra_headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+                  extra_headers: Iterable[tuple[str, str]] = (), exc_info: Any = None) -> list[bytes]:
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                *extra_headers]
-    start_response(_status_line(status), headers)
+    if exc_info is None:
+        start_response(_status_line(status), headers)
+    else:
+        # WSGI: replaces a status and headers that were set but not yet sent.
+        start_response(_status_line(status), headers, exc_info)
     return [body]
 
 
 def error_response(start_response: StartResponse, error: LLMLBError,
-                   extra_headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+                   extra_headers: Iterable[tuple[str, str]] = (),
+                   exc_info: Any = None) -> list[bytes]:
     headers = list(extra_headers)
     if error.retry_after is not None:
         headers.append(("Retry-After", str(error.retry_after)))
-    return json_response(start_response, error.status, error.body(), headers)
+    return json_response(start_response, error.status, error.body(), headers, exc_info)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",

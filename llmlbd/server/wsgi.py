@@ -9,6 +9,7 @@ policy and connection pools (WorkerRuntime). Routing decisions go through
 from __future__ import annotations
 
 import socket
+import sys
 import time
 import uuid
 import weakref
@@ -32,6 +33,10 @@ from llmlbd.server.responses import StartResponse, error_response, json_response
 from llmlbd.server.runtime import WorkerRuntime
 
 __all__ = ["ProxyApp", "BACKEND_HEADER"]
+
+
+class HeadersRejected(UpstreamFailed):
+    """The backend's status line or headers cannot be passed on (invalid characters)."""
 
 log = structlog.get_logger("llmlbd.proxy")
 
@@ -148,7 +153,9 @@ class ProxyApp:
             metrics.REQUESTS.labels("", "", str(error.status)).inc()
             if error.status == 429:
                 metrics.SHED.labels(error.code).inc()
-            return error_response(start_response, error)
+            # After HeadersRejected, start_response was already called once.
+            exc_info = sys.exc_info() if isinstance(error, HeadersRejected) else None
+            return error_response(start_response, error, exc_info=exc_info)
         except Exception:  # noqa: BLE001 - the client gets JSON, the log gets the traceback
             log.exception("unhandled_error", path=path)
             return error_response(start_response, LLMLBError("internal error in llmlbd"))
@@ -281,8 +288,14 @@ class ProxyApp:
                 exclude.add(backend.name)
                 continue
             response = ProxiedResponse(self, request, decision, upstream, sent_at)
-            start_response(f"{upstream.status} {upstream.reason or ''}".strip(),
-                           response.headers())
+            try:
+                start_response(f"{upstream.status} {upstream.reason or ''}".strip(),
+                               response.headers())
+            except Exception as exc:  # noqa: BLE001 - e.g. gunicorn refusing a header
+                response.outcome = "bad_upstream_headers"
+                response.close()  # releases the lease
+                raise HeadersRejected(f"backend {backend.name} sent a response the server "
+                                      f"cannot relay: {exc}") from exc
             return response
         raise UpstreamFailed(
             f"every backend tried failed before responding ({'; '.join(failures)})")

@@ -218,3 +218,40 @@ class TestDeadBackends:
             assert response.status_code == 429
             assert response.headers["Retry-After"] == "1"
             assert error_of(response)["code"] == "max_request_count"
+
+
+def test_backend_headers_the_server_cannot_relay_give_502_and_leak_nothing(redis_server):
+    """A backend answering with a header gunicorn refuses to send: 502 JSON, lease released."""
+    import threading
+
+    import redis as redis_lib
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Bad\x01Name: v\r\nContent-Length: 2\r\n\r\nok")
+    threading.Thread(target=serve, daemon=True).start()
+    config = {"redis": {"url": redis_server.url}, "collector": {"enabled": False},
+              "server": {"pool": "badheaders"},
+              "backends": [{"url": f"http://127.0.0.1:{port}", "name": "odd"}]}
+    client = redis_lib.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        with LLMLBD(config, workers=1) as proxy:
+            response = requests.post(f"{proxy.url}/v1/chat/completions", json=CHAT)
+            assert response.status_code == 502
+            assert "cannot relay" in error_of(response)["message"]
+            assert client.hgetall("llmlb:{badheaders}:inflight") == {}
+            assert client.hlen("llmlb:{badheaders}:leases") == 0
+    finally:
+        listener.close()
+        client.close()
