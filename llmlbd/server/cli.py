@@ -59,7 +59,8 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
     """Run the proxy (gunicorn master + gevent workers) in the foreground.
 
     Stops gracefully on SIGTERM (in-flight requests finish within
-    server.graceful_timeout_s), re-reads its workers on SIGHUP.
+    server.graceful_timeout_s); SIGHUP re-reads the config file and replaces the
+    workers without dropping a stream (an invalid file is logged and ignored).
     """
     import yaml
 
