@@ -55,7 +55,8 @@ SETTINGS: list[Setting] = [
     Setting("server.graceful_timeout_s", 30.0, v.positive_float,
             "On SIGTERM or reload, how long in-flight requests may run before workers stop.", "s"),
     Setting("server.backend_header", True, v.boolean,
-            "Add `x-llmlbd-backend: <name>` to every proxied response."),
+            "Add `x-llmlbd-backend: <name>` and `x-llmlbd-request-id: <id>` (the id in the "
+            "log line and in `llmlbctl inspect request`) to every proxied response."),
     Setting("server.pool", "default", v.string,
             "Name of this fleet; replicas that share a pool name share their state."),
     Setting("server.lease_ttl_s", 5.0, v.positive_float,

@@ -22,11 +22,13 @@ from llmlbd.server.responses import sse_error_event
 if TYPE_CHECKING:
     from llmlbd.server.wsgi import ProxyApp
 
-__all__ = ["ProxiedResponse", "BACKEND_HEADER"]
+__all__ = ["ProxiedResponse", "BACKEND_HEADER", "REQUEST_ID_HEADER"]
 
 log = structlog.get_logger("llmlbd.proxy")
 
 BACKEND_HEADER = "x-llmlbd-backend"
+# The id in llmlbd's log line and in `llmlbctl inspect request ID`.
+REQUEST_ID_HEADER = "x-llmlbd-request-id"
 
 
 class ProxiedResponse:
@@ -55,6 +57,7 @@ class ProxiedResponse:
         headers = response_headers(self.upstream)
         if self.app.backend_header:
             headers.append((BACKEND_HEADER, self.decision.backend.name))
+            headers.append((REQUEST_ID_HEADER, self.request.request_id))
         return headers
 
     def __iter__(self) -> Iterator[bytes]:

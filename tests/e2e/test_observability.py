@@ -62,6 +62,8 @@ def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
                           "ttfb_ms", "duration_ms", "outcome", "timestamp", "level"):
                 assert field in line
             assert line["client_request_id"] == "client-42"
+            # The response names its log line (workers may log out of order).
+            assert r.headers["x-llmlbd-request-id"] in {line["request_id"] for line in lines}
             assert line["outcome"] == "complete" and line["status"] == 200
             assert SECRET not in proxy.log()
 
