@@ -65,6 +65,24 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message
     raise TimeoutError(f"{message} not reached within {timeout} s")
 
 
+def start_threads(count: int, target, *args) -> tuple[list, list]:
+    """Start *count* threads running target(*args, results, index); each stores its
+    outcome in results[index]. Returns (threads, results)."""
+    import threading
+
+    results: list = [None] * count
+    threads = [threading.Thread(target=target, args=(*args, results, index))
+               for index in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, results
+
+
+def join_all(threads: list) -> None:
+    for thread in threads:
+        thread.join()
+
+
 class Proc:
     """A child process whose output goes to a log file, stopped (and its group killed) on close."""
 

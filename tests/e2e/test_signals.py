@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import pytest
@@ -11,7 +10,7 @@ import redis
 import requests
 import yaml
 
-from tests.harness import LLMLBD, StubBackends, wait_until
+from tests.harness import LLMLBD, StubBackends, join_all, start_threads, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,11 +32,7 @@ def test_sighup_rereads_the_config_and_drops_no_stream(redis_server):
         config = {"redis": {"url": redis_server.url}, "server": {"pool": "reload"},
                   "backends": stubs.config()[:1], "collector": {"enabled": False}}
         with LLMLBD(config, workers=2) as proxy:
-            results: list = [None] * 8
-            threads = [threading.Thread(target=stream, args=(proxy.url, results, i))
-                       for i in range(8)]
-            for thread in threads:
-                thread.start()
+            threads, results = start_threads(8, stream, proxy.url)
             time.sleep(0.5)  # streams are mid-flight
             config["backends"] = stubs.config()[1:]
             with open(proxy.config_path, "w") as out:
@@ -52,8 +47,7 @@ def test_sighup_rereads_the_config_and_drops_no_stream(redis_server):
                                   json={**CHAT, "stream": False})
                 return r.headers.get("x-llmlbd-backend") == "stub-1"
             wait_until(new_workers_route_to_stub_1, timeout=15, message="new config in use")
-            for thread in threads:
-                thread.join()
+            join_all(threads)
             # 20 tokens + final chunk + [DONE], every one of them, on every stream.
             assert results == [(200, 22, True)] * 8
 
@@ -80,19 +74,14 @@ def test_sigterm_lets_streams_finish_and_releases_everything(redis_server):
                   "backends": stubs.config(), "collector": {"enabled": False}}
         proxy = LLMLBD(config, workers=2)
         try:
-            results: list = [None] * 6
-            threads = [threading.Thread(target=stream, args=(proxy.url, results, i))
-                       for i in range(6)]
-            for thread in threads:
-                thread.start()
+            threads, results = start_threads(6, stream, proxy.url)
             wait_until(lambda: len(client.hgetall("llmlb:{term}:leases")) == 6, timeout=10,
                        message="six streams in flight")
             proxy.proc.signal(signal.SIGTERM)
             time.sleep(1.5)  # gevent workers notice within their 1 s loop, then stop accepting
             with pytest.raises(requests.ConnectionError):
                 requests.get(f"{proxy.url}/healthz", timeout=2)  # no longer accepting
-            for thread in threads:
-                thread.join()
+            join_all(threads)
             assert results == [(200, 22, True)] * 6
             assert proxy.proc.popen.wait(15) == 0
             assert client.hgetall("llmlb:{term}:inflight") == {}
