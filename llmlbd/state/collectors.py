@@ -17,7 +17,7 @@ import socket
 from typing import Any, Mapping, Sequence
 
 from llmlbd.state.keys import PoolKeys
-from llmlbd.state.scripts import ScriptSet
+from llmlbd.state.scripts import ScriptSet, reply_text
 
 __all__ = ["CollectorLeases", "new_collector_id"]
 
@@ -27,9 +27,6 @@ def new_collector_id() -> str:
     host = socket.gethostname().replace(" ", "_") or "host"
     return f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class CollectorLeases:
@@ -50,7 +47,7 @@ class CollectorLeases:
         reply = self.scripts.collector_claim(
             keys=[k.collectors, k.scrape_owners],
             args=[self.collector_id, self.lease_ms, *backends])
-        return {_text(name) for name in reply}
+        return {reply_text(name) for name in reply}
 
     def publish(self, backend: str, fields: Mapping[str, str], delete: Sequence[str] = (),
                 scraped_age_ms: int | None = None, models_age_ms: int | None = None,
@@ -90,4 +87,4 @@ class CollectorLeases:
     def owners(self) -> dict[str, str]:
         """backend -> owning collector id (as recorded; expired entries included)."""
         raw = self.client.hgetall(self.keys.scrape_owners)
-        return {_text(b): _text(v).split(" ", 1)[0] for b, v in raw.items()}
+        return {reply_text(b): reply_text(v).split(" ", 1)[0] for b, v in raw.items()}

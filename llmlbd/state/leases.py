@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from llmlbd.state.keys import PoolKeys
-from llmlbd.state.scripts import ScriptSet
+from llmlbd.state.scripts import ScriptSet, reply_text
 
 __all__ = ["Reservation", "Leases", "new_worker_id", "reap"]
 
@@ -40,12 +40,9 @@ class Reservation:
     def from_reply(cls, reply: Sequence[Any]) -> "Reservation":
         first, second = reply[0], reply[1]
         if not first:
-            return cls(None, 0, _text(second))
-        return cls(_text(first), int(second))
+            return cls(None, 0, reply_text(second))
+        return cls(reply_text(first), int(second))
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Leases:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
+from llmlbd.state.scripts import reply_text
 
 __all__ = ["PrefixParams", "PrefixReservation", "PrefixIndex", "BRANCH_FIELD", "holders"]
 
@@ -65,9 +66,6 @@ def holders(fields: dict[str, str]) -> dict[str, int]:
             if not name.startswith(BRANCH_FIELD)}
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class PrefixIndex:
     """One pool's prefix index, bound to a worker's leases (and its pending evictions)."""
@@ -108,15 +106,15 @@ class PrefixIndex:
                           [], dry=True)
         reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
         if not reply[0]:
-            return {"choice": None, "reason": _text(reply[1]), "candidates": []}
+            return {"choice": None, "reason": reply_text(reply[1]), "candidates": []}
         rows = []
         for row in reply[2]:
-            name, status, matched, load, kv, occupancy = (_text(x) for x in row)
+            name, status, matched, load, kv, occupancy = (reply_text(x) for x in row)
             rows.append({"name": name, "status": status, "matched_blocks": int(matched),
                          "load": float(load) if load else None,
                          "kv_usage": float(kv) if kv else None,
                          "index_occupancy": float(occupancy) if occupancy else None})
-        return {"choice": _text(reply[0]), "reason": _text(reply[1]), "candidates": rows}
+        return {"choice": reply_text(reply[0]), "reason": reply_text(reply[1]), "candidates": rows}
 
     def acquire(self, request_id: str, names: Sequence[str], weights: Sequence[float],
                 excluded: Sequence[bool], hashes: Sequence[str], blocks: Sequence[int],
@@ -134,9 +132,10 @@ class PrefixIndex:
             raise
         if not reply[0]:
             self.pending.extendleft(reversed(evictions))
-            return PrefixReservation(None, 0, _text(reply[1]))
-        flat = [_text(x) for x in reply[7]]
+            return PrefixReservation(None, 0, reply_text(reply[1]))
+        flat = [reply_text(x) for x in reply[7]]
         evicted = list(zip(flat[0::2], flat[1::2]))
         self.pending.extend(evicted)
-        return PrefixReservation(_text(reply[0]), int(reply[1]), _text(reply[2]), int(reply[3]),
-                                 int(reply[4]), _text(reply[5]), int(reply[6]), evicted)
+        return PrefixReservation(reply_text(reply[0]), int(reply[1]), reply_text(reply[2]),
+                                 int(reply[3]), int(reply[4]), reply_text(reply[5]),
+                                 int(reply[6]), evicted)

@@ -12,7 +12,12 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["script_source", "ScriptSet"]
+__all__ = ["script_source", "ScriptSet", "reply_text"]
+
+
+def reply_text(value: Any) -> str:
+    """One element of a script's reply as text, whether the client decodes replies or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _read(name: str) -> str:

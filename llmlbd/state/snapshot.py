@@ -8,17 +8,14 @@ from llmlbd.config.loader import Backend
 from llmlbd.policy.framework import BackendState
 from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
-from llmlbd.state.scripts import ScriptSet
+from llmlbd.state.scripts import ScriptSet, reply_text
 
 __all__ = ["read_pool"]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return {reply_text(flat[i]): reply_text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[BackendState]:
@@ -29,7 +26,7 @@ def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[
     """
     reply = ScriptSet(client).snapshot(
         keys=[keys.inflight, keys.drained, *(keys.backend(b.name) for b in backends)])
-    now_ms, inflight, drained = int(reply[0]), _pairs(reply[1]), set(map(_text, reply[2]))
+    now_ms, inflight, drained = int(reply[0]), _pairs(reply[1]), set(map(reply_text, reply[2]))
     hashes = [_pairs(flat) for flat in reply[3:]]
     states = []
     for backend, metrics in zip(backends, hashes):
