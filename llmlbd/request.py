@@ -22,8 +22,3 @@ class RoutingRequest:
     priority: int | None = None
     cache_salt: str = ""
     headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def has_prompt(self) -> bool:
-        body = self.body or {}
-        return any(key in body for key in ("messages", "prompt", "input"))

@@ -46,10 +46,3 @@ def private_redis():
     """A server of the test's own, which the test may kill and restart."""
     yield from _real_redis()
 
-
-@pytest.fixture
-def stub_backends():
-    from tests.harness import StubBackends
-
-    with StubBackends(2) as backends:
-        yield backends
