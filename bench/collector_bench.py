@@ -52,8 +52,14 @@ def page_variants(count: int = 8) -> list[bytes]:
     for i in range(count):
         text = base
         for old, new in (
-            ('model_name="meta-llama/Llama-3.1-8B-Instruct"} 24.0', f'model_name="meta-llama/Llama-3.1-8B-Instruct"}} {20 + i}.0'),
-            ('model_name="meta-llama/Llama-3.1-8B-Instruct"} 3.0', f'model_name="meta-llama/Llama-3.1-8B-Instruct"}} {i}.0'),
+            (
+                'model_name="meta-llama/Llama-3.1-8B-Instruct"} 24.0',
+                f'model_name="meta-llama/Llama-3.1-8B-Instruct"}} {20 + i}.0',
+            ),
+            (
+                'model_name="meta-llama/Llama-3.1-8B-Instruct"} 3.0',
+                f'model_name="meta-llama/Llama-3.1-8B-Instruct"}} {i}.0',
+            ),
             ("0.41372052207403", f"0.4{i}372052207403"),
             ("3.280442e+06", f"3.28{i}442e+06"),
             ("1.31184e+06", f"1.31{i}84e+06"),
@@ -69,7 +75,9 @@ class FullParsePage:
 
     def __init__(self, text: str) -> None:
         from prometheus_client.parser import text_string_to_metric_families
+
         from collector.exposition import Sample
+
         self.by_name: dict[str, list] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -81,6 +89,7 @@ class FullParsePage:
 
 def full_read(text, plan, memo=None, learned=None):
     from collector.parse import read_page
+
     return read_page(FullParsePage(text), plan)
 
 
@@ -101,10 +110,15 @@ def parser_bench() -> dict[str, float]:
 
     memo, learned = ScanMemo(), {}
     results = {
-        "targeted, cold (no memo)": cpu_ms_per_page(lambda i: read_metrics(pages[i % 8], plan), 3000),
+        "targeted, cold (no memo)": cpu_ms_per_page(
+            lambda i: read_metrics(pages[i % 8], plan), 3000
+        ),
         "targeted, warm (per-backend memo)": cpu_ms_per_page(
-            lambda i: read_metrics(pages[i % 8], plan, memo, learned), 5000),
-        "prometheus_client full parse": cpu_ms_per_page(lambda i: full_read(pages[i % 8], plan), 60),
+            lambda i: read_metrics(pages[i % 8], plan, memo, learned), 5000
+        ),
+        "prometheus_client full parse": cpu_ms_per_page(
+            lambda i: full_read(pages[i % 8], plan), 60
+        ),
     }
     assert read_metrics(pages[1], plan).values == full_read(pages[1], plan).values
     return results
@@ -114,11 +128,16 @@ def parser_bench() -> dict[str, float]:
 def serve(count: int) -> None:
     """Serve /metrics, /health, /v1/models on *count* loopback ports; print the ports, run until killed."""
     variants = page_variants()
-    metrics = [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=1.0.0; charset=utf-8\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (len(v), v) for v in variants]
+    metrics = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=1.0.0; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(v), v)
+        for v in variants
+    ]
     models_body = MODELS.read_bytes()
-    models = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(models_body), models_body)
+    models = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(models_body), models_body)
+    )
     health = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
     sel = selectors.DefaultSelector()
     ports = []
@@ -131,7 +150,7 @@ def serve(count: int) -> None:
         ports.append(s.getsockname()[1])
     print(json.dumps(ports), flush=True)
     served = 0
-    state: dict[socket.socket, list] = {}   # conn -> [inbuf, outbuf]
+    state: dict[socket.socket, list] = {}  # conn -> [inbuf, outbuf]
 
     def close(conn):
         sel.unregister(conn)
@@ -181,7 +200,9 @@ def serve(count: int) -> None:
                 except ConnectionError:
                     close(sock)
                     continue
-                sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if st[1] else 0), True)
+                sel.modify(
+                    sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if st[1] else 0), True
+                )
 
 
 # -- part 2: the collector process ---------------------------------------------------
@@ -189,11 +210,14 @@ def run_collector_process(config: str, concurrency: str, parser: str) -> None:
     """The collector daemon, optionally with the full prometheus_client parse swapped in."""
     if concurrency == "gevent":
         from collector.cli import patch_for_gevent
+
         patch_for_gevent()
     if parser == "full":
         import collector.worker
+
         collector.worker.read_metrics = full_read
     from collector.daemon import main
+
     sys.exit(main(config, "bench"))
 
 
@@ -206,6 +230,7 @@ def scrape_counts(port: int) -> dict[str, float]:
     """The collector's own scrape counters, summed over backends: outcome -> count."""
     import requests
     from prometheus_client.parser import text_string_to_metric_families
+
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -228,9 +253,19 @@ return out
 """
 
 
-def end_to_end(redis_url: str, ports: list[int], concurrency: str, parser: str,
-               hz: float, warmup: float, seconds: float, server_pid: int, redis_pid: int | None) -> dict:
+def end_to_end(
+    redis_url: str,
+    ports: list[int],
+    concurrency: str,
+    parser: str,
+    hz: float,
+    warmup: float,
+    seconds: float,
+    server_pid: int,
+    redis_pid: int | None,
+) -> dict:
     import redis
+
     from tests.harness import free_port, wait_for_port
 
     metrics_port = free_port()
@@ -238,20 +273,30 @@ def end_to_end(redis_url: str, ports: list[int], concurrency: str, parser: str,
     config = {
         "redis": {"url": redis_url},
         "logging": {"level": "warning"},
-        "collector": {"interval_ms": int(1000 / hz), "timeout_ms": 1000, "health_interval_ms": 1000,
-                      "models_refresh_s": 5.0, "metrics_port": metrics_port},
+        "collector": {
+            "interval_ms": int(1000 / hz),
+            "timeout_ms": 1000,
+            "health_interval_ms": 1000,
+            "models_refresh_s": 5.0,
+            "metrics_port": metrics_port,
+        },
         "backends": [{"name": n, "url": f"http://127.0.0.1:{p}"} for n, p in zip(names, ports)],
     }
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        json.dump(config, f)   # JSON is YAML
+        json.dump(config, f)  # JSON is YAML
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushall()
-    proc = subprocess.Popen([sys.executable, __file__, "--collector", f.name, concurrency, parser],
-                            cwd=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--collector", f.name, concurrency, parser], cwd=str(ROOT)
+    )
     try:
         wait_for_port(metrics_port, timeout=30, process=proc)
         time.sleep(warmup)
-        cpu0 = cpu_seconds(proc.pid), cpu_seconds(server_pid), cpu_seconds(redis_pid) if redis_pid else 0.0
+        cpu0 = (
+            cpu_seconds(proc.pid),
+            cpu_seconds(server_pid),
+            cpu_seconds(redis_pid) if redis_pid else 0.0,
+        )
         counts0, t0 = scrape_counts(metrics_port), time.monotonic()
         ages: list[float] = []
         keys = [f"llmlb:{{default}}:backend:{n}" for n in names]
@@ -264,7 +309,11 @@ def end_to_end(redis_url: str, ports: list[int], concurrency: str, parser: str,
             time.sleep(0.02)
         elapsed = time.monotonic() - t0
         counts1 = scrape_counts(metrics_port)
-        cpu1 = cpu_seconds(proc.pid), cpu_seconds(server_pid), cpu_seconds(redis_pid) if redis_pid else 0.0
+        cpu1 = (
+            cpu_seconds(proc.pid),
+            cpu_seconds(server_pid),
+            cpu_seconds(redis_pid) if redis_pid else 0.0,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -275,9 +324,17 @@ def end_to_end(redis_url: str, ports: list[int], concurrency: str, parser: str,
         client.close()
         os.unlink(f.name)
     pages = counts1.get("ok", 0.0) - counts0.get("ok", 0.0)
-    failed = {k: v - counts0.get(k, 0.0) for k, v in counts1.items() if k != "ok" and v > counts0.get(k, 0.0)}
+    failed = {
+        k: v - counts0.get(k, 0.0)
+        for k, v in counts1.items()
+        if k != "ok" and v > counts0.get(k, 0.0)
+    }
     ages.sort()
-    pick = (lambda q: ages[min(len(ages) - 1, int(q * len(ages)))]) if ages else (lambda q: float("nan"))
+    pick = (
+        (lambda q: ages[min(len(ages) - 1, int(q * len(ages)))])
+        if ages
+        else (lambda q: float("nan"))
+    )
     cpu = [(b - a) / elapsed for a, b in zip(cpu0, cpu1)]
     return {
         "run": f"{'targeted' if parser == 'targeted' else 'prometheus_client'} + {concurrency}",
@@ -285,9 +342,13 @@ def end_to_end(redis_url: str, ports: list[int], concurrency: str, parser: str,
         "target_pages_per_s": len(ports) * hz,
         "collector_cpu_pct": cpu[0] * 100,
         "cpu_ms_per_page": cpu[0] * elapsed * 1000 / pages if pages else float("nan"),
-        "age_p50_ms": pick(0.50), "age_p99_ms": pick(0.99), "age_max_ms": ages[-1] if ages else float("nan"),
-        "age_samples": len(ages), "failed": failed,
-        "server_cpu_pct": cpu[1] * 100, "redis_cpu_pct": cpu[2] * 100,
+        "age_p50_ms": pick(0.50),
+        "age_p99_ms": pick(0.99),
+        "age_max_ms": ages[-1] if ages else float("nan"),
+        "age_samples": len(ages),
+        "failed": failed,
+        "server_cpu_pct": cpu[1] * 100,
+        "redis_cpu_pct": cpu[2] * 100,
     }
 
 
@@ -307,8 +368,10 @@ def main() -> None:
     if args.collector:
         return run_collector_process(*args.collector)
 
-    print(f"page: {PAGE.relative_to(ROOT)} ({PAGE.stat().st_size} bytes), python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"page: {PAGE.relative_to(ROOT)} ({PAGE.stat().st_size} bytes), python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     print("\nParser only (CPU ms per page, single thread):")
     for name, ms in parser_bench().items():
         print(f"  {name:38s} {ms:8.3f} ms")
@@ -317,27 +380,49 @@ def main() -> None:
 
     from llmlbd.embedded import EmbeddedRedis
     from tests.harness import free_port
-    redis_server = EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="llmlbd-bench-"), port=free_port())
+
+    redis_server = EmbeddedRedis(
+        runtime_dir=tempfile.mkdtemp(prefix="llmlbd-bench-"), port=free_port()
+    )
     redis_server.start()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(args.backends)],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(args.backends)], stdout=subprocess.PIPE, text=True
+    )
     try:
         ports = json.loads(server.stdout.readline())
         redis_pid = _pid_listening(redis_server.url)
-        print(f"\nEnd to end: {args.backends} backends at {args.hz:g} Hz, "
-              f"{args.seconds:g} s window after {args.warmup:g} s warm-up")
-        header = (f"  {'run':30s} {'pages/s':>9s} {'coll.CPU':>9s} {'CPU ms/pg':>9s} "
-                  f"{'age p50':>8s} {'age p99':>8s} {'age max':>8s} {'server':>7s} {'redis':>6s}")
+        print(
+            f"\nEnd to end: {args.backends} backends at {args.hz:g} Hz, "
+            f"{args.seconds:g} s window after {args.warmup:g} s warm-up"
+        )
+        header = (
+            f"  {'run':30s} {'pages/s':>9s} {'coll.CPU':>9s} {'CPU ms/pg':>9s} "
+            f"{'age p50':>8s} {'age p99':>8s} {'age max':>8s} {'server':>7s} {'redis':>6s}"
+        )
         print(header)
         for spec in args.runs.split(","):
             parser, concurrency = spec.split(":")
-            r = end_to_end(redis_server.url, ports, concurrency, parser, args.hz, args.warmup,
-                           args.seconds, server.pid, redis_pid)
-            print(f"  {r['run']:30s} {r['pages_per_s']:9.0f} {r['collector_cpu_pct']:8.0f}% "
-                  f"{r['cpu_ms_per_page']:9.3f} {r['age_p50_ms']:7.0f}ms {r['age_p99_ms']:7.0f}ms "
-                  f"{r['age_max_ms']:7.0f}ms {r['server_cpu_pct']:6.0f}% {r['redis_cpu_pct']:5.0f}%"
-                  + (f"  failed: {r['failed']}" if r["failed"] else ""), flush=True)
-        print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
+            r = end_to_end(
+                redis_server.url,
+                ports,
+                concurrency,
+                parser,
+                args.hz,
+                args.warmup,
+                args.seconds,
+                server.pid,
+                redis_pid,
+            )
+            print(
+                f"  {r['run']:30s} {r['pages_per_s']:9.0f} {r['collector_cpu_pct']:8.0f}% "
+                f"{r['cpu_ms_per_page']:9.3f} {r['age_p50_ms']:7.0f}ms {r['age_p99_ms']:7.0f}ms "
+                f"{r['age_max_ms']:7.0f}ms {r['server_cpu_pct']:6.0f}% {r['redis_cpu_pct']:5.0f}%"
+                + (f"  failed: {r['failed']}" if r["failed"] else ""),
+                flush=True,
+            )
+        print(
+            f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these CPUs)"
+        )
     finally:
         server.kill()
         server.wait()
@@ -347,6 +432,7 @@ def main() -> None:
 def _pid_listening(url: str) -> int | None:
     """The redis-server's pid, for its CPU figure (None if it cannot be found)."""
     import redis
+
     try:
         client = redis.Redis.from_url(url)
         pid = int(client.info("server")["process_id"])

@@ -49,8 +49,13 @@ from tests.simfleet import SimFleet  # noqa: E402
 
 MODEL = "sim-llama"
 POLICIES = ("least_busy", "global_least_request", "round_robin")
-COLLECTOR = {"interval_ms": 50, "timeout_ms": 500, "health_interval_ms": 500,
-             "models_refresh_s": 2.0, "metrics_port": 0}
+COLLECTOR = {
+    "interval_ms": 50,
+    "timeout_ms": 500,
+    "health_interval_ms": 500,
+    "models_refresh_s": 2.0,
+    "metrics_port": 0,
+}
 SECTION = "## least_busy"
 
 
@@ -62,9 +67,12 @@ def fleet_servers(slow: int, count: int, max_num_seqs: int) -> list[dict]:
 def one_request(port: int, body: bytes, critical: bool, timeout: float) -> dict:
     """Send one streaming request; return status, TTFT and total time (seconds)."""
     level = b"critical" if critical else b"sheddable"
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n"
-               b"Content-Type: application/json\r\nx-llmlbd-criticality: " + level +
-               b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n"
+        b"Content-Type: application/json\r\nx-llmlbd-criticality: "
+        + level
+        + b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     start = time.monotonic()
     first = None
     head = b""
@@ -84,12 +92,23 @@ def one_request(port: int, body: bytes, critical: bool, timeout: float) -> dict:
                     first = time.monotonic() - start
     except OSError:
         status = -1
-    return {"status": status, "ttft": first, "total": time.monotonic() - start,
-            "critical": critical}
+    return {
+        "status": status,
+        "ttft": first,
+        "total": time.monotonic() - start,
+        "critical": critical,
+    }
 
 
-def run_rate(port: int, rate: float, seconds: float, critical_share: float, max_tokens: int,
-             seed: int, timeout: float) -> list[dict]:
+def run_rate(
+    port: int,
+    rate: float,
+    seconds: float,
+    critical_share: float,
+    max_tokens: int,
+    seed: int,
+    timeout: float,
+) -> list[dict]:
     """Open-loop Poisson arrivals at *rate* for *seconds*; wait for every answer."""
     rng = random.Random(seed)
     results: list[dict] = []
@@ -103,20 +122,32 @@ def run_rate(port: int, rate: float, seconds: float, critical_share: float, max_
             break
         gevent.sleep(max(0.0, next_at - time.monotonic()))
         critical = rng.random() < critical_share
-        body = json.dumps({
-            "model": MODEL, "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-            "messages": [{"role": "user", "content": f"request {seed}-{index}: " + "word " * 40}],
-        }).encode()
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+                "stream": True,
+                "messages": [
+                    {"role": "user", "content": f"request {seed}-{index}: " + "word " * 40}
+                ],
+            }
+        ).encode()
         index += 1
-        greenlets.append((gevent.spawn(lambda b=body, c=critical: results.append(
-            one_request(port, b, c, timeout))), critical))
+        greenlets.append(
+            (
+                gevent.spawn(
+                    lambda b=body, c=critical: results.append(one_request(port, b, c, timeout))
+                ),
+                critical,
+            )
+        )
     gevent.joinall([greenlet for greenlet, _ in greenlets], timeout=timeout + 5)
     # A request still unanswered (the socket timeout is per read) counts as a timeout.
     for greenlet, critical in greenlets:
         if not greenlet.dead:
             greenlet.kill(block=False)
-            results.append({"status": -2, "ttft": None, "total": timeout + 5,
-                            "critical": critical})
+            results.append({"status": -2, "ttft": None, "total": timeout + 5, "critical": critical})
     return results
 
 
@@ -143,8 +174,9 @@ def summarize(results: list[dict], seconds: float, slo: float) -> dict:
         "crit_ttft_p90": percentile([r["ttft"] for r in critical], 0.9),
         "goodput": sum(1 for r in served if r["ttft"] <= slo) / seconds,
         "crit_goodput": sum(1 for r in critical if r["ttft"] <= slo) / seconds,
-        "shed_rate": (sum(1 for r in sheddable if r["status"] == 429) / len(sheddable)
-                      if sheddable else 0.0),
+        "shed_rate": (
+            sum(1 for r in sheddable if r["status"] == 429) / len(sheddable) if sheddable else 0.0
+        ),
         "critical_shed": sum(1 for r in results if r["critical"] and r["status"] == 429),
     }
 
@@ -154,16 +186,19 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| rate (req/s) | policy | sent | TTFT p50 (s) | TTFT p90 (s) | critical TTFT p50 / p90 (s) "
-             "| goodput (req/s) | critical goodput (req/s) | sheddable shed | critical shed | errors |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| rate (req/s) | policy | sent | TTFT p50 (s) | TTFT p90 (s) | critical TTFT p50 / p90 (s) "
+        "| goodput (req/s) | critical goodput (req/s) | sheddable shed | critical shed | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         s = row["summary"]
         lines.append(
             f"| {row['rate']:g} | {row['policy']} | {s['sent']} | {fmt(s['ttft_p50'])} | "
             f"{fmt(s['ttft_p90'])} | {fmt(s['crit_ttft_p50'])} / {fmt(s['crit_ttft_p90'])} | "
             f"{s['goodput']:.1f} | {s['crit_goodput']:.1f} | {100 * s['shed_rate']:.0f} % | "
-            f"{s['critical_shed']} | {s['errors']} |")
+            f"{s['critical_shed']} | {s['errors']} |"
+        )
     return "\n".join(lines)
 
 
@@ -179,10 +214,14 @@ def write_section(text: str) -> Path:
             current += "\n"
         path.write_text(current + "\n" + text.rstrip("\n") + "\n")
         return path
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    new = "".join(lines[:start]) + text.rstrip("\n") + "\n" + ("\n" if end < len(lines) else "") \
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    new = (
+        "".join(lines[:start])
+        + text.rstrip("\n")
+        + "\n"
+        + ("\n" if end < len(lines) else "")
         + "".join(lines[end:])
+    )
     path.write_text(new)
     return path
 
@@ -194,8 +233,10 @@ def wait_for_metrics(url: str, names: list[str], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if all(client.hget(f"llmlb:{{default}}:backend:{name}", "waiting") is not None
-                   for name in names):
+            if all(
+                client.hget(f"llmlb:{{default}}:backend:{name}", "waiting") is not None
+                for name in names
+            ):
                 return
             time.sleep(0.1)
         raise SystemExit("the collector published no metrics within 20 s")
@@ -203,8 +244,9 @@ def wait_for_metrics(url: str, names: list[str], timeout: float = 20.0) -> None:
         client.close()
 
 
-def run_once(policy: str, rate: float, servers: list[dict], redis_url: str,
-             args: argparse.Namespace) -> dict:
+def run_once(
+    policy: str, rate: float, servers: list[dict], redis_url: str, args: argparse.Namespace
+) -> dict:
     """One policy at one rate on a fresh fleet, collector and proxy sharing a flushed Redis."""
     import redis
 
@@ -215,25 +257,41 @@ def run_once(policy: str, rate: float, servers: list[dict], redis_url: str,
         backends = [{"name": n, "url": u} for n, u in zip(fleet.names, fleet.urls)]
         handle, collector_path = tempfile.mkstemp(prefix="lb-bench-collector-", suffix=".yaml")
         with os.fdopen(handle, "w") as out:
-            yaml.safe_dump({"redis": {"url": redis_url}, "collector": COLLECTOR,
-                            "backends": backends}, out)
-        collector = Proc(python_module("collector", "--config", collector_path),
-                         name="collector")
+            yaml.safe_dump(
+                {"redis": {"url": redis_url}, "collector": COLLECTOR, "backends": backends}, out
+            )
+        collector = Proc(python_module("collector", "--config", collector_path), name="collector")
         try:
-            config = {"redis": {"url": redis_url}, "backends": backends, "lb_policy": policy,
-                      "collector": {"enabled": False},
-                      "logging": {"level": "info", "access_log": False}}
+            config = {
+                "redis": {"url": redis_url},
+                "backends": backends,
+                "lb_policy": policy,
+                "collector": {"enabled": False},
+                "logging": {"level": "info", "access_log": False},
+            }
             with LLMLBD(config, workers=2, name=f"llmlbd-{policy}") as proxy:
                 wait_for_metrics(redis_url, fleet.names)
-                results = run_rate(proxy.port, rate, args.seconds, args.critical_share,
-                                   args.max_tokens, args.seed + int(rate * 100), args.timeout)
+                results = run_rate(
+                    proxy.port,
+                    rate,
+                    args.seconds,
+                    args.critical_share,
+                    args.max_tokens,
+                    args.seed + int(rate * 100),
+                    args.timeout,
+                )
                 summary = summarize(results, args.seconds, args.slo_ttft_s)
                 summary["load_avg_1m"] = os.getloadavg()[0]
-                dead = [name for name, proc in zip(fleet.names, fleet.procs)
-                        if proc.popen.poll() is not None]
+                dead = [
+                    name
+                    for name, proc in zip(fleet.names, fleet.procs)
+                    if proc.popen.poll() is not None
+                ]
                 if dead:
-                    raise SystemExit(f"simulated servers died during the run: {dead} "
-                                     "(killed from outside?); results are void")
+                    raise SystemExit(
+                        f"simulated servers died during the run: {dead} "
+                        "(killed from outside?); results are void"
+                    )
                 return summary
         finally:
             collector.stop()
@@ -242,22 +300,36 @@ def run_once(policy: str, rate: float, servers: list[dict], redis_url: str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="4,12,16,20",
-                        help="request rates to run, comma-separated (req/s)")
+    parser.add_argument(
+        "--rates", default="4,12,16,20", help="request rates to run, comma-separated (req/s)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
     parser.add_argument("--critical-share", type=float, default=0.3)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--max-num-seqs", type=int, default=2,
-                        help="running slots per simulated server")
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=2, help="running slots per simulated server"
+    )
     parser.add_argument("--slow", type=int, default=2, help="servers on the slow l4 profile")
     parser.add_argument("--servers", type=int, default=8)
-    parser.add_argument("--time-scale", type=float, default=4.0,
-                        help="simulator time scale (4.0: every GPU step takes four times as "
-                             "long, so the fleet saturates at rates a 2-core machine can drive)")
-    parser.add_argument("--slo-ttft-s", type=float, default=1.0,
-                        help="a request counts toward goodput when its TTFT is at most this")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="a request not answered by then counts as an error")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=4.0,
+        help="simulator time scale (4.0: every GPU step takes four times as "
+        "long, so the fleet saturates at rates a 2-core machine can drive)",
+    )
+    parser.add_argument(
+        "--slo-ttft-s",
+        type=float,
+        default=1.0,
+        help="a request counts toward goodput when its TTFT is at most this",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="a request not answered by then counts as an error",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--quick", action="store_true", help="one rate, 6 s: a smoke run")
@@ -269,8 +341,9 @@ def main() -> None:
     policies = args.policies.split(",")
     command = " ".join(["python", "bench/least_busy_bench.py", *sys.argv[1:]])
 
-    redis_server = EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="lb-bench-redis-"),
-                                 port=free_port())
+    redis_server = EmbeddedRedis(
+        runtime_dir=tempfile.mkdtemp(prefix="lb-bench-redis-"), port=free_port()
+    )
     redis_server.start()
     rows: list[dict] = []
     started = time.monotonic()
@@ -280,28 +353,42 @@ def main() -> None:
         # load that changes over minutes weighs on all of them alike; each run gets a fresh
         # fleet, collector and proxy, so no run inherits another's queues.
         for turn, rate in enumerate(rates):
-            order = policies[turn % len(policies):] + policies[:turn % len(policies)]
+            order = policies[turn % len(policies) :] + policies[: turn % len(policies)]
             for policy in order:
                 summary = run_once(policy, rate, servers, redis_server.url, args)
                 rows.append({"policy": policy, "rate": rate, "summary": summary})
-                print(json.dumps({"policy": policy, "rate": rate, **{
-                    k: (round(v, 3) if isinstance(v, float) else v)
-                    for k, v in summary.items()}}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "policy": policy,
+                            "rate": rate,
+                            **{
+                                k: (round(v, 3) if isinstance(v, float) else v)
+                                for k, v in summary.items()
+                            },
+                        }
+                    ),
+                    flush=True,
+                )
     finally:
         redis_server.stop()
     wall = time.monotonic() - started
     rows.sort(key=lambda row: (row["rate"], policies.index(row["policy"])))
     loads = [row["summary"]["load_avg_1m"] for row in rows]
-    fleet_text = (f"{args.servers} `llmlbd sim` servers ({args.servers - args.slow} h100-llama3-8b, "
-                  f"{args.slow} l4-llama3-8b, max_num_seqs {args.max_num_seqs}, time scale "
-                  f"{args.time_scale:g}); {args.max_tokens}-token streamed answers; "
-                  f"{100 * args.critical_share:.0f} % critical, the rest sheddable; "
-                  f"Poisson arrivals, {args.seconds:g} s per rate; goodput SLO TTFT <= "
-                  f"{args.slo_ttft_s:g} s; 2 proxy workers, collector every "
-                  f"{COLLECTOR['interval_ms']} ms; 1-minute load average after each run "
-                  f"{min(loads):.1f} to {max(loads):.1f} on this shared machine")
-    text = (f"{SECTION}\n\n`{command}` ({wall / 60:.1f} min on {os.cpu_count()} cores)\n\n"
-            f"{fleet_text}.\n\n{table(rows)}\n")
+    fleet_text = (
+        f"{args.servers} `llmlbd sim` servers ({args.servers - args.slow} h100-llama3-8b, "
+        f"{args.slow} l4-llama3-8b, max_num_seqs {args.max_num_seqs}, time scale "
+        f"{args.time_scale:g}); {args.max_tokens}-token streamed answers; "
+        f"{100 * args.critical_share:.0f} % critical, the rest sheddable; "
+        f"Poisson arrivals, {args.seconds:g} s per rate; goodput SLO TTFT <= "
+        f"{args.slo_ttft_s:g} s; 2 proxy workers, collector every "
+        f"{COLLECTOR['interval_ms']} ms; 1-minute load average after each run "
+        f"{min(loads):.1f} to {max(loads):.1f} on this shared machine"
+    )
+    text = (
+        f"{SECTION}\n\n`{command}` ({wall / 60:.1f} min on {os.cpu_count()} cores)\n\n"
+        f"{fleet_text}.\n\n{table(rows)}\n"
+    )
     print()
     print(text)
     if not args.no_write:

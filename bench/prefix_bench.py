@@ -72,12 +72,105 @@ from tests.harness import Proc, free_port, python_module, wait_until  # noqa: E4
 from tests.simfleet import SimFleet  # noqa: E402
 
 MODEL = "sim-llama"
-WORDS = ("the of and to in is that for it as with was on be by this are or from at an which "
-         "have not but had they his one all were can there been if more when will would who "
-         "so no out up into do time only could new about other than then its also two these "
-         "may first any like now my such make over our even most after well where much should "
-         "kernel cache block token router fleet latency budget river garden engine market "
-         "ticket season planet museum harbor signal pattern theory archive lantern").split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "with",
+    "was",
+    "on",
+    "be",
+    "by",
+    "this",
+    "are",
+    "or",
+    "from",
+    "at",
+    "an",
+    "which",
+    "have",
+    "not",
+    "but",
+    "had",
+    "they",
+    "his",
+    "one",
+    "all",
+    "were",
+    "can",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
+    "no",
+    "out",
+    "up",
+    "into",
+    "do",
+    "time",
+    "only",
+    "could",
+    "new",
+    "about",
+    "other",
+    "than",
+    "then",
+    "its",
+    "also",
+    "two",
+    "these",
+    "may",
+    "first",
+    "any",
+    "like",
+    "now",
+    "my",
+    "such",
+    "make",
+    "over",
+    "our",
+    "even",
+    "most",
+    "after",
+    "well",
+    "where",
+    "much",
+    "should",
+    "kernel",
+    "cache",
+    "block",
+    "token",
+    "router",
+    "fleet",
+    "latency",
+    "budget",
+    "river",
+    "garden",
+    "engine",
+    "market",
+    "ticket",
+    "season",
+    "planet",
+    "museum",
+    "harbor",
+    "signal",
+    "pattern",
+    "theory",
+    "archive",
+    "lantern",
+]
 
 
 def text(rng: random.Random, words: int) -> str:
@@ -99,8 +192,13 @@ class User:
             self.turns_left = self.rng.randint(3, 8)
         self.messages.append({"role": "user", "content": text(self.rng, self.rng.randint(60, 150))})
         self.turns_left -= 1
-        return {"model": MODEL, "messages": list(self.messages), "stream": True,
-                "max_tokens": max_tokens, "ignore_eos": True}
+        return {
+            "model": MODEL,
+            "messages": list(self.messages),
+            "stream": True,
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+        }
 
     def answered(self, answer: str) -> None:
         self.messages.append({"role": "assistant", "content": answer})
@@ -140,8 +238,9 @@ class Oracle:
             name = min(order, key=lambda n: inflight[n])
         assert self.ctx.leases is not None
         reservation = self.ctx.leases.acquire(request.request_id, name)
-        return Decision(self.ctx.by_name[name], request.request_id, self.name, "oracle",
-                        reservation.inflight)
+        return Decision(
+            self.ctx.by_name[name], request.request_id, self.name, "oracle", reservation.inflight
+        )
 
 
 # -- one run -------------------------------------------------------------------------------
@@ -190,24 +289,37 @@ class BackendDied(RuntimeError):
 
 
 def start_collector(redis_url: str, backends: list[dict]) -> Proc:
-    config = {"redis": {"url": redis_url}, "backends": backends, "lb_policy": "prefix_cache",
-              "collector": {"interval_ms": 250, "metrics_port": 0},
-              "logging": {"level": "warning"}}
+    config = {
+        "redis": {"url": redis_url},
+        "backends": backends,
+        "lb_policy": "prefix_cache",
+        "collector": {"interval_ms": 250, "metrics_port": 0},
+        "logging": {"level": "warning"},
+    }
     handle, path = tempfile.mkstemp(prefix="prefix-bench-", suffix=".yaml")
     with os.fdopen(handle, "w") as out:
         yaml.safe_dump(config, out)
     return Proc(python_module("llmlbd", "collector", "--config", path), name="collector")
 
 
-def run_one(policy_name: str, rate: float, args: argparse.Namespace, redis_url: str,
-            seed: int) -> RunResult:
+def run_one(
+    policy_name: str, rate: float, args: argparse.Namespace, redis_url: str, seed: int
+) -> RunResult:
     # One client for every greenlet, as a proxy worker has: callers wait for a connection.
-    client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-        redis_url, decode_responses=True, max_connections=64, timeout=30))
+    client = redis.Redis(
+        connection_pool=redis.BlockingConnectionPool.from_url(
+            redis_url, decode_responses=True, max_connections=64, timeout=30
+        )
+    )
     client.flushall()
     result = RunResult(policy_name, rate, max_tokens=args.max_tokens)
-    fleet = SimFleet(args.backends, time_scale=args.time_scale, profile=args.profile,
-                     num_gpu_blocks=args.num_gpu_blocks, mean_output_tokens=args.max_tokens)
+    fleet = SimFleet(
+        args.backends,
+        time_scale=args.time_scale,
+        profile=args.profile,
+        num_gpu_blocks=args.num_gpu_blocks,
+        mean_output_tokens=args.max_tokens,
+    )
     collector = None
     fleet.start()
     try:
@@ -215,24 +327,43 @@ def run_one(policy_name: str, rate: float, args: argparse.Namespace, redis_url: 
         keys = PoolKeys("default")
         if args.collector:
             collector = start_collector(redis_url, backends)
-            wait_until(lambda: all(client.hget(keys.backend(n), "num_gpu_blocks")
-                                   for n in fleet.names), timeout=30, message="collector")
+            wait_until(
+                lambda: all(client.hget(keys.backend(n), "num_gpu_blocks") for n in fleet.names),
+                timeout=30,
+                message="collector",
+            )
         lb = {} if policy_name != "prefix_cache" else dict(args.lb or {})
-        cfg = config_from_dict({"lb_policy": "prefix_cache" if policy_name == "oracle"
-                                else policy_name, "backends": backends, "lb_config": lb})
+        cfg = config_from_dict(
+            {
+                "lb_policy": "prefix_cache" if policy_name == "oracle" else policy_name,
+                "backends": backends,
+                "lb_config": lb,
+            }
+        )
         leases = Leases(client, keys, f"bench-{os.getpid()}", 600_000)
-        ctx = PolicyContext(cfg.backends, cfg.lb_config, keys, leases, client,
-                            stale_after_ms=cfg.collector.stale_after_ms,
-                            rng=random.Random(seed))
+        ctx = PolicyContext(
+            cfg.backends,
+            cfg.lb_config,
+            keys,
+            leases,
+            client,
+            stale_after_ms=cfg.collector.stale_after_ms,
+            rng=random.Random(seed),
+        )
         session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=512)
         session.mount("http://", adapter)
         urls = dict(zip(fleet.names, fleet.urls))
-        policy = Oracle(ctx, urls, session) if policy_name == "oracle" else \
-            load_policy_class(policy_name)(ctx)
+        policy = (
+            Oracle(ctx, urls, session)
+            if policy_name == "oracle"
+            else load_policy_class(policy_name)(ctx)
+        )
 
-        systems = [text(random.Random(seed * 100 + i), args.system_words)
-                   for i in range(args.system_prompts)]
+        systems = [
+            text(random.Random(seed * 100 + i), args.system_words)
+            for i in range(args.system_prompts)
+        ]
         count = args.users or max(32, int(rate * args.users_per_rate))
         users = [User(i, random.Random(seed * 1000 + i)) for i in range(count)]
         scale = args.time_scale
@@ -240,8 +371,13 @@ def run_one(policy_name: str, rate: float, args: argparse.Namespace, redis_url: 
 
         def one(user: User, request_index: int) -> None:
             body = user.next_body(systems, args.max_tokens)
-            request = RoutingRequest(request_id=f"bench-{seed}-{request_index}", method="POST",
-                                     path="/v1/chat/completions", body=body, model=MODEL)
+            request = RoutingRequest(
+                request_id=f"bench-{seed}-{request_index}",
+                method="POST",
+                path="/v1/chat/completions",
+                body=body,
+                model=MODEL,
+            )
             arrived = time.perf_counter()
             decision = None
             try:
@@ -251,8 +387,9 @@ def run_one(policy_name: str, rate: float, args: argparse.Namespace, redis_url: 
                 result.per_backend[name] = result.per_backend.get(name, 0) + 1
                 first = None
                 pieces = []
-                with session.post(urls[name] + "/v1/chat/completions", json=body, stream=True,
-                                  timeout=600) as response:
+                with session.post(
+                    urls[name] + "/v1/chat/completions", json=body, stream=True, timeout=600
+                ) as response:
                     if response.status_code != 200:
                         raise RuntimeError(f"HTTP {response.status_code}")
                     for line in response.iter_lines():
@@ -269,7 +406,7 @@ def run_one(policy_name: str, rate: float, args: argparse.Namespace, redis_url: 
                 result.ttft.append(((first or time.perf_counter()) - arrived) / scale)
                 result.completed += 1
                 user.answered("".join(pieces))
-            except Exception as exc:  # noqa: BLE001 - counted and shown
+            except Exception as exc:
                 result.failed += 1
                 user.turns_left = 0
                 if result.failed <= 3:
@@ -323,15 +460,22 @@ def run_one(policy_name: str, rate: float, args: argparse.Namespace, redis_url: 
 
 
 # -- Redis memory per 1,000 conversations -------------------------------------------------
-def measure_memory(redis_url: str, conversations: int = 1000, turns: int = 4,
-                   system_words: int = 700) -> dict:
+def measure_memory(
+    redis_url: str, conversations: int = 1000, turns: int = 4, system_words: int = 700
+) -> dict:
     """Route *conversations* x *turns* chats through prefix_cache (no backend needed) and
     read Redis's used_memory before and after."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushall()
     names = [f"b{i}" for i in range(8)]
-    cfg = config_from_dict({"lb_policy": "prefix_cache", "backends": [
-        {"name": n, "url": f"http://127.0.0.1:{9000 + i}"} for i, n in enumerate(names)]})
+    cfg = config_from_dict(
+        {
+            "lb_policy": "prefix_cache",
+            "backends": [
+                {"name": n, "url": f"http://127.0.0.1:{9000 + i}"} for i, n in enumerate(names)
+            ],
+        }
+    )
     keys = PoolKeys("default")
     leases = Leases(client, keys, "memory", 600_000)
     ctx = PolicyContext(cfg.backends, cfg.lb_config, keys, leases, client, rng=random.Random(1))
@@ -339,8 +483,13 @@ def measure_memory(redis_url: str, conversations: int = 1000, turns: int = 4,
     systems = [text(random.Random(i), system_words) for i in range(4)]
     rng = random.Random(2)
     # load the script and settle the allocator before the baseline
-    warm = RoutingRequest("warm", "POST", "/v1/chat/completions",
-                          {"messages": [{"role": "user", "content": "x" * 300}]}, MODEL)
+    warm = RoutingRequest(
+        "warm",
+        "POST",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x" * 300}]},
+        MODEL,
+    )
     leases.release(policy.pick(warm, frozenset()).request_id)
     client.flushall()
     before = int(client.info("memory")["used_memory"])
@@ -349,8 +498,13 @@ def measure_memory(redis_url: str, conversations: int = 1000, turns: int = 4,
         messages = [{"role": "system", "content": rng.choice(systems)}]
         for t in range(turns):
             messages.append({"role": "user", "content": text(rng, rng.randint(40, 110))})
-            request = RoutingRequest(f"m-{c}-{t}", "POST", "/v1/chat/completions",
-                                     {"model": MODEL, "messages": list(messages)}, MODEL)
+            request = RoutingRequest(
+                f"m-{c}-{t}",
+                "POST",
+                "/v1/chat/completions",
+                {"model": MODEL, "messages": list(messages)},
+                MODEL,
+            )
             leases.release(policy.pick(request, frozenset()).request_id)
             messages.append({"role": "assistant", "content": text(rng, 60)})
         prompt_chars += sum(len(m["content"]) for m in messages[:-1])
@@ -358,49 +512,69 @@ def measure_memory(redis_url: str, conversations: int = 1000, turns: int = 4,
     prefix_keys = sum(1 for _ in client.scan_iter(keys.prefix_pattern(), count=1000))
     owned = sum(client.zcard(keys.prefix_owned_by(n)) for n in names)
     client.close()
-    return {"conversations": conversations, "turns": turns, "system_words": system_words,
-            "bytes": after - before, "bytes_per_1000": (after - before) * 1000 // conversations,
-            "prefix_keys": prefix_keys, "owned_entries": owned,
-            "avg_last_prompt_chars": prompt_chars // conversations}
+    return {
+        "conversations": conversations,
+        "turns": turns,
+        "system_words": system_words,
+        "bytes": after - before,
+        "bytes_per_1000": (after - before) * 1000 // conversations,
+        "prefix_keys": prefix_keys,
+        "owned_entries": owned,
+        "avg_last_prompt_chars": prompt_chars // conversations,
+    }
 
 
 # -- report --------------------------------------------------------------------------------
 def table(results: list[RunResult]) -> str:
-    lines = ["| rate (req/s) | policy | hit rate | TTFT p50 (s) | TTFT p90 (s) | output tok/s "
-             "| done / sent | skipped | failed | preemptions | decision ms (wall, mean) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| rate (req/s) | policy | hit rate | TTFT p50 (s) | TTFT p90 (s) | output tok/s "
+        "| done / sent | skipped | failed | preemptions | decision ms (wall, mean) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         lines.append(
             f"| {r.rate:g} | {r.policy} | {r.hit_rate:.1%} | {r.pct(0.5):.2f} | {r.pct(0.9):.2f} "
             f"| {r.tokens_per_s:.0f} | {r.completed} / {r.offered - r.skipped} | {r.skipped} "
             f"| {r.failed} | {r.preemptions} | "
-            f"{statistics.fmean(r.decision_ms) if r.decision_ms else 0:.1f} |")
+            f"{statistics.fmean(r.decision_ms) if r.decision_ms else 0:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def verdict(results: list[RunResult]) -> list[str]:
     by = {(r.policy, r.rate): r for r in results}
     rates = sorted({r.rate for r in results})
-    sustained = [rate for rate in rates if ("prefix_cache", rate) in by
-                 and by[("prefix_cache", rate)].sustained]
+    sustained = [
+        rate
+        for rate in rates
+        if ("prefix_cache", rate) in by and by[("prefix_cache", rate)].sustained
+    ]
     if not sustained:
-        return ["prefix_cache sustained none of the rates (< 95 % of the offered requests "
-                "served, or median TTFT of 1 s or more)."]
+        return [
+            "prefix_cache sustained none of the rates (< 95 % of the offered requests "
+            "served, or median TTFT of 1 s or more)."
+        ]
     top = sustained[-1]
-    out = [f"Highest rate prefix_cache sustained (>= 95 % of the offered requests served, "
-           f"median TTFT under 1 s): {top:g} req/s."]
+    out = [
+        f"Highest rate prefix_cache sustained (>= 95 % of the offered requests served, "
+        f"median TTFT under 1 s): {top:g} req/s."
+    ]
     pc = by[("prefix_cache", top)]
     if ("oracle", top) in by:
         oracle = by[("oracle", top)]
         gap = (oracle.hit_rate - pc.hit_rate) / oracle.hit_rate if oracle.hit_rate else 0.0
-        out.append(f"Hit rate {pc.hit_rate:.1%} vs oracle {oracle.hit_rate:.1%}: "
-                   f"{gap:+.1%} below the oracle (target: within 10 %) -> "
-                   f"{'met' if gap <= 0.10 else 'MISSED'}.")
+        out.append(
+            f"Hit rate {pc.hit_rate:.1%} vs oracle {oracle.hit_rate:.1%}: "
+            f"{gap:+.1%} below the oracle (target: within 10 %) -> "
+            f"{'met' if gap <= 0.10 else 'MISSED'}."
+        )
     if ("round_robin", top) in by:
         rr = by[("round_robin", top)]
         ratio = rr.pct(0.9) / pc.pct(0.9) if pc.pct(0.9) else float("nan")
-        out.append(f"TTFT p90 {pc.pct(0.9):.2f} s vs round_robin {rr.pct(0.9):.2f} s: "
-                   f"{ratio:.1f}x better (target: >= 2x) -> {'met' if ratio >= 2 else 'MISSED'}.")
+        out.append(
+            f"TTFT p90 {pc.pct(0.9):.2f} s vs round_robin {rr.pct(0.9):.2f} s: "
+            f"{ratio:.1f}x better (target: >= 2x) -> {'met' if ratio >= 2 else 'MISSED'}."
+        )
     return out
 
 
@@ -419,25 +593,45 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", type=int, default=8)
     parser.add_argument("--profile", default="l4-llama3-8b")
-    parser.add_argument("--num-gpu-blocks", type=int, default=2200,
-                        help="KV blocks (16 tokens) per server: 2200 (35k tokens) is the L4 "
-                             "profile's own")
+    parser.add_argument(
+        "--num-gpu-blocks",
+        type=int,
+        default=2200,
+        help="KV blocks (16 tokens) per server: 2200 (35k tokens) is the L4 profile's own",
+    )
     parser.add_argument("--time-scale", type=float, default=0.5)
     parser.add_argument("--rates", default="6,12,18,24", help="requests per simulated second")
-    parser.add_argument("--duration", type=float, default=45.0, help="simulated seconds of arrivals")
-    parser.add_argument("--grace", type=float, default=30.0,
-                        help="simulated seconds allowed after the last arrival")
-    parser.add_argument("--users", type=int, default=0,
-                        help="users in the run (default 0: --users-per-rate x rate, at least 32)")
-    parser.add_argument("--users-per-rate", type=float, default=12.0,
-                        help="users per request/s: each user sends a turn about every 12 s")
+    parser.add_argument(
+        "--duration", type=float, default=45.0, help="simulated seconds of arrivals"
+    )
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="simulated seconds allowed after the last arrival"
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=0,
+        help="users in the run (default 0: --users-per-rate x rate, at least 32)",
+    )
+    parser.add_argument(
+        "--users-per-rate",
+        type=float,
+        default=12.0,
+        help="users per request/s: each user sends a turn about every 12 s",
+    )
     parser.add_argument("--system-prompts", type=int, default=4)
     parser.add_argument("--system-words", type=int, default=800, help="about a token a word")
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--policies", default="prefix_cache,oracle,global_least_request,round_robin")
+    parser.add_argument(
+        "--policies", default="prefix_cache,oracle,global_least_request,round_robin"
+    )
     parser.add_argument("--no-collector", dest="collector", action="store_false")
-    parser.add_argument("--lb", type=json.loads, default=None,
-                        help='extra lb_config for prefix_cache, JSON, e.g. \'{"maxLoadGap": 8}\'')
+    parser.add_argument(
+        "--lb",
+        type=json.loads,
+        default=None,
+        help="extra lb_config for prefix_cache, JSON, e.g. '{\"maxLoadGap\": 8}'",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="one rate, 30 s of arrivals")
     parser.add_argument("--memory-only", action="store_true")
@@ -450,13 +644,17 @@ def main() -> int:
     for name in args.policies.split(","):
         if name != "oracle":
             load_policy_class(name)
-    server = EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="prefix-bench-redis-"),
-                           port=free_port())
+    server = EmbeddedRedis(
+        runtime_dir=tempfile.mkdtemp(prefix="prefix-bench-redis-"), port=free_port()
+    )
     server.start()
     try:
         memory = measure_memory(server.url)
-        print(f"Redis memory: {memory['bytes_per_1000'] / 1e6:.1f} MB per 1,000 conversations "
-              f"({memory})", flush=True)
+        print(
+            f"Redis memory: {memory['bytes_per_1000'] / 1e6:.1f} MB per 1,000 conversations "
+            f"({memory})",
+            flush=True,
+        )
         if args.memory_only:
             return 0
         results = []
@@ -469,12 +667,15 @@ def main() -> int:
                     print(f"  {exc}: running it again", flush=True)
                     result = run_one(policy, rate, args, server.url, args.seed)
                 results.append(result)
-                print(f"rate {rate:g} {policy:22s} hit {result.hit_rate:6.1%}  "
-                      f"ttft p50 {result.pct(0.5):6.2f}s p90 {result.pct(0.9):6.2f}s  "
-                      f"tok/s {result.tokens_per_s:6.0f}  done {result.completed}/"
-                      f"{result.offered - result.skipped} skipped {result.skipped} failed "
-                      f"{result.failed}  spread {sorted(result.per_backend.values())}  "
-                      f"({time.perf_counter() - t0:.0f} s wall)", flush=True)
+                print(
+                    f"rate {rate:g} {policy:22s} hit {result.hit_rate:6.1%}  "
+                    f"ttft p50 {result.pct(0.5):6.2f}s p90 {result.pct(0.9):6.2f}s  "
+                    f"tok/s {result.tokens_per_s:6.0f}  done {result.completed}/"
+                    f"{result.offered - result.skipped} skipped {result.skipped} failed "
+                    f"{result.failed}  spread {sorted(result.per_backend.values())}  "
+                    f"({time.perf_counter() - t0:.0f} s wall)",
+                    flush=True,
+                )
     finally:
         server.stop()
     report = table(results)
@@ -490,11 +691,14 @@ def main() -> int:
 
 
 def section_text(args, command, report, verdict_lines, memory) -> str:
-    users = (f"{args.users} users" if args.users else
-             f"{args.users_per_rate:g} users per request/s of the rate (at least 32)")
+    users = (
+        f"{args.users} users"
+        if args.users
+        else f"{args.users_per_rate:g} users per request/s of the rate (at least 32)"
+    )
     return f"""## prefix_cache
 
-Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 2-core VM).
+Command: `{command}` ({time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, 2-core VM).
 
 Fleet: {args.backends} `llmlbd sim` servers, profile `{args.profile}`, {args.num_gpu_blocks}
 KV blocks of 16 tokens each, time scale {args.time_scale:g}; the real collector publishes
@@ -509,12 +713,12 @@ tokens, from the servers' counters. Each run starts with a fresh fleet and an em
 
 {report}
 
-{chr(10).join('- ' + line for line in verdict_lines)}
+{chr(10).join("- " + line for line in verdict_lines)}
 
-Redis memory per 1,000 active conversations ({memory['turns']} turns each, system prompts of
-{memory['system_words']} words, last prompt ~{memory['avg_last_prompt_chars']:,} characters):
-**{memory['bytes_per_1000'] / 1e6:.1f} MB** ({memory['prefix_keys']:,} prefix keys,
-{memory['owned_entries']:,} owned-index entries; `used_memory` delta, default settings).
+Redis memory per 1,000 active conversations ({memory["turns"]} turns each, system prompts of
+{memory["system_words"]} words, last prompt ~{memory["avg_last_prompt_chars"]:,} characters):
+**{memory["bytes_per_1000"] / 1e6:.1f} MB** ({memory["prefix_keys"]:,} prefix keys,
+{memory["owned_entries"]:,} owned-index entries; `used_memory` delta, default settings).
 """
 
 

@@ -37,16 +37,28 @@ sys.path.insert(0, str(ROOT))
 
 from tests.harness import LLMLBD, StubBackends  # noqa: E402
 
-BODY = json.dumps({"model": "stub-model", "max_tokens": 8,
-                   "messages": [{"role": "user", "content": "Say hello in eight tokens."}]})
-STREAM_BODY = json.dumps({"model": "stub-model", "max_tokens": 8, "stream": True,
-                          "messages": [{"role": "user", "content": "Say hello in eight tokens."}]})
+BODY = json.dumps(
+    {
+        "model": "stub-model",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Say hello in eight tokens."}],
+    }
+)
+STREAM_BODY = json.dumps(
+    {
+        "model": "stub-model",
+        "max_tokens": 8,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Say hello in eight tokens."}],
+    }
+)
 
 
 def request_bytes(body: str, port: int) -> bytes:
-    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
-            ).encode()
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
 
 
 class Conn:
@@ -140,32 +152,50 @@ def run_load(port: int, body: str, concurrency: int, seconds: float) -> dict:
         values = sorted(values)
         return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
 
-    return {"rps": len(total) / elapsed, "p50_ms": pct(total, 0.5), "p99_ms": pct(total, 0.99),
-            "ttft_p50_ms": pct(ttfb, 0.5), "ttft_p99_ms": pct(ttfb, 0.99),
-            "requests": len(total), "errors": errors[0]}
+    return {
+        "rps": len(total) / elapsed,
+        "p50_ms": pct(total, 0.5),
+        "p99_ms": pct(total, 0.99),
+        "ttft_p50_ms": pct(ttfb, 0.5),
+        "ttft_p99_ms": pct(ttfb, 0.99),
+        "requests": len(total),
+        "errors": errors[0],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256],
-                        help="clients; 1 shows the added latency alone, without queueing")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 32, 256],
+        help="clients; 1 shows the added latency alone, without queueing",
+    )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--write-docs", action="store_true",
-                        help="replace the '## Proxy overhead' section of docs/benchmarks.md")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="replace the '## Proxy overhead' section of docs/benchmarks.md",
+    )
     args = parser.parse_args()
 
     from llmlbd.embedded import EmbeddedRedis
     from tests.harness import free_port
 
-    redis_server = EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="bench-redis-"),
-                                 port=free_port()).start()
+    redis_server = EmbeddedRedis(
+        runtime_dir=tempfile.mkdtemp(prefix="bench-redis-"), port=free_port()
+    ).start()
     rows = []
     try:
         with StubBackends(1) as backend:
-            config = {"redis": {"url": redis_server.url}, "backends": backend.config(),
-                      "collector": {"enabled": False},
-                      "logging": {"level": "info", "access_log": False}}
+            config = {
+                "redis": {"url": redis_server.url},
+                "backends": backend.config(),
+                "collector": {"enabled": False},
+                "logging": {"level": "info", "access_log": False},
+            }
             with LLMLBD(config, workers=args.workers, name="bench-llmlbd") as proxy:
                 direct_port, proxy_port = backend.ports[0], proxy.port
                 for mode, body in (("non-streaming", BODY), ("streaming", STREAM_BODY)):
@@ -173,11 +203,14 @@ def main() -> None:
                         direct = run_load(direct_port, body, concurrency, args.seconds)
                         through = run_load(proxy_port, body, concurrency, args.seconds)
                         rows.append((mode, concurrency, direct, through))
-                        print(f"{mode:14} c={concurrency:<4} direct {direct['rps']:8.0f} rps  "
-                              f"llmlbd {through['rps']:8.0f} rps  ratio "
-                              f"{through['rps'] / direct['rps']:.2f}  TTFT p50 "
-                              f"{direct['ttft_p50_ms']:.2f} -> {through['ttft_p50_ms']:.2f} ms  "
-                              f"errors {direct['errors']}/{through['errors']}", flush=True)
+                        print(
+                            f"{mode:14} c={concurrency:<4} direct {direct['rps']:8.0f} rps  "
+                            f"llmlbd {through['rps']:8.0f} rps  ratio "
+                            f"{through['rps'] / direct['rps']:.2f}  TTFT p50 "
+                            f"{direct['ttft_p50_ms']:.2f} -> {through['ttft_p50_ms']:.2f} ms  "
+                            f"errors {direct['errors']}/{through['errors']}",
+                            flush=True,
+                        )
     finally:
         redis_server.stop()
 
@@ -211,7 +244,8 @@ def render(rows: list, args: argparse.Namespace) -> str:
             f"{t['rps'] / d['rps']:.2f} | {d['p50_ms']:.1f} / {t['p50_ms']:.1f} | "
             f"{d['p99_ms']:.1f} / {t['p99_ms']:.1f} | {d['ttft_p50_ms']:.2f} / "
             f"{t['ttft_p50_ms']:.2f} | {d['ttft_p99_ms']:.1f} / {t['ttft_p99_ms']:.1f} | "
-            f"{t['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} | {d['errors']} / {t['errors']} |")
+            f"{t['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} | {d['errors']} / {t['errors']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -225,7 +259,7 @@ def write_docs(table: str) -> None:
         text = text[:insert_at] + table + "\n" + text[insert_at:]
     else:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + table + (text[end + 1:] if end != -1 else "")
+        text = text[:start] + table + (text[end + 1 :] if end != -1 else "")
     path.write_text(text)
 
 

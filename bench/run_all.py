@@ -29,8 +29,11 @@ BENCHMARKS = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of: {', '.join(BENCHMARKS)}",
+    )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in BENCHMARKS]
@@ -43,8 +46,10 @@ def main() -> int:
         print(f"\n=== [{index}/{len(chosen)}] {name}: {' '.join(command[1:])}", flush=True)
         started = time.monotonic()
         result = subprocess.run(command, cwd=HERE.parent)
-        print(f"=== {name} finished in {time.monotonic() - started:.0f} s "
-              f"(exit {result.returncode})", flush=True)
+        print(
+            f"=== {name} finished in {time.monotonic() - started:.0f} s (exit {result.returncode})",
+            flush=True,
+        )
         if result.returncode != 0:
             failed.append(name)
     if failed:

@@ -51,8 +51,10 @@ def rss_mb(pid: int) -> float:
 
 def one_request(port: int, body: bytes, stream: bool) -> tuple[bool, int, float]:
     """(ok, tokens received, seconds to the first event or body)."""
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
-               b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     start = time.monotonic()
     first = None
     parts = []
@@ -66,7 +68,9 @@ def one_request(port: int, body: bytes, stream: bool) -> tuple[bool, int, float]
                 first = time.monotonic() - start
             parts.append(data)
     raw = b"".join(parts)
-    ok = raw.startswith(b"HTTP/1.1 200") and (b"data: [DONE]" in raw if stream else b'"usage"' in raw)
+    ok = raw.startswith(b"HTTP/1.1 200") and (
+        b"data: [DONE]" in raw if stream else b'"usage"' in raw
+    )
     return ok, raw.count(b'"delta":{"content":" '), first or 0.0
 
 
@@ -78,8 +82,12 @@ def main() -> None:
     parser.add_argument("--prompt-words", type=int, default=150)
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--time-scale", type=float, default=1.0)
-    parser.add_argument("--sim-arg", action="append", default=[],
-                        help="extra sim option as key=value (python spelling), e.g. max_num_seqs=512")
+    parser.add_argument(
+        "--sim-arg",
+        action="append",
+        default=[],
+        help="extra sim option as key=value (python spelling), e.g. max_num_seqs=512",
+    )
     args = parser.parse_args()
     stream = not args.no_stream
     options = {"time_scale": args.time_scale}
@@ -93,8 +101,15 @@ def main() -> None:
         def client(index: int) -> None:
             for round_ in range(args.requests_per_client):
                 words = " ".join(f"w{index}x{round_}y{i}" for i in range(args.prompt_words))
-                body = json.dumps({"model": "sim-llama", "max_tokens": args.max_tokens, "ignore_eos": True,
-                                   "stream": stream, "messages": [{"role": "user", "content": words}]}).encode()
+                body = json.dumps(
+                    {
+                        "model": "sim-llama",
+                        "max_tokens": args.max_tokens,
+                        "ignore_eos": True,
+                        "stream": stream,
+                        "messages": [{"role": "user", "content": words}],
+                    }
+                ).encode()
                 try:
                     results.append(one_request(port, body, stream))
                 except OSError as exc:
@@ -116,19 +131,32 @@ def main() -> None:
     ok = sum(1 for r in results if r[0])
     tokens = sum(r[1] for r in results) if stream else ok * args.max_tokens
     ttfts = sorted(r[2] for r in results if r[0])
-    print(json.dumps({
-        "command": " ".join(["python", "bench/sim_capacity.py", *sys.argv[1:]]),
-        "concurrency": args.concurrency, "requests": len(results), "ok": ok, "errors": len(results) - ok,
-        "stream": stream, "max_tokens": args.max_tokens, "time_scale": args.time_scale,
-        "wall_s": round(wall, 2), "server_cpu_s": round(cpu, 2),
-        "server_cpu_use": round(cpu / wall, 3),
-        "server_cpu_ms_per_request": round(1000 * cpu / max(ok, 1), 3),
-        "server_cpu_us_per_token": round(1e6 * cpu / max(tokens, 1), 2),
-        "tokens_streamed": tokens, "tokens_per_s": round(tokens / wall),
-        "ttft_p50_s": round(ttfts[len(ttfts) // 2], 3) if ttfts else None,
-        "engine_steps": state["steps"], "preemptions": state["preemptions"],
-        "server_rss_mb": round(rss, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "command": " ".join(["python", "bench/sim_capacity.py", *sys.argv[1:]]),
+                "concurrency": args.concurrency,
+                "requests": len(results),
+                "ok": ok,
+                "errors": len(results) - ok,
+                "stream": stream,
+                "max_tokens": args.max_tokens,
+                "time_scale": args.time_scale,
+                "wall_s": round(wall, 2),
+                "server_cpu_s": round(cpu, 2),
+                "server_cpu_use": round(cpu / wall, 3),
+                "server_cpu_ms_per_request": round(1000 * cpu / max(ok, 1), 3),
+                "server_cpu_us_per_token": round(1e6 * cpu / max(tokens, 1), 2),
+                "tokens_streamed": tokens,
+                "tokens_per_s": round(tokens / wall),
+                "ttft_p50_s": round(ttfts[len(ttfts) // 2], 3) if ttfts else None,
+                "engine_steps": state["steps"],
+                "preemptions": state["preemptions"],
+                "server_rss_mb": round(rss, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

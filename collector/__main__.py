@@ -10,7 +10,9 @@ import sys
 
 def _wants_gevent(argv: list[str]) -> bool:
     for i, arg in enumerate(argv):
-        if arg == "--concurrency=gevent" or (arg == "--concurrency" and argv[i + 1:i + 2] == ["gevent"]):
+        if arg == "--concurrency=gevent" or (
+            arg == "--concurrency" and argv[i + 1 : i + 2] == ["gevent"]
+        ):
             return True
     return False
 
@@ -18,8 +20,10 @@ def _wants_gevent(argv: list[str]) -> bool:
 def _main() -> None:
     if _wants_gevent(sys.argv[1:]):
         from collector.cli import patch_for_gevent
+
         patch_for_gevent()
     from collector.cli import collector_command
+
     collector_command(prog_name="python -m collector")
 
 

@@ -26,23 +26,51 @@ def patch_for_gevent() -> None:
     of a shared module.
     """
     from gevent import monkey
+
     if not monkey.is_module_patched("socket"):
         monkey.patch_all()
 
 
 @click.command("collector", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              envvar="LLMLBD_CONFIG", help="YAML config file (default: built-in defaults).")
-@click.option("--id", "collector_id", default=None,
-              help="This collector's id in Redis (default: host:pid:random).")
-@click.option("--once", is_flag=True,
-              help="Scrape every backend once, print the fields as JSON, and exit (no Redis).")
-@click.option("--concurrency", type=click.Choice(["threads", "gevent"]), default="threads",
-              show_default=True, help="One OS thread per backend, or one greenlet.")
-@click.option("--metrics-port", type=int, default=None,
-              help="Override collector.metrics_port (0 turns the own /metrics off).")
-def collector_command(config_path: str | None, collector_id: str | None, once: bool,
-                      concurrency: str, metrics_port: int | None) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="LLMLBD_CONFIG",
+    help="YAML config file (default: built-in defaults).",
+)
+@click.option(
+    "--id",
+    "collector_id",
+    default=None,
+    help="This collector's id in Redis (default: host:pid:random).",
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Scrape every backend once, print the fields as JSON, and exit (no Redis).",
+)
+@click.option(
+    "--concurrency",
+    type=click.Choice(["threads", "gevent"]),
+    default="threads",
+    show_default=True,
+    help="One OS thread per backend, or one greenlet.",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Override collector.metrics_port (0 turns the own /metrics off).",
+)
+def collector_command(
+    config_path: str | None,
+    collector_id: str | None,
+    once: bool,
+    concurrency: str,
+    metrics_port: int | None,
+) -> None:
     """Scrape every backend's /metrics and health into Redis (the collector daemon).
 
     Runs until SIGTERM or SIGINT. Several collectors (one per VM) may run at
@@ -53,8 +81,8 @@ def collector_command(config_path: str | None, collector_id: str | None, once: b
         sys.exit(_once(config_path))
     if concurrency == "gevent":
         patch_for_gevent()
-    from llmlbd.config import ConfigError
     from collector.daemon import main
+    from llmlbd.config import ConfigError
 
     overrides: dict[str, Any] = {}
     if metrics_port is not None:
@@ -66,10 +94,10 @@ def collector_command(config_path: str | None, collector_id: str | None, once: b
 
 
 def _once(config_path: str | None) -> int:
-    from llmlbd.config import ConfigError, load_config
     from collector.metrics import CollectorMetrics
     from collector.sources import build_plan
     from collector.worker import BackendWorker, Settings
+    from llmlbd.config import ConfigError, load_config
 
     try:
         config = load_config(config_path)
@@ -77,7 +105,8 @@ def _once(config_path: str | None) -> int:
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     from collector.logs import configure
-    configure("warning", config.logging.format)   # stdout is for the JSON result only
+
+    configure("warning", config.logging.format)  # stdout is for the JSON result only
     settings = Settings.from_config(config.collector)
     metrics = CollectorMetrics()
     result = {}

@@ -19,7 +19,8 @@ import gc
 import signal
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from collector.logs import configure as configure_logs
 from collector.logs import get_logger
@@ -49,9 +50,15 @@ PARSE_SLOTS = 2
 class Collector:
     """One collector process's state; `run()` blocks until `request_stop()`."""
 
-    def __init__(self, config: Any, client: Any, collector_id: str | None = None,
-                 metrics: CollectorMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        client: Any,
+        collector_id: str | None = None,
+        metrics: CollectorMetrics | None = None,
+    ) -> None:
         from llmlbd.config import ConfigError
+
         self.config = config
         self.client = client
         self.collector_id = collector_id or new_collector_id()
@@ -71,7 +78,7 @@ class Collector:
         self._worker_threads: dict[str, threading.Thread] = {}
         self._seed = {b.name: b.url for b in config.backends}
         self._members_checked = 0.0
-        self._previous: dict[str, tuple[Any, ...]] = {}   # health state left by the last owner
+        self._previous: dict[str, tuple[Any, ...]] = {}  # health state left by the last owner
         # Parsing is the only CPU-heavy step. Letting a few threads parse at a
         # time (the rest wait without the GIL) keeps the claim loop and the
         # publisher from queueing behind 256 runnable threads when the
@@ -124,8 +131,9 @@ class Collector:
             self._fetch_previous_state(gained)
         self.owned = owned
         if before != owned:
-            self.log.info("ownership", owned=len(owned), gained=len(owned - before),
-                          lost=len(before - owned))
+            self.log.info(
+                "ownership", owned=len(owned), gained=len(owned - before), lost=len(before - owned)
+            )
             for name in owned ^ before:
                 if name in self.workers:
                     self.workers[name].wake.set()
@@ -147,8 +155,7 @@ class Collector:
             self.log.warning("restore_failed", error=str(exc))
             return
         for name, values in zip(names, replies):
-            self._previous[name] = tuple(
-                v.decode() if isinstance(v, bytes) else v for v in values)
+            self._previous[name] = tuple(v.decode() if isinstance(v, bytes) else v for v in values)
 
     def _restore(self, name: str) -> tuple[Any, ...] | None:
         return self._previous.pop(name, None)
@@ -162,12 +169,17 @@ class Collector:
         port = self.config.collector.metrics_port
         if port:
             from prometheus_client import start_http_server
+
             self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
         self._spawn("publisher", self.publisher.run, self.stop)
         self._spawn("reaper", self.reaper.run, self.stop)
         self.follow_members(force=True)
-        self.log.info("collector_started", backends=len(self.workers), pool=self.keys.pool,
-                      metrics_port=port or None)
+        self.log.info(
+            "collector_started",
+            backends=len(self.workers),
+            pool=self.keys.pool,
+            metrics_port=port or None,
+        )
 
     def _spawn(self, name: str, target: Any, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
@@ -188,6 +200,7 @@ class Collector:
         self._members_checked = now
         try:
             from llmlbd.ctl.members import read_members
+
             members = read_members(self.client, self.keys.members)
         except Exception as exc:  # Redis down: keep the current set (at start: the seed)
             self.metrics.redis_errors.labels("members").inc()
@@ -203,8 +216,17 @@ class Collector:
                 self._add_worker(name, url)
 
     def _add_worker(self, name: str, url: str) -> None:
-        worker = BackendWorker(name, url, self.settings, self.plan, self.publisher.submit,
-                               self.metrics, self.is_owned, self._restore, self._cpu_slots)
+        worker = BackendWorker(
+            name,
+            url,
+            self.settings,
+            self.plan,
+            self.publisher.submit,
+            self.metrics,
+            self.is_owned,
+            self._restore,
+            self._cpu_slots,
+        )
         stop = threading.Event()
         self.workers[name] = worker
         self._worker_stops[name] = stop
@@ -242,8 +264,9 @@ class Collector:
                 self._check_ready()
                 while self._signals:
                     self._signals.pop()
-                    self.log.warning("reload_unsupported",
-                                     hint="restart the collector to change its backends")
+                    self.log.warning(
+                        "reload_unsupported", hint="restart the collector to change its backends"
+                    )
                 self.stop.wait(CLAIM_EVERY_S)
         finally:
             self.shutdown()
@@ -287,8 +310,11 @@ class Collector:
         self._signals.append(signal.SIGHUP)
 
 
-def main(config_path: str | None, collector_id: str | None = None,
-         overrides: dict[str, Any] | None = None) -> int:
+def main(
+    config_path: str | None,
+    collector_id: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> int:
     """Run the collector until SIGTERM/SIGINT; the entry `llmlbd start` may call in a child.
 
     Returns the process exit status. Call it in a fresh process (after

@@ -95,7 +95,7 @@ def parse_labels(line: str, i: int) -> tuple[dict[str, str], int]:
         end = _closing_quote(line, j + 1)
         if end == -1:
             raise ValueError("unterminated label value")
-        raw = line[j + 1:end]
+        raw = line[j + 1 : end]
         labels[name] = _unescape(raw) if "\\" in raw else raw
         i = end + 1
         while i < n and line[i] in " \t":
@@ -136,8 +136,8 @@ class ScanMemo:
 
     __slots__ = ("hints", "lines")
 
-    WINDOW = 8192      # bytes searched either side of the previous offset
-    MAX_LINES = 256    # parsed lines remembered, per backend
+    WINDOW = 8192  # bytes searched either side of the previous offset
+    MAX_LINES = 256  # parsed lines remembered, per backend
 
     def __init__(self) -> None:
         self.hints: dict[str, int] = {}
@@ -147,7 +147,7 @@ class ScanMemo:
 class Page:
     """One scraped page, read lazily: only the names asked for are ever parsed."""
 
-    __slots__ = ("text", "limit", "memo", "_cache")
+    __slots__ = ("_cache", "limit", "memo", "text")
 
     def __init__(self, text: str, memo: ScanMemo | None = None) -> None:
         self.text = text
@@ -183,8 +183,7 @@ class Page:
         n = pos + len(name)
         # The character after the name must end it: "waiting" must not
         # match "waiting_by_reason".
-        return (n < self.limit and self.text[n] in "{ \t"
-                and self.text.startswith(name, pos))
+        return n < self.limit and self.text[n] in "{ \t" and self.text.startswith(name, pos)
 
     def _parse_at(self, pos: int, end: int, name: str) -> Sample | None:
         line = self.text[pos:end]
@@ -205,7 +204,7 @@ class Page:
         needle = "\n" + name
         found: list[Sample] = []
         first = -1
-        contiguous = True       # every line of the family follows the previous one
+        contiguous = True  # every line of the family follows the previous one
         expected = -1
         pos = 0 if text.startswith(name) else text.find(needle, 0, limit) + 1 or -1
         while pos != -1:

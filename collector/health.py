@@ -31,7 +31,8 @@ class Health:
             self.successes += 1
             self.fails = 0
             if self.state == F.HEALTH_UNKNOWN or (
-                    self.state == F.HEALTH_DOWN and self.successes >= self.up_after):
+                self.state == F.HEALTH_DOWN and self.successes >= self.up_after
+            ):
                 self.state = F.HEALTH_UP
         else:
             self.fails += 1

@@ -33,7 +33,7 @@ class FetchError(Exception):
 
 class Response(NamedTuple):
     status: int
-    headers: dict[str, str]   # lower-case names
+    headers: dict[str, str]  # lower-case names
     body: bytes
 
 
@@ -63,8 +63,9 @@ class HTTPConnection:
                 pass
             self._sock = None
 
-    def get(self, path: str, timeout: float, max_bytes: int,
-            headers: dict[str, str] | None = None) -> Response:
+    def get(
+        self, path: str, timeout: float, max_bytes: int, headers: dict[str, str] | None = None
+    ) -> Response:
         """GET *path*; raises FetchError (and drops the connection) on any failure."""
         deadline = time.monotonic() + timeout
         request = self._request(path, headers)
@@ -88,8 +89,12 @@ class HTTPConnection:
 
     # internals ---------------------------------------------------------------
     def _request(self, path: str, headers: dict[str, str] | None) -> bytes:
-        lines = [f"GET {self.prefix}{path} HTTP/1.1", f"Host: {self.host_header}",
-                 f"User-Agent: {self.user_agent}", "Connection: keep-alive"]
+        lines = [
+            f"GET {self.prefix}{path} HTTP/1.1",
+            f"Host: {self.host_header}",
+            f"User-Agent: {self.user_agent}",
+            "Connection: keep-alive",
+        ]
         for name, value in (headers or {}).items():
             lines.append(f"{name}: {value}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -105,7 +110,7 @@ class HTTPConnection:
                 if self._ssl is None:
                     self._ssl = ssl.create_default_context()
                 sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
-        except socket.timeout:
+        except TimeoutError:
             raise FetchError("timeout", "connect timed out") from None
         except ConnectionRefusedError:
             raise FetchError("refused", "connection refused") from None
@@ -146,7 +151,7 @@ class HTTPConnection:
             self.close()
         return Response(status, headers, body)
 
-    def _body(self, reader: "_Reader", headers: dict[str, str], max_bytes: int) -> bytes:
+    def _body(self, reader: _Reader, headers: dict[str, str], max_bytes: int) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             parts: list[bytes] = []
             total = 0
@@ -183,7 +188,7 @@ class HTTPConnection:
 class _Reader:
     """Buffered reads from a socket against one deadline."""
 
-    __slots__ = ("sock", "deadline", "buf", "got_any")
+    __slots__ = ("buf", "deadline", "got_any", "sock")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
@@ -198,7 +203,7 @@ class _Reader:
         self.sock.settimeout(remaining)
         try:
             data = self.sock.recv(262144)
-        except socket.timeout:
+        except TimeoutError:
             raise FetchError("timeout", "timed out reading the response") from None
         if not data:
             return False
@@ -210,13 +215,14 @@ class _Reader:
         while True:
             at = self.buf.find(marker)
             if at != -1:
-                out, self.buf = self.buf[:at], self.buf[at + len(marker):]
+                out, self.buf = self.buf[:at], self.buf[at + len(marker) :]
                 return out
             if len(self.buf) > cap:
                 raise FetchError("bad_response", "response header too long")
             if not self._fill():
-                raise FetchError("closed" if not self.got_any else "truncated",
-                                 "connection closed mid-response")
+                raise FetchError(
+                    "closed" if not self.got_any else "truncated", "connection closed mid-response"
+                )
 
     def exactly(self, n: int) -> bytes:
         if len(self.buf) < n:
@@ -230,7 +236,7 @@ class _Reader:
                 self.sock.settimeout(remaining)
                 try:
                     data = self.sock.recv(min(262144, max(65536, n - have)))
-                except socket.timeout:
+                except TimeoutError:
                     raise FetchError("timeout", "timed out reading the response") from None
                 if not data:
                     raise FetchError("truncated", f"connection closed after {have} of {n} bytes")

@@ -9,7 +9,7 @@ workers' last good scrape, so they are exact at read time.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
@@ -30,12 +30,14 @@ class _AgeCollector(Collector):
         now = time.monotonic()
         age = GaugeMetricFamily(
             "llmlbd_collector_metrics_age_seconds",
-            "Time since the last good scrape of each backend this collector owns "
-            "(+Inf: none yet).", labels=["backend"])
+            "Time since the last good scrape of each backend this collector owns (+Inf: none yet).",
+            labels=["backend"],
+        )
         stale = GaugeMetricFamily(
             "llmlbd_collector_backend_stale",
             "1 when the backend's metrics are older than collector.stale_after_ms.",
-            labels=["backend"])
+            labels=["backend"],
+        )
         owned = stale_count = 0
         for backend, is_owned, last in self.source():
             if not is_owned:
@@ -48,42 +50,70 @@ class _AgeCollector(Collector):
             stale.add_metric([backend], 1.0 if is_stale else 0.0)
         yield age
         yield stale
-        yield GaugeMetricFamily("llmlbd_collector_stale_backends",
-                                "Owned backends whose metrics are stale.", value=stale_count)
-        yield GaugeMetricFamily("llmlbd_collector_owned_backends",
-                                "Backends this collector currently scrapes.", value=owned)
+        yield GaugeMetricFamily(
+            "llmlbd_collector_stale_backends",
+            "Owned backends whose metrics are stale.",
+            value=stale_count,
+        )
+        yield GaugeMetricFamily(
+            "llmlbd_collector_owned_backends",
+            "Backends this collector currently scrapes.",
+            value=owned,
+        )
 
 
 class CollectorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        ProcessCollector(registry=r)   # the collector's own CPU and memory
+        ProcessCollector(registry=r)  # the collector's own CPU and memory
         self.scrapes = Counter(
-            "llmlbd_collector_scrapes", "Scrapes of a backend's /metrics, by outcome "
+            "llmlbd_collector_scrapes",
+            "Scrapes of a backend's /metrics, by outcome "
             "(ok, or the failure kind: timeout, refused, http_503, too_large, ...).",
-            ["backend", "outcome"], registry=r)
+            ["backend", "outcome"],
+            registry=r,
+        )
         self.scrape_seconds = Histogram(
             "llmlbd_collector_scrape_duration_seconds",
             "Time to fetch and parse one /metrics page.",
-            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5), registry=r)
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         self.health_checks = Counter(
-            "llmlbd_collector_health_checks", "Active health checks, by outcome.",
-            ["backend", "outcome"], registry=r)
-        self.up = Gauge("llmlbd_collector_backend_up",
-                        "Health state: 1 up, 0 down, -1 unknown.", ["backend"], registry=r)
+            "llmlbd_collector_health_checks",
+            "Active health checks, by outcome.",
+            ["backend", "outcome"],
+            registry=r,
+        )
+        self.up = Gauge(
+            "llmlbd_collector_backend_up",
+            "Health state: 1 up, 0 down, -1 unknown.",
+            ["backend"],
+            registry=r,
+        )
         self.field_missing = Gauge(
             "llmlbd_collector_field_missing",
             "1 when no known source for the field is on the backend's page (the field "
-            "is unknown to the policies).", ["backend", "field"], registry=r)
+            "is unknown to the policies).",
+            ["backend", "field"],
+            registry=r,
+        )
         self.publishes = Counter(
-            "llmlbd_collector_publishes", "Backend hash writes, by outcome "
-            "(ok, not_owner, error).", ["outcome"], registry=r)
+            "llmlbd_collector_publishes",
+            "Backend hash writes, by outcome (ok, not_owner, error).",
+            ["outcome"],
+            registry=r,
+        )
         self.redis_errors = Counter(
-            "llmlbd_collector_redis_errors", "Failed Redis calls, by operation.",
-            ["op"], registry=r)
-        self.reaped = Counter("llmlbd_collector_reaped_leases",
-                              "In-flight leases of dead proxy workers dropped.", registry=r)
+            "llmlbd_collector_redis_errors", "Failed Redis calls, by operation.", ["op"], registry=r
+        )
+        self.reaped = Counter(
+            "llmlbd_collector_reaped_leases",
+            "In-flight leases of dead proxy workers dropped.",
+            registry=r,
+        )
 
-    def watch_freshness(self, source: Callable[[], Iterable[Freshness]],
-                        stale_after_s: float) -> None:
+    def watch_freshness(
+        self, source: Callable[[], Iterable[Freshness]], stale_after_s: float
+    ) -> None:
         self.registry.register(_AgeCollector(source, stale_after_s))

@@ -9,12 +9,13 @@ raises on a bad page: a broken or absent family only leaves its fields out.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Protocol
 
-from llmlbd.state import backend_fields as F
 from collector.exposition import Page, Sample, ScanMemo
 from collector.sources import AGGREGATION, LIST_FIELDS, Plan, Source
+from llmlbd.state import backend_fields as F
 
 __all__ = ["Reading", "read_metrics", "read_page", "format_number", "lora_series"]
 
@@ -22,15 +23,16 @@ __all__ = ["Reading", "read_metrics", "read_page", "format_number", "lora_series
 class PageLike(Protocol):
     def samples(self, name: str) -> list[Sample]: ...
 
+
 # The label pairs of a LoRA info family that list adapters.
 _LORA_LIST_FIELDS = (F.LORA_RUNNING, F.LORA_WAITING)
 
 
 @dataclass
 class Reading:
-    values: dict[str, str] = field(default_factory=dict)    # field -> stored text
-    missing: list[str] = field(default_factory=list)        # fields with no source on the page
-    used: dict[str, str] = field(default_factory=dict)      # field -> source text that supplied it
+    values: dict[str, str] = field(default_factory=dict)  # field -> stored text
+    missing: list[str] = field(default_factory=list)  # fields with no source on the page
+    used: dict[str, str] = field(default_factory=dict)  # field -> source text that supplied it
 
     @property
     def empty(self) -> bool:
@@ -53,7 +55,7 @@ def _label_numbers(samples: Iterable[Sample], label: str) -> list[float]:
     out = []
     for s in samples:
         try:
-            number = float(s.labels[label])   # "None" or a missing label: skip the series
+            number = float(s.labels[label])  # "None" or a missing label: skip the series
         except (KeyError, ValueError):
             continue
         if math.isfinite(number):
@@ -91,11 +93,15 @@ def _value(fname: str, source: Source, samples: list[Sample], plan: Plan) -> str
     """Combine the matching series of one source into the field's stored text."""
     rule = AGGREGATION[fname]
     if rule == "lora":
-        if source.label is None:   # a plain gauge (SGLang's slot count) for max_lora
+        if source.label is None:  # a plain gauge (SGLang's slot count) for max_lora
             values = _finite(samples)
             return format_number(max(values)) if values else None
-        list_labels = [s.label for f in _LORA_LIST_FIELDS for s in plan.sources[f]
-                       if s.name == source.name and s.label]
+        list_labels = [
+            s.label
+            for f in _LORA_LIST_FIELDS
+            for s in plan.sources[f]
+            if s.name == source.name and s.label
+        ]
         chosen = lora_series(samples, list_labels or [source.label])
         if chosen is None or source.label not in chosen.labels:
             return None
@@ -131,8 +137,9 @@ def _lookup(page: PageLike, source: Source) -> list[Sample]:
     return samples
 
 
-def read_metrics(text: str, plan: Plan, memo: ScanMemo | None = None,
-                 learned: dict[str, Source] | None = None) -> Reading:
+def read_metrics(
+    text: str, plan: Plan, memo: ScanMemo | None = None, learned: dict[str, Source] | None = None
+) -> Reading:
     """Every metric field *plan* can fill from *text*.
 
     *memo* and *learned* (both per backend, kept between scrapes) only make

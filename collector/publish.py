@@ -14,8 +14,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from collector.logs import get_logger
 from collector.metrics import CollectorMetrics
@@ -30,21 +31,26 @@ class Update:
     backend: str
     fields: dict[str, str] = field(default_factory=dict)
     delete: tuple[str, ...] = ()
-    scraped_mono: float | None = None   # when the page was read (sets scraped_at)
-    models_mono: float | None = None    # when /v1/models was read (sets models_at)
+    scraped_mono: float | None = None  # when the page was read (sets scraped_at)
+    models_mono: float | None = None  # when /v1/models was read (sets models_at)
 
 
 class Publisher:
     """One thread that sends the workers' updates in pipelines."""
 
-    def __init__(self, client: Any, leases: Any, metrics: CollectorMetrics,
-                 on_not_owner: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        leases: Any,
+        metrics: CollectorMetrics,
+        on_not_owner: Callable[[str], None],
+    ) -> None:
         self.client = client
         self.leases = leases
         self.metrics = metrics
         self.on_not_owner = on_not_owner
-        self.queue: "queue.Queue[Update | None]" = queue.Queue()
-        self.first_write = threading.Event()   # set after the first batch reached Redis
+        self.queue: queue.Queue[Update | None] = queue.Queue()
+        self.first_write = threading.Event()  # set after the first batch reached Redis
         self.log = get_logger(component="publisher")
         self._failing = False
 
@@ -85,10 +91,13 @@ class Publisher:
         pipe = self.client.pipeline(transaction=False)
         for u in batch:
             self.leases.publish(
-                u.backend, u.fields, u.delete,
+                u.backend,
+                u.fields,
+                u.delete,
                 scraped_age_ms=None if u.scraped_mono is None else (now - u.scraped_mono) * 1000,
                 models_age_ms=None if u.models_mono is None else (now - u.models_mono) * 1000,
-                client=pipe)
+                client=pipe,
+            )
         try:
             results = pipe.execute(raise_on_error=False)
         except Exception as exc:  # redis ConnectionError/TimeoutError, or a cluster error

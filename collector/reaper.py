@@ -53,8 +53,7 @@ class Reaper:
         self._calls += 1
         try:
             if self._takes_recount:
-                reply = self._reap(self.client, self.keys,
-                                   recount=self._calls % RECOUNT_EVERY == 0)
+                reply = self._reap(self.client, self.keys, recount=self._calls % RECOUNT_EVERY == 0)
             else:
                 reply = self._reap(self.client, self.keys)
         except Exception as exc:  # Redis down: the next second tries again
@@ -67,8 +66,11 @@ class Reaper:
         reaped = int(reply[0]) if isinstance(reply, (tuple, list)) else int(reply)
         if reaped:
             self.metrics.reaped.inc(reaped)
-            self.log.info("leases_reaped", leases=reaped,
-                          workers=int(reply[1]) if isinstance(reply, (tuple, list)) else None)
+            self.log.info(
+                "leases_reaped",
+                leases=reaped,
+                workers=int(reply[1]) if isinstance(reply, (tuple, list)) else None,
+            )
         return reaped
 
     def run(self, stop: threading.Event) -> None:

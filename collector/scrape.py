@@ -16,8 +16,10 @@ __all__ = ["ACCEPT", "get_metrics_text", "check_health", "get_models", "API_KEY_
 
 # Plain text first (smaller, no _created lines in multiprocess servers);
 # OpenMetrics is understood too, as is whatever a server sends for */*.
-ACCEPT = ("text/plain;version=0.0.4;q=0.6,text/plain;version=1.0.0;q=0.5,"
-          "application/openmetrics-text;version=1.0.0;q=0.4,*/*;q=0.1")
+ACCEPT = (
+    "text/plain;version=0.0.4;q=0.6,text/plain;version=1.0.0;q=0.5,"
+    "application/openmetrics-text;version=1.0.0;q=0.4,*/*;q=0.1"
+)
 _METRICS_HEADERS = {"Accept": ACCEPT}
 
 # vLLM puts /v1/* (so /v1/models) behind --api-key, but not /metrics or /health.
@@ -27,8 +29,9 @@ API_KEY_ENV = "LLMLBD_BACKEND_API_KEY"
 _NOT_METRICS = ("text/html", "application/json")
 
 
-def get_metrics_text(conn: HTTPConnection, timeout: float, max_bytes: int,
-                     path: str = "/metrics") -> str:
+def get_metrics_text(
+    conn: HTTPConnection, timeout: float, max_bytes: int, path: str = "/metrics"
+) -> str:
     """The /metrics page as text; FetchError if it is not a 200 metrics page."""
     response = conn.get(path, timeout, max_bytes, _METRICS_HEADERS)
     if response.status != 200:
@@ -46,7 +49,9 @@ def check_health(conn: HTTPConnection, path: str, timeout: float) -> None:
         raise FetchError(f"http_{response.status}", f"{path} answered {response.status}")
 
 
-def get_models(conn: HTTPConnection, timeout: float, max_bytes: int = 1024 * 1024) -> list[str] | None:
+def get_models(
+    conn: HTTPConnection, timeout: float, max_bytes: int = 1024 * 1024
+) -> list[str] | None:
     """Ids of /v1/models (base models and LoRA adapters); None if the server has no such endpoint."""
     headers = {"Accept": "application/json"}
     key = os.environ.get(API_KEY_ENV)

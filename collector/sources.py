@@ -15,13 +15,22 @@ series a source matches are combined by the field's rule (`AGGREGATION`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from llmlbd.state import backend_fields as F
 from collector.exposition import parse_labels
+from llmlbd.state import backend_fields as F
 
-__all__ = ["Source", "Plan", "parse_source", "build_plan", "AGGREGATION", "BUILTIN", "METRIC_FIELDS"]
+__all__ = [
+    "Source",
+    "Plan",
+    "parse_source",
+    "build_plan",
+    "AGGREGATION",
+    "BUILTIN",
+    "METRIC_FIELDS",
+]
 
 # How the series a source matches become one value:
 #   sum   - one series per engine / data-parallel rank: the backend's total
@@ -65,7 +74,7 @@ BUILTIN: dict[str, tuple[str, ...]] = {
     ),
     F.KV_USAGE: (
         "vllm:kv_cache_usage_perc",
-        "vllm:gpu_cache_usage_perc",          # before vLLM 0.12
+        "vllm:gpu_cache_usage_perc",  # before vLLM 0.12
         "sglang:token_usage",
         "trtllm_kv_cache_utilization",
         'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}',
@@ -73,7 +82,7 @@ BUILTIN: dict[str, tuple[str, ...]] = {
     F.PREFIX_QUERIES: (
         "vllm:prefix_cache_queries_total",
         "vllm:gpu_prefix_cache_queries_total",  # before vLLM 0.12
-        "sglang:prompt_tokens_total",           # SGLang: hit ratio = cached / prompt tokens
+        "sglang:prompt_tokens_total",  # SGLang: hit ratio = cached / prompt tokens
     ),
     F.PREFIX_HITS: (
         "vllm:prefix_cache_hits_total",
@@ -105,10 +114,10 @@ BUILTIN: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Source:
-    name: str                               # sample name, exactly as on the page
-    selector: tuple[tuple[str, str], ...]   # label pairs a series must carry
-    label: str | None                       # read this label instead of the value
-    text: str                               # as written, for logs and docs
+    name: str  # sample name, exactly as on the page
+    selector: tuple[tuple[str, str], ...]  # label pairs a series must carry
+    label: str | None  # read this label instead of the value
+    text: str  # as written, for logs and docs
     # Operator mappings may name a counter's family ("foo") for its sample
     # ("foo_total") or the reverse; built-in names are exact.
     loose_total: bool = False
@@ -120,7 +129,9 @@ class Source:
 def parse_source(text: str, loose_total: bool = False) -> Source:
     """Parse ``name{l="v",...}@label`` (selector and ``@label`` optional); ValueError if bad."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"expected a metric name such as 'queue_len{{engine=\"0\"}}', got {text!r}")
+        raise ValueError(
+            f"expected a metric name such as 'queue_len{{engine=\"0\"}}', got {text!r}"
+        )
     spec = text.strip()
     label: str | None = None
     selector: dict[str, str] = {}
@@ -164,8 +175,10 @@ def build_plan(metric_map: Mapping[str, Any] | None = None) -> Plan:
     sources = {field: [parse_source(s) for s in specs] for field, specs in BUILTIN.items()}
     for field, value in (metric_map or {}).items():
         if field not in AGGREGATION:
-            raise ValueError(f"metric_map.{field}: not a metric field "
-                             f"(expected one of {', '.join(METRIC_FIELDS)})")
+            raise ValueError(
+                f"metric_map.{field}: not a metric field "
+                f"(expected one of {', '.join(METRIC_FIELDS)})"
+            )
         specs = value if isinstance(value, (list, tuple)) else [value]
         try:
             mapped = [parse_source(s, loose_total=True) for s in specs]

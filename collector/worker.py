@@ -12,8 +12,9 @@ import contextlib
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from collector.exposition import ScanMemo
 from collector.health import Health
@@ -29,7 +30,7 @@ from llmlbd.state import backend_fields as F
 __all__ = ["Settings", "BackendWorker"]
 
 _HEALTH_VALUE = {F.HEALTH_UP: 1.0, F.HEALTH_DOWN: 0.0, F.HEALTH_UNKNOWN: -1.0}
-_IDLE_WAIT_S = 1.0   # a worker whose backend another collector owns re-checks this often
+_IDLE_WAIT_S = 1.0  # a worker whose backend another collector owns re-checks this often
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,12 @@ class Settings:
     models_refresh_s: float
 
     @classmethod
-    def from_config(cls, section: Any) -> "Settings":
+    def from_config(cls, section: Any) -> Settings:
         return cls(
             interval_s=section.interval_ms / 1000.0,
             timeout_s=section.timeout_ms / 1000.0,
-            health_path=section.health_path if section.health_path.startswith("/")
+            health_path=section.health_path
+            if section.health_path.startswith("/")
             else "/" + section.health_path,
             health_interval_s=section.health_interval_ms / 1000.0,
             down_after=section.down_after,
@@ -63,11 +65,18 @@ class Settings:
 
 
 class BackendWorker:
-    def __init__(self, name: str, url: str, settings: Settings, plan: Plan,
-                 submit: Callable[[Update], None], metrics: CollectorMetrics,
-                 is_owned: Callable[[str], bool] = lambda name: True,
-                 restore: Callable[[str], Any] | None = None,
-                 cpu_slots: Any = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        settings: Settings,
+        plan: Plan,
+        submit: Callable[[Update], None],
+        metrics: CollectorMetrics,
+        is_owned: Callable[[str], bool] = lambda name: True,
+        restore: Callable[[str], Any] | None = None,
+        cpu_slots: Any = None,
+    ) -> None:
         self.name = name
         self.url = url
         self.settings = settings
@@ -82,7 +91,7 @@ class BackendWorker:
         self.memo = ScanMemo()
         self.learned: dict[str, Source] = {}
         self.missing: set[str] = set()
-        self.last_ok: float | None = None      # monotonic time of the last good scrape
+        self.last_ok: float | None = None  # monotonic time of the last good scrape
         self.active = False
         self.wake = threading.Event()
         self.log = get_logger(backend=name)
@@ -175,8 +184,9 @@ class BackendWorker:
         fields = dict(reading.values)
         fields[F.SCRAPE_MS] = f"{elapsed * 1000:.1f}"
         fields[F.URL] = self.url
-        self.submit(Update(self.name, fields, (*reading.missing, F.LAST_ERROR),
-                           scraped_mono=received))
+        self.submit(
+            Update(self.name, fields, (*reading.missing, F.LAST_ERROR), scraped_mono=received)
+        )
         self.last_ok = received
         self.metrics.scrapes.labels(self.name, "ok").inc()
         self.metrics.scrape_seconds.observe(elapsed)
@@ -218,8 +228,12 @@ class BackendWorker:
         if changed:
             self.metrics.up.labels(self.name).set(_HEALTH_VALUE[self.health.state])
             log = self.log.warning if self.health.state == F.HEALTH_DOWN else self.log.info
-            log("health_changed", health=self.health.state, fails=self.health.fails,
-                error=error or None)
+            log(
+                "health_changed",
+                health=self.health.state,
+                fails=self.health.fails,
+                error=error or None,
+            )
         return ok
 
     def refresh_models(self) -> list[str] | None:
@@ -232,8 +246,7 @@ class BackendWorker:
         if ids is None:
             self.submit(Update(self.name, {}, (F.MODELS, F.MODELS_AT)))
         else:
-            self.submit(Update(self.name, {F.MODELS: ",".join(ids)},
-                               models_mono=time.monotonic()))
+            self.submit(Update(self.name, {F.MODELS: ",".join(ids)}, models_mono=time.monotonic()))
         return ids
 
     def once(self) -> dict[str, Any]:

@@ -70,8 +70,13 @@ class EmbeddedRedis:
     also listens on 127.0.0.1:port, which tests use.
     """
 
-    def __init__(self, runtime_dir: str | None = None, port: int = 0,
-                 binary: str | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        runtime_dir: str | None = None,
+        port: int = 0,
+        binary: str | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.binary = binary or find_server_binary()
         self._own_dir = runtime_dir is None
         self.runtime_dir = Path(runtime_dir or tempfile.mkdtemp(prefix="llmlbd-redis-"))
@@ -94,7 +99,7 @@ class EmbeddedRedis:
             return f"redis://127.0.0.1:{self.port}/0"
         return f"unix://{self.socket_path}"
 
-    def start(self, timeout_s: float = 10.0) -> "EmbeddedRedis":
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         try:
             os.unlink(self.socket_path)
@@ -102,20 +107,32 @@ class EmbeddedRedis:
             pass
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--unixsocket", self.socket_path,
-            "--unixsocketperm", "700",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.runtime_dir),
-            "--logfile", self.log_path,
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            self.socket_path,
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.runtime_dir),
+            "--logfile",
+            self.log_path,
+            "--daemonize",
+            "no",
             *self.extra_args,
         ]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -158,7 +175,7 @@ class EmbeddedRedis:
             self.process.wait()
         self.process = None
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

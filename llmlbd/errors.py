@@ -8,8 +8,17 @@ else maps exceptions to statuses.
 from __future__ import annotations
 
 __all__ = [
-    "LLMLBError", "BadRequest", "BodyTooLarge", "RouteNotFound", "MethodNotAllowed",
-    "ModelNotFound", "OverCapacity", "Shed", "UpstreamFailed", "NoBackend", "UpstreamTimeout",
+    "LLMLBError",
+    "BadRequest",
+    "BodyTooLarge",
+    "RouteNotFound",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "OverCapacity",
+    "Shed",
+    "UpstreamFailed",
+    "NoBackend",
+    "UpstreamTimeout",
 ]
 
 
@@ -26,8 +35,9 @@ class LLMLBError(Exception):
         self.details = details
 
     def body(self) -> dict[str, object]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code,
-                          "param": None}}
+        return {
+            "error": {"message": self.message, "type": self.type, "code": self.code, "param": None}
+        }
 
 
 class BadRequest(LLMLBError):

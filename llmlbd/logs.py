@@ -26,8 +26,7 @@ def add_pid(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[s
     return event_dict
 
 
-def drop_prompt_fields(logger: Any, method_name: str,
-                       event_dict: dict[str, Any]) -> dict[str, Any]:
+def drop_prompt_fields(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key in PROMPT_FIELDS.intersection(event_dict):
         event_dict[key] = "[not logged]"
     return event_dict
@@ -42,18 +41,25 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         add_pid,
         drop_prompt_fields,
     ]
-    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer])
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -7,44 +7,78 @@ before forking and /metrics aggregates every worker's files
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["REQUESTS", "DECISION_SECONDS", "UPSTREAM_TTFB_SECONDS", "UPSTREAM_SECONDS",
-           "RETRIES", "FALLBACKS", "REDIS_ERRORS", "REDIS_SECONDS", "PREFIX_BLOCKS", "SHED",
-           "INFLIGHT",
-           "Observer", "PoolCollector"]
+__all__ = [
+    "REQUESTS",
+    "DECISION_SECONDS",
+    "UPSTREAM_TTFB_SECONDS",
+    "UPSTREAM_SECONDS",
+    "RETRIES",
+    "FALLBACKS",
+    "REDIS_ERRORS",
+    "REDIS_SECONDS",
+    "PREFIX_BLOCKS",
+    "SHED",
+    "INFLIGHT",
+    "Observer",
+    "PoolCollector",
+]
 
-REQUESTS = Counter("llmlbd_requests_total", "Requests answered, by backend, policy and status.",
-                   ["backend", "policy", "status"])
+REQUESTS = Counter(
+    "llmlbd_requests_total",
+    "Requests answered, by backend, policy and status.",
+    ["backend", "policy", "status"],
+)
 DECISION_SECONDS = Histogram(
-    "llmlbd_decision_seconds", "Time to pick and reserve a backend (Redis round trip included).",
-    ["policy"], buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+    "llmlbd_decision_seconds",
+    "Time to pick and reserve a backend (Redis round trip included).",
+    ["policy"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
 UPSTREAM_TTFB_SECONDS = Histogram(
-    "llmlbd_upstream_ttfb_seconds", "From forwarding to the backend's first body byte.",
-    ["backend"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+    "llmlbd_upstream_ttfb_seconds",
+    "From forwarding to the backend's first body byte.",
+    ["backend"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 UPSTREAM_SECONDS = Histogram(
-    "llmlbd_upstream_seconds", "From forwarding to the end of the backend's response.",
-    ["backend"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
-RETRIES = Counter("llmlbd_retries_total",
-                  "Requests sent to another backend after one failed before any byte.",
-                  ["backend", "reason"])
-FALLBACKS = Counter("llmlbd_fallback_decisions_total",
-                    "Decisions made by the worker-local fallback because Redis was unavailable.")
-REDIS_ERRORS = Counter("llmlbd_redis_errors_total", "Redis calls that failed, by operation.",
-                       ["op"])
+    "llmlbd_upstream_seconds",
+    "From forwarding to the end of the backend's response.",
+    ["backend"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+RETRIES = Counter(
+    "llmlbd_retries_total",
+    "Requests sent to another backend after one failed before any byte.",
+    ["backend", "reason"],
+)
+FALLBACKS = Counter(
+    "llmlbd_fallback_decisions_total",
+    "Decisions made by the worker-local fallback because Redis was unavailable.",
+)
+REDIS_ERRORS = Counter(
+    "llmlbd_redis_errors_total", "Redis calls that failed, by operation.", ["op"]
+)
 REDIS_SECONDS = Histogram(
-    "llmlbd_redis_seconds", "Redis round trips on the request path, by operation (pick, release).",
-    ["op"], buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5))
+    "llmlbd_redis_seconds",
+    "Redis round trips on the request path, by operation (pick, release).",
+    ["op"],
+    buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5),
+)
 PREFIX_BLOCKS = Counter(
     "llmlbd_prefix_blocks_total",
     "Prompt blocks in prefix_cache decisions (kind=prompt) and how many of them matched a "
     "cached prefix on the chosen backend (kind=matched): matched/prompt is the hit ratio.",
-    ["kind"])
+    ["kind"],
+)
 SHED = Counter("llmlbd_shed_total", "Requests refused with 429, by reason.", ["reason"])
-INFLIGHT = Gauge("llmlbd_worker_inflight", "Requests this worker is forwarding now.",
-                 multiprocess_mode="livesum")
+INFLIGHT = Gauge(
+    "llmlbd_worker_inflight", "Requests this worker is forwarding now.", multiprocess_mode="livesum"
+)
 
 
 class Observer:
@@ -88,12 +122,14 @@ class PoolCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         from llmlbd.state.snapshot import read_pool
+
         try:
             states = read_pool(self.client, self.keys, self.backends)
-        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
+        except Exception:
             return
-        inflight, usable, age = (GaugeMetricFamily(name, doc, labels=["backend"])
-                                 for name, doc in POOL_GAUGES.items())
+        inflight, usable, age = (
+            GaugeMetricFamily(name, doc, labels=["backend"]) for name, doc in POOL_GAUGES.items()
+        )
         for state in states:
             inflight.add_metric([state.name], state.inflight)
             down = state.metrics.get("health") == "down"

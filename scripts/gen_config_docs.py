@@ -37,7 +37,7 @@ ACCEPTS = {
     v.optional_string: "string or unset",
     v.string_list: "list of strings (or comma-separated string)",
     v.mapping: "mapping",
-    v.byte_size: "size: bytes or \"10MiB\", \"512KB\"",
+    v.byte_size: 'size: bytes or "10MiB", "512KB"',
     v.host_port: "HOST:PORT",
     v.bind_address: "HOST:PORT or unix:PATH",
     v.http_url: "http(s):// URL",
@@ -55,8 +55,15 @@ def accepts(validator: Any) -> str:
     if doc:  # one_of(...) and documented custom validators
         return doc.splitlines()[0].rstrip(".")
     # An undocumented lambda or function: describe it by the kinds of value it takes.
-    probes = [(None, "unset"), (True, "true / false"), (1, "integer"), (1.5, "number"),
-              ("x", "string"), (["x"], "list"), ({"x": 1}, "mapping")]
+    probes = [
+        (None, "unset"),
+        (True, "true / false"),
+        (1, "integer"),
+        (1.5, "number"),
+        ("x", "string"),
+        (["x"], "list"),
+        ({"x": 1}, "mapping"),
+    ]
     accepted = []
     for value, words in probes:
         try:
@@ -106,7 +113,9 @@ def render() -> str:
         "|---|---|---|---|",
         "| `lb_policy` | `global_least_request` | one of "
         + ", ".join(f"`{name}`" for name in POLICIES)
-        + " (aliases: " + ", ".join(f"`{a}` = `{t}`" for a, t in ALIASES.items()) + ")"
+        + " (aliases: "
+        + ", ".join(f"`{a}` = `{t}`" for a, t in ALIASES.items())
+        + ")"
         + " | The routing policy. |",
         "| `lb_type` | `endpoint` | `endpoint` | Higress compatibility; only `endpoint` is "
         "supported. |",
@@ -141,21 +150,26 @@ def render() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the file differs from what would be written")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the file differs from what would be written"
+    )
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
     text = render()
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
         if current != text:
-            print(f"{args.output} is out of date: run python scripts/gen_config_docs.py",
-                  file=sys.stderr)
+            print(
+                f"{args.output} is out of date: run python scripts/gen_config_docs.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
+    print(
+        f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}"
+    )
     return 0
 
 

@@ -13,8 +13,9 @@ from tests.harness import free_port
 
 def _real_redis():
     """A real Redis-compatible server on a free TCP port, stopped afterwards."""
-    with EmbeddedRedis(runtime_dir=tempfile.mkdtemp(prefix="llmlbd-test-redis-"),
-                       port=free_port()) as server:
+    with EmbeddedRedis(
+        runtime_dir=tempfile.mkdtemp(prefix="llmlbd-test-redis-"), port=free_port()
+    ) as server:
         yield server
 
 
@@ -45,4 +46,3 @@ def redis_client(redis_url):
 def private_redis():
     """A server of the test's own, which the test may kill and restart."""
     yield from _real_redis()
-

@@ -22,12 +22,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
-                  process: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int,
+    host: str = "127.0.0.1",
+    timeout: float = 15.0,
+    process: subprocess.Popen | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before port {port} opened")
+            raise RuntimeError(
+                f"process exited with {process.returncode} before port {port} opened"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -36,8 +42,9 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0,
     raise TimeoutError(f"nothing listened on {host}:{port} within {timeout} s")
 
 
-def wait_for_http(url: str, timeout: float = 20.0, status: int = 200,
-                  process: subprocess.Popen | None = None) -> requests.Response:
+def wait_for_http(
+    url: str, timeout: float = 20.0, status: int = 200, process: subprocess.Popen | None = None
+) -> requests.Response:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -55,7 +62,9 @@ def wait_for_http(url: str, timeout: float = 20.0, status: int = 200,
     raise TimeoutError(f"{url} did not answer {status} within {timeout} s (last: {last})")
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+def wait_until(
+    predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"
+):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -71,8 +80,9 @@ def start_threads(count: int, target, *args) -> tuple[list, list]:
     import threading
 
     results: list = [None] * count
-    threads = [threading.Thread(target=target, args=(*args, results, index))
-               for index in range(count)]
+    threads = [
+        threading.Thread(target=target, args=(*args, results, index)) for index in range(count)
+    ]
     for thread in threads:
         thread.start()
     return threads, results
@@ -94,8 +104,12 @@ class Proc:
         full_env.update(env or {})
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         self.popen = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-            cwd=cwd or str(ROOT), start_new_session=True,
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd or str(ROOT),
+            start_new_session=True,
         )
 
     @property
@@ -141,8 +155,14 @@ class LLMLBD:
     process runs in its own session so stop() takes its workers down too.
     """
 
-    def __init__(self, config: dict, workers: int = 2, env: dict | None = None,
-                 name: str = "llmlbd", wait: bool = True):
+    def __init__(
+        self,
+        config: dict,
+        workers: int = 2,
+        env: dict | None = None,
+        name: str = "llmlbd",
+        wait: bool = True,
+    ):
         import yaml
 
         self.port = free_port()
@@ -159,8 +179,20 @@ class LLMLBD:
         self.config_path = path
         self.runtime_dir = tempfile.mkdtemp(prefix=f"{name}-run-")
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = Proc([sys.executable, "-m", "llmlbd", "start", "--config", path,
-                          "--runtime-dir", self.runtime_dir], name=name, env=env)
+        self.proc = Proc(
+            [
+                sys.executable,
+                "-m",
+                "llmlbd",
+                "start",
+                "--config",
+                path,
+                "--runtime-dir",
+                self.runtime_dir,
+            ],
+            name=name,
+            env=env,
+        )
         if wait:
             self.wait_ready()
 
@@ -168,8 +200,11 @@ class LLMLBD:
         try:
             wait_for_http(f"{self.url}/healthz", timeout=timeout, process=self.proc.popen)
             # Every worker must have booted, not just the first one.
-            wait_until(lambda: self.proc.log().count('"worker_ready"') >= self.config["server"]["workers"],
-                       timeout=timeout, message="all workers ready")
+            wait_until(
+                lambda: self.proc.log().count('"worker_ready"') >= self.config["server"]["workers"],
+                timeout=timeout,
+                message="all workers ready",
+            )
         except Exception:
             print(self.proc.log()[-5000:])
             self.stop()
@@ -193,7 +228,7 @@ class LLMLBD:
     def stop(self, timeout: float = 15.0) -> int | None:
         return self.proc.stop(timeout)
 
-    def __enter__(self) -> "LLMLBD":
+    def __enter__(self) -> LLMLBD:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -206,9 +241,15 @@ class StubBackends:
     def __init__(self, count: int, model: str = "stub-model"):
         self.ports = [free_port() for _ in range(count)]
         self.names = [f"stub-{i}" for i in range(count)]
-        self.procs = [Proc(python_module("tests.stub_backend", "--port", str(port), "--name", name,
-                                         "--model", model), name=name)
-                      for port, name in zip(self.ports, self.names)]
+        self.procs = [
+            Proc(
+                python_module(
+                    "tests.stub_backend", "--port", str(port), "--name", name, "--model", model
+                ),
+                name=name,
+            )
+            for port, name in zip(self.ports, self.names)
+        ]
         self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
         try:
             for url, proc in zip(self.urls, self.procs):
@@ -221,14 +262,16 @@ class StubBackends:
         return [{"url": url, "name": name} for url, name in zip(self.urls, self.names)]
 
     def inflight(self) -> dict[str, int]:
-        return {name: requests.get(f"{url}/stub/inflight", timeout=5).json()["inflight"]
-                for name, url in zip(self.names, self.urls)}
+        return {
+            name: requests.get(f"{url}/stub/inflight", timeout=5).json()["inflight"]
+            for name, url in zip(self.names, self.urls)
+        }
 
     def stop(self) -> None:
         for proc in self.procs:
             proc.stop(5)
 
-    def __enter__(self) -> "StubBackends":
+    def __enter__(self) -> StubBackends:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -39,8 +39,13 @@ def sim_args(options: dict) -> list[str]:
 
 
 class SimFleet:
-    def __init__(self, count: int | None = None, servers: list[dict] | None = None,
-                 ready_timeout: float = 20.0, **sim_options) -> None:
+    def __init__(
+        self,
+        count: int | None = None,
+        servers: list[dict] | None = None,
+        ready_timeout: float = 20.0,
+        **sim_options,
+    ) -> None:
         if count is None:
             count = len(servers or []) or 1
         if servers is not None and len(servers) != count:
@@ -53,12 +58,16 @@ class SimFleet:
         self.urls: list[str] = []
         self.procs: list[Proc] = []
 
-    def start(self) -> "SimFleet":
+    def start(self) -> SimFleet:
         try:
             for name, options in zip(self.names, self.options):
                 port = free_port()
-                proc = Proc(python_module("llmlbd.sim", "--port", str(port), "--name", name,
-                                          *sim_args(options)), name=name)
+                proc = Proc(
+                    python_module(
+                        "llmlbd.sim", "--port", str(port), "--name", name, *sim_args(options)
+                    ),
+                    name=name,
+                )
                 self.ports.append(port)
                 self.urls.append(f"http://127.0.0.1:{port}")
                 self.procs.append(proc)
@@ -79,7 +88,7 @@ class SimFleet:
         """The first server's URL (the common one-server case)."""
         return self.urls[0]
 
-    def __enter__(self) -> "SimFleet":
+    def __enter__(self) -> SimFleet:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

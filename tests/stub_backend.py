@@ -19,13 +19,13 @@ from gevent import monkey
 if __name__ == "__main__":
     monkey.patch_all()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import socket
+import time
 
-import gevent  # noqa: E402
-from gevent.pywsgi import WSGIServer  # noqa: E402
+import gevent
+from gevent.pywsgi import WSGIServer
 
 
 class Stub:
@@ -42,21 +42,40 @@ class Stub:
             start_response("200 OK", [("Content-Length", "0")])
             return [b""]
         if path == "/stub/inflight":
-            return self._json(start_response, 200, {"inflight": self.inflight,
-                                                    "served": self.served})
+            return self._json(
+                start_response, 200, {"inflight": self.inflight, "served": self.served}
+            )
         if path == "/stub/last_body":
             body = self.seen_bodies[-1] if self.seen_bodies else b""
-            start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                                      ("Content-Length", str(len(body)))])
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(body)))],
+            )
             return [body]
         if path.endswith("/stub/headers"):
-            headers = {k[5:].lower().replace("_", "-"): v for k, v in environ.items()
-                       if k.startswith("HTTP_")}
+            headers = {
+                k[5:].lower().replace("_", "-"): v
+                for k, v in environ.items()
+                if k.startswith("HTTP_")
+            }
             return self._json(start_response, 200, headers)
         if path == "/v1/models":
-            return self._json(start_response, 200, {"object": "list", "data": [
-                {"id": self.model, "object": "model", "owned_by": self.name,
-                 "root": self.model, "parent": None}]})
+            return self._json(
+                start_response,
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": self.model,
+                            "object": "model",
+                            "owned_by": self.name,
+                            "root": self.model,
+                            "parent": None,
+                        }
+                    ],
+                },
+            )
         length = int(environ.get("CONTENT_LENGTH") or 0)
         raw = environ["wsgi.input"].read(length) if length else b""
         self.seen_bodies = self.seen_bodies[-1:] + [raw]
@@ -70,8 +89,10 @@ class Stub:
 
     def _json(self, start_response, status, payload):
         body = json.dumps(payload).encode()
-        start_response(f"{status} X", [("Content-Type", "application/json"),
-                                       ("Content-Length", str(len(body)))])
+        start_response(
+            f"{status} X",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
         return [body]
 
     def _generate(self, environ, start_response, raw):
@@ -81,8 +102,11 @@ class Stub:
         status = environ.get("HTTP_X_STUB_STATUS")
         if status:
             self.inflight -= 1
-            return self._json(start_response, int(status), {
-                "error": {"message": f"stub error {status}", "type": "stub", "code": int(status)}})
+            return self._json(
+                start_response,
+                int(status),
+                {"error": {"message": f"stub error {status}", "type": "stub", "code": int(status)}},
+            )
         try:
             request = json.loads(raw) if raw else {}
         except ValueError:
@@ -93,19 +117,32 @@ class Stub:
         if request.get("stream"):
             return self._stream(environ, start_response, request)
         self.inflight -= 1
-        return self._json(start_response, 200, {
-            "id": "cmpl-stub", "object": "chat.completion", "created": int(time.time()),
-            "model": request.get("model", self.model),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+        return self._json(
+            start_response,
+            200,
+            {
+                "id": "cmpl-stub",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.get("model", self.model),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hello"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+            },
+        )
 
     def _stream(self, environ, start_response, request):
         chunks = int(environ.get("HTTP_X_STUB_CHUNKS", 8))
         interval = float(environ.get("HTTP_X_STUB_INTERVAL", 0))
         abort_after = environ.get("HTTP_X_STUB_ABORT_AFTER")
-        start_response("200 OK", [("Content-Type", "text/event-stream"),
-                                  ("Cache-Control", "no-cache")])
+        start_response(
+            "200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+        )
         stub = self
 
         class Body:
@@ -117,16 +154,23 @@ class Stub:
                     if abort_after is not None and index >= int(abort_after):
                         # Drop the connection mid-stream, as a crashing server would.
                         raise ConnectionAbortedError("stub abort")
-                    event = {"id": "chatcmpl-stub", "object": "chat.completion.chunk",
-                             "model": request.get("model", stub.model),
-                             "choices": [{"index": 0, "delta": {"content": f"t{index} "},
-                                          "finish_reason": None}]}
+                    event = {
+                        "id": "chatcmpl-stub",
+                        "object": "chat.completion.chunk",
+                        "model": request.get("model", stub.model),
+                        "choices": [
+                            {"index": 0, "delta": {"content": f"t{index} "}, "finish_reason": None}
+                        ],
+                    }
                     yield b"data: " + json.dumps(event).encode() + b"\n\n"
                     if interval:
                         gevent.sleep(interval)
-                final = {"id": "chatcmpl-stub", "object": "chat.completion.chunk",
-                         "model": request.get("model", stub.model),
-                         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                final = {
+                    "id": "chatcmpl-stub",
+                    "object": "chat.completion.chunk",
+                    "model": request.get("model", stub.model),
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                }
                 yield b"data: " + json.dumps(final).encode() + b"\n\n"
                 yield b"data: [DONE]\n\n"
                 self.done = True

@@ -51,8 +51,11 @@ def test_every_import_is_stdlib_ours_or_declared():
     deps = declared()
     missing = []
     for module, where in sorted(imported_top_levels().items()):
-        if module in sys.stdlib_module_names or module in ("llmlbd", "collector") \
-                or module in OPTIONAL:
+        if (
+            module in sys.stdlib_module_names
+            or module in ("llmlbd", "collector")
+            or module in OPTIONAL
+        ):
             continue
         distributions = {normalize(d) for d in providers.get(module, [module])}
         if not distributions & deps:

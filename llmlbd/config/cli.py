@@ -57,12 +57,20 @@ def check_command(path: str) -> None:
     """
     config = _load(path)
     target = config.redis_target()
-    redis = ("embedded (started by `llmlbd start`)" if target.embedded
-             else f"{target.mode} via {target.source}")
-    backends = (f"{len(config.backends)} backend(s)" if config.backends
-                else f"no backends: {config.demo.backends} simulated demo backends")
-    click.echo(f"OK: {path}: policy {config.lb_policy}, {backends}, pool "
-               f"{config.server.pool}, Redis {redis}")
+    redis = (
+        "embedded (started by `llmlbd start`)"
+        if target.embedded
+        else f"{target.mode} via {target.source}"
+    )
+    backends = (
+        f"{len(config.backends)} backend(s)"
+        if config.backends
+        else f"no backends: {config.demo.backends} simulated demo backends"
+    )
+    click.echo(
+        f"OK: {path}: policy {config.lb_policy}, {backends}, pool "
+        f"{config.server.pool}, Redis {redis}"
+    )
 
 
 @config_group.command("show")
@@ -101,8 +109,10 @@ def show_command(path: str, as_json: bool, explicit: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(f"# effective config of {path}" + (" (explicit keys only)" if explicit
-                                                        else " (defaults filled in)"))
+        click.echo(
+            f"# effective config of {path}"
+            + (" (explicit keys only)" if explicit else " (defaults filled in)")
+        )
         click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
 
 

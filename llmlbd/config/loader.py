@@ -57,8 +57,14 @@ class RedisTarget:
 
 
 class Config:
-    def __init__(self, sections: dict[str, Section], backends: list[Backend],
-                 lb_policy: str, path: str | None, explicit: set[str]) -> None:
+    def __init__(
+        self,
+        sections: dict[str, Section],
+        backends: list[Backend],
+        lb_policy: str,
+        path: str | None,
+        explicit: set[str],
+    ) -> None:
         self.server: Section = sections["server"]
         self.redis: Section = sections["redis"]
         self.lb_config: Section = sections["lb_config"]
@@ -90,15 +96,19 @@ class Config:
         data: dict[str, Any] = {name: getattr(self, name).as_dict() for name in SECTIONS}
         # Keys of other policies would not validate under this one.
         data["lb_config"] = {
-            key: value for key, value in data["lb_config"].items()
-            if not (setting := by_path(f"lb_config.{key}")) or not setting.policies
-            or self.lb_policy in setting.policies}
+            key: value
+            for key, value in data["lb_config"].items()
+            if not (setting := by_path(f"lb_config.{key}"))
+            or not setting.policies
+            or self.lb_policy in setting.policies
+        }
         data["lb_policy"] = self.lb_policy
-        data["backends"] = [{"name": b.name, "url": b.url, "weight": b.weight}
-                            for b in self.backends]
+        data["backends"] = [
+            {"name": b.name, "url": b.url, "weight": b.weight} for b in self.backends
+        ]
         return data
 
-    def with_overrides(self, **paths: Any) -> "Config":
+    def with_overrides(self, **paths: Any) -> Config:
         """Apply validated overrides given as section__key=value (CLI flags)."""
         for dotted, value in paths.items():
             if value is None:
@@ -158,7 +168,9 @@ def _load_backends(raw: Any, where: _Where) -> list[Backend]:
         if isinstance(item, str):
             item = {"url": item}
         if not isinstance(item, dict):
-            raise where.error(path, f"expected a URL or a mapping with url, name, weight, got {item!r}")
+            raise where.error(
+                path, f"expected a URL or a mapping with url, name, weight, got {item!r}"
+            )
         unknown = set(item) - {"url", "name", "weight"}
         if unknown:
             key = sorted(unknown)[0]
@@ -179,14 +191,17 @@ def _load_backends(raw: Any, where: _Where) -> list[Backend]:
         except ValueError as exc:
             raise where.error(f"{path}.weight", str(exc)) from None
         if name in seen:
-            raise where.error(f"{path}.name", f"duplicate backend name {name!r} (also {seen[name]})")
+            raise where.error(
+                f"{path}.name", f"duplicate backend name {name!r} (also {seen[name]})"
+            )
         seen[name] = path
         backends.append(Backend(name, url, weight))
     return backends
 
 
-def config_from_dict(data: Any, source: str = "<config>",
-                     lines: dict[str, int] | None = None) -> Config:
+def config_from_dict(
+    data: Any, source: str = "<config>", lines: dict[str, int] | None = None
+) -> Config:
     """Validate a parsed config mapping; *lines* maps dotted paths to line numbers."""
     from llmlbd.policy.registry import canonical_policy_name, policy_names
 
@@ -194,10 +209,14 @@ def config_from_dict(data: Any, source: str = "<config>",
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise where.error("(top level)", f"expected a mapping of sections, got {type(data).__name__}")
+        raise where.error(
+            "(top level)", f"expected a mapping of sections, got {type(data).__name__}"
+        )
     for key in data:
         if key not in TOP_LEVEL:
-            raise where.error(str(key), f"unknown top-level key (expected one of {', '.join(sorted(TOP_LEVEL))})")
+            raise where.error(
+                str(key), f"unknown top-level key (expected one of {', '.join(sorted(TOP_LEVEL))})"
+            )
 
     if data.get("lb_type", "endpoint") != "endpoint":
         raise where.error("lb_type", f"only 'endpoint' is supported, got {data['lb_type']!r}")
@@ -206,8 +225,10 @@ def config_from_dict(data: Any, source: str = "<config>",
     try:
         lb_policy = canonical_policy_name(lb_policy)
     except KeyError:
-        raise where.error("lb_policy", f"unknown policy {lb_policy!r} (expected one of "
-                                       f"{', '.join(policy_names())})") from None
+        raise where.error(
+            "lb_policy",
+            f"unknown policy {lb_policy!r} (expected one of {', '.join(policy_names())})",
+        ) from None
 
     explicit: set[str] = set()
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
@@ -226,11 +247,13 @@ def config_from_dict(data: Any, source: str = "<config>",
                 known = sorted(s.key for s in SETTINGS if s.section == section)
                 raise where.error(path, f"unknown key (known keys: {', '.join(known)})")
             if setting.policies and lb_policy not in setting.policies:
-                raise where.error(path, f"applies to lb_policy {' or '.join(setting.policies)}, "
-                                        f"not {lb_policy}")
+                raise where.error(
+                    path, f"applies to lb_policy {' or '.join(setting.policies)}, not {lb_policy}"
+                )
             if setting.path in explicit:
-                raise where.error(path, f"{setting.key} is set twice (once under another "
-                                        "accepted spelling)")
+                raise where.error(
+                    path, f"{setting.key} is set twice (once under another accepted spelling)"
+                )
             try:
                 values[section][setting.key] = setting.validator(value)
             except ValueError as exc:

@@ -7,15 +7,29 @@ loader prefixes it with the file, line and key.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 Validator = Callable[[Any], Any]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024,
-               "m": 1000**2, "mb": 1000**2, "mi": 1024**2, "mib": 1024**2,
-               "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "ki": 1024,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gi": 1024**3,
+    "gib": 1024**3,
+}
 
 
 def _is_int(value: Any) -> bool:
@@ -95,7 +109,7 @@ def byte_size(value: Any) -> int:
             size = int(float(number) * _SIZE_UNITS[(unit or "").lower()])
             if size > 0:
                 return size
-    raise ValueError(f"expected a size in bytes such as 10485760 or \"10MiB\", got {value!r}")
+    raise ValueError(f'expected a size in bytes such as 10485760 or "10MiB", got {value!r}')
 
 
 def host_port(value: Any) -> str:
@@ -141,5 +155,6 @@ def one_of(*choices: str) -> Validator:
         if value not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
         return value  # type: ignore[no-any-return]
+
     validate.__doc__ = f"one of {', '.join(choices)}"
     return validate

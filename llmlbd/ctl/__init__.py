@@ -32,8 +32,9 @@ class CtlGroup(LazyGroup):
         except redis.exceptions.AuthenticationError as exc:
             raise RuntimeProblem(f"Redis refused our credentials ({_where(ctx)}): {exc}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise RuntimeProblem(f"cannot reach Redis at {_where(ctx)}: "
-                                 f"{exc or type(exc).__name__}") from None
+            raise RuntimeProblem(
+                f"cannot reach Redis at {_where(ctx)}: {exc or type(exc).__name__}"
+            ) from None
         except redis.exceptions.ResponseError as exc:
             raise RuntimeProblem(f"Redis answered an error ({_where(ctx)}): {exc}") from None
 
@@ -59,18 +60,29 @@ def _where(ctx: click.Context) -> str:
     },
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              envvar="LLMLBD_CONFIG", show_envvar=True,
-              help="YAML config of the pool [default: /etc/llmlbd/llmlbd.yaml if it exists, "
-                   "else the built-in defaults].")
-@click.option("--redis-url", envvar="LLMLBD_REDIS_URL", show_envvar=True,
-              help="Redis to read instead of the config's (needed with an embedded Redis "
-                   "unless its socket is found in the runtime directory).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="LLMLBD_CONFIG",
+    show_envvar=True,
+    help="YAML config of the pool [default: /etc/llmlbd/llmlbd.yaml if it exists, "
+    "else the built-in defaults].",
+)
+@click.option(
+    "--redis-url",
+    envvar="LLMLBD_REDIS_URL",
+    show_envvar=True,
+    help="Redis to read instead of the config's (needed with an embedded Redis "
+    "unless its socket is found in the runtime directory).",
+)
 @click.option("--pool", help="Pool name instead of the config's server.pool.")
 @click.version_option(__version__, prog_name="llmlbctl")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, redis_url: str | None,
-         pool: str | None) -> None:
+def main(
+    ctx: click.Context, config_path: str | None, redis_url: str | None, pool: str | None
+) -> None:
     """Operate an llmlbd pool: status, inspect, explain, drain, membership.
 
     Reads and writes the pool's state in Redis, the same state every proxy

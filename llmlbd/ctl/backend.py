@@ -32,14 +32,17 @@ def backend_group() -> None:
 
 
 def _members_json(backends: list[Backend], source: str) -> dict[str, Any]:
-    return {"membership": source,
-            "backends": [{"name": b.name, "url": b.url, "weight": b.weight} for b in backends]}
+    return {
+        "membership": source,
+        "backends": [{"name": b.name, "url": b.url, "weight": b.weight} for b in backends],
+    }
 
 
 def _render_list(data: dict[str, Any]) -> str:
     rows = [[b["name"], b["url"], fmt_num(b["weight"])] for b in data["backends"]]
-    return (f"{len(rows)} backend(s), from {SOURCES[data['membership']]}\n"
-            + table(["NAME", "URL", "WEIGHT"], rows))
+    return f"{len(rows)} backend(s), from {SOURCES[data['membership']]}\n" + table(
+        ["NAME", "URL", "WEIGHT"], rows
+    )
 
 
 @backend_group.command("list")
@@ -54,14 +57,21 @@ def backend_list(ctl: Ctl, as_json: bool) -> None:
 @backend_group.command("add")
 @click.argument("url")
 @click.option("--name", help="Backend name [default: HOST:PORT of the URL].")
-@click.option("--weight", type=float, default=1.0, show_default=True,
-              help="Relative capacity: least-request compares in-flight/weight.")
-@click.option("--replace", is_flag=True,
-              help="Change the URL or weight of an existing backend NAME.")
+@click.option(
+    "--weight",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Relative capacity: least-request compares in-flight/weight.",
+)
+@click.option(
+    "--replace", is_flag=True, help="Change the URL or weight of an existing backend NAME."
+)
 @json_option
 @pass_ctl
-def backend_add(ctl: Ctl, url: str, name: str | None, weight: float, replace: bool,
-                as_json: bool) -> None:
+def backend_add(
+    ctl: Ctl, url: str, name: str | None, weight: float, replace: bool, as_json: bool
+) -> None:
     """Add the backend at URL to the pool; every worker and replica starts
     using it within a second.
 
@@ -84,8 +94,10 @@ def backend_add(ctl: Ctl, url: str, name: str | None, weight: float, replace: bo
             outcome["action"] = "unchanged"
         elif old is not None:
             if not replace:
-                raise MembersError(f"backend {name} exists ({old.url}, weight {old.weight:g}); "
-                                   "--replace changes it")
+                raise MembersError(
+                    f"backend {name} exists ({old.url}, weight {old.weight:g}); "
+                    "--replace changes it"
+                )
             outcome["action"] = "replaced"
         else:
             for other in members.values():
@@ -99,10 +111,19 @@ def backend_add(ctl: Ctl, url: str, name: str | None, weight: float, replace: bo
         members = change_members(ctl.client, ctl.keys.members, ctl.config.backends, change)
     except MembersError as exc:
         raise RuntimeProblem(str(exc)) from None
-    data = {"action": outcome["action"], "backend": {"name": name, "url": url, "weight": weight},
-            **_members_json(list(members.values()), "redis")}
-    emit(data, as_json, lambda d: f"{d['action']} {name} ({url}, weight {weight:g}); "
-                                  f"the pool has {len(d['backends'])} backend(s)")
+    data = {
+        "action": outcome["action"],
+        "backend": {"name": name, "url": url, "weight": weight},
+        **_members_json(list(members.values()), "redis"),
+    }
+    emit(
+        data,
+        as_json,
+        lambda d: (
+            f"{d['action']} {name} ({url}, weight {weight:g}); "
+            f"the pool has {len(d['backends'])} backend(s)"
+        ),
+    )
 
 
 @backend_group.command("remove")
@@ -118,10 +139,13 @@ def backend_remove(ctl: Ctl, name: str, as_json: bool) -> None:
     Its drained flag, if any, is kept: a backend added again under the same
     name stays drained until `undrain`.
     """
+
     def change(members: dict[str, Backend]) -> dict[str, Backend]:
         if name not in members:
-            raise NotFound(f"no backend named {name!r} in pool {ctl.keys.pool} "
-                           f"(backends: {', '.join(members) or 'none'})")
+            raise NotFound(
+                f"no backend named {name!r} in pool {ctl.keys.pool} "
+                f"(backends: {', '.join(members) or 'none'})"
+            )
         del members[name]
         return members
 
@@ -130,7 +154,17 @@ def backend_remove(ctl: Ctl, name: str, as_json: bool) -> None:
     except MembersError as exc:
         raise RuntimeProblem(str(exc)) from None
     inflight = int(ctl.client.hget(ctl.keys.inflight, name) or 0)
-    data = {"action": "removed", "backend": name, "inflight": inflight,
-            **_members_json(list(members.values()), "redis")}
-    emit(data, as_json, lambda d: f"removed {name}; {inflight} request(s) still in flight on it; "
-                                  f"the pool has {len(d['backends'])} backend(s)")
+    data = {
+        "action": "removed",
+        "backend": name,
+        "inflight": inflight,
+        **_members_json(list(members.values()), "redis"),
+    }
+    emit(
+        data,
+        as_json,
+        lambda d: (
+            f"removed {name}; {inflight} request(s) still in flight on it; "
+            f"the pool has {len(d['backends'])} backend(s)"
+        ),
+    )

@@ -31,8 +31,7 @@ def redact_url(url: str | None) -> str | None:
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query,
-                       parts.fragment))
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def runtime_socket_candidates() -> list[Path]:
@@ -50,8 +49,9 @@ def runtime_socket_candidates() -> list[Path]:
 class Ctl:
     """The global options of one `llmlbctl` run and what is built from them."""
 
-    def __init__(self, config_path: str | None = None, redis_url: str | None = None,
-                 pool: str | None = None) -> None:
+    def __init__(
+        self, config_path: str | None = None, redis_url: str | None = None, pool: str | None = None
+    ) -> None:
         self.config_path = config_path
         self.redis_url_option = redis_url
         self.pool_option = pool
@@ -112,7 +112,8 @@ class Ctl:
                 raise RuntimeProblem(
                     "no Redis to read: the config uses an embedded Redis and no running "
                     "`llmlbd start` socket was found; pass --redis-url (or set "
-                    "LLMLBD_REDIS_URL), or give --config the file the proxy runs with")
+                    "LLMLBD_REDIS_URL), or give --config the file the proxy runs with"
+                )
             try:
                 self._client = connect(config, url=self.url)
             except (RuntimeError, ValueError) as exc:
@@ -129,7 +130,7 @@ class Ctl:
         if self._client is not None:
             try:
                 self._client.close()
-            except Exception:  # noqa: BLE001 - closing must never mask the command's result
+            except Exception:
                 pass
             self._client = None
 

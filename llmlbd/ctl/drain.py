@@ -34,15 +34,31 @@ def _inflight(ctl: Ctl, name: str) -> int:
 @click.command("drain")
 @click.argument("name")
 @click.option("--wait", is_flag=True, help="Wait until no request is in flight on NAME.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None,
-              help="With --wait: give up (exit 1) after this many seconds [default: never].")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
-              help="With --wait: seconds between two checks.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --wait: give up (exit 1) after this many seconds [default: never].",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=0.5,
+    show_default=True,
+    help="With --wait: seconds between two checks.",
+)
 @click.option("--force", is_flag=True, help="Drain NAME even if it is not a backend of the pool.")
 @json_option
 @pass_ctl
-def drain_command(ctl: Ctl, name: str, wait: bool, timeout: float | None, interval: float,
-                  force: bool, as_json: bool) -> None:
+def drain_command(
+    ctl: Ctl,
+    name: str,
+    wait: bool,
+    timeout: float | None,
+    interval: float,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Send no new request to backend NAME, on every worker and replica,
     within one second; requests in flight finish normally.
 
@@ -54,44 +70,73 @@ def drain_command(ctl: Ctl, name: str, wait: bool, timeout: float | None, interv
     """
     names = _known(ctl)
     if name not in names and not force:
-        raise NotFound(f"no backend named {name!r} in pool {ctl.keys.pool} "
-                       f"(backends: {', '.join(names) or 'none'}); --force drains it anyway")
+        raise NotFound(
+            f"no backend named {name!r} in pool {ctl.keys.pool} "
+            f"(backends: {', '.join(names) or 'none'}); --force drains it anyway"
+        )
     added = bool(ctl.client.sadd(ctl.keys.drained, name))
     inflight = _inflight(ctl, name)
     started = time.monotonic()
     if not wait:
-        emit({"backend": name, "drained": True, "was_drained": not added, "inflight": inflight},
-             as_json, _render_drain)
+        emit(
+            {"backend": name, "drained": True, "was_drained": not added, "inflight": inflight},
+            as_json,
+            _render_drain,
+        )
         return
     if not as_json:
-        click.echo(f"{name} {'drained' if added else 'was already drained'}; "
-                   f"waiting for {inflight} request(s) in flight to finish")
+        click.echo(
+            f"{name} {'drained' if added else 'was already drained'}; "
+            f"waiting for {inflight} request(s) in flight to finish"
+        )
     last = None
     while inflight > 0:
         elapsed = time.monotonic() - started
         if timeout is not None and elapsed >= timeout:
             if as_json:
-                emit({"backend": name, "drained": True, "was_drained": not added,
-                      "inflight": inflight, "waited_s": round(elapsed, 2), "done": False},
-                     True, _render_drain)
-            raise RuntimeProblem(f"{inflight} request(s) still in flight on {name} after "
-                                 f"{timeout:g} s (it stays drained)")
+                emit(
+                    {
+                        "backend": name,
+                        "drained": True,
+                        "was_drained": not added,
+                        "inflight": inflight,
+                        "waited_s": round(elapsed, 2),
+                        "done": False,
+                    },
+                    True,
+                    _render_drain,
+                )
+            raise RuntimeProblem(
+                f"{inflight} request(s) still in flight on {name} after "
+                f"{timeout:g} s (it stays drained)"
+            )
         if inflight != last:
             click.echo(f"  {elapsed:6.1f}s  {inflight} in flight", err=True)
             last = inflight
         time.sleep(interval)
         inflight = _inflight(ctl, name)
     waited = round(time.monotonic() - started, 2)
-    emit({"backend": name, "drained": True, "was_drained": not added, "inflight": 0,
-          "waited_s": waited, "done": True}, as_json,
-         lambda d: f"{name}: no request in flight after {d['waited_s']:g} s; "
-                   "safe to stop or remove it")
+    emit(
+        {
+            "backend": name,
+            "drained": True,
+            "was_drained": not added,
+            "inflight": 0,
+            "waited_s": waited,
+            "done": True,
+        },
+        as_json,
+        lambda d: (
+            f"{name}: no request in flight after {d['waited_s']:g} s; safe to stop or remove it"
+        ),
+    )
 
 
 def _render_drain(data: dict[str, Any]) -> str:
     state = "was already drained" if data["was_drained"] else "drained"
-    return (f"{data['backend']} {state}: no new requests; {data['inflight']} request(s) "
-            "still in flight")
+    return (
+        f"{data['backend']} {state}: no new requests; {data['inflight']} request(s) still in flight"
+    )
 
 
 @click.command("undrain")
@@ -105,7 +150,16 @@ def undrain_command(ctl: Ctl, name: str, as_json: bool) -> None:
     removed = bool(ctl.client.srem(ctl.keys.drained, name))
     if not removed and name not in _known(ctl):
         raise NotFound(f"no backend named {name!r} in pool {ctl.keys.pool}")
-    emit({"backend": name, "drained": False, "was_drained": removed,
-          "inflight": _inflight(ctl, name)}, as_json,
-         lambda d: f"{name} {'undrained' if removed else 'was not drained'}: "
-                   f"takes new requests; {d['inflight']} in flight")
+    emit(
+        {
+            "backend": name,
+            "drained": False,
+            "was_drained": removed,
+            "inflight": _inflight(ctl, name),
+        },
+        as_json,
+        lambda d: (
+            f"{name} {'undrained' if removed else 'was not drained'}: "
+            f"takes new requests; {d['inflight']} in flight"
+        ),
+    )

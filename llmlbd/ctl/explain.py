@@ -61,14 +61,20 @@ def _candidate_table(candidates: list[dict[str, Any]]) -> str:
 
 def render_explain(data: dict[str, Any]) -> str:
     req = data.get("request") or {}
-    lines = [f"policy {data.get('policy')}   request {req.get('path', '?')} model "
-             f"{req.get('model') or '(none)'}"
-             + (f", {req['prompt_chars']} prompt chars" if req.get("prompt_chars") else "")
-             + (", stream" if req.get("stream") else "")]
+    lines = [
+        f"policy {data.get('policy')}   request {req.get('path', '?')} model "
+        f"{req.get('model') or '(none)'}"
+        + (f", {req['prompt_chars']} prompt chars" if req.get("prompt_chars") else "")
+        + (", stream" if req.get("stream") else "")
+    ]
     by = data.get("explained_by")
-    lines.append("explained by the policy itself" if by == "policy" else
-                 "explained by the generic explainer ("
-                 + ("exact for this policy" if data.get("exact") else "an approximation") + ")")
+    lines.append(
+        "explained by the policy itself"
+        if by == "policy"
+        else "explained by the generic explainer ("
+        + ("exact for this policy" if data.get("exact") else "an approximation")
+        + ")"
+    )
     candidates = data.get("candidates") or []
     if candidates:
         lines.append("")
@@ -76,9 +82,13 @@ def render_explain(data: dict[str, Any]) -> str:
     filters = data.get("filters") or []
     if filters:
         lines.append("")
-        lines.append("filters: " + "; ".join(
-            f"{f['name']}: " + (", ".join(f["removed"]) if f.get("removed") else "none removed")
-            for f in filters))
+        lines.append(
+            "filters: "
+            + "; ".join(
+                f"{f['name']}: " + (", ".join(f["removed"]) if f.get("removed") else "none removed")
+                for f in filters
+            )
+        )
     if data.get("score_meaning"):
         lines.append(f"score: {data['score_meaning']}")
     if data.get("prefix_match") is not None:
@@ -88,18 +98,34 @@ def render_explain(data: dict[str, Any]) -> str:
     outcome = data.get("outcome") or {}
     if data.get("choice"):
         ties = [t for t in data.get("ties") or [] if t != data["choice"]]
-        lines.append(f"-> {data['choice']}  (reason {data.get('reason')})"
-                     + (f"; tied with {', '.join(ties)}: one of them is picked at random"
-                        if ties else ""))
+        lines.append(
+            f"-> {data['choice']}  (reason {data.get('reason')})"
+            + (f"; tied with {', '.join(ties)}: one of them is picked at random" if ties else "")
+        )
     else:
-        lines.append(f"-> no backend: the client gets {outcome.get('status')} "
-                     f"{outcome.get('code', '')}: {outcome.get('message', '')}")
+        lines.append(
+            f"-> no backend: the client gets {outcome.get('status')} "
+            f"{outcome.get('code', '')}: {outcome.get('message', '')}"
+        )
     if data.get("note"):
         lines.append(f"note: {data['note']}")
     # Whatever else a policy's own explain returned.
-    known = {"policy", "explained_by", "exact", "note", "request", "candidates", "filters",
-             "score_meaning", "choice", "ties", "reason", "prefix_match", "prefix_match_unit",
-             "outcome"}
+    known = {
+        "policy",
+        "explained_by",
+        "exact",
+        "note",
+        "request",
+        "candidates",
+        "filters",
+        "score_meaning",
+        "choice",
+        "ties",
+        "reason",
+        "prefix_match",
+        "prefix_match_unit",
+        "outcome",
+    }
     extra = {k: v for k, v in data.items() if k not in known}
     for key, value in extra.items():
         lines.append(f"{key}: {value}")
@@ -111,23 +137,39 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     for value in values:
         name, sep, content = value.partition(":")
         if not sep or not name.strip():
-            raise click.BadParameter(f"expected 'Name: value', got {value!r}",
-                                     param_hint="'-H' / '--header'")
+            raise click.BadParameter(
+                f"expected 'Name: value', got {value!r}", param_hint="'-H' / '--header'"
+            )
         headers[name.strip().lower()] = content.strip()
     return headers
 
 
 @click.command("explain")
-@click.option("--body", "body_file", type=click.File("rb"), required=True,
-              help="The request body (JSON), or - for standard input.")
-@click.option("--path", default="/v1/chat/completions", show_default=True,
-              help="The request path the client would use.")
-@click.option("-H", "--header", "header_values", multiple=True,
-              help="A request header, 'Name: value' (repeatable), e.g. x-llmlbd-criticality.")
+@click.option(
+    "--body",
+    "body_file",
+    type=click.File("rb"),
+    required=True,
+    help="The request body (JSON), or - for standard input.",
+)
+@click.option(
+    "--path",
+    default="/v1/chat/completions",
+    show_default=True,
+    help="The request path the client would use.",
+)
+@click.option(
+    "-H",
+    "--header",
+    "header_values",
+    multiple=True,
+    help="A request header, 'Name: value' (repeatable), e.g. x-llmlbd-criticality.",
+)
 @json_option
 @pass_ctl
-def explain_command(ctl: Ctl, body_file: Any, path: str, header_values: tuple[str, ...],
-                    as_json: bool) -> None:
+def explain_command(
+    ctl: Ctl, body_file: Any, path: str, header_values: tuple[str, ...], as_json: bool
+) -> None:
     """Where a request with this body would go now, and why: which filters
     removed which backends, the scores, the prefix match length. Nothing is
     reserved and no request is sent.
@@ -157,8 +199,14 @@ def explain_command(ctl: Ctl, body_file: Any, path: str, header_values: tuple[st
     backends, _ = effective_backends(client, keys, config.backends)
     # A Leases object so that policies can be built as in a worker; explain never calls it.
     leases = Leases(client, keys, "llmlbctl-explain", int(config.server.lease_ttl_s * 1000))
-    ctx = PolicyContext(backends, config.lb_config, keys, leases, client,
-                        stale_after_ms=config.collector.stale_after_ms)
+    ctx = PolicyContext(
+        backends,
+        config.lb_config,
+        keys,
+        leases,
+        client,
+        stale_after_ms=config.collector.stale_after_ms,
+    )
     data = explain(config.lb_policy, ctx, request)
     emit(data, as_json, render_explain)
     if not data.get("choice"):

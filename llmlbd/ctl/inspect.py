@@ -71,9 +71,14 @@ def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
         backend, worker, since = _lease_parts(value)
         if backend != name:
             continue
-        leases.append({"request_id": request_id, "worker": worker,
-                       "age_ms": None if since is None else now - since,
-                       "worker_alive": workers.get(worker, 0) >= now})
+        leases.append(
+            {
+                "request_id": request_id,
+                "worker": worker,
+                "age_ms": None if since is None else now - since,
+                "worker_alive": workers.get(worker, 0) >= now,
+            }
+        )
     leases.sort(key=lambda lease: -(lease["age_ms"] or 0))
     by_worker: dict[str, int] = {}
     for lease in leases:
@@ -96,9 +101,16 @@ def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
         "metrics_age_ms": now - _ms(scraped_at) if _ms(scraped_at) is not None else None,
         "models_age_ms": now - _ms(models_at) if _ms(models_at) is not None else None,
         "stale_after_ms": ctl.config.collector.stale_after_ms,
-        "scrape_owner": ({"collector": owner_id,
-                          "expires_in_ms": _ms(owner_deadline) - now
-                          if _ms(owner_deadline) is not None else None} if owner else None),
+        "scrape_owner": (
+            {
+                "collector": owner_id,
+                "expires_in_ms": _ms(owner_deadline) - now
+                if _ms(owner_deadline) is not None
+                else None,
+            }
+            if owner
+            else None
+        ),
         "metrics": dict(sorted(metrics.items())),
     }
 
@@ -113,18 +125,33 @@ def _render_backend(data: dict[str, Any]) -> str:
         f" (stale after {fmt_age(data['stale_after_ms'])})   models age: {fmt_age(data['models_age_ms'])}",
     ]
     owner = data["scrape_owner"]
-    lines.append(f"scraped by: {owner['collector']} (claim expires in {fmt_age(owner['expires_in_ms'])})"
-                 if owner else "scraped by: no collector claims it")
+    lines.append(
+        f"scraped by: {owner['collector']} (claim expires in {fmt_age(owner['expires_in_ms'])})"
+        if owner
+        else "scraped by: no collector claims it"
+    )
     if data["metrics"]:
         lines += ["", table(["FIELD", "VALUE"], sorted(data["metrics"].items()))]
     if data["leases_by_worker"]:
         lines += ["", table(["WORKER", "LEASES"], sorted(data["leases_by_worker"].items()))]
     if data["oldest_leases"]:
-        lines += ["", "oldest leases:",
-                  table(["REQUEST", "WORKER", "AGE", "WORKER ALIVE"],
-                        [[lease["request_id"], lease["worker"], fmt_age(lease["age_ms"]),
-                          "yes" if lease["worker_alive"] else "NO"]
-                         for lease in data["oldest_leases"]], indent="  ")]
+        lines += [
+            "",
+            "oldest leases:",
+            table(
+                ["REQUEST", "WORKER", "AGE", "WORKER ALIVE"],
+                [
+                    [
+                        lease["request_id"],
+                        lease["worker"],
+                        fmt_age(lease["age_ms"]),
+                        "yes" if lease["worker_alive"] else "NO",
+                    ]
+                    for lease in data["oldest_leases"]
+                ],
+                indent="  ",
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -153,17 +180,19 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
     stale_after = config.collector.stale_after_ms
     rows = []
     for state in states:
-        rows.append({
-            "name": state.name,
-            "weight": state.backend.weight,
-            "inflight": state.inflight,
-            "drained": state.drained,
-            "health": state.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN,
-            "models": state.names(F.MODELS),
-            "metrics_age_ms": state.metrics_age_ms,
-            "stale": state.metrics_age_ms is None or state.metrics_age_ms > stale_after,
-            "eligible": eligibility(state, model, cap) or "yes",
-        })
+        rows.append(
+            {
+                "name": state.name,
+                "weight": state.backend.weight,
+                "inflight": state.inflight,
+                "drained": state.drained,
+                "health": state.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN,
+                "models": state.names(F.MODELS),
+                "metrics_age_ms": state.metrics_age_ms,
+                "stale": state.metrics_age_ms is None or state.metrics_age_ms > stale_after,
+                "eligible": eligibility(state, model, cap) or "yes",
+            }
+        )
     pipe = client.pipeline(transaction=False)
     pipe.hlen(keys.leases)
     pipe.zcard(keys.workers)
@@ -180,9 +209,14 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
         "leases": leases,
         "workers": workers,
         "round_robin_counter": int(rr) if rr is not None else None,
-        "keys": {"inflight": keys.inflight, "drained": keys.drained, "leases": keys.leases,
-                 "workers": keys.workers, "members": keys.members,
-                 "backend": keys.backend("<name>")},
+        "keys": {
+            "inflight": keys.inflight,
+            "drained": keys.drained,
+            "leases": keys.leases,
+            "workers": keys.workers,
+            "members": keys.members,
+            "backend": keys.backend("<name>"),
+        },
         "backends": rows,
     }
 
@@ -191,15 +225,22 @@ def lease_detail(ctl: Ctl, request_id: str) -> dict[str, Any]:
     client, keys = ctl.client, ctl.keys
     value = client.hget(keys.leases, request_id)
     if value is None:
-        raise NotFound(f"request {request_id!r} holds no lease in pool {keys.pool} "
-                       "(finished, never reserved, or reaped)")
+        raise NotFound(
+            f"request {request_id!r} holds no lease in pool {keys.pool} "
+            "(finished, never reserved, or reaped)"
+        )
     backend, worker, since = _lease_parts(value)
     now = redis_now_ms(client)
     deadline = client.zscore(keys.workers, worker)
-    return {"request_id": request_id, "backend": backend, "worker": worker,
-            "replica": replica_of(worker), "age_ms": None if since is None else now - since,
-            "worker_alive": deadline is not None and deadline >= now,
-            "worker_expires_in_ms": None if deadline is None else int(deadline) - now}
+    return {
+        "request_id": request_id,
+        "backend": backend,
+        "worker": worker,
+        "replica": replica_of(worker),
+        "age_ms": None if since is None else now - since,
+        "worker_alive": deadline is not None and deadline >= now,
+        "worker_expires_in_ms": None if deadline is None else int(deadline) - now,
+    }
 
 
 def _render_routing(data: dict[str, Any]) -> str:
@@ -210,21 +251,42 @@ def _render_routing(data: dict[str, Any]) -> str:
         f"backends from {SOURCES[data['membership']]};",
         "what the acquire script reads for each:",
         "",
-        table(["BACKEND", "WEIGHT", "INFLIGHT", "DRAINED", "HEALTH", "MODELS", "METRICS AGE",
-               "ELIGIBLE"],
-              [[r["name"], fmt_num(r["weight"]), r["inflight"], "yes" if r["drained"] else "no",
-                r["health"], fmt_list(r["models"]),
-                fmt_age(r["metrics_age_ms"]) + (" STALE" if r["stale"] else ""),
-                r["eligible"]] for r in data["backends"]]),
+        table(
+            [
+                "BACKEND",
+                "WEIGHT",
+                "INFLIGHT",
+                "DRAINED",
+                "HEALTH",
+                "MODELS",
+                "METRICS AGE",
+                "ELIGIBLE",
+            ],
+            [
+                [
+                    r["name"],
+                    fmt_num(r["weight"]),
+                    r["inflight"],
+                    "yes" if r["drained"] else "no",
+                    r["health"],
+                    fmt_list(r["models"]),
+                    fmt_age(r["metrics_age_ms"]) + (" STALE" if r["stale"] else ""),
+                    r["eligible"],
+                ]
+                for r in data["backends"]
+            ],
+        ),
     ]
     return "\n".join(lines)
 
 
 def _render_lease(data: dict[str, Any]) -> str:
     alive = "alive" if data["worker_alive"] else "DEAD (the lease will be reaped)"
-    return (f"request {data['request_id']} -> backend {data['backend']}\n"
-            f"held by worker {data['worker']} on {data['replica']} ({alive}) "
-            f"for {fmt_age(data['age_ms'])}")
+    return (
+        f"request {data['request_id']} -> backend {data['backend']}\n"
+        f"held by worker {data['worker']} on {data['replica']} ({alive}) "
+        f"for {fmt_age(data['age_ms'])}"
+    )
 
 
 @inspect_group.command("request")
@@ -279,8 +341,11 @@ def prefix_usage(ctl: Ctl, sample: int, batch: int = 1000) -> dict[str, Any]:
             for value in pipe.execute(raise_on_error=False):
                 if value is None:
                     continue  # expired between SCAN and GET
-                owner = ("(unknown type)" if isinstance(value, Exception)
-                         else str(value).split(" ", 1)[0])
+                owner = (
+                    "(unknown type)"
+                    if isinstance(value, Exception)
+                    else str(value).split(" ", 1)[0]
+                )
                 per_backend[owner] = per_backend.get(owner, 0) + 1
 
     for key in client.scan_iter(match=keys.prefix_pattern(), count=batch):
@@ -331,21 +396,35 @@ def _render_prefix(data: dict[str, Any]) -> str:
 
     lines = [f"{data['keys']} prefix keys in pool {data['pool']} ({data['pattern']})"]
     if data["keys"]:
-        lines.append(f"memory: about {fmt_bytes(data['estimated_bytes'])} "
-                     f"({data['avg_bytes']:.0f} bytes/key, MEMORY USAGE on {data['sampled']} keys)")
+        lines.append(
+            f"memory: about {fmt_bytes(data['estimated_bytes'])} "
+            f"({data['avg_bytes']:.0f} bytes/key, MEMORY USAGE on {data['sampled']} keys)"
+        )
         if data["sampled_without_ttl"]:
             lines.append(f"WARNING: {data['sampled_without_ttl']} sampled keys have no TTL")
     names = sorted(set(data["keys_by_backend"]) | set(data["owned_index_by_backend"]))
     if names:
-        lines += ["", table(["BACKEND", "ENTRIES", "OWNED INDEX"],
-                            [[n, data["keys_by_backend"].get(n, 0),
-                              data["owned_index_by_backend"].get(n)] for n in names])]
+        lines += [
+            "",
+            table(
+                ["BACKEND", "ENTRIES", "OWNED INDEX"],
+                [
+                    [n, data["keys_by_backend"].get(n, 0), data["owned_index_by_backend"].get(n)]
+                    for n in names
+                ],
+            ),
+        ]
     return "\n".join(lines)
 
 
 @inspect_group.command("prefix")
-@click.option("--sample", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Keys measured with MEMORY USAGE to estimate the total.")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Keys measured with MEMORY USAGE to estimate the total.",
+)
 @json_option
 @pass_ctl
 def inspect_prefix(ctl: Ctl, sample: int, as_json: bool) -> None:

@@ -12,7 +12,8 @@ back to the config's seed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
 
@@ -21,15 +22,21 @@ from llmlbd.state.keys import PoolKeys
 from llmlbd.state.members import decode as _decode
 from llmlbd.state.members import encode, read_members
 
-__all__ = ["read_members", "effective_backends", "encode", "change_members", "MembersError",
-           "SOURCES"]
+__all__ = [
+    "read_members",
+    "effective_backends",
+    "encode",
+    "change_members",
+    "MembersError",
+    "SOURCES",
+]
 
 # Where effective_backends found the list, in words.
 SOURCES = {
     "redis": "the Redis members hash",
     "config": "the config file (the members hash does not exist yet)",
     "discovered": "the backends seen in Redis (the config lists none and the members hash "
-                  "does not exist)",
+    "does not exist)",
 }
 
 
@@ -37,8 +44,9 @@ class MembersError(Exception):
     """A membership change that cannot be made (the message says why)."""
 
 
-def effective_backends(client: Any, keys: PoolKeys,
-                       seed: Sequence[Backend]) -> tuple[list[Backend], str]:
+def effective_backends(
+    client: Any, keys: PoolKeys, seed: Sequence[Backend]
+) -> tuple[list[Backend], str]:
     """The pool's backends and where the list came from.
 
     "redis": the members hash; "config": the config's seed; "discovered": the
@@ -52,7 +60,7 @@ def effective_backends(client: Any, keys: PoolKeys,
     if seed:
         return list(seed), "config"
     prefix = keys.backend("")
-    names = {key[len(prefix):] for key in client.scan_iter(match=keys.backend("*"), count=1000)}
+    names = {key[len(prefix) :] for key in client.scan_iter(match=keys.backend("*"), count=1000)}
     names |= set(client.hkeys(keys.inflight))
     found = []
     for name in sorted(names):
@@ -61,8 +69,12 @@ def effective_backends(client: Any, keys: PoolKeys,
     return found, "discovered"
 
 
-def change_members(client: Any, key: str, seed: Sequence[Backend],
-                   change: Callable[[dict[str, Backend]], dict[str, Backend]]) -> dict[str, Backend]:
+def change_members(
+    client: Any,
+    key: str,
+    seed: Sequence[Backend],
+    change: Callable[[dict[str, Backend]], dict[str, Backend]],
+) -> dict[str, Backend]:
     """Apply *change* to the current membership atomically (WATCH/MULTI, retried on conflict).
 
     *change* gets the members (the config's seed when the hash does not
@@ -80,8 +92,10 @@ def change_members(client: Any, key: str, seed: Sequence[Backend],
                     current = {b.name: b for b in seed}
                 new = change(dict(current))
                 if not new:
-                    raise MembersError("a pool cannot have no backend (an empty members hash "
-                                       "would make every worker fall back to the config's seed)")
+                    raise MembersError(
+                        "a pool cannot have no backend (an empty members hash "
+                        "would make every worker fall back to the config's seed)"
+                    )
                 pipe.multi()
                 pipe.delete(key)
                 pipe.hset(key, mapping={name: encode(b) for name, b in new.items()})

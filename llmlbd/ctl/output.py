@@ -8,16 +8,28 @@ outputs can never disagree about the facts.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import click
 
-__all__ = ["json_option", "emit", "table", "fmt_age", "fmt_pct", "fmt_num", "fmt_list", "fmt_bytes", "dash"]
+__all__ = [
+    "json_option",
+    "emit",
+    "table",
+    "fmt_age",
+    "fmt_pct",
+    "fmt_num",
+    "fmt_list",
+    "fmt_bytes",
+    "dash",
+]
 
 dash = "-"
 
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print one JSON document instead of text.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document instead of text."
+)
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
@@ -31,15 +43,19 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = "") -> str:
     """Columns padded to their widest cell; numbers right-aligned."""
-    cells = [[str(h) for h in headers]] + [[dash if c is None else str(c) for c in row]
-                                            for row in rows]
+    cells = [[str(h) for h in headers]] + [
+        [dash if c is None else str(c) for c in row] for row in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [all(_numeric(row[i]) for row in cells[1:]) and len(cells) > 1
-               for i in range(len(headers))]
+    numeric = [
+        all(_numeric(row[i]) for row in cells[1:]) and len(cells) > 1 for i in range(len(headers))
+    ]
     lines = []
     for row in cells:
-        parts = [cell.rjust(width) if num else cell.ljust(width)
-                 for cell, width, num in zip(row, widths, numeric)]
+        parts = [
+            cell.rjust(width) if num else cell.ljust(width)
+            for cell, width, num in zip(row, widths, numeric)
+        ]
         lines.append((indent + "  ".join(parts)).rstrip())
     return "\n".join(lines)
 

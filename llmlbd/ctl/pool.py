@@ -7,7 +7,8 @@ the lease scripts write with, so the host llmlbctl runs on may be skewed.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llmlbd.config.loader import Backend
 from llmlbd.ctl.members import effective_backends
@@ -15,8 +16,15 @@ from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.snapshot import read_pool
 
-__all__ = ["redis_now_ms", "redis_info", "heartbeats", "backend_rows", "pool_status",
-           "replica_of", "serving"]
+__all__ = [
+    "redis_now_ms",
+    "redis_info",
+    "heartbeats",
+    "backend_rows",
+    "pool_status",
+    "replica_of",
+    "serving",
+]
 
 
 def redis_now_ms(client: Any) -> int:
@@ -35,7 +43,7 @@ def redis_info(client: Any, pings: int = 3) -> dict[str, Any]:
     for section in ("server", "replication"):
         try:
             part = client.info(section)
-        except Exception:  # noqa: BLE001 - INFO may be renamed or forbidden by ACLs
+        except Exception:
             continue
         if part and all(isinstance(value, dict) for value in part.values()):
             part = next(iter(part.values()))  # RedisCluster answers per node: take one
@@ -58,8 +66,11 @@ def heartbeats(client: Any, key: str, now_ms: int) -> dict[str, list[dict[str, A
     """A heartbeat ZSET (id -> deadline ms) split into live and expired entries."""
     live, dead = [], []
     for member, deadline in client.zrange(key, 0, -1, withscores=True):
-        entry = {"id": member, "replica": replica_of(member),
-                 "expires_in_ms": int(deadline) - now_ms}
+        entry = {
+            "id": member,
+            "replica": replica_of(member),
+            "expires_in_ms": int(deadline) - now_ms,
+        }
         (live if deadline >= now_ms else dead).append(entry)
     return {"live": live, "dead": dead}
 
@@ -69,27 +80,30 @@ def serving(row: dict[str, Any]) -> bool:
     return not row["drained"] and row["health"] != F.HEALTH_DOWN
 
 
-def backend_rows(client: Any, keys: PoolKeys, backends: Sequence[Backend],
-                 stale_after_ms: int) -> list[dict[str, Any]]:
+def backend_rows(
+    client: Any, keys: PoolKeys, backends: Sequence[Backend], stale_after_ms: int
+) -> list[dict[str, Any]]:
     """One dict per backend: health, drained, load, engine metrics and their age."""
     rows = []
     for state in read_pool(client, keys, backends):
         age = state.metrics_age_ms
-        rows.append({
-            "name": state.name,
-            "url": state.backend.url,
-            "weight": state.backend.weight,
-            "health": state.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN,
-            "drained": state.drained,
-            "inflight": state.inflight,
-            "waiting": state.metric(F.WAITING),
-            "running": state.metric(F.RUNNING),
-            "kv_usage": state.metric(F.KV_USAGE),
-            "metrics_age_ms": age,
-            "stale": age is None or age > stale_after_ms,
-            "models": state.names(F.MODELS),
-            "last_error": state.metrics.get(F.LAST_ERROR) or None,
-        })
+        rows.append(
+            {
+                "name": state.name,
+                "url": state.backend.url,
+                "weight": state.backend.weight,
+                "health": state.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN,
+                "drained": state.drained,
+                "inflight": state.inflight,
+                "waiting": state.metric(F.WAITING),
+                "running": state.metric(F.RUNNING),
+                "kv_usage": state.metric(F.KV_USAGE),
+                "metrics_age_ms": age,
+                "stale": age is None or age > stale_after_ms,
+                "models": state.names(F.MODELS),
+                "last_error": state.metrics.get(F.LAST_ERROR) or None,
+            }
+        )
     return rows
 
 

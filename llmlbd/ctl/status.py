@@ -30,38 +30,68 @@ def render_status(data: dict[str, Any]) -> str:
     rows = []
     for row in data["backends"]:
         age = fmt_age(row["metrics_age_ms"]) if row["metrics_age_ms"] is not None else "never"
-        rows.append([
-            row["name"], row["health"], "DRAINED" if row["drained"] else "", row["inflight"],
-            fmt_num(row["waiting"]), fmt_num(row["running"]), fmt_pct(row["kv_usage"]),
-            age + (" STALE" if row["stale"] else ""), fmt_num(row["weight"]),
-            fmt_list(row["models"]),
-        ])
+        rows.append(
+            [
+                row["name"],
+                row["health"],
+                "DRAINED" if row["drained"] else "",
+                row["inflight"],
+                fmt_num(row["waiting"]),
+                fmt_num(row["running"]),
+                fmt_pct(row["kv_usage"]),
+                age + (" STALE" if row["stale"] else ""),
+                fmt_num(row["weight"]),
+                fmt_list(row["models"]),
+            ]
+        )
     if rows:
-        lines.append(table(["BACKEND", "HEALTH", "DRAINED", "INFLIGHT", "WAITING", "RUNNING",
-                            "KV", "METRICS AGE", "WEIGHT", "MODELS"], rows))
+        lines.append(
+            table(
+                [
+                    "BACKEND",
+                    "HEALTH",
+                    "DRAINED",
+                    "INFLIGHT",
+                    "WAITING",
+                    "RUNNING",
+                    "KV",
+                    "METRICS AGE",
+                    "WEIGHT",
+                    "MODELS",
+                ],
+                rows,
+            )
+        )
     else:
-        lines.append("no backend: the config lists none, the members hash does not exist and "
-                     "no backend state was found in Redis")
+        lines.append(
+            "no backend: the config lists none, the members hash does not exist and "
+            "no backend state was found in Redis"
+        )
     if data["drained_not_members"]:
         lines.append(f"drained but not members: {', '.join(data['drained_not_members'])}")
     workers, collectors = data["workers"], data["collectors"]
     lines.append("")
     replicas = ", ".join(f"{r['host']} ({r['workers']})" for r in data["replicas"]) or "none"
-    lines.append(f"proxy workers: {len(workers['live'])} live on {len(data['replicas'])} "
-                 f"replica(s): {replicas}"
-                 + (f"; {len(workers['dead'])} expired, not yet reaped" if workers["dead"] else ""))
+    lines.append(
+        f"proxy workers: {len(workers['live'])} live on {len(data['replicas'])} "
+        f"replica(s): {replicas}"
+        + (f"; {len(workers['dead'])} expired, not yet reaped" if workers["dead"] else "")
+    )
     if collectors["live"]:
         names = ", ".join(c["id"] for c in collectors["live"])
         lines.append(f"collectors: {len(collectors['live'])} live: {names}")
     else:
         lines.append("collectors: NONE live: metrics and health are not being refreshed")
     if collectors["dead"]:
-        lines.append(f"  {len(collectors['dead'])} expired: "
-                     + ", ".join(c["id"] for c in collectors["dead"]))
+        lines.append(
+            f"  {len(collectors['dead'])} expired: "
+            + ", ".join(c["id"] for c in collectors["dead"])
+        )
     if data["serving"] == 0:
         lines.append("")
-        lines.append("NO BACKEND CAN TAKE REQUESTS (every backend is down or drained): "
-                     "clients get 503")
+        lines.append(
+            "NO BACKEND CAN TAKE REQUESTS (every backend is down or drained): clients get 503"
+        )
     return "\n".join(lines)
 
 

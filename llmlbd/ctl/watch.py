@@ -16,12 +16,26 @@ __all__ = ["watch_command"]
 
 
 @click.command("watch")
-@click.option("-n", "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
-              help="Seconds between two refreshes.")
-@click.option("--count", type=click.IntRange(min=1), default=None,
-              help="Stop after this many refreshes [default: until Ctrl-C].")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one compact JSON status per line (for piping) instead of a screen.")
+@click.option(
+    "-n",
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between two refreshes.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many refreshes [default: until Ctrl-C].",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one compact JSON status per line (for piping) instead of a screen.",
+)
 @pass_ctl
 def watch_command(ctl: Ctl, interval: float, count: int | None, as_json: bool) -> None:
     """Show `status` again every INTERVAL seconds; Ctrl-C exits with 0.
@@ -37,12 +51,18 @@ def watch_command(ctl: Ctl, interval: float, count: int | None, as_json: bool) -
         while count is None or shown < count:
             try:
                 data = pool_status(ctl)
-                text = (json.dumps(data, separators=(",", ":"), default=str) if as_json
-                        else render_status(data))
+                text = (
+                    json.dumps(data, separators=(",", ":"), default=str)
+                    if as_json
+                    else render_status(data)
+                )
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 data = None
-                text = (json.dumps({"error": str(exc)}) if as_json
-                        else f"cannot reach Redis at {ctl.describe_redis()}: {exc}")
+                text = (
+                    json.dumps({"error": str(exc)})
+                    if as_json
+                    else f"cannot reach Redis at {ctl.describe_redis()}: {exc}"
+                )
             if clear:
                 click.clear()
             elif shown and not as_json:

@@ -38,8 +38,9 @@ class PolicyContext:
     def candidates(self, exclude: frozenset[str]) -> list[Backend]:
         return [backend for backend in self.backends if backend.name not in exclude]
 
-    def candidates_or_raise(self, request: "RoutingRequest",
-                            exclude: frozenset[str]) -> list[Backend]:
+    def candidates_or_raise(
+        self, request: RoutingRequest, exclude: frozenset[str]
+    ) -> list[Backend]:
         """The backends not excluded; raise the client's error when there are none."""
         from llmlbd.policy.outcomes import no_route
 

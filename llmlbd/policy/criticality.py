@@ -40,8 +40,9 @@ class Criticality:
         return self.level == CRITICAL
 
 
-def resolve_criticality(request: RoutingRequest, critical_models: frozenset[str] | set[str],
-                        default: str = "auto") -> Criticality:
+def resolve_criticality(
+    request: RoutingRequest, critical_models: frozenset[str] | set[str], default: str = "auto"
+) -> Criticality:
     """The request's criticality and the signal it came from (see the module docstring)."""
     if request.criticality in LEVELS:
         return Criticality(request.criticality, "header")

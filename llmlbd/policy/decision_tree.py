@@ -16,8 +16,9 @@ ran is recorded in the trace, which ``llmlbctl explain`` prints.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from llmlbd.policy.framework import BackendState, Filter
 from llmlbd.request import RoutingRequest
@@ -41,9 +42,9 @@ class TreeRequest(RoutingRequest):
 @dataclass
 class Node:
     filter: Filter
-    on_success: "Node | None" = None
-    on_failure: "Node | None" = None
-    on_either: "Node | None" = None
+    on_success: Node | None = None
+    on_failure: Node | None = None
+    on_either: Node | None = None
     # A failure with nowhere to go means "shed the request" rather than "no backend".
     shed_on_failure: bool = False
 
@@ -57,8 +58,9 @@ class TreeOutcome:
     last: str = ""
 
 
-def run_tree(root: Node, request: RoutingRequest,
-             candidates: Sequence[BackendState]) -> TreeOutcome:
+def run_tree(
+    root: Node, request: RoutingRequest, candidates: Sequence[BackendState]
+) -> TreeOutcome:
     """Run the tree from *root*; iterative, so a deep tree cannot overflow the stack."""
     outcome = TreeOutcome([])
     node: Node | None = root
@@ -66,13 +68,15 @@ def run_tree(root: Node, request: RoutingRequest,
     while node is not None:
         result = node.filter.filter(request, current)
         ok = bool(result.kept)
-        outcome.trace.append({
-            "filter": node.filter.name,
-            "in": [state.name for state in current],
-            "kept": [state.name for state in result.kept],
-            "removed": dict(result.removed),
-            "outcome": "success" if ok else "failure",
-        })
+        outcome.trace.append(
+            {
+                "filter": node.filter.name,
+                "in": [state.name for state in current],
+                "kept": [state.name for state in result.kept],
+                "removed": dict(result.removed),
+                "outcome": "success" if ok else "failure",
+            }
+        )
         outcome.last = node.filter.name
         if ok:
             following = node.on_success or node.on_either

@@ -33,7 +33,8 @@ health and model list they have (settings: collector.stale_after_ms).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import BackendState
@@ -72,13 +73,21 @@ def _request_summary(request: RoutingRequest) -> dict[str, Any]:
             if isinstance(content, str):
                 prompt_chars += len(content)
             elif isinstance(content, list):
-                prompt_chars += sum(len(part.get("text", "")) for part in content
-                                    if isinstance(part, dict) and isinstance(part.get("text"), str))
+                prompt_chars += sum(
+                    len(part.get("text", ""))
+                    for part in content
+                    if isinstance(part, dict) and isinstance(part.get("text"), str)
+                )
     for key in ("prompt", "input"):
         if isinstance(body.get(key), str):
             prompt_chars += len(body[key])
-    return {"path": request.path, "model": request.model, "stream": request.stream,
-            "criticality": request.criticality or None, "prompt_chars": prompt_chars}
+    return {
+        "path": request.path,
+        "model": request.model,
+        "stream": request.stream,
+        "criticality": request.criticality or None,
+        "prompt_chars": prompt_chars,
+    }
 
 
 def _no_route(reason: str, request: RoutingRequest) -> dict[str, Any]:
@@ -88,9 +97,14 @@ def _no_route(reason: str, request: RoutingRequest) -> dict[str, Any]:
     return {"status": error.status, "code": error.code, "message": error.message}
 
 
-def generic_explain(policy: str, request: RoutingRequest, states: Sequence[BackendState],
-                    cap: int = 0, stale_after_ms: int = 2000,
-                    rr_counter: int | None = None) -> dict[str, Any]:
+def generic_explain(
+    policy: str,
+    request: RoutingRequest,
+    states: Sequence[BackendState],
+    cap: int = 0,
+    stale_after_ms: int = 2000,
+    rr_counter: int | None = None,
+) -> dict[str, Any]:
     """Explain *policy*'s choice for *request* on the snapshot *states* (see the module doc)."""
     removed: dict[str, str] = {}
     candidates = []
@@ -99,21 +113,40 @@ def generic_explain(policy: str, request: RoutingRequest, states: Sequence[Backe
         if why:
             removed[state.name] = why
         age = state.metrics_age_ms
-        candidates.append({
-            "name": state.name, "url": state.backend.url, "weight": state.backend.weight,
-            "inflight": state.inflight, "drained": state.drained,
-            "health": state.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN,
-            "models": state.names(F.MODELS), "metrics_age_ms": age,
-            "stale": age is None or age > stale_after_ms, "removed_by": why, "score": None,
-        })
-    filters = [{"name": name, "removed": [n for n, why in removed.items() if why == name]}
-               for name in FILTERS]
+        candidates.append(
+            {
+                "name": state.name,
+                "url": state.backend.url,
+                "weight": state.backend.weight,
+                "inflight": state.inflight,
+                "drained": state.drained,
+                "health": state.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN,
+                "models": state.names(F.MODELS),
+                "metrics_age_ms": age,
+                "stale": age is None or age > stale_after_ms,
+                "removed_by": why,
+                "score": None,
+            }
+        )
+    filters = [
+        {"name": name, "removed": [n for n, why in removed.items() if why == name]}
+        for name in FILTERS
+    ]
     kept = [state for state in states if state.name not in removed]
     result: dict[str, Any] = {
-        "policy": policy, "explained_by": "generic", "exact": policy in EXACT_POLICIES,
-        "note": "", "request": _request_summary(request), "candidates": candidates,
-        "filters": filters, "score_meaning": None, "choice": None, "ties": [],
-        "reason": None, "prefix_match": None, "outcome": {"status": 200},
+        "policy": policy,
+        "explained_by": "generic",
+        "exact": policy in EXACT_POLICIES,
+        "note": "",
+        "request": _request_summary(request),
+        "candidates": candidates,
+        "filters": filters,
+        "score_meaning": None,
+        "choice": None,
+        "ties": [],
+        "reason": None,
+        "prefix_match": None,
+        "outcome": {"status": 200},
     }
     if not states:
         result["outcome"] = _no_route("empty", request)
@@ -136,10 +169,12 @@ def generic_explain(policy: str, request: RoutingRequest, states: Sequence[Backe
                 result["choice"] = state.name
                 break
         result["reason"] = "round_robin"
-        result["note"] = (f"the shared rotation counter is at {rr_counter or 0}: the next request "
-                          "starts at backend index "
-                          f"{start} and takes the first eligible one (another request may "
-                          "take this turn first)")
+        result["note"] = (
+            f"the shared rotation counter is at {rr_counter or 0}: the next request "
+            "starts at backend index "
+            f"{start} and takes the first eligible one (another request may "
+            "take this turn first)"
+        )
         return result
     if policy == "random":
         result["ties"] = [state.name for state in kept]
@@ -153,15 +188,23 @@ def generic_explain(policy: str, request: RoutingRequest, states: Sequence[Backe
         candidate["score"] = scores.get(candidate["name"])
     best = min(scores.values())
     ties = [name for name, score in scores.items() if score == best]
-    result.update(score_meaning="requests in flight per unit of weight; the lowest wins",
-                  choice=ties[0], ties=ties, reason="least_inflight")
+    result.update(
+        score_meaning="requests in flight per unit of weight; the lowest wins",
+        choice=ties[0],
+        ties=ties,
+        reason="least_inflight",
+    )
     if policy == "global_least_request":
-        result["note"] = ("exact: acquire_least_request.lua applies these filters and this "
-                          "score atomically with the reservation; ties are broken at random")
+        result["note"] = (
+            "exact: acquire_least_request.lua applies these filters and this "
+            "score atomically with the reservation; ties are broken at random"
+        )
     else:
-        result["note"] = (f"approximation: {policy} has no explain method, so this shows the "
-                          "filters every policy applies and a least-in-flight choice; "
-                          f"{policy} may score differently")
+        result["note"] = (
+            f"approximation: {policy} has no explain method, so this shows the "
+            "filters every policy applies and a least-in-flight choice; "
+            f"{policy} may score differently"
+        )
     return result
 
 
@@ -185,8 +228,13 @@ def explain(policy_name: str, ctx: PolicyContext, request: RoutingRequest) -> di
         return result
     states = read_pool(ctx.client, ctx.keys, ctx.backends)
     rr = ctx.client.get(ctx.keys.rr_counter) if name == "round_robin" else None
-    result = generic_explain(name, request, states, cap=ctx.lb_config.maxRequestCount,
-                             stale_after_ms=ctx.stale_after_ms,
-                             rr_counter=int(rr) if rr is not None else None)
+    result = generic_explain(
+        name,
+        request,
+        states,
+        cap=ctx.lb_config.maxRequestCount,
+        stale_after_ms=ctx.stale_after_ms,
+        rr_counter=int(rr) if rr is not None else None,
+    )
     result["note"] = note + result["note"]
     return result

@@ -39,8 +39,14 @@ class LocalLeastRequest:
         backend: Backend = min(candidates, key=lambda b: self.inflight[b.name] / b.weight)
         self.inflight[backend.name] += 1
         self.held[request.request_id] = backend.name
-        return Decision(backend, request.request_id, self.name, reason="redis_unavailable",
-                        inflight=self.inflight[backend.name], local=True)
+        return Decision(
+            backend,
+            request.request_id,
+            self.name,
+            reason="redis_unavailable",
+            inflight=self.inflight[backend.name],
+            local=True,
+        )
 
     def release(self, request_id: str) -> bool:
         name = self.held.pop(request_id, None)

@@ -10,8 +10,9 @@ decide on a metrics snapshot (least_busy) and `llmlbctl explain`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from llmlbd.config.loader import Backend
 from llmlbd.request import RoutingRequest
@@ -74,16 +75,18 @@ class FilterResult:
 class Filter(Protocol):
     name: str
 
-    def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
-        ...
+    def filter(
+        self, request: RoutingRequest, candidates: Sequence[BackendState]
+    ) -> FilterResult: ...
 
 
 @runtime_checkable
 class Scorer(Protocol):
     name: str
 
-    def score(self, request: RoutingRequest,
-              candidates: Sequence[BackendState]) -> dict[str, float]:
+    def score(
+        self, request: RoutingRequest, candidates: Sequence[BackendState]
+    ) -> dict[str, float]:
         """A score in [0, 1] per backend name; higher is better."""
         ...
 
@@ -92,8 +95,7 @@ class Scorer(Protocol):
 class Picker(Protocol):
     name: str
 
-    def pick(self, scored: Sequence[tuple[BackendState, float]]) -> BackendState:
-        ...
+    def pick(self, scored: Sequence[tuple[BackendState, float]]) -> BackendState: ...
 
 
 @runtime_checkable

@@ -8,8 +8,10 @@ from llmlbd.request import RoutingRequest
 
 def no_route(reason: str, request: RoutingRequest) -> LLMLBError:
     if reason == "cap":
-        return OverCapacity("every backend is at its maximum number of requests in flight "
-                            "(lb_config.maxRequestCount); retry later")
+        return OverCapacity(
+            "every backend is at its maximum number of requests in flight "
+            "(lb_config.maxRequestCount); retry later"
+        )
     if reason == "model":
         return ModelNotFound(f"the model '{request.model}' does not exist on any backend")
     if reason == "empty":

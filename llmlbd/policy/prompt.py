@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["canonical_text", "block_hashes", "level_positions", "Levels", "levels"]
 
@@ -51,8 +52,7 @@ _DIGEST_BYTES = 12
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _digest(value: Any) -> str:
@@ -122,7 +122,9 @@ def _message(message: Any) -> Iterator[str]:
     if kind in ("function_call_output", "custom_tool_call_output"):
         output = message.get("output", "")
         yield f"{RS}tool{US}"
-        yield from _content(output) if not isinstance(output, (dict, int, float)) else [_json(output)]
+        yield from (
+            _content(output) if not isinstance(output, (dict, int, float)) else [_json(output)]
+        )
         return
     if kind is not None and kind != "message":
         # reasoning items, web search calls...: present but opaque
@@ -142,8 +144,11 @@ def _message(message: Any) -> Iterator[str]:
 def _prompt(prompt: Any) -> Iterator[str]:
     if isinstance(prompt, str):
         yield prompt
-    elif isinstance(prompt, list) and prompt and all(
-            isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    elif (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
         yield "".join(_token(t) for t in prompt)
     elif isinstance(prompt, list):
         for index, item in enumerate(prompt):
@@ -208,7 +213,7 @@ def block_hashes(text: str, block_chars: int, seed: bytes, count: int | None = N
     out = []
     previous = seed
     for index in range(full):
-        block = text[index * block_chars:(index + 1) * block_chars]
+        block = text[index * block_chars : (index + 1) * block_chars]
         previous = _hash(previous + block.encode("utf-8", "surrogatepass"))
         out.append(previous.hex())
     return out
@@ -242,8 +247,15 @@ class Levels:
         return len(self.hashes)
 
 
-def levels(body: dict[str, Any] | None, *, pool: str, model: str, cache_salt: str,
-           block_chars: int, max_levels: int) -> Levels:
+def levels(
+    body: dict[str, Any] | None,
+    *,
+    pool: str,
+    model: str,
+    cache_salt: str,
+    block_chars: int,
+    max_levels: int,
+) -> Levels:
     """Hash the prompt of *body* and keep the level positions (see module docstring)."""
     positions = _POSITIONS.get(max_levels)
     if positions is None:

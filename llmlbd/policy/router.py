@@ -27,14 +27,25 @@ __all__ = ["Router", "REDIS_ERRORS"]
 log = structlog.get_logger("llmlbd.router")
 
 # Network trouble with Redis: fall back. A ResponseError is a bug and is not caught here.
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
-                redis.exceptions.ReadOnlyError, redis.exceptions.ClusterDownError)
+REDIS_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+)
 
 
 class Router:
-    def __init__(self, policy: Policy, fallback: LocalLeastRequest, leases: Leases,
-                 breaker: Breaker, reap_every_s: float = 2.0,
-                 observer: Any = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        fallback: LocalLeastRequest,
+        leases: Leases,
+        breaker: Breaker,
+        reap_every_s: float = 2.0,
+        observer: Any = None,
+    ) -> None:
         self.policy = policy
         self.fallback = fallback
         self.leases = leases
@@ -50,8 +61,13 @@ class Router:
         if self.observer:
             self.observer.redis_error(op)
         if opened:
-            log.warning("redis_unavailable", op=op, error=str(exc) or type(exc).__name__,
-                        fallback=self.fallback.name, retry_in_s=self.breaker.reset_s)
+            log.warning(
+                "redis_unavailable",
+                op=op,
+                error=str(exc) or type(exc).__name__,
+                fallback=self.fallback.name,
+                retry_in_s=self.breaker.reset_s,
+            )
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         if self.breaker.allow():
@@ -120,7 +136,8 @@ class Router:
             pipe.hget(keys.backend(name), F.HEALTH)
         drained, *health = pipe.execute()
         self.fallback.unavailable = set(drained) | {
-            name for name, state in zip(names, health) if state == F.HEALTH_DOWN}
+            name for name, state in zip(names, health) if state == F.HEALTH_DOWN
+        }
 
     def retire(self) -> None:
         """The worker is exiting: drop every lease it still holds."""

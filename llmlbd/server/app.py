@@ -31,8 +31,12 @@ class LLMLBArbiter(Arbiter):
 
 
 class LLMLBApplication(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config, children: list[Child] | None = None,
-                 overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        children: list[Child] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.children = list(children or [])
         # CLI flags (--bind, --workers) win over the file at every reload too.
@@ -87,13 +91,19 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
                 if not fresh.backends:  # demo backends are started once, by `llmlbd start`
                     fresh.backends = self.config.backends
                 if fresh.redis_target() != self.config.redis_target():
-                    log.warning("reload_redis_change_ignored",
-                                reason="the Redis location changes only on restart")
+                    log.warning(
+                        "reload_redis_change_ignored",
+                        reason="the Redis location changes only on restart",
+                    )
                     fresh.redis = self.config.redis
                     fresh.lb_config.serviceFQDN = self.config.lb_config.serviceFQDN
                 self.config = fresh
-                log.info("config_reloaded", path=self.config.path, policy=fresh.lb_policy,
-                         backends=[b.name for b in fresh.backends])
+                log.info(
+                    "config_reloaded",
+                    path=self.config.path,
+                    policy=fresh.lb_policy,
+                    backends=[b.name for b in fresh.backends],
+                )
         super().reload()
 
     def load(self) -> Any:
@@ -134,6 +144,7 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if multiproc_dir:
             from prometheus_client import multiprocess
+
             multiprocess.mark_process_dead(worker.pid, multiproc_dir)
         # A worker that died hard (SIGKILL, OOM) could not release its leases: they
         # expire after server.lease_ttl_s and the other workers (or the collector) reap
@@ -143,9 +154,13 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
     def _when_ready(self, server: Any) -> None:
         bind = self.config.server.bind
         url = bind if bind.startswith("unix:") else f"http://{bind}"
-        log.info("llmlbd_ready", url=url, policy=self.config.lb_policy,
-                 backends=[b.name for b in self.config.backends],
-                 workers=self.config.server.workers)
+        log.info(
+            "llmlbd_ready",
+            url=url,
+            policy=self.config.lb_policy,
+            backends=[b.name for b in self.config.backends],
+            workers=self.config.server.workers,
+        )
 
     def _on_exit(self, server: Any) -> None:
         for child in reversed(self.children):
@@ -155,5 +170,5 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         for child in self.children:
             try:
                 child.supervise()
-            except Exception as exc:  # noqa: BLE001 - try again on the next loop
+            except Exception as exc:
                 log.error("child_restart_failed", child=child.name, error=str(exc))

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -38,8 +38,7 @@ class Child:
             return
         self._backoff_s = min(30.0, max(1.0, self._backoff_s * 2))
         self._next_start = now + self._backoff_s
-        log.warning("child_died", child=self.name, action="restart",
-                    next_retry_s=self._backoff_s)
+        log.warning("child_died", child=self.name, action="restart", next_retry_s=self._backoff_s)
         self.start()
 
 
@@ -61,24 +60,37 @@ class RedisChild(Child):
 
 
 class CommandChild(Child):
-    def __init__(self, name: str, args: list[str],
-                 ready: Callable[[], bool] | None = None, ready_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        ready: Callable[[], bool] | None = None,
+        ready_timeout_s: float = 20.0,
+    ) -> None:
         self.name = name
         self.args = args
         # Only the master talks to systemd (NotifyAccess=main): a child that saw
         # NOTIFY_SOCKET would send READY=1 that systemd rejects with a warning. And a
         # child's own Prometheus metrics must not land in the proxy workers' files.
-        self.env = {key: value for key, value in os.environ.items()
-                    if key not in ("NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR")}
+        self.env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR")
+        }
         self.ready = ready
         self.ready_timeout_s = ready_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         # Output goes to our stderr, so journald keeps it with llmlbd's own lines.
-        self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
-                                        stdout=sys.stderr, stderr=sys.stderr, env=self.env,
-                                        preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr,
+            stderr=sys.stderr,
+            env=self.env,
+            preexec_fn=_die_with_parent,
+        )
         if self.ready is None:
             return
         deadline = time.monotonic() + self.ready_timeout_s

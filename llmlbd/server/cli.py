@@ -45,17 +45,31 @@ def _all_healthy(ports: list[int]) -> bool:
 
 
 @click.command("start")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              envvar="LLMLBD_CONFIG", show_envvar=True,
-              help="YAML config file. Without one: embedded Redis and simulated backends.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="LLMLBD_CONFIG",
+    show_envvar=True,
+    help="YAML config file. Without one: embedded Redis and simulated backends.",
+)
 @click.option("-b", "--bind", help="HOST:PORT or unix:PATH to listen on (overrides server.bind).")
-@click.option("-w", "--workers", type=click.IntRange(min=1),
-              help="Number of worker processes (overrides server.workers).")
-@click.option("--runtime-dir", envvar="RUNTIME_DIRECTORY",
-              help="Where sockets, the embedded Redis and metrics files live "
-                   "[default: $XDG_RUNTIME_DIR/llmlbd or /tmp/llmlbd-UID].")
-def start_command(config_path: str | None, bind: str | None, workers: int | None,
-                  runtime_dir: str | None) -> None:
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Number of worker processes (overrides server.workers).",
+)
+@click.option(
+    "--runtime-dir",
+    envvar="RUNTIME_DIRECTORY",
+    help="Where sockets, the embedded Redis and metrics files live "
+    "[default: $XDG_RUNTIME_DIR/llmlbd or /tmp/llmlbd-UID].",
+)
+def start_command(
+    config_path: str | None, bind: str | None, workers: int | None, runtime_dir: str | None
+) -> None:
     """Run the proxy (gunicorn master + gevent workers) in the foreground.
 
     Stops gracefully on SIGTERM (in-flight requests finish within
@@ -65,13 +79,14 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
     import yaml
 
     from llmlbd.config import Backend, ConfigError, load_config
+
     try:
-        config = load_config(config_path).with_overrides(server__bind=bind,
-                                                         server__workers=workers)
+        config = load_config(config_path).with_overrides(server__bind=bind, server__workers=workers)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
 
     from llmlbd import logs
+
     logs.configure(config.logging.level, config.logging.format)
 
     run_dir = runtime_directory(runtime_dir)
@@ -96,10 +111,19 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
         if not config.backends:
             count, base = config.demo.backends, config.demo.base_port
             urls = [f"http://127.0.0.1:{base + i}" for i in range(count)]
-            sims = CommandChild("demo-backends",
-                                [sys.executable, "-m", "llmlbd.sim", "--count", str(count),
-                                 "--base-port", str(base)],
-                                ready=lambda: _all_healthy([base + i for i in range(count)]))
+            sims = CommandChild(
+                "demo-backends",
+                [
+                    sys.executable,
+                    "-m",
+                    "llmlbd.sim",
+                    "--count",
+                    str(count),
+                    "--base-port",
+                    str(base),
+                ],
+                ready=lambda: _all_healthy([base + i for i in range(count)]),
+            )
             sims.start()
             children.append(sims)
             config.backends = [Backend(f"sim-{i}", url) for i, url in enumerate(urls)]
@@ -109,8 +133,9 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
         if collector_on:
             effective = run_dir / "effective-config.yaml"
             effective.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            collector = CommandChild("collector", [sys.executable, "-m", "collector",
-                                                   "--config", str(effective)])
+            collector = CommandChild(
+                "collector", [sys.executable, "-m", "collector", "--config", str(effective)]
+            )
             collector.start()
             children.append(collector)
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:
@@ -118,5 +143,6 @@ def start_command(config_path: str | None, bind: str | None, workers: int | None
             child.stop()
         raise RuntimeProblem(str(exc)) from None
 
-    LLMLBApplication(config, children,
-                     overrides={"server__bind": bind, "server__workers": workers}).run()
+    LLMLBApplication(
+        config, children, overrides={"server__bind": bind, "server__workers": workers}
+    ).run()

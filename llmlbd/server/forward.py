@@ -5,17 +5,33 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from llmlbd.config.loader import Backend
-from llmlbd.server.http1 import (BodyError, ConnectFailure, Endpoint, Response,
-                                 UpstreamReadTimeout)
+from llmlbd.server.http1 import BodyError, ConnectFailure, Endpoint, Response, UpstreamReadTimeout
 
-__all__ = ["Upstreams", "request_headers", "response_headers", "ConnectFailure",
-           "UpstreamReadTimeout", "BodyError", "Response"]
+__all__ = [
+    "Upstreams",
+    "request_headers",
+    "response_headers",
+    "ConnectFailure",
+    "UpstreamReadTimeout",
+    "BodyError",
+    "Response",
+]
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 
 def _connection_tokens(items: list[tuple[str, str]]) -> set[str]:
@@ -26,11 +42,15 @@ def _connection_tokens(items: list[tuple[str, str]]) -> set[str]:
     return tokens
 
 
-def request_headers(client_headers: dict[str, str], client_addr: str,
-                    scheme: str, host: str) -> dict[str, str]:
+def request_headers(
+    client_headers: dict[str, str], client_addr: str, scheme: str, host: str
+) -> dict[str, str]:
     """Headers to send upstream: the client's, minus hop-by-hop ones, plus forwarding info."""
-    drop = (HOP_BY_HOP | _connection_tokens(list(client_headers.items()))
-            | {"host", "content-length", "expect"})
+    drop = (
+        HOP_BY_HOP
+        | _connection_tokens(list(client_headers.items()))
+        | {"host", "content-length", "expect"}
+    )
     headers = {name: value for name, value in client_headers.items() if name not in drop}
     if client_addr:
         previous = client_headers.get("x-forwarded-for")
@@ -50,8 +70,13 @@ def response_headers(upstream: Response) -> list[tuple[str, str]]:
 class Upstreams:
     """The backends' connection pools, in one worker."""
 
-    def __init__(self, backends: list[Backend], connect_timeout_s: float,
-                 read_timeout_s: float, pool_size: int) -> None:
+    def __init__(
+        self,
+        backends: list[Backend],
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        pool_size: int,
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.pool_size = pool_size
@@ -65,8 +90,14 @@ class Upstreams:
         if entry is None or entry[0] != backend.url:
             parts = urlsplit(backend.url)
             tls = parts.scheme == "https"
-            endpoint = Endpoint(parts.hostname or "", parts.port or (443 if tls else 80), tls,
-                                self.connect_timeout_s, self.read_timeout_s, self.pool_size)
+            endpoint = Endpoint(
+                parts.hostname or "",
+                parts.port or (443 if tls else 80),
+                tls,
+                self.connect_timeout_s,
+                self.read_timeout_s,
+                self.pool_size,
+            )
             if entry is not None:
                 entry[1].close()
             entry = self.endpoints[backend.name] = (backend.url, endpoint)
@@ -78,8 +109,9 @@ class Upstreams:
         for name in [n for n in self.endpoints if n not in names]:
             self.endpoints.pop(name)[1].close()
 
-    def open(self, backend: Backend, method: str, path: str, headers: dict[str, str],
-             body: bytes | None) -> Response:
+    def open(
+        self, backend: Backend, method: str, path: str, headers: dict[str, str], body: bytes | None
+    ) -> Response:
         """Send the request and return once the status line and headers arrived."""
         base_path = urlsplit(backend.url).path.rstrip("/")
         return self._endpoint(backend).request(method, base_path + path, headers, body)

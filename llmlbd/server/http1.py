@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["Endpoint", "Response", "ConnectFailure", "UpstreamReadTimeout", "BodyError"]
 
@@ -41,7 +41,7 @@ class BodyError(OSError):
 
 
 class _Connection:
-    __slots__ = ("sock", "buf", "reused")
+    __slots__ = ("buf", "reused", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -66,8 +66,15 @@ class _Connection:
 class Endpoint:
     """One backend: where it is, and a pool of idle keep-alive connections to it."""
 
-    def __init__(self, url_host: str, port: int, tls: bool, connect_timeout_s: float,
-                 read_timeout_s: float, pool_size: int) -> None:
+    def __init__(
+        self,
+        url_host: str,
+        port: int,
+        tls: bool,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        pool_size: int,
+    ) -> None:
         self.host = url_host
         self.port = port
         self.host_header = url_host if port in (80, 443) else f"{url_host}:{port}"
@@ -83,15 +90,18 @@ class Endpoint:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         except OSError as exc:
-            raise ConnectFailure(f"cannot connect to {self.host_header}: "
-                                 f"{exc.strerror or exc}") from None
+            raise ConnectFailure(
+                f"cannot connect to {self.host_header}: {exc.strerror or exc}"
+            ) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
             try:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host)
             except OSError as exc:
                 sock.close()
-                raise ConnectFailure(f"TLS handshake with {self.host_header} failed: {exc}") from None
+                raise ConnectFailure(
+                    f"TLS handshake with {self.host_header} failed: {exc}"
+                ) from None
         sock.settimeout(self.read_timeout_s)
         return _Connection(sock)
 
@@ -112,8 +122,9 @@ class Endpoint:
         while self.idle:
             self.idle.pop().close()
 
-    def request(self, method: str, target: str, headers: dict[str, str],
-                body: bytes | None) -> "Response":
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | None
+    ) -> Response:
         """Send the request and return once the status line and headers arrived."""
         head = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
         for name, value in headers.items():
@@ -131,8 +142,9 @@ class Endpoint:
                 conn.close()
                 if attempt == 1:
                     continue  # the backend had closed this idle connection: use a new one
-                raise ConnectFailure(f"{self.host_header} closed the connection "
-                                     "without answering") from None
+                raise ConnectFailure(
+                    f"{self.host_header} closed the connection without answering"
+                ) from None
             except BaseException:
                 conn.close()
                 raise
@@ -145,13 +157,15 @@ class Endpoint:
             end = conn.buf.find(b"\r\n\r\n")
             while end == -1:
                 if len(conn.buf) > MAX_HEAD_BYTES:
-                    raise ConnectFailure(f"{self.host_header} sent response headers over "
-                                         f"{MAX_HEAD_BYTES} bytes")
+                    raise ConnectFailure(
+                        f"{self.host_header} sent response headers over {MAX_HEAD_BYTES} bytes"
+                    )
                 try:
                     more = conn.fill()
-                except socket.timeout:
-                    raise UpstreamReadTimeout(f"{self.host_header} sent no response within "
-                                              f"{self.read_timeout_s:g} s") from None
+                except TimeoutError:
+                    raise UpstreamReadTimeout(
+                        f"{self.host_header} sent no response within {self.read_timeout_s:g} s"
+                    ) from None
                 except OSError as exc:
                     if conn.reused and not got_bytes:
                         raise _StaleConnection() from None
@@ -159,12 +173,13 @@ class Endpoint:
                 if not more:
                     if conn.reused and not got_bytes:
                         raise _StaleConnection()
-                    raise ConnectFailure(f"{self.host_header} closed the connection "
-                                         "before answering")
+                    raise ConnectFailure(
+                        f"{self.host_header} closed the connection before answering"
+                    )
                 got_bytes = True
                 end = conn.buf.find(b"\r\n\r\n")
             head = bytes(conn.buf[:end]).decode("latin-1")
-            del conn.buf[:end + 4]
+            del conn.buf[: end + 4]
             lines = head.split("\r\n")
             parts = lines[0].split(" ", 2)
             if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
@@ -187,8 +202,16 @@ class _StaleConnection(Exception):
 class Response:
     """A backend's response whose body is read as it arrives."""
 
-    def __init__(self, endpoint: Endpoint, conn: _Connection, method: str, status: int,
-                 reason: str, headers: list[tuple[str, str]], http10: bool = False) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        conn: _Connection,
+        method: str,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        http10: bool = False,
+    ) -> None:
         self.endpoint = endpoint
         self.conn: _Connection | None = conn
         self.status = status
@@ -224,10 +247,11 @@ class Response:
                 remaining = self.length
                 while remaining:
                     if not conn.buf and not conn.fill():
-                        raise BodyError(f"body cut short: {remaining} of {self.length} "
-                                        "bytes missing")
+                        raise BodyError(
+                            f"body cut short: {remaining} of {self.length} bytes missing"
+                        )
                     piece = bytes(conn.buf[:remaining])
-                    del conn.buf[:len(piece)]
+                    del conn.buf[: len(piece)]
                     remaining -= len(piece)
                     yield piece
             else:
@@ -238,7 +262,7 @@ class Response:
                         yield piece
                     if not conn.fill():
                         break
-        except socket.timeout:
+        except TimeoutError:
             raise BodyError(f"no body bytes for {self.endpoint.read_timeout_s:g} s") from None
         except BodyError:
             raise
@@ -262,7 +286,7 @@ class Response:
                 if not conn.buf and not conn.fill():
                     raise BodyError("connection closed inside a chunk")
                 piece = bytes(conn.buf[:remaining])
-                del conn.buf[:len(piece)]
+                del conn.buf[: len(piece)]
                 remaining -= len(piece)
                 yield piece
             if self._line(conn):
@@ -274,7 +298,7 @@ class Response:
             end = conn.buf.find(b"\r\n")
             if end != -1:
                 line = bytes(conn.buf[:end])
-                del conn.buf[:end + 2]
+                del conn.buf[: end + 2]
                 return line
             if len(conn.buf) > MAX_HEAD_BYTES:
                 raise BodyError("chunk framing line too long")

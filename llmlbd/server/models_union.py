@@ -26,8 +26,9 @@ class ModelsCache:
     def _fetch(self, backend: Backend) -> list[dict[str, Any]]:
         assert self._http is not None
         try:
-            response = self._http.request("GET", f"{backend.url}/v1/models",
-                                          timeout=self.timeout, retries=False)
+            response = self._http.request(
+                "GET", f"{backend.url}/v1/models", timeout=self.timeout, retries=False
+            )
             if response.status != 200:
                 return []
             data = json.loads(response.data).get("data", [])

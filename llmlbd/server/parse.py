@@ -15,19 +15,32 @@ CRITICALITIES = ("critical", "standard", "sheddable")
 # Endpoints whose body must name a model.
 MODEL_REQUIRED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 # Endpoints whose body is JSON whatever the Content-Type header says.
-JSON_ENDPOINTS = frozenset({*MODEL_REQUIRED, "/v1/responses", "/tokenize", "/detokenize",
-                            "/v1/score", "/v1/rerank", "/rerank", "/pooling"})
+JSON_ENDPOINTS = frozenset(
+    {
+        *MODEL_REQUIRED,
+        "/v1/responses",
+        "/tokenize",
+        "/detokenize",
+        "/v1/score",
+        "/v1/rerank",
+        "/rerank",
+        "/pooling",
+    }
+)
 
 
-def parse_request(request_id: str, method: str, path: str, headers: dict[str, str],
-                  body: bytes) -> RoutingRequest:
+def parse_request(
+    request_id: str, method: str, path: str, headers: dict[str, str], body: bytes
+) -> RoutingRequest:
     """Build the RoutingRequest; raise BadRequest naming what is wrong."""
     request = RoutingRequest(request_id=request_id, method=method, path=path, headers=headers)
     criticality = headers.get(CRITICALITY_HEADER, "").strip().lower()
     if criticality:
         if criticality not in CRITICALITIES:
-            raise BadRequest(f"header {CRITICALITY_HEADER} must be one of "
-                             f"{', '.join(CRITICALITIES)}, got {criticality!r}")
+            raise BadRequest(
+                f"header {CRITICALITY_HEADER} must be one of "
+                f"{', '.join(CRITICALITIES)}, got {criticality!r}"
+            )
         request.criticality = criticality
     if method != "POST" or not body:
         if method == "POST" and path in MODEL_REQUIRED:
@@ -45,8 +58,9 @@ def parse_request(request_id: str, method: str, path: str, headers: dict[str, st
             return request
         if isinstance(exc, UnicodeDecodeError):
             raise BadRequest("the request body is not valid UTF-8 JSON") from None
-        raise BadRequest(f"the request body is not valid JSON: {exc.msg} "
-                         f"(line {exc.lineno}, column {exc.colno})") from None
+        raise BadRequest(
+            f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
     if not isinstance(data, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(data).__name__}")
     request.body = data

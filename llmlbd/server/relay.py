@@ -9,7 +9,8 @@ once and writes the request's log line.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -38,8 +39,14 @@ class ProxiedResponse:
     to a disconnected client fails, and when the worker stops.
     """
 
-    def __init__(self, app: "ProxyApp", request: RoutingRequest, decision: Decision,
-                 upstream: Response, sent_at: float) -> None:
+    def __init__(
+        self,
+        app: ProxyApp,
+        request: RoutingRequest,
+        decision: Decision,
+        upstream: Response,
+        sent_at: float,
+    ) -> None:
         self.app = app
         self.request = request
         self.decision = decision
@@ -67,17 +74,26 @@ class ProxiedResponse:
             for chunk in self.upstream.iter_body():
                 if self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.sent_at
-                    metrics.UPSTREAM_TTFB_SECONDS.labels(self.decision.backend.name).observe(self.ttfb)
+                    metrics.UPSTREAM_TTFB_SECONDS.labels(self.decision.backend.name).observe(
+                        self.ttfb
+                    )
                 self.size += len(chunk)
                 yield chunk
         except BodyError as exc:
             # Bytes already reached the client: no retry is possible now.
             self.outcome = "upstream_error"
-            log.warning("upstream_broke_mid_response", request_id=self.request.request_id,
-                        backend=self.decision.backend.name, error=str(exc), bytes=self.size)
+            log.warning(
+                "upstream_broke_mid_response",
+                request_id=self.request.request_id,
+                backend=self.decision.backend.name,
+                error=str(exc),
+                bytes=self.size,
+            )
             if self.is_sse:
-                yield sse_error_event(f"backend {self.decision.backend.name} failed "
-                                      "mid-stream; the response is incomplete")
+                yield sse_error_event(
+                    f"backend {self.decision.backend.name} failed "
+                    "mid-stream; the response is incomplete"
+                )
             return
         self.outcome = "complete"
 
@@ -94,6 +110,14 @@ class ProxiedResponse:
             assert self.app.runtime is not None
             self.app.runtime.router.release(self.decision)
             metrics.UPSTREAM_SECONDS.labels(self.decision.backend.name).observe(
-                time.perf_counter() - self.sent_at)
-            self.app._log_request(self.request, self.decision, self.upstream.status, self.size,
-                                  self.sent_at, self.ttfb, self.outcome)
+                time.perf_counter() - self.sent_at
+            )
+            self.app._log_request(
+                self.request,
+                self.decision,
+                self.upstream.status,
+                self.size,
+                self.sent_at,
+                self.ttfb,
+                self.outcome,
+            )

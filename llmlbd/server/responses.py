@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from llmlbd.errors import LLMLBError
 
 StartResponse = Callable[..., Any]
 
 
-def json_response(start_response: StartResponse, status: int, payload: Any,
-                  extra_headers: Iterable[tuple[str, str]] = (), exc_info: Any = None) -> list[bytes]:
+def json_response(
+    start_response: StartResponse,
+    status: int,
+    payload: Any,
+    extra_headers: Iterable[tuple[str, str]] = (),
+    exc_info: Any = None,
+) -> list[bytes]:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-               *extra_headers]
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        *extra_headers,
+    ]
     if exc_info is None:
         start_response(_status_line(status), headers)
     else:
@@ -23,18 +32,30 @@ def json_response(start_response: StartResponse, status: int, payload: Any,
     return [body]
 
 
-def error_response(start_response: StartResponse, error: LLMLBError,
-                   extra_headers: Iterable[tuple[str, str]] = (),
-                   exc_info: Any = None) -> list[bytes]:
+def error_response(
+    start_response: StartResponse,
+    error: LLMLBError,
+    extra_headers: Iterable[tuple[str, str]] = (),
+    exc_info: Any = None,
+) -> list[bytes]:
     headers = list(extra_headers)
     if error.retry_after is not None:
         headers.append(("Retry-After", str(error.retry_after)))
     return json_response(start_response, error.status, error.body(), headers, exc_info)
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 def _status_line(status: int) -> str:

@@ -47,18 +47,28 @@ class WorkerRuntime:
         return backends
 
     @classmethod
-    def build(cls, config: Config, worker_id: str) -> "WorkerRuntime":
+    def build(cls, config: Config, worker_id: str) -> WorkerRuntime:
         client = connect(config)
         keys = PoolKeys(config.server.pool)
         leases = Leases(client, keys, worker_id, int(config.server.lease_ttl_s * 1000))
         rng = random.Random()
-        ctx = PolicyContext(config.backends, config.lb_config, keys, leases, client,
-                            stale_after_ms=config.collector.stale_after_ms, rng=rng)
+        ctx = PolicyContext(
+            config.backends,
+            config.lb_config,
+            keys,
+            leases,
+            client,
+            stale_after_ms=config.collector.stale_after_ms,
+            rng=rng,
+        )
         local_ctx = PolicyContext(config.backends, config.lb_config, keys, None, None, rng=rng)
         policy = load_policy_class(config.lb_policy)(ctx)
         breaker = Breaker(config.redis.breaker_failures, config.redis.breaker_reset_s)
-        router = Router(policy, LocalLeastRequest(local_ctx), leases, breaker,
-                        observer=Observer())
-        upstreams = Upstreams(config.backends, config.server.connect_timeout_s,
-                              config.server.read_timeout_s, config.server.upstream_pool_size)
+        router = Router(policy, LocalLeastRequest(local_ctx), leases, breaker, observer=Observer())
+        upstreams = Upstreams(
+            config.backends,
+            config.server.connect_timeout_s,
+            config.server.read_timeout_s,
+            config.server.upstream_pool_size,
+        )
         return cls(router, upstreams, client, worker_id, [ctx, local_ctx], list(config.backends))

@@ -13,15 +13,24 @@ import sys
 import time
 import uuid
 import weakref
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import gevent
 import structlog
 
 from llmlbd import metrics
 from llmlbd.config.loader import Config
-from llmlbd.errors import (BadRequest, BodyTooLarge, LLMLBError, MethodNotAllowed,
-                           NoBackend, RouteNotFound, UpstreamFailed, UpstreamTimeout)
+from llmlbd.errors import (
+    BadRequest,
+    BodyTooLarge,
+    LLMLBError,
+    MethodNotAllowed,
+    NoBackend,
+    RouteNotFound,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
@@ -38,6 +47,7 @@ __all__ = ["ProxyApp", "BACKEND_HEADER"]
 class HeadersRejected(UpstreamFailed):
     """The backend's status line or headers cannot be passed on (invalid characters)."""
 
+
 log = structlog.get_logger("llmlbd.proxy")
 
 # A backend answering one of these before any byte reached the client is
@@ -51,8 +61,11 @@ PROXIED_PATHS = frozenset({"/tokenize", "/detokenize", "/v1"})
 
 
 def _client_headers(environ: dict[str, Any]) -> dict[str, str]:
-    headers = {key[5:].replace("_", "-").lower(): value
-               for key, value in environ.items() if key.startswith("HTTP_")}
+    headers = {
+        key[5:].replace("_", "-").lower(): value
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    }
     if environ.get("CONTENT_TYPE"):
         headers["content-type"] = environ["CONTENT_TYPE"]
     return headers
@@ -96,7 +109,7 @@ class ProxyApp:
             gevent.sleep(1.0)
             try:
                 self._maintain()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception:
                 log.exception("maintain_failed")
 
     def shutdown_worker(self) -> None:
@@ -147,8 +160,9 @@ class ProxyApp:
                 return json_response(start_response, 200, self.models.get())
             if path.startswith(PROXIED_PREFIXES) or path in PROXIED_PATHS:
                 return self._proxy(environ, start_response, method, path)
-            raise RouteNotFound(f"no route for {method} {path}; llmlbd forwards /v1/*, "
-                                "/tokenize and /detokenize")
+            raise RouteNotFound(
+                f"no route for {method} {path}; llmlbd forwards /v1/*, /tokenize and /detokenize"
+            )
         except LLMLBError as error:
             metrics.REQUESTS.labels("", "", str(error.status)).inc()
             if error.status == 429:
@@ -156,7 +170,7 @@ class ProxyApp:
             # After HeadersRejected, start_response was already called once.
             exc_info = sys.exc_info() if isinstance(error, HeadersRejected) else None
             return error_response(start_response, error, exc_info=exc_info)
-        except Exception:  # noqa: BLE001 - the client gets JSON, the log gets the traceback
+        except Exception:
             log.exception("unhandled_error", path=path)
             return error_response(start_response, LLMLBError("internal error in llmlbd"))
 
@@ -169,23 +183,33 @@ class ProxyApp:
         else:
             try:
                 self.runtime.client.ping()  # type: ignore[attr-defined]
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 problems.append(f"redis unreachable: {exc}")
             else:
                 if self.runtime.router.breaker.state != "closed":
-                    problems.append("routing on the worker-local fallback until Redis "
-                                    "answers the next health probe")
+                    problems.append(
+                        "routing on the worker-local fallback until Redis "
+                        "answers the next health probe"
+                    )
         status = 503 if problems else 200
-        return json_response(start_response, status,
-                             {"status": "ready" if not problems else "not_ready",
-                              "problems": problems, "backends": len(self.backends)})
+        return json_response(
+            start_response,
+            status,
+            {
+                "status": "ready" if not problems else "not_ready",
+                "problems": problems,
+                "backends": len(self.backends),
+            },
+        )
 
     def _metrics(self, start_response: StartResponse) -> list[bytes]:
         import os
 
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess
+
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         else:
@@ -193,11 +217,15 @@ class ProxyApp:
         body = generate_latest(registry)
         if self.runtime is not None and self.runtime.router.breaker.state == "closed":
             pool = CollectorRegistry()
-            pool.register(metrics.PoolCollector(self.runtime.client,
-                                                self.runtime.router.leases.keys, self.backends))
+            pool.register(
+                metrics.PoolCollector(
+                    self.runtime.client, self.runtime.router.leases.keys, self.backends
+                )
+            )
             body += generate_latest(pool)
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
-                                  ("Content-Length", str(len(body)))])
+        start_response(
+            "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))]
+        )
         return [body]
 
     def _read_body(self, environ: dict[str, Any]) -> bytes:
@@ -209,17 +237,22 @@ class ProxyApp:
             except ValueError:
                 raise BadRequest("invalid Content-Length") from None
             if size > self.max_body:
-                raise BodyTooLarge(f"the request body is {size} bytes; the limit is "
-                                   f"{self.max_body} bytes (server.max_body_bytes)")
+                raise BodyTooLarge(
+                    f"the request body is {size} bytes; the limit is "
+                    f"{self.max_body} bytes (server.max_body_bytes)"
+                )
             return stream.read(size) if size else b""
         body = stream.read(self.max_body + 1)
         if len(body) > self.max_body:
-            raise BodyTooLarge(f"the request body is over the limit of {self.max_body} bytes "
-                               "(server.max_body_bytes)")
+            raise BodyTooLarge(
+                f"the request body is over the limit of {self.max_body} bytes "
+                "(server.max_body_bytes)"
+            )
         return body
 
-    def _proxy(self, environ: dict[str, Any], start_response: StartResponse, method: str,
-               path: str) -> Iterable[bytes]:
+    def _proxy(
+        self, environ: dict[str, Any], start_response: StartResponse, method: str, path: str
+    ) -> Iterable[bytes]:
         if method not in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"):
             raise MethodNotAllowed(f"method {method} is not supported")
         assert self.runtime is not None, "init_worker() was not called"
@@ -228,9 +261,12 @@ class ProxyApp:
         request = parse_request(uuid.uuid4().hex, method, path, headers, body)
         query = environ.get("QUERY_STRING")
         target = f"{path}?{query}" if query else path
-        upstream_headers = request_headers(headers, environ.get("REMOTE_ADDR", ""),
-                                           environ.get("wsgi.url_scheme", "http"),
-                                           environ.get("HTTP_HOST", ""))
+        upstream_headers = request_headers(
+            headers,
+            environ.get("REMOTE_ADDR", ""),
+            environ.get("wsgi.url_scheme", "http"),
+            environ.get("HTTP_HOST", ""),
+        )
         return self._forward(request, target, upstream_headers, body, start_response)
 
     def _cooling(self) -> frozenset[str]:
@@ -243,8 +279,14 @@ class ProxyApp:
             return frozenset()
         return frozenset(self.cooldown)
 
-    def _forward(self, request: RoutingRequest, target: str, headers: dict[str, str],
-                 body: bytes, start_response: StartResponse) -> Iterable[bytes]:
+    def _forward(
+        self,
+        request: RoutingRequest,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
         assert self.runtime is not None
         router, upstreams = self.runtime.router, self.runtime.upstreams
         exclude = set(self._cooling())
@@ -262,8 +304,9 @@ class ProxyApp:
             backend = decision.backend
             sent_at = time.perf_counter()
             try:
-                upstream = upstreams.open(backend, request.method, target, headers,
-                                          body if body else None)
+                upstream = upstreams.open(
+                    backend, request.method, target, headers, body if body else None
+                )
             except ConnectFailure as exc:
                 router.release(decision)
                 self.cooldown[backend.name] = time.monotonic() + COOLDOWN_S
@@ -276,7 +319,8 @@ class ProxyApp:
                 self._log_request(request, decision, 504, 0, sent_at, None, "upstream_timeout")
                 raise UpstreamTimeout(
                     f"backend {backend.name} sent no response within "
-                    f"{self.config.server.read_timeout_s:g} s (server.read_timeout_s)") from None
+                    f"{self.config.server.read_timeout_s:g} s (server.read_timeout_s)"
+                ) from None
             except BaseException:
                 router.release(decision)
                 raise
@@ -289,30 +333,51 @@ class ProxyApp:
                 continue
             response = ProxiedResponse(self, request, decision, upstream, sent_at)
             try:
-                start_response(f"{upstream.status} {upstream.reason or ''}".strip(),
-                               response.headers())
-            except Exception as exc:  # noqa: BLE001 - e.g. gunicorn refusing a header
+                start_response(
+                    f"{upstream.status} {upstream.reason or ''}".strip(), response.headers()
+                )
+            except Exception as exc:
                 response.outcome = "bad_upstream_headers"
                 response.close()  # releases the lease
-                raise HeadersRejected(f"backend {backend.name} sent a response the server "
-                                      f"cannot relay: {exc}") from exc
+                raise HeadersRejected(
+                    f"backend {backend.name} sent a response the server cannot relay: {exc}"
+                ) from exc
             return response
         raise UpstreamFailed(
-            f"every backend tried failed before responding ({'; '.join(failures)})")
+            f"every backend tried failed before responding ({'; '.join(failures)})"
+        )
 
-    def _log_request(self, request: RoutingRequest, decision: Decision | None, status: int,
-                     size: int, sent_at: float, ttfb: float | None, outcome: str) -> None:
+    def _log_request(
+        self,
+        request: RoutingRequest,
+        decision: Decision | None,
+        status: int,
+        size: int,
+        sent_at: float,
+        ttfb: float | None,
+        outcome: str,
+    ) -> None:
         backend = decision.backend.name if decision else ""
         policy = decision.policy if decision else ""
         metrics.REQUESTS.labels(backend, policy, str(status)).inc()
         if not self.access_log:
             return
         duration_ms = round((time.perf_counter() - sent_at) * 1000, 2)
-        log.info("request_done", request_id=request.request_id,
-                 client_request_id=request.headers.get("x-request-id"),
-                 method=request.method, path=request.path, model=request.model,
-                 stream=request.stream, backend=backend, policy=policy,
-                 reason=decision.reason if decision else "", status=status, bytes=size,
-                 ttfb_ms=round(ttfb * 1000, 2) if ttfb is not None else None,
-                 duration_ms=duration_ms, outcome=outcome,
-                 decision=decision.details if decision and decision.details else None)
+        log.info(
+            "request_done",
+            request_id=request.request_id,
+            client_request_id=request.headers.get("x-request-id"),
+            method=request.method,
+            path=request.path,
+            model=request.model,
+            stream=request.stream,
+            backend=backend,
+            policy=policy,
+            reason=decision.reason if decision else "",
+            status=status,
+            bytes=size,
+            ttfb_ms=round(ttfb * 1000, 2) if ttfb is not None else None,
+            duration_ms=duration_ms,
+            outcome=outcome,
+            decision=decision.details if decision and decision.details else None,
+        )

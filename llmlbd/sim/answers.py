@@ -15,12 +15,76 @@ import zlib
 
 __all__ = ["plan_answer", "token_index", "token_text", "answer_text", "TOKEN_JSON"]
 
-_WORDS = (
-    "the of and to in is that it for on with as was be by this are or at from have an they "
-    "which one you were all we can her has there been if more when will would who so no "
-    "model token cache prefix batch request server latency queue block engine stream "
-    "answer simple fleet route load balance prompt reply data time first last next value"
-).split()
+_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "it",
+    "for",
+    "on",
+    "with",
+    "as",
+    "was",
+    "be",
+    "by",
+    "this",
+    "are",
+    "or",
+    "at",
+    "from",
+    "have",
+    "an",
+    "they",
+    "which",
+    "one",
+    "you",
+    "were",
+    "all",
+    "we",
+    "can",
+    "her",
+    "has",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
+    "no",
+    "model",
+    "token",
+    "cache",
+    "prefix",
+    "batch",
+    "request",
+    "server",
+    "latency",
+    "queue",
+    "block",
+    "engine",
+    "stream",
+    "answer",
+    "simple",
+    "fleet",
+    "route",
+    "load",
+    "balance",
+    "prompt",
+    "reply",
+    "data",
+    "time",
+    "first",
+    "last",
+    "next",
+    "value",
+]
 
 # One token is one word with its leading space. Its JSON string form is built
 # once, so streaming a token costs a string concatenation, not a json.dumps.
@@ -28,8 +92,9 @@ _TOKENS = tuple(" " + word for word in _WORDS)
 TOKEN_JSON = tuple(json.dumps(token) for token in _TOKENS)
 
 
-def plan_answer(prompt_seed: str, mean_tokens: int, max_tokens: int | None,
-                ignore_eos: bool, room: int) -> tuple[int, str, int]:
+def plan_answer(
+    prompt_seed: str, mean_tokens: int, max_tokens: int | None, ignore_eos: bool, room: int
+) -> tuple[int, str, int]:
     """Return (output tokens, finish reason, seed of the token stream).
 
     ``room`` is what max_model_len leaves after the prompt.

@@ -17,7 +17,7 @@ from llmlbd.sim.errors import SimHTTPError
 from llmlbd.sim.faults import FAULT_HEADER, Fault, HealthSwitch, parse_fault
 from llmlbd.sim.kvcache import chain_hashes
 from llmlbd.sim.metrics import CONTENT_TYPE, SimMetrics
-from llmlbd.sim.protocol import parse_inference, read_json, resolve_model, prompt_of
+from llmlbd.sim.protocol import parse_inference, prompt_of, read_json, resolve_model
 from llmlbd.sim.responses import DONE, StreamWriter, completion_body, usage_of
 from llmlbd.sim.tokenizer import VOCAB_SIZE, detokenize, tokenize
 
@@ -47,14 +47,24 @@ class SimApp:
         self.routes = {
             ("GET", "/health"): self.health_route,
             ("GET", "/v1/models"): self.models,
-            ("GET", "/version"): lambda environ: (200, JSON, json.dumps({"version": "0.33.0"}).encode()),
-            ("GET", "/metrics"): lambda environ: (200, [("Content-Type", CONTENT_TYPE)], self.metrics.render()),
+            ("GET", "/version"): lambda environ: (
+                200,
+                JSON,
+                json.dumps({"version": "0.33.0"}).encode(),
+            ),
+            ("GET", "/metrics"): lambda environ: (
+                200,
+                [("Content-Type", CONTENT_TYPE)],
+                self.metrics.render(),
+            ),
             ("POST", "/tokenize"): self.tokenize_route,
             ("POST", "/detokenize"): self.detokenize_route,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("POST", "/reset_prefix_cache"): self.reset_prefix_cache,
             ("GET", "/debug/state"): lambda environ: debug.state(self),
-            ("POST", "/debug/cache_match"): lambda environ: debug.cache_match(self, read_json(environ)),
+            ("POST", "/debug/cache_match"): lambda environ: debug.cache_match(
+                self, read_json(environ)
+            ),
             ("POST", "/debug/faults"): lambda environ: debug.faults(self, read_json(environ)),
         }
 
@@ -63,13 +73,18 @@ class SimApp:
         path = environ.get("PATH_INFO", "/")
         try:
             if method == "POST" and path in _INFERENCE_PATHS:
-                return self.inference(environ, start_response, "chat" if "chat" in path else "completion")
+                return self.inference(
+                    environ, start_response, "chat" if "chat" in path else "completion"
+                )
             handler = self.routes.get((method, path))
             if handler is None:
                 known = path in _INFERENCE_PATHS or any(p == path for _, p in self.routes)
                 # FastAPI's own answers, not vLLM's error body.
-                status, headers, body = (405, JSON, b'{"detail":"Method Not Allowed"}') if known else \
-                    (404, JSON, b'{"detail":"Not Found"}')
+                status, headers, body = (
+                    (405, JSON, b'{"detail":"Method Not Allowed"}')
+                    if known
+                    else (404, JSON, b'{"detail":"Not Found"}')
+                )
             else:
                 status, headers, body = handler(environ)
         except SimHTTPError as exc:
@@ -85,8 +100,10 @@ class SimApp:
     def models(self, environ):
         config = self.config
         cards = [_model_card(config.model, config.model, None, config.max_model_len, self.started)]
-        cards += [_model_card(name, path, config.model, None, self.started)
-                  for name, path in config.loras.items()]
+        cards += [
+            _model_card(name, path, config.model, None, self.started)
+            for name, path in config.loras.items()
+        ]
         return 200, JSON, json.dumps({"object": "list", "data": cards}).encode()
 
     def tokenize_route(self, environ):
@@ -94,15 +111,29 @@ class SimApp:
         resolve_model(self.config, body.get("model"))
         kind = "chat" if "messages" in body else "completion"
         ids = tokenize(prompt_of(kind, body))
-        return 200, JSON, json.dumps({"count": len(ids), "max_model_len": self.config.max_model_len,
-                                      "tokens": ids, "token_strs": None}).encode()
+        return (
+            200,
+            JSON,
+            json.dumps(
+                {
+                    "count": len(ids),
+                    "max_model_len": self.config.max_model_len,
+                    "tokens": ids,
+                    "token_strs": None,
+                }
+            ).encode(),
+        )
 
     def detokenize_route(self, environ):
         body = read_json(environ)
         resolve_model(self.config, body.get("model"))
         tokens = body.get("tokens")
-        if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < VOCAB_SIZE for t in tokens):
-            raise SimHTTPError(400, "tokens must be a list of token ids", param="tokens", error_type="Bad Request")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and 0 <= t < VOCAB_SIZE for t in tokens
+        ):
+            raise SimHTTPError(
+                400, "tokens must be a list of token ids", param="tokens", error_type="Bad Request"
+            )
         return 200, JSON, json.dumps({"prompt": detokenize(tokens)}).encode()
 
     def embeddings(self, environ):
@@ -112,19 +143,42 @@ class SimApp:
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
-            raise SimHTTPError(400, "input must be a string or a list of strings", param="input",
-                               error_type="Bad Request")
+            raise SimHTTPError(
+                400,
+                "input must be a string or a list of strings",
+                param="input",
+                error_type="Bad Request",
+            )
         data, total = [], 0
         for index, text in enumerate(inputs):
             total += len(tokenize(text))
             digest = hashlib.sha256(text.encode()).digest()  # same text, same vector
-            data.append({"index": index, "object": "embedding",
-                         "embedding": [round(byte / 127.5 - 1.0, 6) for byte in digest[:16]]})
-        return 200, JSON, json.dumps({
-            "id": f"embd-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
-            "model": model, "data": data,
-            "usage": {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0,
-                      "prompt_tokens_details": None}}).encode()
+            data.append(
+                {
+                    "index": index,
+                    "object": "embedding",
+                    "embedding": [round(byte / 127.5 - 1.0, 6) for byte in digest[:16]],
+                }
+            )
+        return (
+            200,
+            JSON,
+            json.dumps(
+                {
+                    "id": f"embd-{uuid.uuid4().hex}",
+                    "object": "list",
+                    "created": int(time.time()),
+                    "model": model,
+                    "data": data,
+                    "usage": {
+                        "prompt_tokens": total,
+                        "total_tokens": total,
+                        "completion_tokens": 0,
+                        "prompt_tokens_details": None,
+                    },
+                }
+            ).encode(),
+        )
 
     def reset_prefix_cache(self, environ):
         self.engine.kv.reset()
@@ -147,8 +201,9 @@ class SimApp:
         if fault.refuse:
             raise DropConnection()
         if fault.status:
-            return self._error(start_response, SimHTTPError(
-                fault.status, f"injected fault: status {fault.status}"))
+            return self._error(
+                start_response, SimHTTPError(fault.status, f"injected fault: status {fault.status}")
+            )
         try:
             parsed = parse_inference(self.config, kind, read_json(environ))
             request, seed = self._plan(parsed, arrival)
@@ -159,35 +214,56 @@ class SimApp:
         except QueueFull:
             self.rejected_total += 1
             self.metrics.on_rejected()
-            return self._error(start_response, SimHTTPError(
-                503, "The waiting queue is full (max_num_queued_reqs="
-                     f"{self.config.max_num_queued_reqs}); retry on a different instance.",
-                error_type="Service Unavailable"))
+            return self._error(
+                start_response,
+                SimHTTPError(
+                    503,
+                    "The waiting queue is full (max_num_queued_reqs="
+                    f"{self.config.max_num_queued_reqs}); retry on a different instance.",
+                    error_type="Service Unavailable",
+                ),
+            )
         request_id = environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex
         response_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + request_id
         if parsed.stream:
             write = start_response("200 OK", SSE)
             write(b"")  # headers now, as vLLM's streaming response does, before the first token
-            return self._stream(request, parsed, StreamWriter(kind, response_id, parsed.model, seed), fault)
+            return self._stream(
+                request, parsed, StreamWriter(kind, response_id, parsed.model, seed), fault
+            )
         return self._complete(start_response, request, parsed, response_id, seed, fault)
 
     def _plan(self, parsed, arrival: float) -> tuple[SimRequest, int]:
         config = self.config
         prompt_len = len(parsed.prompt_ids)
-        output, reason, seed = plan_answer(parsed.prompt_text, config.mean_output_tokens,
-                                           parsed.max_tokens, parsed.ignore_eos,
-                                           config.max_model_len - prompt_len)
+        output, reason, seed = plan_answer(
+            parsed.prompt_text,
+            config.mean_output_tokens,
+            parsed.max_tokens,
+            parsed.ignore_eos,
+            config.max_model_len - prompt_len,
+        )
         needed_blocks = -(-(prompt_len + output) // config.block_size)
         if needed_blocks > config.num_gpu_blocks:
-            raise SimHTTPError(400, f"this request needs {needed_blocks} KV blocks; the server has "
-                                    f"{config.num_gpu_blocks}", param="messages")
+            raise SimHTTPError(
+                400,
+                f"this request needs {needed_blocks} KV blocks; the server has "
+                f"{config.num_gpu_blocks}",
+                param="messages",
+            )
         self.metrics.on_request(parsed.max_tokens, output, parsed.n)
         request = SimRequest(
-            request_id=uuid.uuid4().hex, lora=parsed.lora, prompt_len=prompt_len,
-            block_hashes=chain_hashes(parsed.prompt_ids, config.block_size,
-                                      (config.model,) + parsed.cache_scope),
-            output_target=output, finish_reason_planned=reason,
-            max_tokens_param=parsed.max_tokens, arrival=arrival)
+            request_id=uuid.uuid4().hex,
+            lora=parsed.lora,
+            prompt_len=prompt_len,
+            block_hashes=chain_hashes(
+                parsed.prompt_ids, config.block_size, (config.model,) + parsed.cache_scope
+            ),
+            output_target=output,
+            finish_reason_planned=reason,
+            max_tokens_param=parsed.max_tokens,
+            arrival=arrival,
+        )
         return request, seed
 
     def _cached(self, request: SimRequest) -> int | None:
@@ -231,14 +307,17 @@ class SimApp:
                 gevent.sleep(fault.slow_tokens_s)
             tail = writer.finish(request.finish_reason, request.output_tokens - 1)
             if parsed.include_usage:
-                tail += writer.usage(usage_of(request.prompt_len, request.output_tokens, self._cached(request)))
+                tail += writer.usage(
+                    usage_of(request.prompt_len, request.output_tokens, self._cached(request))
+                )
             yield tail.encode() + DONE
         finally:
             if not request.finished:
                 self.engine.abort(request)
 
-    def _complete(self, start_response, request: SimRequest, parsed, response_id: str, seed: int,
-                  fault: Fault):
+    def _complete(
+        self, start_response, request: SimRequest, parsed, response_id: str, seed: int, fault: Fault
+    ):
         drop_after = _drop_point(fault, request)
         while not request.finished:
             if drop_after is not None and request.output_tokens >= drop_after:
@@ -248,9 +327,15 @@ class SimApp:
             request.wakeup.wait()
         if fault.slow_tokens_s:
             gevent.sleep(fault.slow_tokens_s * request.output_tokens)
-        body = completion_body(parsed.kind, response_id, parsed.model, seed, request.output_tokens,
-                               request.finish_reason,
-                               usage_of(request.prompt_len, request.output_tokens, self._cached(request)))
+        body = completion_body(
+            parsed.kind,
+            response_id,
+            parsed.model,
+            seed,
+            request.output_tokens,
+            request.finish_reason,
+            usage_of(request.prompt_len, request.output_tokens, self._cached(request)),
+        )
         start_response("200 OK", JSON + [("Content-Length", str(len(body)))])
         return [body]
 
@@ -270,24 +355,51 @@ def _drop_point(fault: Fault, request: SimRequest) -> int | None:
     return min(max(1, request.output_target // 2), last)
 
 
-def _model_card(model_id: str, root: str, parent: str | None, max_model_len: int | None,
-                created: int) -> dict:
+def _model_card(
+    model_id: str, root: str, parent: str | None, max_model_len: int | None, created: int
+) -> dict:
     return {
-        "id": model_id, "object": "model", "created": created, "owned_by": "vllm", "root": root,
-        "parent": parent, "max_model_len": max_model_len,
-        "permission": [{
-            "id": f"modelperm-{hashlib.md5(model_id.encode()).hexdigest()}", "object": "model_permission",
-            "created": created, "allow_create_engine": False, "allow_sampling": True,
-            "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-            "allow_fine_tuning": False, "organization": "*", "group": None, "is_blocking": False,
-        }],
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": root,
+        "parent": parent,
+        "max_model_len": max_model_len,
+        "permission": [
+            {
+                "id": f"modelperm-{hashlib.md5(model_id.encode()).hexdigest()}",
+                "object": "model_permission",
+                "created": created,
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ],
     }
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 422: "Unprocessable Entity",
-            429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 def _status(code: int) -> str:

@@ -68,15 +68,23 @@ def cache_match(app, body: dict) -> tuple[int, list, bytes]:
     config = app.config
     kind = "chat" if "messages" in body else "completion"
     parsed = parse_inference(config, kind, body)
-    hashes = chain_hashes(parsed.prompt_ids, config.block_size, (config.model,) + parsed.cache_scope)
+    hashes = chain_hashes(
+        parsed.prompt_ids, config.block_size, (config.model,) + parsed.cache_scope
+    )
     blocks = app.engine.cache_match(hashes)
-    return 200, JSON, json.dumps({
-        "prompt_tokens": len(parsed.prompt_ids),
-        "matched_tokens": blocks * config.block_size,
-        "matched_blocks": blocks,
-        "prompt_blocks": len(hashes),
-        "block_size": config.block_size,
-    }).encode()
+    return (
+        200,
+        JSON,
+        json.dumps(
+            {
+                "prompt_tokens": len(parsed.prompt_ids),
+                "matched_tokens": blocks * config.block_size,
+                "matched_blocks": blocks,
+                "prompt_blocks": len(hashes),
+                "block_size": config.block_size,
+            }
+        ).encode(),
+    )
 
 
 def faults(app, body: dict) -> tuple[int, list, bytes]:
@@ -100,4 +108,8 @@ def faults(app, body: dict) -> tuple[int, list, bytes]:
     if refuse_s and app.refuse_for is not None:
         # A moment later, so that this answer goes out first.
         gevent.spawn_later(0.05, app.refuse_for, refuse_s)
-    return 200, JSON, json.dumps({"fault": app.fault.__dict__, "health": app.health.describe()}).encode()
+    return (
+        200,
+        JSON,
+        json.dumps({"fault": app.fault.__dict__, "health": app.health.describe()}).encode(),
+    )

@@ -83,8 +83,9 @@ class Engine:
     def __init__(self, config: SimConfig, metrics=None) -> None:
         self.config = config
         self.kv = KVCache(config.num_gpu_blocks, config.block_size)
-        self.loras = LoraSlots(config.loras, config.max_loras,
-                               config.lora_load_s * config.time_scale)
+        self.loras = LoraSlots(
+            config.loras, config.max_loras, config.lora_load_s * config.time_scale
+        )
         self.metrics = metrics
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []

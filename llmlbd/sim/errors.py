@@ -25,21 +25,27 @@ ERROR_TYPES = {
 }
 
 
-def error_body(status: int, message: str, param: str | None = None,
-               error_type: str | None = None) -> bytes:
-    return json.dumps({"error": {
-        "message": message,
-        "type": error_type or ERROR_TYPES.get(status, "InternalServerError"),
-        "param": param,
-        "code": status,
-    }}).encode()
+def error_body(
+    status: int, message: str, param: str | None = None, error_type: str | None = None
+) -> bytes:
+    return json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": error_type or ERROR_TYPES.get(status, "InternalServerError"),
+                "param": param,
+                "code": status,
+            }
+        }
+    ).encode()
 
 
 class SimHTTPError(Exception):
     """An error the app turns into vLLM's error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 error_type: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

@@ -65,8 +65,10 @@ def parse_fault(spec: str, base: Fault | None = None) -> Fault:
             else:
                 raise KeyError(key)
         except KeyError:
-            raise ValueError(f"unknown fault directive {directive!r}; known: status=CODE, refuse, "
-                             f"close-mid-stream[=N], stall-first-byte=S, slow-tokens=S") from None
+            raise ValueError(
+                f"unknown fault directive {directive!r}; known: status=CODE, refuse, "
+                f"close-mid-stream[=N], stall-first-byte=S, slow-tokens=S"
+            ) from None
         except ValueError:
             raise ValueError(f"bad value in fault directive {directive!r}") from None
     return fault

@@ -21,8 +21,15 @@ from llmlbd.embedded import _die_with_parent
 __all__ = ["run_fleet"]
 
 
-def run_fleet(count: int, base_port: int, host: str, name_prefix: str, child_args: list[str],
-              wait_for_listen: bool = True, ready_timeout_s: float = 30.0) -> int:
+def run_fleet(
+    count: int,
+    base_port: int,
+    host: str,
+    name_prefix: str,
+    child_args: list[str],
+    wait_for_listen: bool = True,
+    ready_timeout_s: float = 30.0,
+) -> int:
     stopping = []
 
     def request_stop(signum, frame):
@@ -38,12 +45,29 @@ def run_fleet(count: int, base_port: int, host: str, name_prefix: str, child_arg
         for index in range(count):
             port = base_port + index
             name = f"{name_prefix}-{index}"
-            args = [sys.executable, "-m", "llmlbd.sim", "--host", host, "--port", str(port),
-                    "--name", name, *child_args]
-            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       env=env, preexec_fn=_die_with_parent)
+            args = [
+                sys.executable,
+                "-m",
+                "llmlbd.sim",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--name",
+                name,
+                *child_args,
+            ]
+            process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
             children.append((name, f"http://{host}:{port}", process))
-        ready = not wait_for_listen or _wait_listening(children, host, base_port, ready_timeout_s, stopping)
+        ready = not wait_for_listen or _wait_listening(
+            children, host, base_port, ready_timeout_s, stopping
+        )
         if stopping:
             return 0
         if not ready:
@@ -53,8 +77,12 @@ def run_fleet(count: int, base_port: int, host: str, name_prefix: str, child_arg
         while not stopping:
             for name, url, process in children:
                 if process.poll() is not None:
-                    print(f"llmlbd sim: {name} ({url}) exited with status {process.returncode}; "
-                          "stopping the fleet", file=sys.stderr, flush=True)
+                    print(
+                        f"llmlbd sim: {name} ({url}) exited with status {process.returncode}; "
+                        "stopping the fleet",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return 1
             time.sleep(0.2)
         return 0
@@ -69,8 +97,12 @@ def _wait_listening(children, host: str, base_port: int, timeout_s: float, stopp
         for index in sorted(pending):
             name, url, process = children[index]
             if process.poll() is not None:
-                print(f"llmlbd sim: {name} exited with status {process.returncode} before listening "
-                      f"on {url}", file=sys.stderr, flush=True)
+                print(
+                    f"llmlbd sim: {name} exited with status {process.returncode} before listening "
+                    f"on {url}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return False
             try:
                 with socket.create_connection((host, base_port + index), timeout=0.5):
@@ -79,8 +111,11 @@ def _wait_listening(children, host: str, base_port: int, timeout_s: float, stopp
                 pass
         if time.monotonic() > deadline:
             names = ", ".join(children[index][0] for index in sorted(pending))
-            print(f"llmlbd sim: {names} did not listen within {timeout_s:.0f} s", file=sys.stderr,
-                  flush=True)
+            print(
+                f"llmlbd sim: {names} did not listen within {timeout_s:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
             return False
         if pending:
             time.sleep(0.05)

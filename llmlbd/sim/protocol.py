@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from llmlbd.sim.config import SimConfig
 from llmlbd.sim.errors import SimHTTPError
-from llmlbd.sim.tokenizer import render_chat, tokenize, detokenize
+from llmlbd.sim.tokenizer import detokenize, render_chat, tokenize
 
 __all__ = ["InferenceRequest", "read_json", "parse_inference", "resolve_model", "prompt_of"]
 
@@ -42,8 +42,9 @@ def read_json(environ: dict) -> dict:
     except ValueError as exc:
         raise SimHTTPError(400, f"JSON decode error: {exc}", error_type="Bad Request") from None
     if not isinstance(body, dict):
-        raise SimHTTPError(400, "Input should be a valid dictionary", param="body",
-                           error_type="Bad Request")
+        raise SimHTTPError(
+            400, "Input should be a valid dictionary", param="body", error_type="Bad Request"
+        )
     return body
 
 
@@ -54,7 +55,9 @@ def resolve_model(config: SimConfig, name: object) -> tuple[str, str | None]:
     if isinstance(name, str) and name in config.loras:
         return name, name
     valid = ", ".join([config.model, *config.loras])
-    raise SimHTTPError(404, f"The model `{name}` does not exist. Valid aliases: {valid}", param="model")
+    raise SimHTTPError(
+        404, f"The model `{name}` does not exist. Valid aliases: {valid}", param="model"
+    )
 
 
 def prompt_of(kind: str, body: dict) -> str:
@@ -62,8 +65,12 @@ def prompt_of(kind: str, body: dict) -> str:
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise SimHTTPError(400, "Field required: messages must be a non-empty list",
-                               param="body.messages", error_type="Bad Request")
+            raise SimHTTPError(
+                400,
+                "Field required: messages must be a non-empty list",
+                param="body.messages",
+                error_type="Bad Request",
+            )
         return render_chat(messages, bool(body.get("add_generation_prompt", True)))
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
@@ -72,15 +79,24 @@ def prompt_of(kind: str, body: dict) -> str:
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         return detokenize(prompt)
-    raise SimHTTPError(400, "prompt must be a string or a list of token ids (the simulator "
-                            "serves one prompt per request)", param="prompt", error_type="Bad Request")
+    raise SimHTTPError(
+        400,
+        "prompt must be a string or a list of token ids (the simulator "
+        "serves one prompt per request)",
+        param="prompt",
+        error_type="Bad Request",
+    )
 
 
 def parse_inference(config: SimConfig, kind: str, body: dict) -> InferenceRequest:
     model, lora = resolve_model(config, body.get("model"))
     prompt_text = prompt_of(kind, body)
-    if kind == "completion" and isinstance(body.get("prompt"), list) and body["prompt"] \
-            and isinstance(body["prompt"][0], int):
+    if (
+        kind == "completion"
+        and isinstance(body.get("prompt"), list)
+        and body["prompt"]
+        and isinstance(body["prompt"][0], int)
+    ):
         prompt_ids = list(body["prompt"])
     else:
         prompt_ids = tokenize(prompt_text)
@@ -88,8 +104,12 @@ def parse_inference(config: SimConfig, kind: str, body: dict) -> InferenceReques
     if max_tokens is None:
         max_tokens = body.get("max_tokens", 16 if kind == "completion" else None)
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise SimHTTPError(400, f"max_tokens must be at least 1, got {max_tokens}.",
-                           param="max_tokens", error_type="Bad Request")
+        raise SimHTTPError(
+            400,
+            f"max_tokens must be at least 1, got {max_tokens}.",
+            param="max_tokens",
+            error_type="Bad Request",
+        )
     n = body.get("n", 1)
     if n != 1:
         raise SimHTTPError(400, "the simulator supports only n=1", param="n")
@@ -99,20 +119,36 @@ def parse_inference(config: SimConfig, kind: str, body: dict) -> InferenceReques
     # context length; a max_tokens that merely overflows it is cut to what fits.
     if prompt_len >= limit:
         shown = min(prompt_len, limit + 1)
-        raise SimHTTPError(400, f"This model's maximum context length is {limit} tokens. However, your "
-                                f"prompt contains at least {shown} input tokens, which exceeds this limit "
-                                f"even without any output tokens. Please reduce the length of the input "
-                                f"prompt. (parameter=input_tokens, value={shown})", param="input_tokens")
+        raise SimHTTPError(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, your "
+            f"prompt contains at least {shown} input tokens, which exceeds this limit "
+            f"even without any output tokens. Please reduce the length of the input "
+            f"prompt. (parameter=input_tokens, value={shown})",
+            param="input_tokens",
+        )
     if max_tokens is not None and max_tokens > limit:
-        raise SimHTTPError(400, f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. "
-                                f"Please request fewer output tokens. (parameter=max_tokens, "
-                                f"value={max_tokens})", param="max_tokens")
+        raise SimHTTPError(
+            400,
+            f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. "
+            f"Please request fewer output tokens. (parameter=max_tokens, "
+            f"value={max_tokens})",
+            param="max_tokens",
+        )
     stream_options = body.get("stream_options") or {}
     cache_salt = body.get("cache_salt")
     return InferenceRequest(
-        kind=kind, model=model, lora=lora, prompt_text=prompt_text, prompt_ids=prompt_ids,
+        kind=kind,
+        model=model,
+        lora=lora,
+        prompt_text=prompt_text,
+        prompt_ids=prompt_ids,
         stream=bool(body.get("stream", False)),
-        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
-        max_tokens=max_tokens, ignore_eos=bool(body.get("ignore_eos", False)), n=1,
+        include_usage=bool(
+            isinstance(stream_options, dict) and stream_options.get("include_usage")
+        ),
+        max_tokens=max_tokens,
+        ignore_eos=bool(body.get("ignore_eos", False)),
+        n=1,
         cache_salt=cache_salt if isinstance(cache_salt, str) and cache_salt else None,
     )

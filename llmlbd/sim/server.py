@@ -41,8 +41,10 @@ def serve(config: SimConfig) -> int:
         gevent.signal_handler(signum, stop.set)
     if config.refuse_connections:
         # A backend that is down or still loading: connecting gets ECONNREFUSED.
-        print(f"llmlbd sim: {config.name} is not listening on {config.url} (--refuse-connections)",
-              flush=True)
+        print(
+            f"llmlbd sim: {config.name} is not listening on {config.url} (--refuse-connections)",
+            flush=True,
+        )
         stop.wait()
         return 0
     app = SimApp(config)
@@ -50,8 +52,11 @@ def serve(config: SimConfig) -> int:
     app.refuse_for = listener.refuse_for
     listener.open()
     app.engine.start()
-    print(f"llmlbd sim: {config.name} serving {config.model} on {config.url} "
-          f"(profile {config.profile.name}, time scale {config.time_scale:g})", flush=True)
+    print(
+        f"llmlbd sim: {config.name} serving {config.model} on {config.url} "
+        f"(profile {config.profile.name}, time scale {config.time_scale:g})",
+        flush=True,
+    )
     stop.wait()
     listener.close(timeout=1)
     app.engine.stop()
@@ -68,8 +73,13 @@ class _Listener:
 
     def open(self) -> None:
         # Big backlog: a benchmark opens hundreds of connections at once.
-        self.server = WSGIServer((self.config.host, self.config.port), self.app, handler_class=_SimHandler,
-                                 log=None, backlog=4096)
+        self.server = WSGIServer(
+            (self.config.host, self.config.port),
+            self.app,
+            handler_class=_SimHandler,
+            log=None,
+            backlog=4096,
+        )
         self.server.start()
 
     def close(self, timeout: float | None = None) -> None:

@@ -20,7 +20,6 @@ from llmlbd.embedded import EMBEDDED_URL_ENV
 __all__ = ["connect", "EMBEDDED_URL_ENV", "resolved_url"]
 
 
-
 def resolved_url(config: Any) -> str | None:
     """The URL this process should use: the embedded server's if one runs, else the config's."""
     target = config.redis_target()
@@ -48,9 +47,11 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
     url = url or resolved_url(config)
     if target.mode == "sentinel":
         from redis.sentinel import Sentinel
+
         hosts = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in r.sentinels]
-        sentinel = Sentinel(hosts, socket_timeout=timeout,
-                            socket_connect_timeout=r.connect_timeout_s)
+        sentinel = Sentinel(
+            hosts, socket_timeout=timeout, socket_connect_timeout=r.connect_timeout_s
+        )
         return sentinel.master_for(r.sentinel_master, db=r.db, **common)
     if not url:
         raise RuntimeError(
@@ -59,7 +60,9 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
         )
     if target.mode == "cluster":
         from redis.cluster import RedisCluster
+
         return RedisCluster.from_url(url, **common)
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=r.max_connections, timeout=timeout, **common)
+        url, max_connections=r.max_connections, timeout=timeout, **common
+    )
     return redis.Redis(connection_pool=pool)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
@@ -26,7 +27,6 @@ def new_collector_id() -> str:
     """Unique across hosts and restarts: host:pid:random (no spaces: it is stored space-separated)."""
     host = socket.gethostname().replace(" ", "_") or "host"
     return f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
-
 
 
 class CollectorLeases:
@@ -45,13 +45,19 @@ class CollectorLeases:
         """Heartbeat, renew and take this collector's share; returns the names it owns."""
         k = self.keys
         reply = self.scripts.collector_claim(
-            keys=[k.collectors, k.scrape_owners],
-            args=[self.collector_id, self.lease_ms, *backends])
+            keys=[k.collectors, k.scrape_owners], args=[self.collector_id, self.lease_ms, *backends]
+        )
         return {reply_text(name) for name in reply}
 
-    def publish(self, backend: str, fields: Mapping[str, str], delete: Sequence[str] = (),
-                scraped_age_ms: int | None = None, models_age_ms: int | None = None,
-                client: Any = None) -> Any:
+    def publish(
+        self,
+        backend: str,
+        fields: Mapping[str, str],
+        delete: Sequence[str] = (),
+        scraped_age_ms: int | None = None,
+        models_age_ms: int | None = None,
+        client: Any = None,
+    ) -> Any:
         """Write *fields* and delete *delete* in the backend's hash if still its owner.
 
         Ages are measured by the caller (monotonic clock) and turned into
@@ -62,12 +68,18 @@ class CollectorLeases:
         pairs: list[str] = []
         for name, value in fields.items():
             pairs += (name, value)
-        args = [self.collector_id, backend,
-                "" if scraped_age_ms is None else max(0, int(scraped_age_ms)),
-                "" if models_age_ms is None else max(0, int(models_age_ms)),
-                len(fields), *pairs, *delete]
+        args = [
+            self.collector_id,
+            backend,
+            "" if scraped_age_ms is None else max(0, int(scraped_age_ms)),
+            "" if models_age_ms is None else max(0, int(models_age_ms)),
+            len(fields),
+            *pairs,
+            *delete,
+        ]
         result = self.scripts.collector_publish(
-            keys=[k.scrape_owners, k.backend(backend)], args=args, client=client)
+            keys=[k.scrape_owners, k.backend(backend)], args=args, client=client
+        )
         return result if client is not None else bool(result)
 
     def leave(self, backends: Sequence[str]) -> int:
@@ -80,9 +92,12 @@ class CollectorLeases:
 
     def _release(self, backends: Sequence[str], stopping: bool) -> int:
         k = self.keys
-        return int(self.scripts.collector_leave(
-            keys=[k.collectors, k.scrape_owners],
-            args=[self.collector_id, "1" if stopping else "0", *backends]))
+        return int(
+            self.scripts.collector_leave(
+                keys=[k.collectors, k.scrape_owners],
+                args=[self.collector_id, "1" if stopping else "0", *backends],
+            )
+        )
 
     def owners(self) -> dict[str, str]:
         """backend -> owning collector id (as recorded; expired entries included)."""

@@ -27,7 +27,7 @@ def validate_name(kind: str, value: str) -> str:
 class PoolKeys:
     """The keys of one pool (one fleet of interchangeable backends)."""
 
-    __slots__ = ("pool", "_base")
+    __slots__ = ("_base", "pool")
 
     def __init__(self, pool: str = "default") -> None:
         self.pool = validate_name("pool name", pool)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
@@ -37,12 +38,11 @@ class Reservation:
     reason: str = ""
 
     @classmethod
-    def from_reply(cls, reply: Sequence[Any]) -> "Reservation":
+    def from_reply(cls, reply: Sequence[Any]) -> Reservation:
         first, second = reply[0], reply[1]
         if not first:
             return cls(None, 0, reply_text(second))
         return cls(reply_text(first), int(second))
-
 
 
 class Leases:
@@ -55,14 +55,27 @@ class Leases:
         self.ttl_ms = ttl_ms
         self.scripts = ScriptSet(client)
 
-    def acquire_least_request(self, request_id: str, names: Sequence[str],
-                              weights: Sequence[float], model: str = "",
-                              cap: int = 0) -> Reservation:
+    def acquire_least_request(
+        self,
+        request_id: str,
+        names: Sequence[str],
+        weights: Sequence[float],
+        model: str = "",
+        cap: int = 0,
+    ) -> Reservation:
         """Pick the least-loaded eligible name and reserve it (names pre-shuffled for ties)."""
         k = self.keys
         keys = [k.inflight, k.leases, k.workers, k.drained, *(k.backend(n) for n in names)]
-        args = [request_id, self.worker_id, self.ttl_ms, cap, model, len(names),
-                *names, *(repr(float(w)) for w in weights)]
+        args = [
+            request_id,
+            self.worker_id,
+            self.ttl_ms,
+            cap,
+            model,
+            len(names),
+            *names,
+            *(repr(float(w)) for w in weights),
+        ]
         return Reservation.from_reply(self.scripts.acquire_least_request(keys=keys, args=args))
 
     def acquire(self, request_id: str, name: str, model: str = "", cap: int = 0) -> Reservation:
@@ -79,8 +92,9 @@ class Leases:
 
     def heartbeat(self) -> int:
         """Keep this worker's leases alive for another TTL; returns the deadline (ms)."""
-        return int(self.scripts.heartbeat(keys=[self.keys.workers],
-                                          args=[self.worker_id, self.ttl_ms]))
+        return int(
+            self.scripts.heartbeat(keys=[self.keys.workers], args=[self.worker_id, self.ttl_ms])
+        )
 
     def reap(self, recount: bool = False) -> tuple[int, int]:
         return reap(self.client, self.keys, recount=recount)
@@ -90,8 +104,9 @@ class Leases:
         return reap(self.client, self.keys, dead_worker=self.worker_id)
 
 
-def reap(client: Any, keys: PoolKeys, dead_worker: str = "",
-         recount: bool = False) -> tuple[int, int]:
+def reap(
+    client: Any, keys: PoolKeys, dead_worker: str = "", recount: bool = False
+) -> tuple[int, int]:
     """Drop the leases of workers whose heartbeat expired (or *dead_worker*) and recount.
 
     Returns (leases reaped, workers found dead). With *recount*, the in-flight
@@ -99,6 +114,6 @@ def reap(client: Any, keys: PoolKeys, dead_worker: str = "",
     repairs any drift (the collector does this periodically).
     """
     reply = ScriptSet(client).reap(
-        keys=[keys.inflight, keys.leases, keys.workers],
-        args=[dead_worker, "1" if recount else "0"])
+        keys=[keys.inflight, keys.leases, keys.workers], args=[dead_worker, "1" if recount else "0"]
+    )
     return int(reply[0]), int(reply[1])

@@ -17,8 +17,9 @@ Layout (all keys carry the pool's hash tag, see keys.py):
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
@@ -62,9 +63,9 @@ class PrefixReservation:
 
 def holders(fields: dict[str, str]) -> dict[str, int]:
     """Backend -> last use (ms) from a prefix HASH's HGETALL (for llmlbctl and tests)."""
-    return {name: int(float(used)) for name, used in fields.items()
-            if not name.startswith(BRANCH_FIELD)}
-
+    return {
+        name: int(float(used)) for name, used in fields.items() if not name.startswith(BRANCH_FIELD)
+    }
 
 
 class PrefixIndex:
@@ -76,55 +77,112 @@ class PrefixIndex:
         self.params = params
         self.pending: deque[tuple[str, str]] = deque(maxlen=EVICTIONS_KEPT)
 
-    def call_keys(self, names: Sequence[str], hashes: Sequence[str],
-                  evictions: Sequence[tuple[str, str]]) -> list[str]:
+    def call_keys(
+        self, names: Sequence[str], hashes: Sequence[str], evictions: Sequence[tuple[str, str]]
+    ) -> list[str]:
         k = self.keys
-        return [k.inflight, k.leases, k.workers, k.drained,
-                *(k.backend(n) for n in names),
-                *(k.prefix_owned_by(n) for n in names),
-                *(k.prefix(h) for h in hashes),
-                *(k.prefix(h) for _, h in evictions)]
+        return [
+            k.inflight,
+            k.leases,
+            k.workers,
+            k.drained,
+            *(k.backend(n) for n in names),
+            *(k.prefix_owned_by(n) for n in names),
+            *(k.prefix(h) for h in hashes),
+            *(k.prefix(h) for _, h in evictions),
+        ]
 
-    def _args(self, request_id: str, names: Sequence[str], weights: Sequence[float],
-              excluded: Sequence[bool], blocks: Sequence[int], model: str, cap: int,
-              evictions: Sequence[tuple[str, str]], dry: bool) -> list[Any]:
+    def _args(
+        self,
+        request_id: str,
+        names: Sequence[str],
+        weights: Sequence[float],
+        excluded: Sequence[bool],
+        blocks: Sequence[int],
+        model: str,
+        cap: int,
+        evictions: Sequence[tuple[str, str]],
+        dry: bool,
+    ) -> list[Any]:
         p = self.params
-        return [request_id, self.leases.worker_id, self.leases.ttl_ms, cap, model,
-                len(names), len(blocks), len(evictions), p.ttl_ms, p.stale_after_ms,
-                p.min_match_blocks, repr(float(p.max_load_gap)), repr(float(p.max_load_ratio)),
-                repr(float(p.max_kv_usage)), p.entries_per_backend,
-                repr(float(p.tokens_per_block)), p.mode, *(repr(float(w)) for w in p.weights),
-                "1" if dry else "0",
-                *names, *(repr(float(w)) for w in weights), *("1" if x else "0" for x in excluded),
-                *blocks, *(name for name, _ in evictions)]
+        return [
+            request_id,
+            self.leases.worker_id,
+            self.leases.ttl_ms,
+            cap,
+            model,
+            len(names),
+            len(blocks),
+            len(evictions),
+            p.ttl_ms,
+            p.stale_after_ms,
+            p.min_match_blocks,
+            repr(float(p.max_load_gap)),
+            repr(float(p.max_load_ratio)),
+            repr(float(p.max_kv_usage)),
+            p.entries_per_backend,
+            repr(float(p.tokens_per_block)),
+            p.mode,
+            *(repr(float(w)) for w in p.weights),
+            "1" if dry else "0",
+            *names,
+            *(repr(float(w)) for w in weights),
+            *("1" if x else "0" for x in excluded),
+            *blocks,
+            *(name for name, _ in evictions),
+        ]
 
-    def explain(self, names: Sequence[str], weights: Sequence[float], hashes: Sequence[str],
-                blocks: Sequence[int], model: str = "", cap: int = 0) -> dict[str, Any]:
+    def explain(
+        self,
+        names: Sequence[str],
+        weights: Sequence[float],
+        hashes: Sequence[str],
+        blocks: Sequence[int],
+        model: str = "",
+        cap: int = 0,
+    ) -> dict[str, Any]:
         """What acquire would choose now, read-only: {"choice", "reason", "candidates"}."""
         keys = self.call_keys(names, hashes, [])
-        args = self._args("explain", names, weights, [False] * len(names), blocks, model, cap,
-                          [], dry=True)
+        args = self._args(
+            "explain", names, weights, [False] * len(names), blocks, model, cap, [], dry=True
+        )
         reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
         if not reply[0]:
             return {"choice": None, "reason": reply_text(reply[1]), "candidates": []}
         rows = []
         for row in reply[2]:
             name, status, matched, load, kv, occupancy = (reply_text(x) for x in row)
-            rows.append({"name": name, "status": status, "matched_blocks": int(matched),
-                         "load": float(load) if load else None,
-                         "kv_usage": float(kv) if kv else None,
-                         "index_occupancy": float(occupancy) if occupancy else None})
+            rows.append(
+                {
+                    "name": name,
+                    "status": status,
+                    "matched_blocks": int(matched),
+                    "load": float(load) if load else None,
+                    "kv_usage": float(kv) if kv else None,
+                    "index_occupancy": float(occupancy) if occupancy else None,
+                }
+            )
         return {"choice": reply_text(reply[0]), "reason": reply_text(reply[1]), "candidates": rows}
 
-    def acquire(self, request_id: str, names: Sequence[str], weights: Sequence[float],
-                excluded: Sequence[bool], hashes: Sequence[str], blocks: Sequence[int],
-                model: str = "", cap: int = 0) -> PrefixReservation:
+    def acquire(
+        self,
+        request_id: str,
+        names: Sequence[str],
+        weights: Sequence[float],
+        excluded: Sequence[bool],
+        hashes: Sequence[str],
+        blocks: Sequence[int],
+        model: str = "",
+        cap: int = 0,
+    ) -> PrefixReservation:
         """Pick and reserve a backend for a prompt whose level hashes are *hashes*."""
-        evictions = [self.pending.popleft()
-                     for _ in range(min(EVICTIONS_PER_CALL, len(self.pending)))]
+        evictions = [
+            self.pending.popleft() for _ in range(min(EVICTIONS_PER_CALL, len(self.pending)))
+        ]
         keys = self.call_keys(names, hashes, evictions)
-        args = self._args(request_id, names, weights, excluded, blocks, model, cap, evictions,
-                          dry=False)
+        args = self._args(
+            request_id, names, weights, excluded, blocks, model, cap, evictions, dry=False
+        )
         try:
             reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
         except BaseException:
@@ -136,6 +194,13 @@ class PrefixIndex:
         flat = [reply_text(x) for x in reply[7]]
         evicted = list(zip(flat[0::2], flat[1::2]))
         self.pending.extend(evicted)
-        return PrefixReservation(reply_text(reply[0]), int(reply[1]), reply_text(reply[2]),
-                                 int(reply[3]), int(reply[4]), reply_text(reply[5]),
-                                 int(reply[6]), evicted)
+        return PrefixReservation(
+            reply_text(reply[0]),
+            int(reply[1]),
+            reply_text(reply[2]),
+            int(reply[3]),
+            int(reply[4]),
+            reply_text(reply[5]),
+            int(reply[6]),
+            evicted,
+        )

@@ -8,7 +8,7 @@ object runs EVALSHA and reloads the script when the server answers NOSCRIPT
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -24,7 +24,7 @@ def _read(name: str) -> str:
     return resources.files("llmlbd.state").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
-@lru_cache(maxsize=None)
+@cache
 def script_source(name: str) -> str:
     """The text of ``lua/<name>.lua``, after the shared helpers of ``lua/_lib.lua``."""
     return _read("_lib") + "\n" + _read(name)

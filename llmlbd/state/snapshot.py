@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llmlbd.config.loader import Backend
 from llmlbd.policy.framework import BackendState
@@ -11,7 +12,6 @@ from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
 
 __all__ = ["read_pool"]
-
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -25,14 +25,21 @@ def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[
     `scraped_at` is compared with, so no host's clock skew matters.
     """
     reply = ScriptSet(client).snapshot(
-        keys=[keys.inflight, keys.drained, *(keys.backend(b.name) for b in backends)])
+        keys=[keys.inflight, keys.drained, *(keys.backend(b.name) for b in backends)]
+    )
     now_ms, inflight, drained = int(reply[0]), _pairs(reply[1]), set(map(reply_text, reply[2]))
     hashes = [_pairs(flat) for flat in reply[3:]]
     states = []
     for backend, metrics in zip(backends, hashes):
         scraped_at = metrics.get(F.SCRAPED_AT)
         age = now_ms - int(float(scraped_at)) if scraped_at else None
-        states.append(BackendState(backend, inflight=int(inflight.get(backend.name, 0)),
-                                   drained=backend.name in drained, metrics=metrics,
-                                   metrics_age_ms=age))
+        states.append(
+            BackendState(
+                backend,
+                inflight=int(inflight.get(backend.name, 0)),
+                drained=backend.name in drained,
+                metrics=metrics,
+                metrics_age_ms=age,
+            )
+        )
     return states

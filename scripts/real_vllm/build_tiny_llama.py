@@ -18,7 +18,13 @@ import random
 import sys
 from pathlib import Path
 
-SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+SPECIAL = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -31,17 +37,95 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 
-WORDS = ("the of and to in is that it for on with as was be by this are or at from have an they which one "
-         "you were all we can her has there been if more when will would who so no model token cache prefix "
-         "batch request server latency queue block engine stream answer simple fleet route load balance "
-         "prompt reply data time first last next value hello world question tenant clause repair water").split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "it",
+    "for",
+    "on",
+    "with",
+    "as",
+    "was",
+    "be",
+    "by",
+    "this",
+    "are",
+    "or",
+    "at",
+    "from",
+    "have",
+    "an",
+    "they",
+    "which",
+    "one",
+    "you",
+    "were",
+    "all",
+    "we",
+    "can",
+    "her",
+    "has",
+    "there",
+    "been",
+    "if",
+    "more",
+    "when",
+    "will",
+    "would",
+    "who",
+    "so",
+    "no",
+    "model",
+    "token",
+    "cache",
+    "prefix",
+    "batch",
+    "request",
+    "server",
+    "latency",
+    "queue",
+    "block",
+    "engine",
+    "stream",
+    "answer",
+    "simple",
+    "fleet",
+    "route",
+    "load",
+    "balance",
+    "prompt",
+    "reply",
+    "data",
+    "time",
+    "first",
+    "last",
+    "next",
+    "value",
+    "hello",
+    "world",
+    "question",
+    "tenant",
+    "clause",
+    "repair",
+    "water",
+]
 
 
 def corpus(lines: int = 20_000, seed: int = 0):
     rng = random.Random(seed)
     for _ in range(lines):
         words = [rng.choice(WORDS) for _ in range(rng.randint(5, 30))]
-        yield " ".join(words).capitalize() + rng.choice([".", "?", "!", ","]) + " " + str(rng.randint(0, 999))
+        yield (
+            " ".join(words).capitalize()
+            + rng.choice([".", "?", "!", ","])
+            + " "
+            + str(rng.randint(0, 999))
+        )
 
 
 def build_tokenizer(out: Path):
@@ -52,11 +136,18 @@ def build_tokenizer(out: Path):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>",
-                                   eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
     return fast
@@ -68,16 +159,28 @@ def build_model(out: Path, tokenizer) -> None:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="bfloat16",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
-    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(out)
 
 
 def build_lora(out: Path, model_dir: Path, rank: int = 8) -> None:
@@ -88,8 +191,10 @@ def build_lora(out: Path, model_dir: Path, rank: int = 8) -> None:
     config = json.loads((model_dir / "config.json").read_text())
     hidden = config["hidden_size"]
     head_dim = config["head_dim"]
-    outputs = {"q_proj": config["num_attention_heads"] * head_dim,
-               "v_proj": config["num_key_value_heads"] * head_dim}
+    outputs = {
+        "q_proj": config["num_attention_heads"] * head_dim,
+        "v_proj": config["num_key_value_heads"] * head_dim,
+    }
     torch.manual_seed(1)
     tensors = {}
     for layer in range(config["num_hidden_layers"]):
@@ -99,12 +204,25 @@ def build_lora(out: Path, model_dir: Path, rank: int = 8) -> None:
             tensors[f"{prefix}.lora_B.weight"] = torch.randn(width, rank) * 0.01
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
-        "lora_dropout": 0.0, "target_modules": list(outputs), "bias": "none",
-        "base_model_name_or_path": str(model_dir), "fan_in_fan_out": False,
-        "modules_to_save": None, "use_rslora": False, "use_dora": False,
-    }, indent=2))
+    (out / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": rank,
+                "lora_alpha": 2 * rank,
+                "lora_dropout": 0.0,
+                "target_modules": list(outputs),
+                "bias": "none",
+                "base_model_name_or_path": str(model_dir),
+                "fan_in_fan_out": False,
+                "modules_to_save": None,
+                "use_rslora": False,
+                "use_dora": False,
+            },
+            indent=2,
+        )
+    )
 
 
 def main() -> None:
@@ -117,7 +235,9 @@ def main() -> None:
         build_model(out, tokenizer)
     if len(sys.argv) == 3:
         build_lora(Path(sys.argv[2]), out)
-    print(json.dumps({"model_dir": str(out), "lora_dir": sys.argv[2] if len(sys.argv) == 3 else None}))
+    print(
+        json.dumps({"model_dir": str(out), "lora_dir": sys.argv[2] if len(sys.argv) == 3 else None})
+    )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 def counter(url: str, name: str) -> float:
     text = requests.get(url + "/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+    return sum(
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name
+    )
 
 
 def stream(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, list[float]]:
     """(time to first token, arrival times of every content chunk) for one streamed completion."""
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-            "temperature": 0}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "temperature": 0,
+    }
     start = time.monotonic()
     arrivals = []
     with requests.post(url + "/v1/completions", json=body, stream=True, timeout=300) as response:
@@ -41,8 +49,34 @@ def stream(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, l
     return arrivals[0], arrivals
 
 
-VOCABULARY = ("the tenant shall keep the premises in good repair and pay for water when the "
-              "server answers a question from the queue with a simple reply").split()
+VOCABULARY = [
+    "the",
+    "tenant",
+    "shall",
+    "keep",
+    "the",
+    "premises",
+    "in",
+    "good",
+    "repair",
+    "and",
+    "pay",
+    "for",
+    "water",
+    "when",
+    "the",
+    "server",
+    "answers",
+    "a",
+    "question",
+    "from",
+    "the",
+    "queue",
+    "with",
+    "a",
+    "simple",
+    "reply",
+]
 
 
 def words(count: int, salt: str) -> str:
@@ -56,7 +90,7 @@ def itl_at(url: str, model: str, concurrency: int, max_tokens: int) -> float:
     def one():
         _, arrivals = stream(url, model, words(60, uuid.uuid4().hex), max_tokens)
         # Skip the first gaps while the batch is still filling up.
-        tail = arrivals[len(arrivals) // 4:]
+        tail = arrivals[len(arrivals) // 4 :]
         with lock:
             gaps.extend(b - a for a, b in zip(tail, tail[1:]))
 
@@ -83,12 +117,18 @@ def main() -> None:
         result["itl_s"][concurrency] = round(itl_at(url, model, concurrency, args.max_tokens), 5)
     for count in (int(c) for c in args.prompt_words.split(",")):
         prompt = words(count, uuid.uuid4().hex)
-        tokens = requests.post(url + "/tokenize", json={"model": model, "prompt": prompt}, timeout=10).json()["count"]
-        queries, hits = counter(url, "vllm:prefix_cache_queries_total"), counter(url, "vllm:prefix_cache_hits_total")
+        tokens = requests.post(
+            url + "/tokenize", json={"model": model, "prompt": prompt}, timeout=10
+        ).json()["count"]
+        queries, hits = (
+            counter(url, "vllm:prefix_cache_queries_total"),
+            counter(url, "vllm:prefix_cache_hits_total"),
+        )
         cold, _ = stream(url, model, prompt, 2)
         warm, _ = stream(url, model, prompt + " again", 2)
         result["ttft_s"][tokens] = {
-            "cold": round(cold, 4), "warm": round(warm, 4),
+            "cold": round(cold, 4),
+            "warm": round(warm, 4),
             "prefix_queries": counter(url, "vllm:prefix_cache_queries_total") - queries,
             "prefix_hits": counter(url, "vllm:prefix_cache_hits_total") - hits,
         }

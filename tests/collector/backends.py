@@ -25,7 +25,7 @@ def page(name: str) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args: object) -> None:  # keep test output clean
         pass
@@ -49,13 +49,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for i in range(0, len(body), 4096):
-                piece = body[i:i + 4096]
+                piece = body[i : i + 4096]
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
             return
         declared = len(body)
         if owner.truncate_at is not None and self.path == "/metrics":
-            body = body[:owner.truncate_at]   # promise more than we send, then hang up
+            body = body[: owner.truncate_at]  # promise more than we send, then hang up
             self.close_connection = True
         self.send_header("Content-Length", str(declared))
         self.end_headers()
@@ -64,7 +64,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    owner: "PageServer"
+    owner: PageServer
 
     def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         pass  # the collector hanging up on a slow answer (its timeout) is the point of some tests
@@ -73,8 +73,9 @@ class _Server(ThreadingHTTPServer):
 class PageServer:
     """One fake model server on 127.0.0.1:<free port>, stopped by `close()`."""
 
-    def __init__(self, body: bytes = b"", content_type: str = TEXT_100,
-                 models: bytes | None = None) -> None:
+    def __init__(
+        self, body: bytes = b"", content_type: str = TEXT_100, models: bytes | None = None
+    ) -> None:
         self.body = body
         self.content_type = content_type
         self.models = models
@@ -88,8 +89,9 @@ class PageServer:
         self._server.owner = self
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:

@@ -8,7 +8,8 @@ stopped when the test ends.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -18,8 +19,13 @@ from collector.metrics import CollectorMetrics
 from llmlbd.config import config_from_dict
 from tests.collector.backends import PageServer
 
-FAST = {"interval_ms": 50, "timeout_ms": 500, "health_interval_ms": 50,
-        "models_refresh_s": 0.2, "metrics_port": 0}
+FAST = {
+    "interval_ms": 50,
+    "timeout_ms": 500,
+    "health_interval_ms": 50,
+    "models_refresh_s": 0.2,
+    "metrics_port": 0,
+}
 
 
 @pytest.fixture
@@ -37,11 +43,13 @@ def page_server() -> Callable[..., PageServer]:
 
 
 def make_config(redis_url: str, backends: list[tuple[str, str]], **collector: Any) -> Any:
-    return config_from_dict({
-        "redis": {"url": redis_url},
-        "collector": {**FAST, **collector},
-        "backends": [{"name": name, "url": url} for name, url in backends],
-    })
+    return config_from_dict(
+        {
+            "redis": {"url": redis_url},
+            "collector": {**FAST, **collector},
+            "backends": [{"name": name, "url": url} for name, url in backends],
+        }
+    )
 
 
 class Running:
@@ -63,8 +71,9 @@ class Running:
 def run_collector(redis_url) -> Callable[..., Running]:
     running: list[Running] = []
 
-    def start(backends: list[tuple[str, str]], collector_id: str | None = None,
-              **settings: Any) -> Running:
+    def start(
+        backends: list[tuple[str, str]], collector_id: str | None = None, **settings: Any
+    ) -> Running:
         config = make_config(redis_url, backends, **settings)
         client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=2)
         collector = Collector(config, client, collector_id, CollectorMetrics())

@@ -12,8 +12,18 @@ from tests.collector.backends import OPENMETRICS, TEXT_004, page
 from tests.harness import free_port, wait_until
 
 KEYS = PoolKeys("default")
-METRIC_FIELDS = {F.WAITING, F.RUNNING, F.KV_USAGE, F.PREFIX_QUERIES, F.PREFIX_HITS,
-                 F.BLOCK_SIZE, F.NUM_GPU_BLOCKS, F.MAX_LORA, F.LORA_RUNNING, F.LORA_WAITING}
+METRIC_FIELDS = {
+    F.WAITING,
+    F.RUNNING,
+    F.KV_USAGE,
+    F.PREFIX_QUERIES,
+    F.PREFIX_HITS,
+    F.BLOCK_SIZE,
+    F.NUM_GPU_BLOCKS,
+    F.MAX_LORA,
+    F.LORA_RUNNING,
+    F.LORA_WAITING,
+}
 
 
 def redis_ms(client) -> int:
@@ -26,8 +36,12 @@ def fields(client, name):
 
 
 def wait_fields(client, name, predicate, timeout=5.0, message="fields"):
-    return wait_until(lambda: (lambda h: h if predicate(h) else None)(fields(client, name)),
-                      timeout=timeout, interval=0.01, message=message)
+    return wait_until(
+        lambda: (lambda h: h if predicate(h) else None)(fields(client, name)),
+        timeout=timeout,
+        interval=0.01,
+        message=message,
+    )
 
 
 class TestPublish:
@@ -59,7 +73,9 @@ class TestPublish:
         assert wait_fields(redis_client, "b", lambda h: F.RUNNING in h)[F.PREFIX_HITS] == "32"
         assert wait_fields(redis_client, "c", lambda h: F.RUNNING in h)[F.WAITING] == "4"
 
-    def test_missing_family_degrades_only_its_fields(self, redis_client, page_server, run_collector):
+    def test_missing_family_degrades_only_its_fields(
+        self, redis_client, page_server, run_collector
+    ):
         """A family that disappears is deleted from the hash (unknown), the rest stays current."""
         full = page("vllm_dp2_sim.txt")
         server = page_server(full)
@@ -85,7 +101,9 @@ class TestPublish:
 
 
 class TestBadBackends:
-    def test_garbage_page_keeps_last_values_and_ages(self, redis_client, page_server, run_collector):
+    def test_garbage_page_keeps_last_values_and_ages(
+        self, redis_client, page_server, run_collector
+    ):
         """An HTML page is a failed scrape: last values stay, scraped_at stops, last_error says why."""
         server = page_server(page("vllm_dp2_sim.txt"))
         run = run_collector([("a", server.url)])
@@ -98,17 +116,20 @@ class TestBadBackends:
         assert int(h[F.SCRAPED_AT]) == before and h[F.RUNNING] == "12"
         assert run.collector.metrics.scrapes.labels("a", "no_known_metrics")._value.get() > 0
         server.content_type = "text/html; charset=utf-8"
-        wait_until(lambda: run.collector.metrics.scrapes.labels("a", "not_metrics")._value.get() > 0)
+        wait_until(
+            lambda: run.collector.metrics.scrapes.labels("a", "not_metrics")._value.get() > 0
+        )
 
     def test_truncated_and_oversized_pages_fail(self, redis_client, page_server, run_collector):
         """A body cut short of its Content-Length, and one over max_page_bytes, are failed scrapes."""
         real = page("vllm_v1_0.33.txt")
         cut = page_server(real)
         cut.truncate_at = 30000
-        big = page_server(real + b"# padding\n" * 20000)   # ~270 KB
+        big = page_server(real + b"# padding\n" * 20000)  # ~270 KB
         ok = page_server(real)
-        run = run_collector([("cut", cut.url), ("big", big.url), ("ok", ok.url)],
-                            max_page_bytes=100_000)
+        run = run_collector(
+            [("cut", cut.url), ("big", big.url), ("ok", ok.url)], max_page_bytes=100_000
+        )
         wait_fields(redis_client, "ok", lambda h: F.RUNNING in h)
         counts = run.collector.metrics.scrapes
         wait_until(lambda: counts.labels("cut", "truncated")._value.get() >= 2, message="truncated")
@@ -123,10 +144,19 @@ class TestBadBackends:
         slow = page_server(page("vllm_dp2_sim.txt"))
         slow.hang_s = 5.0
         fast = page_server(page("vllm_dp2_sim.txt"))
-        run = run_collector([("slow", slow.url), ("fast", fast.url)], timeout_ms=200,
-                            down_after=2, health_interval_ms=100)
-        h = wait_fields(redis_client, "slow", lambda h: h.get(F.HEALTH) == F.HEALTH_DOWN,
-                        timeout=6, message="slow down")
+        run = run_collector(
+            [("slow", slow.url), ("fast", fast.url)],
+            timeout_ms=200,
+            down_after=2,
+            health_interval_ms=100,
+        )
+        h = wait_fields(
+            redis_client,
+            "slow",
+            lambda h: h.get(F.HEALTH) == F.HEALTH_DOWN,
+            timeout=6,
+            message="slow down",
+        )
         assert "timed out" in h[F.LAST_ERROR] and int(h[F.FAILS]) >= 2
         ages = []
         for _ in range(10):
@@ -142,7 +172,7 @@ class TestBadBackends:
         wait_fields(redis_client, "a", lambda h: h.get(F.HEALTH) == F.HEALTH_UP)
         server.health_status = 503
         h = wait_fields(redis_client, "a", lambda h: h.get(F.FAILS) in ("1", "2"))
-        assert h[F.HEALTH] == F.HEALTH_UP               # one or two failures: still up
+        assert h[F.HEALTH] == F.HEALTH_UP  # one or two failures: still up
         h = wait_fields(redis_client, "a", lambda h: h.get(F.HEALTH) == F.HEALTH_DOWN)
         assert int(h[F.FAILS]) >= 3 and "503" in h[F.LAST_ERROR]
         server.health_status = 200
@@ -160,14 +190,16 @@ class TestBadBackends:
 
 
 class TestOwnMetrics:
-    def test_metrics_endpoint_reports_scrapes_and_staleness(self, redis_client, page_server,
-                                                            run_collector):
+    def test_metrics_endpoint_reports_scrapes_and_staleness(
+        self, redis_client, page_server, run_collector
+    ):
         """/metrics on metrics_port counts scrapes and flags a stale backend."""
         good = page_server(page("vllm_dp2_sim.txt"))
         bad = page_server(page("garbage.html"))
         port = free_port()
-        run = run_collector([("good", good.url), ("bad", bad.url)], metrics_port=port,
-                            stale_after_ms=300)
+        run = run_collector(
+            [("good", good.url), ("bad", bad.url)], metrics_port=port, stale_after_ms=300
+        )
         wait_until(run.collector.ready.is_set)
         time.sleep(0.5)
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -177,21 +209,24 @@ class TestOwnMetrics:
         assert "llmlbd_collector_stale_backends 1.0" in text
         assert "llmlbd_collector_owned_backends 2.0" in text
         assert 'llmlbd_collector_backend_up{backend="good"} 1.0' in text
-        assert "python_gc" not in text   # its own registry, not the global one
+        assert "python_gc" not in text  # its own registry, not the global one
 
 
 def test_new_owner_continues_the_previous_health_state(redis_client, page_server, run_collector):
     """After a takeover the hysteresis goes on from what the last owner wrote (a down backend stays down)."""
     server = page_server(page("vllm_dp2_sim.txt"))
-    redis_client.hset(KEYS.backend("a"), mapping={F.HEALTH: F.HEALTH_DOWN, F.FAILS: "7",
-                                                  F.SUCCESSES: "0"})
+    redis_client.hset(
+        KEYS.backend("a"), mapping={F.HEALTH: F.HEALTH_DOWN, F.FAILS: "7", F.SUCCESSES: "0"}
+    )
     run_collector([("a", server.url)], health_interval_ms=150, up_after=3)
     h = wait_fields(redis_client, "a", lambda h: h.get(F.SUCCESSES) in ("1", "2"))
     assert h[F.HEALTH] == F.HEALTH_DOWN
     wait_fields(redis_client, "a", lambda h: h.get(F.HEALTH) == F.HEALTH_UP)
 
 
-def test_a_bug_costs_one_scrape_not_the_worker(redis_client, page_server, run_collector, monkeypatch):
+def test_a_bug_costs_one_scrape_not_the_worker(
+    redis_client, page_server, run_collector, monkeypatch
+):
     """An unexpected exception in a read is logged and counted; the backend keeps being scraped."""
     import collector.worker as worker_module
 

@@ -121,8 +121,12 @@ def test_body_to_eof_is_capped(raw):
 def test_gzip_body_is_inflated_and_capped(raw):
     """A server that gzips anyway is read; a gzip bomb over the cap is refused."""
     body = page("vllm_dp2_sim.txt")
-    server = raw([ok(gzip.compress(body), b"Content-Encoding: gzip\r\n"),
-                  ok(gzip.compress(b"0" * 1_000_000), b"Content-Encoding: gzip\r\n")])
+    server = raw(
+        [
+            ok(gzip.compress(body), b"Content-Encoding: gzip\r\n"),
+            ok(gzip.compress(b"0" * 1_000_000), b"Content-Encoding: gzip\r\n"),
+        ]
+    )
     conn = HTTPConnection(server.url)
     assert conn.get("/", 2, 100_000).body == body
     with pytest.raises(FetchError) as exc:
@@ -131,12 +135,15 @@ def test_gzip_body_is_inflated_and_capped(raw):
     conn.close()
 
 
-@pytest.mark.parametrize("reply, kind", [
-    (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "bad_response"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "truncated"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad_response"),
-    (None, "closed"),
-])
+@pytest.mark.parametrize(
+    "reply, kind",
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "bad_response"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "truncated"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad_response"),
+        (None, "closed"),
+    ],
+)
 def test_bad_replies(raw, reply, kind):
     """Each broken reply fails with a stable kind (the metrics' outcome label)."""
     server = raw([reply])

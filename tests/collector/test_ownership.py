@@ -41,12 +41,12 @@ class TestClaimScript:
         """Two live collectors split the backends half and half, never both owning one."""
         a, b = leases(redis_client, "A"), leases(redis_client, "B")
         a.claim(NAMES)
-        owned_b = b.claim(NAMES)          # A holds all: B gets nothing yet...
-        owned_a = a.claim(NAMES)          # ...A lets go of its extra share...
-        owned_b = b.claim(NAMES)          # ...and B takes it.
+        owned_b = b.claim(NAMES)  # A holds all: B gets nothing yet...
+        owned_a = a.claim(NAMES)  # ...A lets go of its extra share...
+        owned_b = b.claim(NAMES)  # ...and B takes it.
         assert owned_a.isdisjoint(owned_b) and owned_a | owned_b == set(NAMES)
         assert len(owned_a) == len(owned_b) == 3
-        assert a.claim(NAMES) == owned_a and b.claim(NAMES) == owned_b   # stable
+        assert a.claim(NAMES) == owned_a and b.claim(NAMES) == owned_b  # stable
 
     def test_dead_collectors_backends_are_taken_after_its_lease(self, redis_client):
         """When A stops renewing, B takes A's backends once A's lease (Redis clock) ran out."""
@@ -54,7 +54,7 @@ class TestClaimScript:
         a.claim(NAMES), b.claim(NAMES), a.claim(NAMES)
         assert len(b.claim(NAMES)) == 3
         time.sleep(0.1)
-        assert len(b.claim(NAMES)) == 3     # A's lease still runs
+        assert len(b.claim(NAMES)) == 3  # A's lease still runs
         time.sleep(0.1)
         assert b.claim(NAMES) == set(NAMES)
         assert redis_client.zscore(KEYS.collectors, "A") is None
@@ -92,34 +92,45 @@ class TestClaimScript:
 
 
 def _collector_proc(config_path: str, cid: str, extra_env: dict | None = None) -> Proc:
-    return Proc([sys.executable, "-m", "collector", "--config", config_path, "--id", cid],
-                name=f"collector-{cid}", env=extra_env)
+    return Proc(
+        [sys.executable, "-m", "collector", "--config", config_path, "--id", cid],
+        name=f"collector-{cid}",
+        env=extra_env,
+    )
 
 
 def _write_config(tmp_path, redis_url, servers, **collector) -> str:
     backends = "\n".join(f"  - {{name: {n}, url: '{s.url}'}}" for n, s in servers.items())
     settings = {"interval_ms": 100, "health_interval_ms": 200, "metrics_port": 0, **collector}
     path = tmp_path / "collector.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         redis: {{url: '{redis_url}'}}
         logging: {{level: warning}}
         collector: {settings!r}
         backends:
-        """) + backends + "\n")
+        """)
+        + backends
+        + "\n"
+    )
     return str(path)
 
 
-def test_two_collectors_one_killed_failover_within_2s(tmp_path, redis_url, redis_client, page_server):
+def test_two_collectors_one_killed_failover_within_2s(
+    tmp_path, redis_url, redis_client, page_server
+):
     """Two collector processes split the backends; after SIGKILL of one, the other scrapes all within 2 s."""
     body = page("vllm_dp2_sim.txt")
     servers = {f"b{i}": page_server(body) for i in range(4)}
     config = _write_config(tmp_path, redis_url, servers)
     first, second = _collector_proc(config, "c1"), _collector_proc(config, "c2")
     try:
+
         def split():
             owners = redis_client.hgetall(KEYS.scrape_owners)
             who = {v.split()[0] for v in owners.values()}
             return len(owners) == 4 and who == {"c1", "c2"}
+
         wait_until(split, timeout=15, message="both collectors own backends")
         owners = {b: v.split()[0] for b, v in redis_client.hgetall(KEYS.scrape_owners).items()}
         victims = [b for b, o in owners.items() if o == "c1"]
@@ -137,14 +148,18 @@ def test_two_collectors_one_killed_failover_within_2s(tmp_path, redis_url, redis
         def taken_over():
             owners = redis_client.hgetall(KEYS.scrape_owners)
             return all(owners.get(b, "").startswith("c2 ") for b in victims)
+
         wait_until(taken_over, timeout=5, interval=0.01, message="takeover")
         # ...and the victims' metrics are fresh again, scraped by c2
         seconds, micros = redis_client.time()
         start_ms = seconds * 1000 + micros // 1000
 
         def fresh():
-            return all(int(redis_client.hget(KEYS.backend(b), F.SCRAPED_AT) or 0) > start_ms
-                       for b in victims)
+            return all(
+                int(redis_client.hget(KEYS.backend(b), F.SCRAPED_AT) or 0) > start_ms
+                for b in victims
+            )
+
         wait_until(fresh, timeout=5, interval=0.01, message="fresh metrics")
         elapsed = time.monotonic() - killed_at
         print(f"failover took {elapsed:.3f} s")
@@ -199,14 +214,26 @@ def test_collector_follows_pool_membership(redis_client, page_server, run_collec
     run = run_collector([("a", a.url)])
     wait_until(lambda: redis_client.hget(KEYS.backend("a"), F.RUNNING) == "12")
     # what `llmlbctl backend add b` writes: the seed and the new member together
-    redis_client.hset(KEYS.members, mapping={
-        "a": json.dumps({"url": a.url, "weight": 1.0}), "b": json.dumps({"url": b.url, "weight": 1.0})})
-    wait_until(lambda: redis_client.hget(KEYS.backend("b"), F.WAITING) == "4", timeout=5,
-               message="new member scraped")
+    redis_client.hset(
+        KEYS.members,
+        mapping={
+            "a": json.dumps({"url": a.url, "weight": 1.0}),
+            "b": json.dumps({"url": b.url, "weight": 1.0}),
+        },
+    )
+    wait_until(
+        lambda: redis_client.hget(KEYS.backend("b"), F.WAITING) == "4",
+        timeout=5,
+        message="new member scraped",
+    )
     redis_client.hdel(KEYS.members, "a")
-    wait_until(lambda: "a" not in run.collector.workers and
-               redis_client.hget(KEYS.scrape_owners, "a") is None, timeout=5,
-               message="removed member released")
+    wait_until(
+        lambda: (
+            "a" not in run.collector.workers and redis_client.hget(KEYS.scrape_owners, "a") is None
+        ),
+        timeout=5,
+        message="removed member released",
+    )
     a.requests.clear()
     time.sleep(0.3)
     assert "/metrics" not in a.requests

@@ -54,7 +54,9 @@ def test_memo_survives_layout_changes():
     read_metrics(base, plan, memo, learned)
     extra = "".join(
         f'vllm:lora_requests_info{{max_lora="2",running_lora_adapters="a{i}",'
-        f'waiting_lora_adapters="a{i}"}} 1.9e+09\n' for i in range(200))
+        f'waiting_lora_adapters="a{i}"}} 1.9e+09\n'
+        for i in range(200)
+    )
     variants = [
         base.replace("} 24.0\n", "} 124.0\n", 1),
         base.replace("# HELP vllm:lora_requests_info", extra + "# HELP vllm:lora_requests_info"),
@@ -75,9 +77,13 @@ def test_prometheus_client_agrees_on_the_real_page():
     checked = 0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in ("vllm:num_requests_running", "vllm:kv_cache_usage_perc",
-                               "vllm:prefix_cache_hits_total", "vllm:lora_requests_info",
-                               "vllm:cache_config_info"):
+            if sample.name in (
+                "vllm:num_requests_running",
+                "vllm:kv_cache_usage_perc",
+                "vllm:prefix_cache_hits_total",
+                "vllm:lora_requests_info",
+                "vllm:cache_config_info",
+            ):
                 ours = [s for s in page.samples(sample.name) if s.labels == sample.labels]
                 assert len(ours) == 1 and ours[0].value == sample.value
                 checked += 1
@@ -85,43 +91,61 @@ def test_prometheus_client_agrees_on_the_real_page():
 
 
 class TestLabels:
-    @pytest.mark.parametrize("text, expected", [
-        ('a="1"}', {"a": "1"}),
-        ('a="1",b="2",}', {"a": "1", "b": "2"}),
-        (' a = "x" , b="" }', {"a": "x", "b": ""}),
-        (r'a="q\"uote",b="back\\slash",c="new\nline"}', {"a": 'q"uote', "b": "back\\slash", "c": "new\nline"}),
-        ('a="{,}",b="="}', {"a": "{,}", "b": "="}),
-        (r'a="ends with \\"}', {"a": "ends with \\"}),
-        ("}", {}),
-    ])
+    @pytest.mark.parametrize(
+        "text, expected",
+        [
+            ('a="1"}', {"a": "1"}),
+            ('a="1",b="2",}', {"a": "1", "b": "2"}),
+            (' a = "x" , b="" }', {"a": "x", "b": ""}),
+            (
+                r'a="q\"uote",b="back\\slash",c="new\nline"}',
+                {"a": 'q"uote', "b": "back\\slash", "c": "new\nline"},
+            ),
+            ('a="{,}",b="="}', {"a": "{,}", "b": "="}),
+            (r'a="ends with \\"}', {"a": "ends with \\"}),
+            ("}", {}),
+        ],
+    )
     def test_parses(self, text, expected):
         """Label sets with escapes and separators inside values parse exactly."""
         labels, end = parse_labels(text, 0)
         assert labels == expected and text[end - 1] == "}"
 
-    @pytest.mark.parametrize("text", ['a="1"', 'a=1}', 'a="1', 'a', r'a="x\"}'])
+    @pytest.mark.parametrize("text", ['a="1"', "a=1}", 'a="1', "a", r'a="x\"}'])
     def test_rejects(self, text):
         """Cut or unquoted label sets raise ValueError (the line is then skipped)."""
         with pytest.raises(ValueError):
             parse_labels(text, 0)
 
 
-@pytest.mark.parametrize("value, text", [
-    (24.0, "24"), (0.0, "0"), (0.41372052207403, "0.413721"), (3.280442e6, "3280442"),
-    (1e20, "100000000000000000000"), (-2.5, "-2.5"), (1e-9, "0"), (0.5, "0.5"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (24.0, "24"),
+        (0.0, "0"),
+        (0.41372052207403, "0.413721"),
+        (3.280442e6, "3280442"),
+        (1e20, "100000000000000000000"),
+        (-2.5, "-2.5"),
+        (1e-9, "0"),
+        (0.5, "0.5"),
+    ],
+)
 def test_format_number(value, text):
     """Hash numbers are plain decimals, never exponent notation."""
     assert format_number(value) == text
 
 
 class TestSources:
-    @pytest.mark.parametrize("spec, name, selector, label", [
-        ("queue_len", "queue_len", (), None),
-        ('queue_len{engine="0"}', "queue_len", (("engine", "0"),), None),
-        ("vllm:cache_config_info@block_size", "vllm:cache_config_info", (), "block_size"),
-        ('x{b="2",a="1"} @ lbl', "x", (("a", "1"), ("b", "2")), "lbl"),
-    ])
+    @pytest.mark.parametrize(
+        "spec, name, selector, label",
+        [
+            ("queue_len", "queue_len", (), None),
+            ('queue_len{engine="0"}', "queue_len", (("engine", "0"),), None),
+            ("vllm:cache_config_info@block_size", "vllm:cache_config_info", (), "block_size"),
+            ('x{b="2",a="1"} @ lbl', "x", (("a", "1"), ("b", "2")), "lbl"),
+        ],
+    )
     def test_parse(self, spec, name, selector, label):
         """metric_map entries are a selector and an optional @label."""
         source = parse_source(spec)
@@ -138,7 +162,8 @@ class TestSources:
             build_plan({"queue": "x"})
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 _LABEL_NAME = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True)
 
@@ -148,9 +173,11 @@ def _escape(value: str) -> str:
 
 
 @settings(max_examples=200, deadline=None)
-@given(labels=st.dictionaries(_LABEL_NAME, st.text(max_size=20), max_size=6),
-       value=st.floats(allow_nan=False, allow_infinity=False, width=32),
-       noise=st.lists(st.text(alphabet=' {}",=\\#abc_:\n', max_size=30), max_size=5))
+@given(
+    labels=st.dictionaries(_LABEL_NAME, st.text(max_size=20), max_size=6),
+    value=st.floats(allow_nan=False, allow_infinity=False, width=32),
+    noise=st.lists(st.text(alphabet=' {}",=\\#abc_:\n', max_size=30), max_size=5),
+)
 def test_rendered_samples_read_back(labels, value, noise):
     """Any label values, escaped as the exposition format says, read back exactly, amid junk lines."""
     rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())

@@ -42,7 +42,9 @@ class TestDefaults:
 class TestHigressCompatibility:
     def test_higress_plugin_config_is_accepted_unchanged(self, tmp_path):
         """lb_policy + lb_config with Higress's Redis fields configure the connection."""
-        path = write(tmp_path, """\
+        path = write(
+            tmp_path,
+            """\
             lb_policy: global_least_request
             lb_config:
               serviceFQDN: redis.static
@@ -52,7 +54,8 @@ class TestHigressCompatibility:
               timeout: 50
               database: 2
               maxRequestCount: 8
-            """)
+            """,
+        )
         config = load_config(path)
         target = config.redis_target()
         assert not target.embedded
@@ -60,8 +63,9 @@ class TestHigressCompatibility:
         assert config.lb_config.maxRequestCount == 8
 
     def test_explicit_redis_url_wins_over_higress_fields(self):
-        config = config_from_dict({"redis": {"url": "redis://a:1/0"},
-                                   "lb_config": {"serviceFQDN": "b"}})
+        config = config_from_dict(
+            {"redis": {"url": "redis://a:1/0"}, "lb_config": {"serviceFQDN": "b"}}
+        )
         assert config.redis_target().url == "redis://a:1/0"
 
     @pytest.mark.parametrize("alias", ["endpoint_metrics", "metrics_based"])
@@ -79,13 +83,26 @@ BAD = [
     ("server:\n  wokers: 2\n", ":2: server.wokers: unknown key (known keys:"),
     ("serverr: {}\n", ":1: serverr: unknown top-level key"),
     ("lb_policy: fastest\n", ":1: lb_policy: unknown policy 'fastest'"),
-    ("backends:\n  - url: http://a:1\n  - url: ftp://b\n",
-     ":3: backends[1].url: expected an http:// or https:// URL"),
-    ("backends:\n  - url: http://a:1\n    name: x\n  - url: http://b:1\n    name: x\n",
-     ":5: backends[1].name: duplicate backend name 'x'"),
-    ("backends:\n  - {url: 'http://a:1', weight: 0}\n", ":2: backends[0].weight: expected a number > 0"),
-    ("backends:\n  - {url: 'http://a:1', name: 'a b'}\n", ":2: backends[0].name: backend name 'a b'"),
-    ("redis:\n  url: http://r:6379\n", ":2: redis.url: expected a redis://, rediss:// or unix:// URL"),
+    (
+        "backends:\n  - url: http://a:1\n  - url: ftp://b\n",
+        ":3: backends[1].url: expected an http:// or https:// URL",
+    ),
+    (
+        "backends:\n  - url: http://a:1\n    name: x\n  - url: http://b:1\n    name: x\n",
+        ":5: backends[1].name: duplicate backend name 'x'",
+    ),
+    (
+        "backends:\n  - {url: 'http://a:1', weight: 0}\n",
+        ":2: backends[0].weight: expected a number > 0",
+    ),
+    (
+        "backends:\n  - {url: 'http://a:1', name: 'a b'}\n",
+        ":2: backends[0].name: backend name 'a b'",
+    ),
+    (
+        "redis:\n  url: http://r:6379\n",
+        ":2: redis.url: expected a redis://, rediss:// or unix:// URL",
+    ),
     ("server:\n  max_body_bytes: lots\n", ":2: server.max_body_bytes: expected a size in bytes"),
     ("server: [1, 2]\n", ":1: server: expected a mapping"),
     ("server:\n  workers: 2\n bad indent\n", ":3: invalid YAML"),
@@ -93,7 +110,9 @@ BAD = [
 
 
 class TestErrors:
-    @pytest.mark.parametrize("text,expected", BAD, ids=[b[1].split(":")[2].strip() or "yaml" for b in BAD])
+    @pytest.mark.parametrize(
+        "text,expected", BAD, ids=[b[1].split(":")[2].strip() or "yaml" for b in BAD]
+    )
     def test_error_names_file_line_and_key(self, tmp_path, text, expected):
         """Each error message starts with file:line and the dotted key, then says what is wrong."""
         path = write(tmp_path, text)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -20,8 +21,11 @@ BACKENDS = [
 
 
 def write_config(path: Path, redis_url: str, **extra: Any) -> str:
-    data: dict[str, Any] = {"server": {"pool": POOL}, "redis": {"url": redis_url},
-                            "backends": BACKENDS}
+    data: dict[str, Any] = {
+        "server": {"pool": POOL},
+        "redis": {"url": redis_url},
+        "backends": BACKENDS,
+    }
     data.update(extra)
     path.write_text(yaml.safe_dump(data))
     return str(path)
@@ -45,16 +49,17 @@ def ctl(config_path, monkeypatch) -> Callable[..., Result]:
     monkeypatch.delenv("LLMLBD_CONFIG", raising=False)
     monkeypatch.delenv("LLMLBD_REDIS_URL", raising=False)
 
-    def run(*args: str, input: str | bytes | None = None,
-            config: str | None = None) -> Result:
-        return CliRunner().invoke(main, ["--config", config or config_path, *args],
-                                  input=input, catch_exceptions=False)
+    def run(*args: str, input: str | bytes | None = None, config: str | None = None) -> Result:
+        return CliRunner().invoke(
+            main, ["--config", config or config_path, *args], input=input, catch_exceptions=False
+        )
 
     return run
 
 
-def seed_metrics(client, keys: PoolKeys, name: str, now_ms: int | None = None,
-                 **fields: Any) -> None:
+def seed_metrics(
+    client, keys: PoolKeys, name: str, now_ms: int | None = None, **fields: Any
+) -> None:
     """Write a backend's metrics hash as the collector would (scraped now by default)."""
     if now_ms is None:
         seconds, micros = client.time()

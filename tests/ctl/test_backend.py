@@ -34,11 +34,15 @@ class TestBackend:
 
     def test_add_existing_name_needs_replace(self, ctl, redis_client, keys):
         assert ctl("backend", "add", "http://127.0.0.1:9001", "--name", "a").stdout.startswith(
-            "unchanged")
+            "unchanged"
+        )
         result = ctl("backend", "add", "http://127.0.0.1:9009", "--name", "a")
         assert result.exit_code == exits.FAILURE and "--replace" in result.stderr
-        data = json.loads(ctl("backend", "add", "http://127.0.0.1:9009", "--name", "a",
-                              "--replace", "--json").stdout)
+        data = json.loads(
+            ctl(
+                "backend", "add", "http://127.0.0.1:9009", "--name", "a", "--replace", "--json"
+            ).stdout
+        )
         assert data["action"] == "replaced"
         assert members(redis_client, keys)["a"]["url"] == "http://127.0.0.1:9009"
 

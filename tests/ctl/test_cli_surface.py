@@ -31,9 +31,20 @@ CTL_COMMANDS = command_paths(main)
 def test_every_documented_command_exists():
     """The command tree is what docs/cli.md documents."""
     assert set(CTL_COMMANDS) == {
-        ("status",), ("watch",), ("inspect",), ("inspect", "backend"), ("inspect", "request"),
-        ("inspect", "prefix"), ("explain",), ("drain",), ("undrain",), ("backend",),
-        ("backend", "add"), ("backend", "remove"), ("backend", "list")}
+        ("status",),
+        ("watch",),
+        ("inspect",),
+        ("inspect", "backend"),
+        ("inspect", "request"),
+        ("inspect", "prefix"),
+        ("explain",),
+        ("drain",),
+        ("undrain",),
+        ("backend",),
+        ("backend", "add"),
+        ("backend", "remove"),
+        ("backend", "list"),
+    }
 
 
 def test_cli_doc_covers_every_command():
@@ -45,8 +56,13 @@ def test_cli_doc_covers_every_command():
         assert f"`{' '.join(path)}" in text or f"llmlbctl {' '.join(path)}" in text, path
     for name in ("OK", "FAILURE", "BAD_CONFIG", "NOT_FOUND", "UNHEALTHY"):
         assert f"| {getattr(exits, name)} | `{name}` |" in text
-    for command in ("llmlbd start", "llmlbd collector", "llmlbd sim", "llmlbd config check",
-                    "llmlbd config show"):
+    for command in (
+        "llmlbd start",
+        "llmlbd collector",
+        "llmlbd sim",
+        "llmlbd config check",
+        "llmlbd config show",
+    ):
         assert command in text
 
 
@@ -69,8 +85,15 @@ def test_llmlbd_config_help(path):
 
 def test_read_commands_take_json():
     """Every read command has --json."""
-    for path in [("status",), ("watch",), ("inspect", "backend"), ("inspect", "request"),
-                 ("inspect", "prefix"), ("explain",), ("backend", "list")]:
+    for path in [
+        ("status",),
+        ("watch",),
+        ("inspect", "backend"),
+        ("inspect", "request"),
+        ("inspect", "prefix"),
+        ("explain",),
+        ("backend", "list"),
+    ]:
         command: click.Command = main
         for name in path:
             command = command.get_command(click.Context(command), name)  # type: ignore[attr-defined]
@@ -96,12 +119,23 @@ for name in POLICIES:  # explain builds the configured policy
         pass  # a policy still being written
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("gevent", "gunicorn"))))
 """
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def test_python_dash_m_runs_llmlbctl():
-    out = subprocess.run([sys.executable, "-m", "llmlbd.ctl", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "llmlbd.ctl", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "Usage: llmlbctl" in out.stdout

@@ -32,8 +32,9 @@ class TestCheck:
         path.write_text("server:\n  bind: 0.0.0.0:8000\n  read_timeout_s: -1\n")
         result = run("check", str(path))
         assert result.exit_code == exits.BAD_CONFIG
-        assert result.stderr.strip() == (f"Error: {path}:3: server.read_timeout_s: "
-                                          "expected a number > 0, got -1")
+        assert result.stderr.strip() == (
+            f"Error: {path}:3: server.read_timeout_s: expected a number > 0, got -1"
+        )
 
     def test_missing_file_exits_2(self, tmp_path):
         result = run("check", str(tmp_path / "absent.yaml"))
@@ -44,9 +45,11 @@ class TestCheck:
 class TestShow:
     def test_defaults_filled_in_and_passwords_redacted(self, tmp_path):
         path = tmp_path / "secret.yaml"
-        path.write_text("redis:\n  url: redis://user:hunter2@10.0.0.5:6379/0\n"
-                        "  password: hunter2\nlb_config:\n  password: hunter2\n"
-                        "backends: ['http://h:8000']\n")
+        path.write_text(
+            "redis:\n  url: redis://user:hunter2@10.0.0.5:6379/0\n"
+            "  password: hunter2\nlb_config:\n  password: hunter2\n"
+            "backends: ['http://h:8000']\n"
+        )
         result = run("show", str(path))
         assert result.exit_code == exits.OK, result.output
         assert "hunter2" not in result.stdout
@@ -99,6 +102,9 @@ class TestExampleConfig:
         """The unit's TimeoutStopSec leaves room for the example's graceful_timeout_s."""
         data = yaml.safe_load(EXAMPLE.read_text())
         unit = (ROOT / "systemd" / "llmlbd.service").read_text()
-        stop = next(int(line.split("=")[1]) for line in unit.splitlines()
-                    if line.startswith("TimeoutStopSec="))
+        stop = next(
+            int(line.split("=")[1])
+            for line in unit.splitlines()
+            if line.startswith("TimeoutStopSec=")
+        )
         assert stop >= data["server"]["graceful_timeout_s"] + 10

@@ -21,7 +21,8 @@ def generator():
 def test_generated_reference_is_up_to_date():
     """Fails after a setting changes until `python scripts/gen_config_docs.py` is run."""
     assert DOC.read_text(encoding="utf-8") == generator().render(), (
-        "docs/reference/config.md is out of date: run python scripts/gen_config_docs.py")
+        "docs/reference/config.md is out of date: run python scripts/gen_config_docs.py"
+    )
 
 
 def test_every_key_section_and_unit_is_documented():
@@ -41,6 +42,10 @@ def test_check_mode_detects_a_stale_file(tmp_path):
 
     stale = tmp_path / "config.md"
     stale.write_text("old\n")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--check", "--output", str(stale)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--output", str(stale)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "out of date" in result.stderr

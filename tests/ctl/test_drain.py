@@ -33,8 +33,9 @@ class TestDrain:
         """After drain, the lease scripts never pick NAME; after undrain they do again."""
         ctl("drain", "a")
         leases = Leases(redis_client, keys, "h1:1:x", 5000)
-        picks = {leases.acquire_least_request(f"r{i}", ["a", "b"], [1, 1]).backend
-                 for i in range(10)}
+        picks = {
+            leases.acquire_least_request(f"r{i}", ["a", "b"], [1, 1]).backend for i in range(10)
+        }
         assert picks == {"b"}
         assert leases.acquire("one", "a").reason == "drained"
         assert ctl("undrain", "a").exit_code == exits.OK

@@ -31,8 +31,12 @@ def served_by(replica: LLMLBD, count: int) -> collections.Counter:
 def fleet(tmp_path, redis_url):
     """Two stub backends and two llmlbd replicas (one worker each) on the shared Redis."""
     with StubBackends(2) as backends:
-        config = {"server": {"pool": "e2e"}, "redis": {"url": redis_url},
-                  "backends": backends.config(), "collector": {"enabled": False}}
+        config = {
+            "server": {"pool": "e2e"},
+            "redis": {"url": redis_url},
+            "backends": backends.config(),
+            "collector": {"enabled": False},
+        }
         replicas = [LLMLBD(config, workers=1, name=f"replica{i}", wait=False) for i in range(2)]
         try:
             for replica in replicas:
@@ -71,8 +75,10 @@ def test_drain_reaches_every_replica_within_a_second(fleet, ctl, tmp_path, redis
     seen = served_by(replicas[0], 10) + served_by(replicas[1], 10)
     assert seen["stub-0"] > 0, seen
     # Sequential requests release before the next: nothing is left in flight.
-    assert json.loads(ctl("inspect", "backend", "stub-0", "--json",
-                          config=config).stdout)["inflight"] == 0
+    assert (
+        json.loads(ctl("inspect", "backend", "stub-0", "--json", config=config).stdout)["inflight"]
+        == 0
+    )
 
 
 def test_drain_wait_lets_the_request_in_flight_finish(fleet, ctl, redis_client):
@@ -90,8 +96,12 @@ def test_drain_wait_lets_the_request_in_flight_finish(fleet, ctl, redis_client):
     outcome = {}
 
     def slow_request():
-        response = requests.post(f"{replicas[1].url}/v1/chat/completions", json=BODY,
-                                 headers={"x-stub-delay": "1.5"}, timeout=20)
+        response = requests.post(
+            f"{replicas[1].url}/v1/chat/completions",
+            json=BODY,
+            headers={"x-stub-delay": "1.5"},
+            timeout=20,
+        )
         outcome["status"] = response.status_code
         outcome["backend"] = response.headers.get("x-llmlbd-backend")
 

@@ -22,23 +22,31 @@ def state(name, inflight=0, weight=1.0, drained=False, health=None, models=None,
         metrics["health"] = health
     if models:
         metrics["models"] = models
-    return BackendState(Backend(name, f"http://{name}:8000", weight), inflight=inflight,
-                        drained=drained, metrics=metrics, metrics_age_ms=age)
+    return BackendState(
+        Backend(name, f"http://{name}:8000", weight),
+        inflight=inflight,
+        drained=drained,
+        metrics=metrics,
+        metrics_age_ms=age,
+    )
 
 
 class TestEligibility:
-    @pytest.mark.parametrize("backend, model, cap, expected", [
-        (state("a"), "m", 0, None),
-        (state("a", drained=True, health="down"), "m", 0, "drained"),
-        (state("a", health="down"), "m", 0, "down"),
-        (state("a", models="x,y"), "m", 0, "model"),
-        (state("a", models="x,m"), "m", 0, None),
-        (state("a", models="x"), "", 0, None),         # no model asked: any backend
-        (state("a"), "m", 0, None),                    # models unknown: assume it serves
-        (state("a", inflight=3), "m", 3, "cap"),
-        (state("a", inflight=2), "m", 3, None),
-        (state("a", health="unknown", age=None), "m", 0, None),  # never scraped: eligible
-    ])
+    @pytest.mark.parametrize(
+        "backend, model, cap, expected",
+        [
+            (state("a"), "m", 0, None),
+            (state("a", drained=True, health="down"), "m", 0, "drained"),
+            (state("a", health="down"), "m", 0, "down"),
+            (state("a", models="x,y"), "m", 0, "model"),
+            (state("a", models="x,m"), "m", 0, None),
+            (state("a", models="x"), "", 0, None),  # no model asked: any backend
+            (state("a"), "m", 0, None),  # models unknown: assume it serves
+            (state("a", inflight=3), "m", 3, "cap"),
+            (state("a", inflight=2), "m", 3, None),
+            (state("a", health="unknown", age=None), "m", 0, None),  # never scraped: eligible
+        ],
+    )
     def test_mirrors_the_acquire_scripts(self, backend, model, cap, expected):
         """The same reasons, in the same order, as ineligible() in lua/_lib.lua plus the cap."""
         assert eligibility(backend, model, cap) == expected
@@ -46,24 +54,31 @@ class TestEligibility:
 
 class TestGenericExplain:
     def request(self, model="m"):
-        return RoutingRequest("r", "POST", "/v1/chat/completions", body={"prompt": "abc"},
-                              model=model)
+        return RoutingRequest(
+            "r", "POST", "/v1/chat/completions", body={"prompt": "abc"}, model=model
+        )
 
     def test_least_inflight_per_weight_with_ties(self):
         """Load is in-flight / weight; every backend at the minimum is listed as a tie."""
-        result = generic_explain("global_least_request", self.request(),
-                                 [state("a", 2), state("b", 4, weight=2.0), state("c", 3)])
+        result = generic_explain(
+            "global_least_request",
+            self.request(),
+            [state("a", 2), state("b", 4, weight=2.0), state("c", 3)],
+        )
         assert result["ties"] == ["a", "b"] and result["choice"] == "a"
         assert result["exact"] and result["reason"] == "least_inflight"
         assert [c["score"] for c in result["candidates"]] == [2.0, 2.0, 3.0]
         assert result["request"]["prompt_chars"] == 3
 
-    @pytest.mark.parametrize("states, status, code", [
-        ([], 503, "no_backend"),
-        ([state("a", drained=True), state("b", health="down")], 503, "no_backend"),
-        ([state("a", models="x"), state("b", drained=True)], 404, "model_not_found"),
-        ([state("a", inflight=1), state("b", models="x")], 429, "max_request_count"),
-    ])
+    @pytest.mark.parametrize(
+        "states, status, code",
+        [
+            ([], 503, "no_backend"),
+            ([state("a", drained=True), state("b", health="down")], 503, "no_backend"),
+            ([state("a", models="x"), state("b", drained=True)], 404, "model_not_found"),
+            ([state("a", inflight=1), state("b", models="x")], 429, "max_request_count"),
+        ],
+    )
     def test_no_backend_gives_the_clients_error(self, states, status, code):
         """When every backend is filtered out, the outcome is the error a client would get."""
         result = generic_explain("global_least_request", self.request(), states, cap=1)
@@ -75,8 +90,9 @@ class TestGenericExplain:
         backends = [state("a"), state("b", drained=True), state("c")]
         result = generic_explain("round_robin", self.request(), backends, rr_counter=0)
         assert result["choice"] == "c"  # turn 1 -> b, drained -> c
-        assert generic_explain("round_robin", self.request(), backends,
-                               rr_counter=2)["choice"] == "a"
+        assert (
+            generic_explain("round_robin", self.request(), backends, rr_counter=2)["choice"] == "a"
+        )
 
     def test_other_policies_are_labelled_approximate(self):
         result = generic_explain("least_busy", self.request(), [state("a")])
@@ -133,14 +149,16 @@ class TestExplainCommand:
         """The configured policy is the one explained (here round_robin)."""
         path = write_config(tmp_path / "rr.yaml", redis_url, lb_policy="round_robin")
         redis_client.set(keys.rr_counter, 4)
-        data = json.loads(ctl("explain", "--body", "-", "--json", input=BODY,
-                              config=path).stdout)
+        data = json.loads(ctl("explain", "--body", "-", "--json", input=BODY, config=path).stdout)
         assert data["policy"] == "round_robin" and data["choice"] == "c"  # turn 5 % 3 = 2
 
     def test_uses_the_policys_own_explain(self, ctl, monkeypatch):
         """A policy with an explain method explains itself, and the output says so."""
-        monkeypatch.setitem(__import__("llmlbd.policy.registry").policy.registry.POLICIES,
-                            "global_least_request", f"{__name__}:ExplainingPolicy")
+        monkeypatch.setitem(
+            __import__("llmlbd.policy.registry").policy.registry.POLICIES,
+            "global_least_request",
+            f"{__name__}:ExplainingPolicy",
+        )
         result = ctl("explain", "--body", "-", "--json", input=BODY)
         assert result.exit_code == exits.OK, result.output
         data = json.loads(result.stdout)
@@ -176,6 +194,11 @@ class ExplainingPolicy:
         raise AssertionError("explain must not pick")
 
     def explain(self, request):
-        return {"choice": "b", "reason": "prefix_hit", "prefix_match": 7,
-                "prefix_match_unit": "blocks", "backends_seen": len(self.ctx.backends),
-                "outcome": {"status": 200}}
+        return {
+            "choice": "b",
+            "reason": "prefix_hit",
+            "prefix_match": 7,
+            "prefix_match_unit": "blocks",
+            "backends_seen": len(self.ctx.backends),
+            "outcome": {"status": 200},
+        }

@@ -10,8 +10,12 @@ from prometheus_client.metrics import MetricWrapperBase
 from llmlbd import metrics
 from tests.harness import ROOT
 
-SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
-            "gauge": [""], "summary": ["", "_sum", "_count"]}
+SUFFIXES = {
+    "counter": ["_total"],
+    "histogram": ["_bucket", "_sum", "_count"],
+    "gauge": [""],
+    "summary": ["", "_sum", "_count"],
+}
 
 
 def exposed_names() -> set[str]:
@@ -25,16 +29,23 @@ def exposed_names() -> set[str]:
 
 def test_dashboard_uses_only_declared_metrics():
     dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
-    exprs = [target["expr"] for panel in dashboard["panels"]
-             for target in panel.get("targets", [])]
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     assert exprs
     used = {name for expr in exprs for name in re.findall(r"\bllmlbd_[a-z0-9_]+", expr)}
     unknown = used - exposed_names()
     assert not unknown, f"not in llmlbd/metrics.py: {sorted(unknown)}"
     # The panels the runbook points at are there.
     titles = " ".join(panel["title"] for panel in dashboard["panels"])
-    for word in ("by backend", "by status", "Decision", "first byte", "Retries", "fallback",
-                 "Redis errors", "in flight"):
+    for word in (
+        "by backend",
+        "by status",
+        "Decision",
+        "first byte",
+        "Retries",
+        "fallback",
+        "Redis errors",
+        "in flight",
+    ):
         assert word in titles, word
 
 

@@ -34,8 +34,11 @@ class TestInspectBackend:
         assert data["inflight"] == 3 and data["leases"] == 3
         assert data["leases_by_worker"] == {"h1:1:x": 2, "h3:3:z": 1}
         assert data["leases_of_dead_workers"] == 1
-        assert {lease["request_id"] for lease in data["oldest_leases"]} == {"req-1", "req-2",
-                                                                            "req-4"}
+        assert {lease["request_id"] for lease in data["oldest_leases"]} == {
+            "req-1",
+            "req-2",
+            "req-4",
+        }
         assert data["metrics"]["waiting"] == "2" and data["metrics"]["models"] == "m"
         assert data["member"] and data["url"] == "http://127.0.0.1:9001"
 

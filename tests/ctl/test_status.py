@@ -26,14 +26,28 @@ class TestStatus:
         """In-flight counts, metrics and their age, drained flags, live and dead workers,
         replicas (hosts) and collectors all come through, in JSON and in the table."""
         now = redis_now_ms(redis_client)
-        seed_metrics(redis_client, keys, "a", waiting=3, running=7, kv_usage=0.5,
-                     models="llama,llama-lora")
-        seed_metrics(redis_client, keys, "b", now_ms=now - 60_000, health="down",
-                     last_error="connection refused")
+        seed_metrics(
+            redis_client, keys, "a", waiting=3, running=7, kv_usage=0.5, models="llama,llama-lora"
+        )
+        seed_metrics(
+            redis_client,
+            keys,
+            "b",
+            now_ms=now - 60_000,
+            health="down",
+            last_error="connection refused",
+        )
         redis_client.hset(keys.inflight, mapping={"a": 4, "c": 1})
         redis_client.sadd(keys.drained, "c")
-        redis_client.zadd(keys.workers, {"host1:100:aa": now + 5000, "host1:101:bb": now + 5000,
-                                         "host2:200:cc": now + 5000, "host3:300:dd": now - 1000})
+        redis_client.zadd(
+            keys.workers,
+            {
+                "host1:100:aa": now + 5000,
+                "host1:101:bb": now + 5000,
+                "host2:200:cc": now + 5000,
+                "host3:300:dd": now - 1000,
+            },
+        )
         redis_client.zadd(keys.collectors, {"host1:col:1": now + 5000})
         redis_client.hset(keys.scrape_owners, "a", f"host1:col:1 {now + 3000}")
 
@@ -47,11 +61,16 @@ class TestStatus:
         assert b["last_error"] == "connection refused"
         assert c["drained"] and c["weight"] == 2.0
         assert data["serving"] == 1  # a; b is down and c drained
-        assert {w["id"] for w in data["workers"]["live"]} == {"host1:100:aa", "host1:101:bb",
-                                                              "host2:200:cc"}
+        assert {w["id"] for w in data["workers"]["live"]} == {
+            "host1:100:aa",
+            "host1:101:bb",
+            "host2:200:cc",
+        }
         assert [w["id"] for w in data["workers"]["dead"]] == ["host3:300:dd"]
-        assert data["replicas"] == [{"host": "host1", "workers": 2},
-                                    {"host": "host2", "workers": 1}]
+        assert data["replicas"] == [
+            {"host": "host1", "workers": 2},
+            {"host": "host2", "workers": 1},
+        ]
         assert [c["id"] for c in data["collectors"]["live"]] == ["host1:col:1"]
         assert data["scrape_owners"]["a"]["collector"] == "host1:col:1"
 
@@ -76,15 +95,16 @@ class TestStatus:
 
     def test_members_hash_overrides_the_config(self, ctl, redis_client, keys):
         """Once the members hash exists, status lists its backends, not the config's."""
-        redis_client.hset(keys.members, "z", json.dumps({"url": "http://10.0.0.9:8000",
-                                                         "weight": 1}))
+        redis_client.hset(
+            keys.members, "z", json.dumps({"url": "http://10.0.0.9:8000", "weight": 1})
+        )
         data = json.loads(ctl("status", "--json").stdout)
         assert data["membership"] == "redis"
         assert [b["name"] for b in data["backends"]] == ["z"]
 
-
-    def test_without_configured_backends_they_are_discovered(self, tmp_path, ctl, redis_url,
-                                                             redis_client, keys):
+    def test_without_configured_backends_they_are_discovered(
+        self, tmp_path, ctl, redis_url, redis_client, keys
+    ):
         """A config with no backends (the demo) and no members hash: status lists the
         backends the collector and the lease scripts wrote about."""
         path = tmp_path / "demo.yaml"
@@ -94,7 +114,9 @@ class TestStatus:
         data = json.loads(ctl("status", "--json", config=str(path)).stdout)
         assert data["membership"] == "discovered"
         assert [(b["name"], b["url"]) for b in data["backends"]] == [
-            ("sim-0", "http://127.0.0.1:8100"), ("sim-1", "")]
+            ("sim-0", "http://127.0.0.1:8100"),
+            ("sim-1", ""),
+        ]
 
 
 class TestErrors:
@@ -116,11 +138,11 @@ class TestErrors:
         assert "cannot reach Redis at redis://127.0.0.1:" in result.stderr
         assert "Traceback" not in result.output
 
-    def test_embedded_config_without_url_explains_what_to_do(self, tmp_path, ctl,
-                                                             monkeypatch):
+    def test_embedded_config_without_url_explains_what_to_do(self, tmp_path, ctl, monkeypatch):
         """An embedded-Redis config and no running socket: exit 1 naming --redis-url."""
-        monkeypatch.setattr("llmlbd.ctl.context.runtime_socket_candidates",
-                            lambda: [tmp_path / "nothing.sock"])
+        monkeypatch.setattr(
+            "llmlbd.ctl.context.runtime_socket_candidates", lambda: [tmp_path / "nothing.sock"]
+        )
         path = tmp_path / "embedded.yaml"
         path.write_text("backends: [http://127.0.0.1:9001]\n")
         result = ctl("status", config=str(path))
@@ -135,10 +157,12 @@ class TestErrors:
 
         from llmlbd.ctl import main
 
-        result = CliRunner().invoke(main, ["--config", str(path), "--redis-url", redis_url,
-                                           "status", "--json"])
+        result = CliRunner().invoke(
+            main, ["--config", str(path), "--redis-url", redis_url, "status", "--json"]
+        )
         assert result.exit_code == exits.OK, result.output
         assert json.loads(result.stdout)["backends"][0]["name"] == "127.0.0.1:9001"
         result = CliRunner(env={"LLMLBD_REDIS_URL": redis_url}).invoke(
-            main, ["--config", str(path), "status", "--json"])
+            main, ["--config", str(path), "status", "--json"]
+        )
         assert result.exit_code == exits.OK, result.output

@@ -30,17 +30,20 @@ def test_unit_verifies(unit, tmp_path):
     for tool in ("llmlbd", "llmlbctl"):
         (bindir / tool).symlink_to(sys.executable)
     (tmp_path / unit).write_text(text.replace(INSTALLED, f"{bindir}/"))
-    result = subprocess.run([analyze, "verify", str(tmp_path / unit)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(tmp_path / unit)], capture_output=True, text=True, timeout=60
+    )
     problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert result.returncode == 0 and not problems, "\n".join(problems)
 
 
 def test_proxy_unit_has_the_operator_contract():
     """Type=notify, reload by HUP, mixed kill mode, runtime dir, dedicated user, hardening."""
-    lines = {line.split("=", 1)[0]: line.split("=", 1)[1]
-             for line in (ROOT / "systemd" / "llmlbd.service").read_text().splitlines()
-             if "=" in line and not line.startswith("#")}
+    lines = {
+        line.split("=", 1)[0]: line.split("=", 1)[1]
+        for line in (ROOT / "systemd" / "llmlbd.service").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert lines["Type"] == "notify"
     assert lines["ExecReload"] == "/bin/kill -s HUP $MAINPID"
     assert lines["KillMode"] == "mixed"

@@ -31,9 +31,13 @@ def test_text_frames(ctl):
 
 def test_ctrl_c_exits_0(config_path):
     """SIGINT (Ctrl-C) ends the watch with exit status 0."""
-    proc = subprocess.Popen([sys.executable, "-m", "llmlbd.ctl", "--config", config_path,
-                             "watch", "--interval", "0.1"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmlbd.ctl", "--config", config_path, "watch", "--interval", "0.1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         assert "Ctrl-C to quit" in first

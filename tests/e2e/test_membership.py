@@ -17,8 +17,12 @@ CHAT = {"model": "stub-model", "messages": [{"role": "user", "content": "hello"}
 
 
 def llmlbctl(config_path: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmlbd.ctl", "--config", config_path, *args],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "llmlbd.ctl", "--config", config_path, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def served_by(url: str, n: int = 12) -> set[str]:
@@ -32,8 +36,12 @@ def served_by(url: str, n: int = 12) -> set[str]:
 
 def test_added_and_removed_backends_take_effect_without_restart(redis_server, tmp_path):
     with StubBackends(2) as stubs:
-        config = {"redis": {"url": redis_server.url}, "server": {"pool": "members"},
-                  "backends": stubs.config()[:1], "collector": {"enabled": False}}
+        config = {
+            "redis": {"url": redis_server.url},
+            "server": {"pool": "members"},
+            "backends": stubs.config()[:1],
+            "collector": {"enabled": False},
+        }
         config_path = tmp_path / "llmlbd.yaml"
         config_path.write_text(yaml.safe_dump(config))
         with LLMLBD(config, workers=2) as proxy:
@@ -41,12 +49,18 @@ def test_added_and_removed_backends_take_effect_without_restart(redis_server, tm
             added = llmlbctl(str(config_path), "backend", "add", stubs.urls[1], "--name", "stub-1")
             assert added.returncode == 0, added.stderr
             # Every worker re-reads membership within a second.
-            wait_until(lambda: served_by(proxy.url) == {"stub-0", "stub-1"}, timeout=5,
-                       message="new backend in use by every worker")
+            wait_until(
+                lambda: served_by(proxy.url) == {"stub-0", "stub-1"},
+                timeout=5,
+                message="new backend in use by every worker",
+            )
             models = requests.get(f"{proxy.url}/v1/models").json()["data"]
             assert [m["id"] for m in models] == ["stub-model"]
             removed = llmlbctl(str(config_path), "backend", "remove", "stub-0")
             assert removed.returncode == 0, removed.stderr
-            wait_until(lambda: served_by(proxy.url) == {"stub-1"}, timeout=5,
-                       message="removed backend out of use")
+            wait_until(
+                lambda: served_by(proxy.url) == {"stub-1"},
+                timeout=5,
+                message="removed backend out of use",
+            )
             assert '"membership_changed"' in proxy.log()

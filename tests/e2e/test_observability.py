@@ -26,17 +26,25 @@ def samples(text: str, name: str) -> dict[tuple, float]:
 
 def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
     with StubBackends(2) as stubs:
-        config = {"redis": {"url": redis_server.url}, "backends": stubs.config(),
-                  "server": {"pool": "observe"}, "collector": {"enabled": False}}
+        config = {
+            "redis": {"url": redis_server.url},
+            "backends": stubs.config(),
+            "server": {"pool": "observe"},
+            "collector": {"enabled": False},
+        }
         with LLMLBD(config, workers=2) as proxy:
             body = {"model": "stub-model", "messages": [{"role": "user", "content": SECRET}]}
             # New connections each time, so both workers take requests.
             for _ in range(30):
-                r = requests.post(f"{proxy.url}/v1/chat/completions", json=body,
-                                  headers={"Connection": "close", "x-request-id": "client-42"})
+                r = requests.post(
+                    f"{proxy.url}/v1/chat/completions",
+                    json=body,
+                    headers={"Connection": "close", "x-request-id": "client-42"},
+                )
                 assert r.status_code == 200
-            requests.post(f"{proxy.url}/v1/chat/completions", data=b"{broken",
-                          headers={"Connection": "close"})
+            requests.post(
+                f"{proxy.url}/v1/chat/completions", data=b"{broken", headers={"Connection": "close"}
+            )
             text = requests.get(f"{proxy.url}/metrics").text
 
             served = samples(text, "llmlbd_requests_total")
@@ -46,20 +54,40 @@ def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
             decisions = samples(text, "llmlbd_decision_seconds_count")
             assert decisions[(("policy", "global_least_request"),)] == 30
             assert samples(text, "llmlbd_redis_seconds_count")[(("op", "release"),)] == 30
-            assert samples(text, "llmlbd_requests_total")[
-                (("backend", ""), ("policy", ""), ("status", "400"))] == 1
+            assert (
+                samples(text, "llmlbd_requests_total")[
+                    (("backend", ""), ("policy", ""), ("status", "400"))
+                ]
+                == 1
+            )
             # Shared state read from Redis at scrape time: nothing in flight now, both usable.
             assert samples(text, "llmlbd_backend_inflight") == {
-                (("backend", "stub-0"),): 0, (("backend", "stub-1"),): 0}
+                (("backend", "stub-0"),): 0,
+                (("backend", "stub-1"),): 0,
+            }
             assert set(samples(text, "llmlbd_backend_usable").values()) == {1}
 
-            lines = [json.loads(line) for line in proxy.log().splitlines()
-                     if line.startswith("{") and '"request_done"' in line]
+            lines = [
+                json.loads(line)
+                for line in proxy.log().splitlines()
+                if line.startswith("{") and '"request_done"' in line
+            ]
             pids = {line["pid"] for line in lines}
             assert len(lines) == 30 and len(pids) == 2  # both workers served, all counted
             line = lines[0]
-            for field in ("request_id", "backend", "policy", "reason", "status", "bytes",
-                          "ttfb_ms", "duration_ms", "outcome", "timestamp", "level"):
+            for field in (
+                "request_id",
+                "backend",
+                "policy",
+                "reason",
+                "status",
+                "bytes",
+                "ttfb_ms",
+                "duration_ms",
+                "outcome",
+                "timestamp",
+                "level",
+            ):
                 assert field in line
             assert line["client_request_id"] == "client-42"
             # The response names its log line (workers may log out of order).
@@ -71,21 +99,31 @@ def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
 def test_prefix_hit_ratio_and_decision_details(redis_server):
     """prefix_cache decisions feed llmlbd_prefix_blocks_total and the request log says why."""
     with StubBackends(2) as stubs:
-        config = {"redis": {"url": redis_server.url}, "backends": stubs.config(),
-                  "server": {"pool": "prefixobs"}, "lb_policy": "prefix_cache",
-                  "collector": {"enabled": False}}
+        config = {
+            "redis": {"url": redis_server.url},
+            "backends": stubs.config(),
+            "server": {"pool": "prefixobs"},
+            "lb_policy": "prefix_cache",
+            "collector": {"enabled": False},
+        }
         with LLMLBD(config, workers=1) as proxy:
             messages = [{"role": "system", "content": "You are terse. " * 40}]
             for turn in range(3):
                 messages.append({"role": "user", "content": f"question {turn} " * 20})
-                r = requests.post(f"{proxy.url}/v1/chat/completions",
-                                  json={"model": "stub-model", "messages": messages})
+                r = requests.post(
+                    f"{proxy.url}/v1/chat/completions",
+                    json={"model": "stub-model", "messages": messages},
+                )
                 assert r.status_code == 200
                 messages.append({"role": "assistant", "content": f"answer {turn} " * 20})
-            blocks = samples(requests.get(f"{proxy.url}/metrics").text,
-                             "llmlbd_prefix_blocks_total")
+            blocks = samples(
+                requests.get(f"{proxy.url}/metrics").text, "llmlbd_prefix_blocks_total"
+            )
             prompt, matched = blocks[(("kind", "prompt"),)], blocks[(("kind", "matched"),)]
             assert 0 < matched < prompt  # turns 2 and 3 matched what turn 1 and 2 left
-            lines = [json.loads(line) for line in proxy.log().splitlines()
-                     if line.startswith("{") and '"request_done"' in line]
+            lines = [
+                json.loads(line)
+                for line in proxy.log().splitlines()
+                if line.startswith("{") and '"request_done"' in line
+            ]
             assert [line["decision"]["matched_blocks"] > 0 for line in lines] == [False, True, True]

@@ -19,8 +19,13 @@ CHAT = {"model": "stub-model", "stream": True, "messages": [{"role": "user", "co
 
 def stream(url: str, results: list, index: int, chunks: int = 20) -> None:
     try:
-        with requests.post(f"{url}/v1/chat/completions", json=CHAT, stream=True, timeout=30,
-                           headers={"x-stub-chunks": str(chunks), "x-stub-interval": "0.1"}) as r:
+        with requests.post(
+            f"{url}/v1/chat/completions",
+            json=CHAT,
+            stream=True,
+            timeout=30,
+            headers={"x-stub-chunks": str(chunks), "x-stub-interval": "0.1"},
+        ) as r:
             body = b"".join(r.iter_content(None))
         results[index] = (r.status_code, body.count(b"data: "), body.endswith(b"data: [DONE]\n\n"))
     except requests.RequestException as exc:
@@ -29,23 +34,31 @@ def stream(url: str, results: list, index: int, chunks: int = 20) -> None:
 
 def test_sighup_rereads_the_config_and_drops_no_stream(redis_server):
     with StubBackends(2) as stubs:
-        config = {"redis": {"url": redis_server.url}, "server": {"pool": "reload"},
-                  "backends": stubs.config()[:1], "collector": {"enabled": False}}
+        config = {
+            "redis": {"url": redis_server.url},
+            "server": {"pool": "reload"},
+            "backends": stubs.config()[:1],
+            "collector": {"enabled": False},
+        }
         with LLMLBD(config, workers=2) as proxy:
             threads, results = start_threads(8, stream, proxy.url)
             time.sleep(0.5)  # streams are mid-flight
             config["backends"] = stubs.config()[1:]
             with open(proxy.config_path, "w") as out:
-                yaml.safe_dump({**config, "server": {**config["server"], **proxy.config["server"]}},
-                               out)
+                yaml.safe_dump(
+                    {**config, "server": {**config["server"], **proxy.config["server"]}}, out
+                )
             proxy.proc.signal(signal.SIGHUP)
-            wait_until(lambda: '"config_reloaded"' in proxy.log(), timeout=10,
-                       message="config reloaded")
+            wait_until(
+                lambda: '"config_reloaded"' in proxy.log(), timeout=10, message="config reloaded"
+            )
 
             def new_workers_route_to_stub_1() -> bool:
-                r = requests.post(f"{proxy.url}/v1/chat/completions",
-                                  json={**CHAT, "stream": False})
+                r = requests.post(
+                    f"{proxy.url}/v1/chat/completions", json={**CHAT, "stream": False}
+                )
                 return r.headers.get("x-llmlbd-backend") == "stub-1"
+
             wait_until(new_workers_route_to_stub_1, timeout=15, message="new config in use")
             join_all(threads)
             # 20 tokens + final chunk + [DONE], every one of them, on every stream.
@@ -54,14 +67,18 @@ def test_sighup_rereads_the_config_and_drops_no_stream(redis_server):
 
 def test_bad_config_on_reload_keeps_the_running_one(redis_server):
     with StubBackends(1) as stubs:
-        config = {"redis": {"url": redis_server.url}, "backends": stubs.config(),
-                  "collector": {"enabled": False}}
+        config = {
+            "redis": {"url": redis_server.url},
+            "backends": stubs.config(),
+            "collector": {"enabled": False},
+        }
         with LLMLBD(config, workers=1) as proxy:
             with open(proxy.config_path, "w") as out:
                 out.write("server:\n  workers: many\n")
             proxy.proc.signal(signal.SIGHUP)
-            wait_until(lambda: '"reload_rejected"' in proxy.log(), timeout=10,
-                       message="reload rejected")
+            wait_until(
+                lambda: '"reload_rejected"' in proxy.log(), timeout=10, message="reload rejected"
+            )
             assert "server.workers: expected a whole number" in proxy.log()
             r = requests.post(f"{proxy.url}/v1/chat/completions", json={**CHAT, "stream": False})
             assert r.status_code == 200
@@ -70,13 +87,20 @@ def test_bad_config_on_reload_keeps_the_running_one(redis_server):
 def test_sigterm_lets_streams_finish_and_releases_everything(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     with StubBackends(2) as stubs:
-        config = {"redis": {"url": redis_server.url}, "server": {"pool": "term"},
-                  "backends": stubs.config(), "collector": {"enabled": False}}
+        config = {
+            "redis": {"url": redis_server.url},
+            "server": {"pool": "term"},
+            "backends": stubs.config(),
+            "collector": {"enabled": False},
+        }
         proxy = LLMLBD(config, workers=2)
         try:
             threads, results = start_threads(6, stream, proxy.url)
-            wait_until(lambda: len(client.hgetall("llmlb:{term}:leases")) == 6, timeout=10,
-                       message="six streams in flight")
+            wait_until(
+                lambda: len(client.hgetall("llmlb:{term}:leases")) == 6,
+                timeout=10,
+                message="six streams in flight",
+            )
             proxy.proc.signal(signal.SIGTERM)
             time.sleep(1.5)  # gevent workers notice within their 1 s loop, then stop accepting
             with pytest.raises(requests.ConnectionError):

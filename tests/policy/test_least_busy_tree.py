@@ -26,25 +26,43 @@ from llmlbd.state.leases import Leases
 DATA = Path(__file__).parent / "data" / "least_busy_tree.yaml"
 CASES = yaml.safe_load(DATA.read_text())
 PICKS = 120
-ERRORS = {"shed": errors.Shed, "no_backend": errors.NoBackend,
-          "model_not_found": errors.ModelNotFound, "over_capacity": errors.OverCapacity}
+ERRORS = {
+    "shed": errors.Shed,
+    "no_backend": errors.NoBackend,
+    "model_not_found": errors.ModelNotFound,
+    "over_capacity": errors.OverCapacity,
+}
 SPECIAL = {"inflight", "drained", "age_ms"}
 
 
 class Pool:
     """A pool whose shared state a test writes directly into Redis, as the collector would."""
 
-    def __init__(self, client: Any, names: list[str], lb_config: dict | None = None,
-                 pool: str = "t", stale_after_ms: int = 2000, seed: int = 7) -> None:
+    def __init__(
+        self,
+        client: Any,
+        names: list[str],
+        lb_config: dict | None = None,
+        pool: str = "t",
+        stale_after_ms: int = 2000,
+        seed: int = 7,
+    ) -> None:
         self.client = client
         self.keys = PoolKeys(pool)
-        self.backends = [Backend(name, f"http://127.0.0.1:{9000 + i}")
-                         for i, name in enumerate(names)]
+        self.backends = [
+            Backend(name, f"http://127.0.0.1:{9000 + i}") for i, name in enumerate(names)
+        ]
         config = config_from_dict({"lb_policy": "least_busy", "lb_config": lb_config or {}})
         self.leases = Leases(client, self.keys, "test-worker", 5000)
-        self.ctx = PolicyContext(self.backends, config.lb_config, self.keys, self.leases,
-                                 client, stale_after_ms=stale_after_ms,
-                                 rng=random.Random(seed))
+        self.ctx = PolicyContext(
+            self.backends,
+            config.lb_config,
+            self.keys,
+            self.leases,
+            client,
+            stale_after_ms=stale_after_ms,
+            rng=random.Random(seed),
+        )
         self.policy = LeastBusy(self.ctx)
         self._n = 0
 
@@ -68,8 +86,9 @@ class Pool:
 
     def request(self, **fields: Any) -> RoutingRequest:
         self._n += 1
-        return RoutingRequest(request_id=f"r{self._n}", method="POST",
-                              path="/v1/chat/completions", **fields)
+        return RoutingRequest(
+            request_id=f"r{self._n}", method="POST", path="/v1/chat/completions", **fields
+        )
 
     def pick_and_release(self, request_fields: dict, exclude: frozenset[str] = frozenset()):
         decision = self.policy.pick(self.request(**request_fields), exclude)
@@ -95,7 +114,8 @@ def test_decision_table(case: dict, redis_client) -> None:
         assert caught.value.status in (404, 429, 503)
         # Nothing leaked: the in-flight counts are those the case wrote.
         assert {k: int(v) for k, v in redis_client.hgetall(pool.keys.inflight).items()} == {
-            name: int((spec or {}).get("inflight", 0)) for name, spec in case["backends"].items()}
+            name: int((spec or {}).get("inflight", 0)) for name, spec in case["backends"].items()
+        }
         return
     seen: Counter[str] = Counter()
     reasons = set()
@@ -113,8 +133,9 @@ def test_uniform_final_pick(redis_client) -> None:
     pool = Pool(redis_client, ["a", "b", "c", "d"], seed=11)
     for name in "abcd":
         pool.set_backend(name, {"waiting": 1, "kv_usage": 0.5, "age_ms": 0})
-    seen = Counter(pool.pick_and_release({"criticality": "critical"}).backend.name
-                   for _ in range(800))
+    seen = Counter(
+        pool.pick_and_release({"criticality": "critical"}).backend.name for _ in range(800)
+    )
     assert all(0.17 <= seen[name] / 800 <= 0.33 for name in "abcd"), seen
 
 
@@ -133,8 +154,10 @@ def test_burst_between_scrapes_spreads(redis_client) -> None:
     pool = Pool(redis_client, ["a", "b", "c", "d"])
     for name in "abcd":
         pool.set_backend(name, {"waiting": 0, "running": 0, "kv_usage": 0.2, "age_ms": 0})
-    held = Counter(pool.policy.pick(pool.request(criticality="critical"), frozenset()).backend.name
-                   for _ in range(40))
+    held = Counter(
+        pool.policy.pick(pool.request(criticality="critical"), frozenset()).backend.name
+        for _ in range(40)
+    )
     # The metrics never change, yet each backend ends with 10 +- 1 in flight.
     assert max(held.values()) - min(held.values()) <= 2, held
     assert sum(held.values()) == 40
@@ -176,12 +199,19 @@ def test_decision_details_trace(redis_client) -> None:
     pool.set_backend("b", {"waiting": 0, "kv_usage": 0.0, "age_ms": 9000})
     decision = pool.pick_and_release({"model": "m"})
     details = decision.details
-    assert (details["criticality"], details["criticality_source"]) == ("critical",
-                                                                      "criticalModels")
+    assert (details["criticality"], details["criticality_source"]) == ("critical", "criticalModels")
     trace = details["rounds"][0]
     assert [step["filter"] for step in trace] == [
-        "healthy", "serves_model", "below_cap", "fresh_metrics", "critical_request",
-        "low_queue", "lora_affinity", "least_queue", "least_kv"]
+        "healthy",
+        "serves_model",
+        "below_cap",
+        "fresh_metrics",
+        "critical_request",
+        "low_queue",
+        "lora_affinity",
+        "least_queue",
+        "least_kv",
+    ]
     fresh = trace[3]
     assert fresh["kept"] == ["a"] and fresh["removed"]["b"].startswith("stale metrics")
 

@@ -24,17 +24,26 @@ def test_two_instances_route_a_conversation_to_one_backend(redis_url):
     """Turns sent alternately through two llmlbd instances sharing one Redis land on one
     backend, while different conversations spread over the fleet."""
     with StubBackends(4) as stubs:
-        config = {"redis": {"url": redis_url}, "backends": stubs.config(),
-                  "lb_policy": "prefix_cache", "collector": {"enabled": False}}
-        with LLMLBD(config, workers=1, name="llmlbd-a") as a, \
-                LLMLBD(config, workers=1, name="llmlbd-b") as b:
+        config = {
+            "redis": {"url": redis_url},
+            "backends": stubs.config(),
+            "lb_policy": "prefix_cache",
+            "collector": {"enabled": False},
+        }
+        with (
+            LLMLBD(config, workers=1, name="llmlbd-a") as a,
+            LLMLBD(config, workers=1, name="llmlbd-b") as b,
+        ):
             homes = {}
             for topic in ("mercury", "venus", "mars", "jupiter", "saturn", "neptune"):
                 seen = []
                 for index, messages in enumerate(turns(topic, 4)):
                     proxy = (a, b)[index % 2]
-                    response = requests.post(f"{proxy.url}/v1/chat/completions", timeout=10,
-                                             json={"model": "stub-model", "messages": messages})
+                    response = requests.post(
+                        f"{proxy.url}/v1/chat/completions",
+                        timeout=10,
+                        json={"model": "stub-model", "messages": messages},
+                    )
                     assert response.status_code == 200, response.text
                     seen.append(response.headers["x-llmlbd-backend"])
                 assert len(set(seen)) == 1, (topic, seen)

@@ -18,17 +18,25 @@ from llmlbd.request import RoutingRequest
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
 
-SYSTEM = ("You are the support assistant of a large online bookshop. Answer politely, quote "
-          "prices in euros, never promise delivery dates you cannot check, and keep every answer "
-          "under two hundred words. ") * 12  # ~2,300 characters, ~36 blocks
+SYSTEM = (
+    "You are the support assistant of a large online bookshop. Answer politely, quote "
+    "prices in euros, never promise delivery dates you cannot check, and keep every answer "
+    "under two hundred words. "
+) * 12  # ~2,300 characters, ~36 blocks
 _ids = itertools.count()
 
 
 def make_policy(client, count=8, lb=None, names=None, worker="w1", seed=1, pool="default"):
     names = names or [f"b{i}" for i in range(count)]
-    cfg = config_from_dict({"lb_policy": "prefix_cache", "lb_config": lb or {},
-                            "backends": [{"name": n, "url": f"http://127.0.0.1:{9000 + i}"}
-                                         for i, n in enumerate(names)]})
+    cfg = config_from_dict(
+        {
+            "lb_policy": "prefix_cache",
+            "lb_config": lb or {},
+            "backends": [
+                {"name": n, "url": f"http://127.0.0.1:{9000 + i}"} for i, n in enumerate(names)
+            ],
+        }
+    )
     keys = PoolKeys(pool)
     leases = Leases(client, keys, worker, 60_000)
     ctx = PolicyContext(cfg.backends, cfg.lb_config, keys, leases, client, rng=random.Random(seed))
@@ -37,8 +45,14 @@ def make_policy(client, count=8, lb=None, names=None, worker="w1", seed=1, pool=
 
 def chat(messages, model="m", salt=""):
     body = {"model": model, "messages": messages}
-    return RoutingRequest(request_id=f"req-{next(_ids)}", method="POST",
-                          path="/v1/chat/completions", body=body, model=model, cache_salt=salt)
+    return RoutingRequest(
+        request_id=f"req-{next(_ids)}",
+        method="POST",
+        path="/v1/chat/completions",
+        body=body,
+        model=model,
+        cache_salt=salt,
+    )
 
 
 def conversation(topic, turns):
@@ -56,8 +70,10 @@ def release(policy, decision):
 
 def fields_of(client, policy, request):
     keys = policy.ctx.keys
-    return [{k: v for k, v in client.hgetall(keys.prefix(h)).items() if not k.startswith("#")}
-            for h in policy.levels(request).hashes]
+    return [
+        {k: v for k, v in client.hgetall(keys.prefix(h)).items() if not k.startswith("#")}
+        for h in policy.levels(request).hashes
+    ]
 
 
 def set_metrics(client, policy, name, **fields):
@@ -76,8 +92,12 @@ class TestAffinity:
         for messages in conversation("rome", 8):
             # background: other conversations come and go
             for _ in range(6):
-                held.append(policy.pick(chat([{"role": "user", "content": f"other {rng.random()}" * 30}]),
-                                        frozenset()))
+                held.append(
+                    policy.pick(
+                        chat([{"role": "user", "content": f"other {rng.random()}" * 30}]),
+                        frozenset(),
+                    )
+                )
             while len(held) > 12:
                 release(policy, held.pop(rng.randrange(len(held))))
             decision = policy.pick(chat(messages), frozenset())
@@ -90,8 +110,9 @@ class TestAffinity:
     def test_shared_system_prompt_spreads(self, redis_client):
         """Conversations sharing one long system prompt spread by load instead of piling up."""
         policy = make_policy(redis_client)
-        decisions = [policy.pick(chat(next(conversation(f"user{i}", 1))), frozenset())
-                     for i in range(64)]
+        decisions = [
+            policy.pick(chat(next(conversation(f"user{i}", 1))), frozenset()) for i in range(64)
+        ]
         counts = Counter(d.backend.name for d in decisions)
         assert len(counts) == 8
         assert max(counts.values()) - min(counts.values()) <= policy.params.max_load_gap + 1
@@ -152,7 +173,9 @@ class TestAffinity:
         """A match shorter than minMatchBlocks does not count: the request goes by load."""
         policy = make_policy(redis_client, count=4, lb={"minMatchBlocks": 40})
         first = policy.pick(chat([{"role": "user", "content": "x" * 2000}]), frozenset())
-        second = policy.pick(chat([{"role": "user", "content": "x" * 2000 + "y" * 100}]), frozenset())
+        second = policy.pick(
+            chat([{"role": "user", "content": "x" * 2000 + "y" * 100}]), frozenset()
+        )
         assert second.reason == "miss" and second.backend.name != first.backend.name
         assert second.details["best_blocks"] == 31
 
@@ -291,23 +314,27 @@ class TestBoundedMemory:
         for i in range(10):
             for messages in conversation(f"c{i}", 2):
                 release(policy, policy.pick(chat(messages), frozenset()))
-        keys = list(redis_client.scan_iter(policy.ctx.keys.prefix_pattern())) + \
-            list(redis_client.scan_iter(policy.ctx.keys.prefix_owned + ":*"))
+        keys = list(redis_client.scan_iter(policy.ctx.keys.prefix_pattern())) + list(
+            redis_client.scan_iter(policy.ctx.keys.prefix_owned + ":*")
+        )
         assert keys and all(0 < redis_client.pttl(key) <= 1_800_000 for key in keys)
 
     def test_per_backend_cap_sized_from_kv_cache(self, redis_client):
         """num_gpu_blocks x block_size caps a backend's entries; evicted fields are removed."""
         policy = make_policy(redis_client, count=1)
         # 8 blocks of 16 tokens = 128 tokens = 8 entries of 64 chars at 4 chars per token
-        redis_client.hset(policy.ctx.keys.backend("b0"),
-                          mapping={"num_gpu_blocks": 8, "block_size": 16})
+        redis_client.hset(
+            policy.ctx.keys.backend("b0"), mapping={"num_gpu_blocks": 8, "block_size": 16}
+        )
         for i in range(12):
             decision = policy.pick(chat([{"role": "user", "content": f"{i} " * 400}]), frozenset())
             release(policy, decision)
         owned = policy.ctx.keys.prefix_owned_by("b0")
         assert redis_client.zcard(owned) == 8
-        holders = sum("b0" in redis_client.hgetall(key)  # fields, not the '#' counter
-                      for key in redis_client.scan_iter(policy.ctx.keys.prefix_pattern()))
+        holders = sum(
+            "b0" in redis_client.hgetall(key)  # fields, not the '#' counter
+            for key in redis_client.scan_iter(policy.ctx.keys.prefix_pattern())
+        )
         assert holders <= 8 + len(policy.index.pending)
         assert decision.details["evicted"] > 0
 
@@ -315,8 +342,9 @@ class TestBoundedMemory:
         """Every key an acquire declares is in the pool's hash slot (Redis Cluster)."""
         policy = make_policy(redis_client, count=3, pool="tenant-a")
         request = chat(next(conversation("slot", 1)))
-        keys = policy.index.call_keys(["b0", "b1", "b2"], policy.levels(request).hashes,
-                                      [("b1", "abc"), ("gone", "def")])
+        keys = policy.index.call_keys(
+            ["b0", "b1", "b2"], policy.levels(request).hashes, [("b1", "abc"), ("gone", "def")]
+        )
         assert len({key_slot(key.encode()) for key in keys}) == 1
         assert all("{tenant-a}" in key for key in keys)
 
@@ -324,8 +352,9 @@ class TestBoundedMemory:
 class TestWeighted:
     def test_gie_preset_follows_prefix_without_metrics(self, redis_client):
         """With the gie-v1 weights and no metrics, the prefix scorer decides."""
-        policy = make_policy(redis_client, count=4, lb={"scoring": "weighted",
-                                                        "scorerWeights": "gie-v1"})
+        policy = make_policy(
+            redis_client, count=4, lb={"scoring": "weighted", "scorerWeights": "gie-v1"}
+        )
         seen = set()
         for messages in conversation("w", 4):
             decision = policy.pick(chat(messages), frozenset())
@@ -334,8 +363,11 @@ class TestWeighted:
 
     def test_queue_outweighs_prefix(self, redis_client):
         """A long queue on the holder outweighs a partial prefix match with queue weight high."""
-        policy = make_policy(redis_client, count=2, lb={
-            "scoring": "weighted", "scorerWeights": {"prefix": 1, "queue": 5}})
+        policy = make_policy(
+            redis_client,
+            count=2,
+            lb={"scoring": "weighted", "scorerWeights": {"prefix": 1, "queue": 5}},
+        )
         turns = conversation("wq", 2)
         home = policy.pick(chat(next(turns)), frozenset())
         release(policy, home)
@@ -349,12 +381,18 @@ class TestConfig:
     def test_keys_rejected_for_other_policies(self):
         """prefix_cache's keys are refused under another lb_policy."""
         with pytest.raises(ConfigError, match="applies to lb_policy prefix_cache"):
-            config_from_dict({"lb_policy": "global_least_request",
-                              "lb_config": {"blockChars": 64}})
+            config_from_dict({"lb_policy": "global_least_request", "lb_config": {"blockChars": 64}})
 
-    @pytest.mark.parametrize("key,value", [("scorerWeights", {"bogus": 1}),
-                                           ("scorerWeights", "nope"), ("maxBlocks", 0),
-                                           ("maxLoadRatio", 0.5), ("scoring", "fancy")])
+    @pytest.mark.parametrize(
+        "key,value",
+        [
+            ("scorerWeights", {"bogus": 1}),
+            ("scorerWeights", "nope"),
+            ("maxBlocks", 0),
+            ("maxLoadRatio", 0.5),
+            ("scoring", "fancy"),
+        ],
+    )
     def test_bad_values(self, key, value):
         """Invalid values name the key."""
         with pytest.raises(ConfigError, match=key):
@@ -362,6 +400,10 @@ class TestConfig:
 
     def test_higress_config_accepted(self):
         """A Higress prefix_cache plugin config loads unchanged."""
-        cfg = config_from_dict({"lb_policy": "prefix_cache", "lb_config": {
-            "serviceFQDN": "redis.local", "servicePort": 6379, "redisKeyTTL": 60}})
+        cfg = config_from_dict(
+            {
+                "lb_policy": "prefix_cache",
+                "lb_config": {"serviceFQDN": "redis.local", "servicePort": 6379, "redisKeyTTL": 60},
+            }
+        )
         assert cfg.lb_config.redisKeyTTL == 60

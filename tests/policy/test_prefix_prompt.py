@@ -55,8 +55,7 @@ class TestBlockHashes:
     def test_stable_across_processes(self):
         """Hashes do not depend on PYTHONHASHSEED: two proxies compute the same keys."""
         seed = prompt.scope_hash("default", "m", "")
-        assert prompt.block_hashes("z" * 64, 64, seed) == [
-            prompt._hash(seed + b"z" * 64).hex()]
+        assert prompt.block_hashes("z" * 64, 64, seed) == [prompt._hash(seed + b"z" * 64).hex()]
         assert len(prompt.block_hashes("z" * 64, 64, seed)[0]) == 24
 
 
@@ -71,15 +70,33 @@ class TestLevels:
 
     def test_levels_are_a_prefix_of_the_next_turn(self):
         """A conversation's next turn repeats every level of the previous turn."""
-        messages = [{"role": "system", "content": "S" * 3000}, {"role": "user", "content": "Q" * 900}]
-        first = prompt.levels({"messages": messages}, pool="p", model="m", cache_salt="",
-                              block_chars=64, max_levels=64)
-        messages += [{"role": "assistant", "content": "A" * 700}, {"role": "user", "content": "R" * 200}]
-        second = prompt.levels({"messages": messages}, pool="p", model="m", cache_salt="",
-                               block_chars=64, max_levels=64)
-        assert second.hashes[:len(first)] == first.hashes
+        messages = [
+            {"role": "system", "content": "S" * 3000},
+            {"role": "user", "content": "Q" * 900},
+        ]
+        first = prompt.levels(
+            {"messages": messages},
+            pool="p",
+            model="m",
+            cache_salt="",
+            block_chars=64,
+            max_levels=64,
+        )
+        messages += [
+            {"role": "assistant", "content": "A" * 700},
+            {"role": "user", "content": "R" * 200},
+        ]
+        second = prompt.levels(
+            {"messages": messages},
+            pool="p",
+            model="m",
+            cache_salt="",
+            block_chars=64,
+            max_levels=64,
+        )
+        assert second.hashes[: len(first)] == first.hashes
         assert len(second) > len(first)
-        assert second.blocks == [p + 1 for p in prompt.level_positions(64)][:len(second)]
+        assert second.blocks == [p + 1 for p in prompt.level_positions(64)][: len(second)]
 
     def test_cap(self):
         """No request yields more than maxBlocks keys, however long its prompt."""
@@ -90,11 +107,23 @@ class TestLevels:
     def test_no_prompt(self):
         """Bodies without a prompt (or no body) give no levels."""
         for body in (None, {}, {"model": "m"}, {"messages": "nonsense"}):
-            assert len(prompt.levels(body, pool="p", model="m", cache_salt="", block_chars=64,
-                                     max_levels=8)) == 0
+            assert (
+                len(
+                    prompt.levels(
+                        body, pool="p", model="m", cache_salt="", block_chars=64, max_levels=8
+                    )
+                )
+                == 0
+            )
 
     def test_token_prompt_blocks_are_16_tokens(self):
         """A token-id prompt is four characters per token: one 64-char block per 16 tokens."""
-        got = prompt.levels({"prompt": list(range(40))}, pool="p", model="m", cache_salt="",
-                            block_chars=64, max_levels=8)
+        got = prompt.levels(
+            {"prompt": list(range(40))},
+            pool="p",
+            model="m",
+            cache_salt="",
+            block_chars=64,
+            max_levels=8,
+        )
         assert got.total_blocks == 2

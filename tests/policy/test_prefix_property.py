@@ -19,20 +19,26 @@ def holders(fields):
     """Backend names of a prefix HASH (without the '#' branch counter)."""
     return set(prefix_holders(fields))
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("request"), st.integers(0, 5)),
-    st.tuples(st.just("release"), st.integers(0, 30)),
-    st.tuples(st.just("down"), st.sampled_from(POOL)),
-    st.tuples(st.just("up"), st.sampled_from(POOL)),
-    st.tuples(st.just("drain"), st.sampled_from(POOL)),
-    st.tuples(st.just("undrain"), st.sampled_from(POOL)),
-    st.tuples(st.just("remove"), st.sampled_from(POOL)),
-    st.tuples(st.just("expire"), st.integers(0, 1000)),
-), min_size=1, max_size=40)
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("request"), st.integers(0, 5)),
+        st.tuples(st.just("release"), st.integers(0, 30)),
+        st.tuples(st.just("down"), st.sampled_from(POOL)),
+        st.tuples(st.just("up"), st.sampled_from(POOL)),
+        st.tuples(st.just("drain"), st.sampled_from(POOL)),
+        st.tuples(st.just("undrain"), st.sampled_from(POOL)),
+        st.tuples(st.just("remove"), st.sampled_from(POOL)),
+        st.tuples(st.just("expire"), st.integers(0, 1000)),
+    ),
+    min_size=1,
+    max_size=40,
+)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(steps=ops)
 def test_index_stays_in_pool_and_counts_are_conserved(redis_client, steps):
     """No key names a backend outside the pool; sum of in-flight == requests held."""
@@ -75,8 +81,7 @@ def test_index_stays_in_pool_and_counts_are_conserved(redis_client, steps):
             redis_client.srem(keys.drained, arg)
         elif op == "remove" and arg in pool and len(pool) > 1:
             pool.remove(arg)
-            policy = make_policy(redis_client, names=pool, lb={"maxLoadGap": 1,
-                                                               "redisKeyTTL": 60})
+            policy = make_policy(redis_client, names=pool, lb={"maxLoadGap": 1, "redisKeyTTL": 60})
         elif op == "expire":
             prefix_keys = sorted(redis_client.scan_iter(keys.prefix_pattern()))
             if prefix_keys:

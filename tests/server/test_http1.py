@@ -79,6 +79,7 @@ def server_factory():
         server = ScriptedServer(replies)
         servers.append(server)
         return server
+
     yield make
     for server in servers:
         server.close()
@@ -105,12 +106,18 @@ class TestFraming:
         assert server.connections == 1  # the second request reused the connection
         first = server.requests[0]
         assert first.startswith(b"POST /v1/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
-        assert b"x-h: v\r\n" in first and b"Content-Length: 7\r\n\r\n{\"a\":1}" in first
+        assert b"x-h: v\r\n" in first and b'Content-Length: 7\r\n\r\n{"a":1}' in first
 
     def test_chunked_body_comes_out_piece_by_piece(self, server_factory):
-        server = server_factory([
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n",
-            b"9\r\ndata:", b" a\r\n\r\n", b"5;ext=1\r\nhello\r\n", b"0\r\nX-Trailer: t\r\n\r\n"])
+        server = server_factory(
+            [
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n",
+                b"9\r\ndata:",
+                b" a\r\n\r\n",
+                b"5;ext=1\r\nhello\r\n",
+                b"0\r\nX-Trailer: t\r\n\r\n",
+            ]
+        )
         response = server.endpoint().request("GET", "/", {}, None)
         pieces = body_of(response)
         assert b"".join(pieces) == b"data: a\r\nhello"
@@ -135,8 +142,12 @@ class TestFraming:
         assert body_of(response) == []
 
     def test_interim_responses_are_skipped(self, server_factory):
-        server = server_factory([b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
-                                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+        server = server_factory(
+            [
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            ]
+        )
         response = server.endpoint().request("GET", "/", {}, None)
         assert response.status == 200 and b"".join(body_of(response)) == b"ok"
 
@@ -175,7 +186,9 @@ class TestFailures:
         assert not response.endpoint.idle  # an incomplete body never goes back to the pool
 
     def test_bad_chunk_size(self, server_factory):
-        server = server_factory([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", CLOSE])
+        server = server_factory(
+            [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", CLOSE]
+        )
         response = server.endpoint().request("GET", "/", {}, None)
         with pytest.raises(BodyError, match="bad chunk size"):
             body_of(response)

@@ -11,8 +11,9 @@ def client(url: str) -> openai.OpenAI:
 
 def test_chat_non_streaming(sim):
     with client(sim) as api:
-        reply = api.chat.completions.create(model="sim-llama", max_tokens=8,
-                                            messages=[{"role": "user", "content": "Hello"}])
+        reply = api.chat.completions.create(
+            model="sim-llama", max_tokens=8, messages=[{"role": "user", "content": "Hello"}]
+        )
     assert reply.choices[0].message.content
     assert reply.usage.completion_tokens == 8
 
@@ -20,8 +21,12 @@ def test_chat_non_streaming(sim):
 def test_chat_streaming_with_usage(sim):
     with client(sim) as api:
         stream = api.chat.completions.create(
-            model="sql-lora", max_tokens=5, stream=True, stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": "SELECT something"}])
+            model="sql-lora",
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "SELECT something"}],
+        )
         chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
@@ -32,7 +37,9 @@ def test_chat_streaming_with_usage(sim):
 def test_completions_and_models(sim):
     with client(sim) as api:
         completion = api.completions.create(model="sim-llama", prompt="Once", max_tokens=4)
-        streamed = list(api.completions.create(model="sim-llama", prompt="Once", max_tokens=4, stream=True))
+        streamed = list(
+            api.completions.create(model="sim-llama", prompt="Once", max_tokens=4, stream=True)
+        )
         models = [m.id for m in api.models.list()]
     assert completion.usage.completion_tokens == 4
     assert "".join(c.choices[0].text for c in streamed) == completion.choices[0].text
@@ -42,7 +49,9 @@ def test_completions_and_models(sim):
 def test_errors_become_the_right_openai_exceptions(sim):
     with client(sim) as api:
         try:
-            api.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
+            api.chat.completions.create(
+                model="missing", messages=[{"role": "user", "content": "x"}]
+            )
         except openai.NotFoundError as exc:
             assert exc.status_code == 404
         else:

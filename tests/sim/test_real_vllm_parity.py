@@ -31,8 +31,11 @@ REAL_URL = os.environ.get("LLMLBD_REAL_VLLM_URL", "").rstrip("/")
 
 pytestmark = [
     pytest.mark.realvllm,
-    pytest.mark.skipif(not REAL_URL, reason="opt-in: set LLMLBD_REAL_VLLM_URL to a running vLLM "
-                                            "(bash scripts/real_vllm/setup.sh serve)"),
+    pytest.mark.skipif(
+        not REAL_URL,
+        reason="opt-in: set LLMLBD_REAL_VLLM_URL to a running vLLM "
+        "(bash scripts/real_vllm/setup.sh serve)",
+    ),
 ]
 
 # Keys present in one release and not the other (vLLM 0.32 real server vs the 0.33 shapes simulated).
@@ -45,14 +48,27 @@ PROMPT = " ".join(["the tenant shall keep the premises in good repair"] * 40)
 def pair():
     real_model = requests.get(REAL_URL + "/v1/models", timeout=10).json()["data"][0]
     # setup.sh serves one adapter, parity-lora, with --max-loras 1.
-    with SimFleet(1, model=real_model["id"], max_model_len=real_model["max_model_len"], lora="parity-lora",
-                  max_loras=1, time_scale=0.1) as fleet:
-        yield {"real": REAL_URL, "sim": fleet.url, "model": real_model["id"],
-               "max_model_len": real_model["max_model_len"]}
+    with SimFleet(
+        1,
+        model=real_model["id"],
+        max_model_len=real_model["max_model_len"],
+        lora="parity-lora",
+        max_loras=1,
+        time_scale=0.1,
+    ) as fleet:
+        yield {
+            "real": REAL_URL,
+            "sim": fleet.url,
+            "model": real_model["id"],
+            "max_model_len": real_model["max_model_len"],
+        }
 
 
 def both(pair, method: str, path: str, **kwargs) -> dict[str, requests.Response]:
-    return {side: requests.request(method, pair[side] + path, timeout=60, **kwargs) for side in ("real", "sim")}
+    return {
+        side: requests.request(method, pair[side] + path, timeout=60, **kwargs)
+        for side in ("real", "sim")
+    }
 
 
 def keys(value) -> set:
@@ -69,12 +85,19 @@ def sse(response: requests.Response) -> list:
 
 
 def test_plain_endpoints_answer_alike(pair):
-    for method, path, body in (("GET", "/health", None), ("GET", "/v1/models", None), ("GET", "/version", None),
-                               ("POST", "/tokenize", {"model": pair["model"], "prompt": "Hello, world!"}),
-                               ("GET", "/nowhere", None), ("GET", "/v1/chat/completions", None)):
+    for method, path, body in (
+        ("GET", "/health", None),
+        ("GET", "/v1/models", None),
+        ("GET", "/version", None),
+        ("POST", "/tokenize", {"model": pair["model"], "prompt": "Hello, world!"}),
+        ("GET", "/nowhere", None),
+        ("GET", "/v1/chat/completions", None),
+    ):
         answers = both(pair, method, path, json=body)
         assert answers["real"].status_code == answers["sim"].status_code, path
-        if answers["real"].content and answers["real"].headers.get("content-type", "").startswith("application/json"):
+        if answers["real"].content and answers["real"].headers.get("content-type", "").startswith(
+            "application/json"
+        ):
             assert keys(answers["real"].json()) == keys(answers["sim"].json()), path
     health = both(pair, "GET", "/health")
     assert health["real"].content == health["sim"].content == b""
@@ -82,21 +105,41 @@ def test_plain_endpoints_answer_alike(pair):
     assert keys(cards["real"]) == keys(cards["sim"])
     assert keys(cards["real"]["permission"][0]) == keys(cards["sim"]["permission"][0])
     assert cards["real"]["max_model_len"] == cards["sim"]["max_model_len"]
-    tokenized = {side: r.json() for side, r in both(pair, "POST", "/tokenize", json={
-        "model": pair["model"], "prompt": "Hello"}).items()}
-    detokenized = {side: requests.post(pair[side] + "/detokenize", timeout=10, json={
-        "model": pair["model"], "tokens": tokenized[side]["tokens"]}) for side in ("real", "sim")}
+    tokenized = {
+        side: r.json()
+        for side, r in both(
+            pair, "POST", "/tokenize", json={"model": pair["model"], "prompt": "Hello"}
+        ).items()
+    }
+    detokenized = {
+        side: requests.post(
+            pair[side] + "/detokenize",
+            timeout=10,
+            json={"model": pair["model"], "tokens": tokenized[side]["tokens"]},
+        )
+        for side in ("real", "sim")
+    }
     assert detokenized["real"].status_code == detokenized["sim"].status_code == 200
     assert keys(detokenized["real"].json()) == keys(detokenized["sim"].json())
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello there"}]}),
-    ("/v1/completions", {"prompt": "Hello there"}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello there"}]}),
+        ("/v1/completions", {"prompt": "Hello there"}),
+    ],
+)
 def test_non_streaming_bodies_have_the_same_keys(pair, path, body):
-    answers = {side: r.json() for side, r in both(pair, "POST", path, json={
-        **body, "model": pair["model"], "max_tokens": 5, "ignore_eos": True}).items()}
+    answers = {
+        side: r.json()
+        for side, r in both(
+            pair,
+            "POST",
+            path,
+            json={**body, "model": pair["model"], "max_tokens": 5, "ignore_eos": True},
+        ).items()
+    }
     real, sim = answers["real"], answers["sim"]
     assert keys(real) == keys(sim)
     assert real["object"] == sim["object"]
@@ -109,16 +152,29 @@ def test_non_streaming_bodies_have_the_same_keys(pair, path, body):
     assert real["choices"][0]["finish_reason"] == sim["choices"][0]["finish_reason"] == "length"
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello there"}]}),
-    ("/v1/completions", {"prompt": "Hello there"}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello there"}]}),
+        ("/v1/completions", {"prompt": "Hello there"}),
+    ],
+)
 def test_streams_have_the_same_event_sequence(pair, path, body):
     streams = {}
     for side in ("real", "sim"):
-        with requests.post(pair[side] + path, stream=True, timeout=60, json={
-                **body, "model": pair["model"], "max_tokens": 4, "ignore_eos": True, "stream": True,
-                "stream_options": {"include_usage": True}}) as response:
+        with requests.post(
+            pair[side] + path,
+            stream=True,
+            timeout=60,
+            json={
+                **body,
+                "model": pair["model"],
+                "max_tokens": 4,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             streams[side] = sse(response)
     real, sim = streams["real"], streams["sim"]
@@ -138,9 +194,18 @@ def test_streams_have_the_same_event_sequence(pair, path, body):
 
 def test_errors_have_the_same_status_type_and_param(pair):
     cases = [
-        ("/v1/chat/completions", {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}),
-        ("/v1/completions", {"model": pair["model"], "prompt": "x", "max_tokens": pair["max_model_len"] + 1}),
-        ("/v1/completions", {"model": pair["model"], "prompt": "hello " * (pair["max_model_len"] + 10)}),
+        (
+            "/v1/chat/completions",
+            {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+        ),
+        (
+            "/v1/completions",
+            {"model": pair["model"], "prompt": "x", "max_tokens": pair["max_model_len"] + 1},
+        ),
+        (
+            "/v1/completions",
+            {"model": pair["model"], "prompt": "hello " * (pair["max_model_len"] + 10)},
+        ),
         ("/v1/chat/completions", {"model": pair["model"]}),
     ]
     for path, body in cases:
@@ -148,7 +213,11 @@ def test_errors_have_the_same_status_type_and_param(pair):
         assert answers["real"].status_code == answers["sim"].status_code, body
         real, sim = answers["real"].json()["error"], answers["sim"].json()["error"]
         assert keys(real) == keys(sim)
-        assert (real["type"], real["param"], real["code"]) == (sim["type"], sim["param"], sim["code"]), body
+        assert (real["type"], real["param"], real["code"]) == (
+            sim["type"],
+            sim["param"],
+            sim["code"],
+        ), body
 
 
 def metric_shapes(url: str) -> dict:
@@ -170,15 +239,19 @@ def test_metric_families_types_and_labels_match(pair):
         assert sim[name][0] == kind, name
         if name == "vllm:cache_config_info":
             # Its labels are CacheConfig's fields, which change from release to release.
-            assert {"block_size", "num_gpu_blocks", "enable_prefix_caching", "engine"} <= \
-                set(sim[name][1][name]) & set(samples[name])
+            assert {"block_size", "num_gpu_blocks", "enable_prefix_caching", "engine"} <= set(
+                sim[name][1][name]
+            ) & set(samples[name])
             continue
         assert sim[name][1] == samples, name
 
 
 def test_prefix_cache_counters_move_alike(pair):
     def counters(url: str) -> tuple[float, float, int]:
-        families = {f.name: f for f in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text)}
+        families = {
+            f.name: f
+            for f in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text)
+        }
         queries = families["vllm:prefix_cache_queries"].samples[0].value
         hits = families["vllm:prefix_cache_hits"].samples[0].value
         block = int(families["vllm:cache_config_info"].samples[0].labels["block_size"])
@@ -189,21 +262,35 @@ def test_prefix_cache_counters_move_alike(pair):
         url = pair[side]
         queries, hits, block = counters(url)
         body = {"model": pair["model"], "prompt": prompt, "max_tokens": 1}
-        first = requests.post(url + "/v1/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"]
-        second = requests.post(url + "/v1/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"]
+        first = requests.post(url + "/v1/completions", json=body, timeout=60).json()["usage"][
+            "prompt_tokens"
+        ]
+        second = requests.post(url + "/v1/completions", json=body, timeout=60).json()["usage"][
+            "prompt_tokens"
+        ]
         queries_after, hits_after, _ = counters(url)
         assert queries_after - queries == first + second, side  # queries count tokens
         new_hits = hits_after - hits
         assert new_hits > 0 and new_hits % block == 0, side  # hits are whole blocks
-        assert new_hits == (second - 1) // block * block, side  # all full blocks but the last token's
+        assert new_hits == (second - 1) // block * block, (
+            side
+        )  # all full blocks but the last token's
 
 
 def test_an_adapter_in_flight_shows_alike_in_models_and_lora_requests_info(pair):
     def newest(url: str) -> dict:
-        families = {f.name: f for f in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text)}
-        return max(families["vllm:lora_requests_info"].samples, key=lambda sample: sample.value).labels
+        families = {
+            f.name: f
+            for f in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text)
+        }
+        return max(
+            families["vllm:lora_requests_info"].samples, key=lambda sample: sample.value
+        ).labels
 
-    cards = {side: [c for c in r.json()["data"] if c["parent"]] for side, r in both(pair, "GET", "/v1/models").items()}
+    cards = {
+        side: [c for c in r.json()["data"] if c["parent"]]
+        for side, r in both(pair, "GET", "/v1/models").items()
+    }
     assert [c["id"] for c in cards["real"]] == [c["id"] for c in cards["sim"]] == ["parity-lora"]
     assert keys(cards["real"][0]) == keys(cards["sim"][0])
     assert cards["real"][0]["parent"] == cards["sim"][0]["parent"] == pair["model"]
@@ -212,21 +299,45 @@ def test_an_adapter_in_flight_shows_alike_in_models_and_lora_requests_info(pair)
         consumed = []
 
         def consume(url=pair[side]):
-            with requests.post(url + "/v1/completions", stream=True, timeout=60, json={
-                    "model": "parity-lora", "prompt": "the tenant", "max_tokens": 1000, "ignore_eos": True,
-                    "stream": True}) as response:
-                consumed.extend(json.loads(line[6:])["model"] for line in response.iter_lines()
-                                if line.startswith(b"data: {"))
+            with requests.post(
+                url + "/v1/completions",
+                stream=True,
+                timeout=60,
+                json={
+                    "model": "parity-lora",
+                    "prompt": "the tenant",
+                    "max_tokens": 1000,
+                    "ignore_eos": True,
+                    "stream": True,
+                },
+            ) as response:
+                consumed.extend(
+                    json.loads(line[6:])["model"]
+                    for line in response.iter_lines()
+                    if line.startswith(b"data: {")
+                )
 
         reader = threading.Thread(target=consume)
         reader.start()
         try:
             # Both refresh the series from every engine step while the request runs.
-            wait_until(lambda: newest(pair[side]) == {"max_lora": "1", "running_lora_adapters": "parity-lora",
-                                                      "waiting_lora_adapters": "parity-lora"},
-                       timeout=10, message=f"{side}: parity-lora in lora_requests_info")
+            wait_until(
+                lambda: (
+                    newest(pair[side])
+                    == {
+                        "max_lora": "1",
+                        "running_lora_adapters": "parity-lora",
+                        "waiting_lora_adapters": "parity-lora",
+                    }
+                ),
+                timeout=10,
+                message=f"{side}: parity-lora in lora_requests_info",
+            )
         finally:
             reader.join(60)
         assert set(consumed) == {"parity-lora"}
-        wait_until(lambda: newest(pair[side])["running_lora_adapters"] == "", timeout=10,
-                   message=f"{side}: the empty series is the newest once the request is done")
+        wait_until(
+            lambda: newest(pair[side])["running_lora_adapters"] == "",
+            timeout=10,
+            message=f"{side}: the empty series is the newest once the request is done",
+        )

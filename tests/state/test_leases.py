@@ -75,10 +75,14 @@ class TestAcquire:
         """A backend whose known models lack the model is skipped; unknown lists pass."""
         redis_client.hset(keys.backend("a"), "models", "llama,llama-lora")
         redis_client.hset(keys.backend("b"), "models", "qwen")
-        picked = {leases.acquire_least_request(f"r{i}", ["a", "b"], [1, 1], model="llama-lora").backend
-                  for i in range(4)}
+        picked = {
+            leases.acquire_least_request(f"r{i}", ["a", "b"], [1, 1], model="llama-lora").backend
+            for i in range(4)
+        }
         assert picked == {"a"}
-        assert leases.acquire_least_request("x", ["a", "b"], [1, 1], model="mistral").reason == "model"
+        assert (
+            leases.acquire_least_request("x", ["a", "b"], [1, 1], model="mistral").reason == "model"
+        )
 
     def test_a_request_id_is_never_counted_twice(self, leases, redis_client, keys):
         leases.acquire_least_request("r1", NAMES, [1, 1, 1])
@@ -116,6 +120,7 @@ class TestReap:
         dying.acquire("r2", "a")
         dying.acquire("r3", "b")
         import time
+
         time.sleep(0.01)
         assert reap(redis_client, keys) == (2, 1)
         assert counts(redis_client, keys) == {"a": 1}
@@ -150,22 +155,37 @@ class TestScripts:
 
     def test_every_key_of_a_call_is_in_one_cluster_slot(self, keys):
         """All keys of a pool share the {pool} hash tag, so each script runs on Redis Cluster."""
-        all_keys = [keys.inflight, keys.leases, keys.workers, keys.drained, keys.members,
-                    keys.collectors, keys.scrape_owners, keys.rr_counter,
-                    keys.backend("gpu-1:8000"), keys.prefix("ab12"), keys.prefix_owned_by("a")]
+        all_keys = [
+            keys.inflight,
+            keys.leases,
+            keys.workers,
+            keys.drained,
+            keys.members,
+            keys.collectors,
+            keys.scrape_owners,
+            keys.rr_counter,
+            keys.backend("gpu-1:8000"),
+            keys.prefix("ab12"),
+            keys.prefix_owned_by("a"),
+        ]
         assert len({key_slot(k.encode()) for k in all_keys}) == 1
 
 
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("acquire"), st.integers(0, 2), st.integers(0, 30)),
-    st.tuples(st.just("release"), st.integers(0, 2), st.integers(0, 30)),
-    st.tuples(st.just("kill"), st.integers(0, 2), st.just(0)),
-    st.tuples(st.just("reap"), st.just(0), st.just(0)),
-    st.tuples(st.just("drain"), st.integers(0, 2), st.just(0)),
-), max_size=60)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("acquire"), st.integers(0, 2), st.integers(0, 30)),
+        st.tuples(st.just("release"), st.integers(0, 2), st.integers(0, 30)),
+        st.tuples(st.just("kill"), st.integers(0, 2), st.just(0)),
+        st.tuples(st.just("reap"), st.just(0), st.just(0)),
+        st.tuples(st.just("drain"), st.integers(0, 2), st.just(0)),
+    ),
+    max_size=60,
+)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=OPS)
 def test_counts_always_equal_live_leases(redis_url, ops):
     """Property: whatever the sequence of acquires, releases, worker deaths, reaps and drains,

@@ -24,9 +24,23 @@ pytestmark = pytest.mark.cluster
 
 def start_server(directory: Path, port: int, *args: str) -> subprocess.Popen:
     process = subprocess.Popen(
-        [find_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(directory), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            find_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: _pings(port), timeout=10, message=f"server on {port}")
     except TimeoutError:
@@ -68,8 +82,16 @@ def cluster_url():
     processes: list[subprocess.Popen] = []
     try:
         for port in ports:
-            processes.append(start_server(directory, port, "--cluster-enabled", "yes",
-                                          "--cluster-config-file", f"nodes-{port}.conf"))
+            processes.append(
+                start_server(
+                    directory,
+                    port,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                )
+            )
         bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
         for port, (low, high) in zip(ports, bounds):
             with redis.Redis(port=port) as client:
@@ -84,6 +106,7 @@ def cluster_url():
                     if "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
                         return False
             return True
+
         wait_until(healthy, timeout=20, message="cluster_state:ok")
         yield f"redis://127.0.0.1:{ports[0]}/0"
     finally:
@@ -102,8 +125,10 @@ def test_lease_scripts_and_snapshot_run_on_redis_cluster(cluster_url):
         keys = PoolKeys(pool)
         leases = Leases(client, keys, f"host:{pool}:x", ttl_ms=5000)
         leases.heartbeat()
-        picked = [leases.acquire_least_request(f"r{i}", ["a", "b", "c"], [1, 1, 1]).backend
-                  for i in range(6)]
+        picked = [
+            leases.acquire_least_request(f"r{i}", ["a", "b", "c"], [1, 1, 1]).backend
+            for i in range(6)
+        ]
         assert sorted(picked) == ["a", "a", "b", "b", "c", "c"]
         client.sadd(keys.drained, "a")
         states = {s.name: s for s in read_pool(client, keys, backends)}
@@ -122,12 +147,17 @@ def sentinel_setup():
     master = start_server(directory, master_port)
     sentinel = None
     conf = directory / "sentinel.conf"
-    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\n"
-                    f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
-                    "sentinel down-after-milliseconds mymaster 1000\n")
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\n"
+        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
+        "sentinel down-after-milliseconds mymaster 1000\n"
+    )
     try:
-        sentinel = subprocess.Popen([find_server_binary(), str(conf), "--sentinel"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sentinel = subprocess.Popen(
+            [find_server_binary(), str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_until(lambda: _pings(sentinel_port), timeout=10, message="sentinel up")
         yield sentinel_port
     finally:
@@ -138,9 +168,15 @@ def sentinel_setup():
 
 
 def test_leases_through_sentinel(sentinel_setup):
-    config = config_from_dict({"redis": {"mode": "sentinel",
-                                         "sentinels": [f"127.0.0.1:{sentinel_setup}"],
-                                         "sentinel_master": "mymaster"}})
+    config = config_from_dict(
+        {
+            "redis": {
+                "mode": "sentinel",
+                "sentinels": [f"127.0.0.1:{sentinel_setup}"],
+                "sentinel_master": "mymaster",
+            }
+        }
+    )
     client = connect(config)
     deadline = time.monotonic() + 10
     while True:  # the sentinel needs a moment to learn its master

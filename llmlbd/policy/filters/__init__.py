@@ -8,9 +8,18 @@ contract test walks it).
 
 from __future__ import annotations
 
-from llmlbd.policy.filters import (below_cap, critical_request, fresh_metrics, healthy,
-                                   least_kv, least_queue, lora_affinity, low_queue,
-                                   serves_model, sheddable_capacity)
+from llmlbd.policy.filters import (
+    below_cap,
+    critical_request,
+    fresh_metrics,
+    healthy,
+    least_kv,
+    least_queue,
+    lora_affinity,
+    low_queue,
+    serves_model,
+    sheddable_capacity,
+)
 
 __all__ = ["FILTERS"]
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from llmlbd.policy.framework import BackendState, FilterResult
 
 __all__ = ["by_predicate", "least_bucket"]
 
 
-def by_predicate(candidates: Sequence[BackendState],
-                 why_not: Callable[[BackendState], str | None]) -> FilterResult:
+def by_predicate(
+    candidates: Sequence[BackendState], why_not: Callable[[BackendState], str | None]
+) -> FilterResult:
     """Keep each candidate for which *why_not* returns None; record the reasons of the rest."""
     kept: list[BackendState] = []
     removed: dict[str, str] = {}
@@ -23,8 +24,12 @@ def by_predicate(candidates: Sequence[BackendState],
     return FilterResult(kept, removed)
 
 
-def least_bucket(candidates: Sequence[BackendState], value: Callable[[BackendState], float],
-                 integer: bool, label: str) -> FilterResult:
+def least_bucket(
+    candidates: Sequence[BackendState],
+    value: Callable[[BackendState], float],
+    integer: bool,
+    label: str,
+) -> FilterResult:
     """Keep the first bucket: ``min <= x <= min + (max - min) / N``, N = len(candidates).
 
     With *integer*, the width uses integer division (as the inference-extension
@@ -38,6 +43,12 @@ def least_bucket(candidates: Sequence[BackendState], value: Callable[[BackendSta
         ceiling = int(low) + (int(high) - int(low)) // len(candidates)
     else:
         ceiling = low + (high - low) / len(candidates)
-    return by_predicate(candidates, lambda s: None if low <= values[s.name] <= ceiling
-                        else f"{label} {values[s.name]:g} > {ceiling:g} "
-                             f"(min {low:g} + (max {high:g} - min) / {len(candidates)})")
+    return by_predicate(
+        candidates,
+        lambda s: (
+            None
+            if low <= values[s.name] <= ceiling
+            else f"{label} {values[s.name]:g} > {ceiling:g} "
+            f"(min {low:g} + (max {high:g} - min) / {len(candidates)})"
+        ),
+    )

@@ -7,7 +7,8 @@ atomically, so this filter only avoids choosing a backend that would refuse.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._base import by_predicate
 from llmlbd.policy.framework import BackendState, FilterResult
@@ -24,11 +25,15 @@ class BelowCap:
         self.cap = cap
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "BelowCap":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> BelowCap:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
         if self.cap <= 0:
             return FilterResult(list(candidates))
-        return by_predicate(candidates, lambda s: None if s.inflight < self.cap
-                            else f"{s.inflight} in flight >= cap {self.cap}")
+        return by_predicate(
+            candidates,
+            lambda s: (
+                None if s.inflight < self.cap else f"{s.inflight} in flight >= cap {self.cap}"
+            ),
+        )

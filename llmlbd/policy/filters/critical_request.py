@@ -9,7 +9,8 @@ shed-able branch). The policy resolves the criticality first
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.criticality import CRITICAL
 from llmlbd.policy.framework import BackendState, FilterResult
@@ -25,7 +26,7 @@ class CriticalRequest:
         self.name = name
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "CriticalRequest":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> CriticalRequest:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:

@@ -17,8 +17,9 @@ metric family turned the policy off for every backend.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._load import knows_load
 from llmlbd.policy.framework import BackendState, FilterResult
@@ -28,8 +29,9 @@ from llmlbd.state import backend_fields as F
 __all__ = ["FreshMetrics", "TYPE", "LOAD_FIELDS"]
 
 TYPE = "fresh_metrics"
-LOAD_FIELDS = frozenset({F.WAITING, F.RUNNING, F.KV_USAGE, F.LORA_RUNNING, F.LORA_WAITING,
-                         F.MAX_LORA})
+LOAD_FIELDS = frozenset(
+    {F.WAITING, F.RUNNING, F.KV_USAGE, F.LORA_RUNNING, F.LORA_WAITING, F.MAX_LORA}
+)
 
 
 class FreshMetrics:
@@ -38,7 +40,7 @@ class FreshMetrics:
         self.stale_after_ms = stale_after_ms
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "FreshMetrics":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> FreshMetrics:
         return cls(**dict(params or {}))
 
     def why_stale(self, state: BackendState) -> str | None:

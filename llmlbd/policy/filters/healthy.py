@@ -7,7 +7,8 @@ it. Runs first, before any metric is looked at.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._base import by_predicate
 from llmlbd.policy.framework import BackendState, FilterResult
@@ -24,7 +25,7 @@ class Healthy:
         self.name = name
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "Healthy":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> Healthy:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:

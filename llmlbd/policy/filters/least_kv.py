@@ -9,7 +9,8 @@ every candidate is kept (nothing to rank on).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._base import least_bucket
 from llmlbd.policy.filters._load import kv
@@ -26,7 +27,7 @@ class LeastKV:
         self.name = name
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "LeastKV":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> LeastKV:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:

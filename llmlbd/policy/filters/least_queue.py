@@ -9,7 +9,8 @@ bucket rather than the single minimum leaves choices for the next filter.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._base import least_bucket
 from llmlbd.policy.filters._load import queue
@@ -26,7 +27,7 @@ class LeastQueue:
         self.name = name
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "LeastQueue":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> LeastQueue:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:

@@ -20,7 +20,8 @@ Formula, for a LoRA request:
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._load import adapters, max_lora
 from llmlbd.policy.framework import BackendState, FilterResult
@@ -32,31 +33,40 @@ TYPE = "lora_affinity"
 
 
 class LoraAffinity:
-    def __init__(self, threshold: float = 0.999, rng: random.Random | None = None,
-                 name: str = TYPE) -> None:
+    def __init__(
+        self, threshold: float = 0.999, rng: random.Random | None = None, name: str = TYPE
+    ) -> None:
         self.name = name
         self.threshold = threshold
         self.rng = rng or random.Random()
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None,
-                    rng: random.Random | None = None, **_: Any) -> "LoraAffinity":
+    def from_params(
+        cls, params: Mapping[str, Any] | None = None, rng: random.Random | None = None, **_: Any
+    ) -> LoraAffinity:
         return cls(rng=rng, **dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
         model = request.model
         active = {state.name: adapters(state) for state in candidates}
         pool: frozenset[str] | None = getattr(request, "pool_adapters", None)
-        is_lora = (model in pool if pool is not None
-                   else any(model in names for names in active.values()))
+        is_lora = (
+            model in pool if pool is not None else any(model in names for names in active.values())
+        )
         if not model or not is_lora:
             return FilterResult(list(candidates))
         affinity = [s for s in candidates if model in active[s.name]]
-        available = [s for s in candidates
-                     if model not in active[s.name] and len(active[s.name]) < max_lora(s)]
+        available = [
+            s
+            for s in candidates
+            if model not in active[s.name] and len(active[s.name]) < max_lora(s)
+        ]
         if affinity and available:
-            chosen, label = ((affinity, "affinity") if self.rng.random() < self.threshold
-                             else (available, "free-slot"))
+            chosen, label = (
+                (affinity, "affinity")
+                if self.rng.random() < self.threshold
+                else (available, "free-slot")
+            )
         elif affinity or available:
             chosen, label = (affinity, "affinity") if affinity else (available, "free-slot")
         else:
@@ -71,6 +81,8 @@ class LoraAffinity:
             elif len(active[state.name]) < max_lora(state):
                 removed[state.name] = f"free adapter slot, {label} group chosen"
             else:
-                removed[state.name] = (f"adapter not active and no free slot "
-                                       f"({len(active[state.name])}/{max_lora(state)})")
+                removed[state.name] = (
+                    f"adapter not active and no free slot "
+                    f"({len(active[state.name])}/{max_lora(state)})"
+                )
         return FilterResult(list(chosen), removed)

@@ -8,7 +8,8 @@ tree then ranks by queue first and LoRA affinity second.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._base import by_predicate
 from llmlbd.policy.filters._load import queue
@@ -26,9 +27,13 @@ class LowQueue:
         self.threshold = threshold
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "LowQueue":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> LowQueue:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
-        return by_predicate(candidates, lambda s: None if queue(s) < self.threshold
-                            else f"queue {queue(s)} >= {self.threshold}")
+        return by_predicate(
+            candidates,
+            lambda s: (
+                None if queue(s) < self.threshold else f"queue {queue(s)} >= {self.threshold}"
+            ),
+        )

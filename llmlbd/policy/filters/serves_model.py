@@ -9,7 +9,8 @@ kept here is not refused later for its model.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._base import by_predicate
 from llmlbd.policy.framework import BackendState, FilterResult
@@ -26,15 +27,16 @@ class ServesModel:
         self.name = name
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> "ServesModel":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> ServesModel:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
         model = request.model
         if not model:
             return FilterResult(list(candidates))
-        return by_predicate(candidates, lambda s: None if _serves(s, model)
-                            else f"does not serve model {model!r}")
+        return by_predicate(
+            candidates, lambda s: None if _serves(s, model) else f"does not serve model {model!r}"
+        )
 
 
 def _serves(state: BackendState, model: str) -> bool:

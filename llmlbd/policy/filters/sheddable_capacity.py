@@ -12,7 +12,8 @@ because a running batch and a queue look the same from the in-flight count.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llmlbd.policy.filters._base import by_predicate
 from llmlbd.policy.filters._load import kv, queue
@@ -26,15 +27,15 @@ TYPE = "sheddable_capacity"
 
 
 class SheddableCapacity:
-    def __init__(self, queue_threshold: int = 5, kv_threshold: float = 0.8,
-                 name: str = TYPE) -> None:
+    def __init__(
+        self, queue_threshold: int = 5, kv_threshold: float = 0.8, name: str = TYPE
+    ) -> None:
         self.name = name
         self.queue_threshold = queue_threshold
         self.kv_threshold = kv_threshold
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None = None,
-                    **_: Any) -> "SheddableCapacity":
+    def from_params(cls, params: Mapping[str, Any] | None = None, **_: Any) -> SheddableCapacity:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:

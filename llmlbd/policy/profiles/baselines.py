@@ -6,7 +6,7 @@ and health apply to them exactly as to the real policies.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from llmlbd.config.loader import Backend
 from llmlbd.errors import ModelNotFound
@@ -36,11 +36,17 @@ class _InOrder:
         candidates = ctx.candidates_or_raise(request, exclude)
         reasons = []
         for backend in self.order(candidates):
-            reservation = ctx.leases.acquire(request.request_id, backend.name,
-                                             model=request.model, cap=self.cap)
+            reservation = ctx.leases.acquire(
+                request.request_id, backend.name, model=request.model, cap=self.cap
+            )
             if reservation.backend is not None:
-                return Decision(backend, request.request_id, self.name, reason=self.name,
-                                inflight=reservation.inflight)
+                return Decision(
+                    backend,
+                    request.request_id,
+                    self.name,
+                    reason=self.name,
+                    inflight=reservation.inflight,
+                )
             reasons.append(reservation.reason)
         if all(reason == "model" for reason in reasons):
             raise ModelNotFound(f"the model '{request.model}' does not exist on any backend")

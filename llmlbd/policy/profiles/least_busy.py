@@ -70,10 +70,13 @@ def build_tree(lb_config: Any, rng: Any = None) -> Node:
     low_latency = Node(
         LowQueue(lb_config.queueingThresholdLoRA),
         on_success=Node(lora, on_either=Node(LeastQueue(), on_either=Node(LeastKV()))),
-        on_failure=queue_lora_kv())
+        on_failure=queue_lora_kv(),
+    )
     sheddable = Node(
         SheddableCapacity(lb_config.queueThresholdCritical, lb_config.kvCacheThreshold),
-        on_success=queue_lora_kv(), shed_on_failure=True)
+        on_success=queue_lora_kv(),
+        shed_on_failure=True,
+    )
     return Node(CriticalRequest(), on_success=low_latency, on_failure=sheddable)
 
 
@@ -86,8 +89,12 @@ class LeastBusy:
         self.cap = cfg.maxRequestCount
         self.critical_models = frozenset(cfg.criticalModels)
         self.default_criticality = cfg.defaultCriticality
-        self.prefilters: list[Filter] = [Healthy(), ServesModel(), BelowCap(self.cap),
-                                         FreshMetrics(ctx.stale_after_ms)]
+        self.prefilters: list[Filter] = [
+            Healthy(),
+            ServesModel(),
+            BelowCap(self.cap),
+            FreshMetrics(ctx.stale_after_ms),
+        ]
         self.tree = build_tree(cfg, ctx.rng)
         _warn_ignored(cfg)
 
@@ -99,9 +106,11 @@ class LeastBusy:
             raise no_route("none" if exclude else "empty", request)
         states = read_pool(ctx.client, ctx.keys, backends)
         routed, criticality = self.routed(request)
-        details: dict[str, Any] = {"criticality": criticality.level,
-                                   "criticality_source": criticality.source,
-                                   "rounds": []}
+        details: dict[str, Any] = {
+            "criticality": criticality.level,
+            "criticality_source": criticality.source,
+            "rounds": [],
+        }
         refused: dict[str, str] = {}
         # Each round either reserves, raises, or refuses at least one more backend.
         for _ in range(len(states)):
@@ -113,14 +122,20 @@ class LeastBusy:
             survivors = evaluation.survivors
             while survivors:
                 choice = ctx.rng.choice(survivors)
-                reservation = ctx.leases.acquire(request.request_id, choice.name,
-                                                 model=request.model, cap=self.cap)
+                reservation = ctx.leases.acquire(
+                    request.request_id, choice.name, model=request.model, cap=self.cap
+                )
                 if reservation.backend is not None:
                     details["refused"] = refused
                     details["survivors"] = [s.name for s in evaluation.survivors]
-                    return Decision(choice.backend, request.request_id, self.name,
-                                    reason=_reason(criticality, evaluation.trace),
-                                    inflight=reservation.inflight, details=details)
+                    return Decision(
+                        choice.backend,
+                        request.request_id,
+                        self.name,
+                        reason=_reason(criticality, evaluation.trace),
+                        inflight=reservation.inflight,
+                        details=details,
+                    )
                 if reservation.reason == "duplicate":
                     raise no_route("duplicate", request)
                 refused[choice.name] = reservation.reason
@@ -131,8 +146,7 @@ class LeastBusy:
 
     def routed(self, request: RoutingRequest) -> tuple[TreeRequest, Criticality]:
         """The request as the tree sees it, with its criticality resolved."""
-        criticality = resolve_criticality(request, self.critical_models,
-                                          self.default_criticality)
+        criticality = resolve_criticality(request, self.critical_models, self.default_criticality)
         routed = TreeRequest(**{f.name: getattr(request, f.name) for f in fields(RoutingRequest)})
         routed.criticality = criticality.level
         return routed, criticality
@@ -143,9 +157,15 @@ class LeastBusy:
         current = states
         for prefilter in self.prefilters:
             result: FilterResult = prefilter.filter(request, current)
-            trace.append({"filter": prefilter.name, "in": [s.name for s in current],
-                          "kept": [s.name for s in result.kept], "removed": result.removed,
-                          "outcome": "success" if result.kept else "failure"})
+            trace.append(
+                {
+                    "filter": prefilter.name,
+                    "in": [s.name for s in current],
+                    "kept": [s.name for s in result.kept],
+                    "removed": result.removed,
+                    "outcome": "success" if result.kept else "failure",
+                }
+            )
             if not result.kept:
                 return Evaluation([], trace, _prefilter_error(prefilter.name, request))
             current = result.kept
@@ -155,10 +175,15 @@ class LeastBusy:
         outcome = run_tree(self.tree, request, current)
         trace.extend(outcome.trace)
         if outcome.shed:
-            return Evaluation([], trace, Shed(
-                f"llmlbd shed this {request.criticality} request: every backend is queuing or "
-                "short of KV cache (lb_config.queueThresholdCritical, kvCacheThreshold); retry "
-                "later, or mark it critical"))
+            return Evaluation(
+                [],
+                trace,
+                Shed(
+                    f"llmlbd shed this {request.criticality} request: every backend is queuing or "
+                    "short of KV cache (lb_config.queueThresholdCritical, kvCacheThreshold); retry "
+                    "later, or mark it critical"
+                ),
+            )
         if not outcome.survivors:
             return Evaluation([], trace, NoBackend("no backend is available for this request"))
         return Evaluation(outcome.survivors, trace, None, current)
@@ -169,17 +194,27 @@ class LeastBusy:
         states = read_pool(ctx.client, ctx.keys, ctx.backends)
         routed, criticality = self.routed(request)
         result: dict[str, Any] = {
-            "policy": self.name, "exact": True, "choice": None, "ties": [], "reason": None,
-            "prefix_match": None, "outcome": {"status": 200},
+            "policy": self.name,
+            "exact": True,
+            "choice": None,
+            "ties": [],
+            "reason": None,
+            "prefix_match": None,
+            "outcome": {"status": 200},
             "criticality": f"{criticality.level} (from {criticality.source})",
             "score_meaning": None,
-            "note": ("the decision tree on this snapshot; the proxy picks one of the ties at "
-                     "random (and LoRA affinity is itself a weighted coin)"),
+            "note": (
+                "the decision tree on this snapshot; the proxy picks one of the ties at "
+                "random (and LoRA affinity is itself a weighted coin)"
+            ),
         }
         if not states:
             error = no_route("empty", request)
-            result["outcome"] = {"status": error.status, "code": error.code,
-                                 "message": error.message}
+            result["outcome"] = {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+            }
             return result
         evaluation = self.evaluate(routed, states)
         removed_by: dict[str, str] = {}
@@ -187,23 +222,37 @@ class LeastBusy:
             for name, why in step["removed"].items():
                 removed_by.setdefault(name, f"{step['filter']}: {why}")
         seen = {s.name: s for s in evaluation.seen}
-        result["candidates"] = [{
-            "name": s.name, "url": s.backend.url, "weight": s.backend.weight,
-            "inflight": s.inflight, "drained": s.drained,
-            "health": s.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN, "models": s.names(F.MODELS),
-            "metrics_age_ms": s.metrics_age_ms,
-            "stale": s.metrics_age_ms is None or s.metrics_age_ms > ctx.stale_after_ms,
-            "waiting": s.metrics.get(F.WAITING), "running": s.metrics.get(F.RUNNING),
-            "kv_usage": s.metrics.get(F.KV_USAGE),
-            "queue": queue(seen.get(s.name, s)), "adapters": ",".join(sorted(adapters(s))),
-            "removed_by": removed_by.get(s.name), "score": None,
-        } for s in states]
-        result["filters"] = [{"name": step["filter"], "removed": list(step["removed"])}
-                             for step in evaluation.trace]
+        result["candidates"] = [
+            {
+                "name": s.name,
+                "url": s.backend.url,
+                "weight": s.backend.weight,
+                "inflight": s.inflight,
+                "drained": s.drained,
+                "health": s.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN,
+                "models": s.names(F.MODELS),
+                "metrics_age_ms": s.metrics_age_ms,
+                "stale": s.metrics_age_ms is None or s.metrics_age_ms > ctx.stale_after_ms,
+                "waiting": s.metrics.get(F.WAITING),
+                "running": s.metrics.get(F.RUNNING),
+                "kv_usage": s.metrics.get(F.KV_USAGE),
+                "queue": queue(seen.get(s.name, s)),
+                "adapters": ",".join(sorted(adapters(s))),
+                "removed_by": removed_by.get(s.name),
+                "score": None,
+            }
+            for s in states
+        ]
+        result["filters"] = [
+            {"name": step["filter"], "removed": list(step["removed"])} for step in evaluation.trace
+        ]
         if evaluation.error is not None:
             error = evaluation.error
-            result["outcome"] = {"status": error.status, "code": error.code,
-                                 "message": error.message}
+            result["outcome"] = {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+            }
             return result
         ties = [s.name for s in evaluation.survivors]
         result.update(choice=ties[0], ties=ties, reason=_reason(criticality, evaluation.trace))
@@ -245,15 +294,23 @@ def _refused_error(refused: dict[str, str], request: RoutingRequest) -> LLMLBErr
     if reasons == {"model"}:
         return ModelNotFound(f"the model '{request.model}' does not exist on any backend")
     if "cap" in reasons:
-        return OverCapacity("every backend is at its maximum number of requests in flight "
-                            "(lb_config.maxRequestCount); retry later")
+        return OverCapacity(
+            "every backend is at its maximum number of requests in flight "
+            "(lb_config.maxRequestCount); retry later"
+        )
     return no_route("none", request)
 
 
 def _warn_ignored(cfg: Any) -> None:
     if cfg.metric_policy != "default" or cfg.target_metric:
-        log.warning("lb_config_ignored", keys="metric_policy, target_metric",
-                    detail="least_busy always runs the decision tree on waiting and kv_usage")
+        log.warning(
+            "lb_config_ignored",
+            keys="metric_policy, target_metric",
+            detail="least_busy always runs the decision tree on waiting and kv_usage",
+        )
     if cfg.rate_limit < 1.0:
-        log.warning("lb_config_ignored", keys="rate_limit",
-                    detail="the in-flight correction of the queue replaces Higress's rate_limit")
+        log.warning(
+            "lb_config_ignored",
+            keys="rate_limit",
+            detail="the in-flight correction of the queue replaces Higress's rate_limit",
+        )

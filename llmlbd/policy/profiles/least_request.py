@@ -29,9 +29,18 @@ class GlobalLeastRequest:
         # Shuffled so that the script's "first minimum wins" is a uniform random tie-break.
         ctx.rng.shuffle(candidates)
         reservation = ctx.leases.acquire_least_request(
-            request.request_id, [b.name for b in candidates], [b.weight for b in candidates],
-            model=request.model, cap=self.cap)
+            request.request_id,
+            [b.name for b in candidates],
+            [b.weight for b in candidates],
+            model=request.model,
+            cap=self.cap,
+        )
         if reservation.backend is None:
             raise no_route(reservation.reason, request)
-        return Decision(ctx.by_name[reservation.backend], request.request_id, self.name,
-                        reason="least_inflight", inflight=reservation.inflight)
+        return Decision(
+            ctx.by_name[reservation.backend],
+            request.request_id,
+            self.name,
+            reason="least_inflight",
+            inflight=reservation.inflight,
+        )

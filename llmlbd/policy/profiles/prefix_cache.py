@@ -35,18 +35,28 @@ class PrefixCache:
         self.max_levels = lb.maxBlocks
         weights = scorer_weights(lb.scorerWeights)
         self.params = PrefixParams(
-            ttl_ms=lb.redisKeyTTL * 1000, stale_after_ms=ctx.stale_after_ms,
-            min_match_blocks=lb.minMatchBlocks, max_load_gap=lb.maxLoadGap,
-            max_load_ratio=lb.maxLoadRatio, max_kv_usage=lb.maxKvUsage,
+            ttl_ms=lb.redisKeyTTL * 1000,
+            stale_after_ms=ctx.stale_after_ms,
+            min_match_blocks=lb.minMatchBlocks,
+            max_load_gap=lb.maxLoadGap,
+            max_load_ratio=lb.maxLoadRatio,
+            max_kv_usage=lb.maxKvUsage,
             entries_per_backend=lb.maxEntriesPerBackend,
-            tokens_per_block=lb.blockChars / lb.charsPerToken, mode=lb.scoring,
-            weights=tuple(weights[name] for name in SCORERS))  # type: ignore[arg-type]
+            tokens_per_block=lb.blockChars / lb.charsPerToken,
+            mode=lb.scoring,
+            weights=tuple(weights[name] for name in SCORERS),
+        )  # type: ignore[arg-type]
         self.index = PrefixIndex(ctx.leases, self.params) if ctx.leases is not None else None
 
     def levels(self, request: RoutingRequest) -> prompt.Levels:
-        return prompt.levels(request.body, pool=self.ctx.keys.pool, model=request.model,
-                             cache_salt=request.cache_salt, block_chars=self.block_chars,
-                             max_levels=self.max_levels)
+        return prompt.levels(
+            request.body,
+            pool=self.ctx.keys.pool,
+            model=request.model,
+            cache_salt=request.cache_salt,
+            block_chars=self.block_chars,
+            max_levels=self.max_levels,
+        )
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
@@ -61,21 +71,34 @@ class PrefixCache:
         candidates = list(ctx.backends)
         ctx.rng.shuffle(candidates)
         reservation = self.index.acquire(
-            request.request_id, [b.name for b in candidates], [b.weight for b in candidates],
-            [b.name in exclude for b in candidates], levels.hashes, levels.blocks,
-            model=request.model, cap=self.cap)
+            request.request_id,
+            [b.name for b in candidates],
+            [b.weight for b in candidates],
+            [b.name in exclude for b in candidates],
+            levels.hashes,
+            levels.blocks,
+            model=request.model,
+            cap=self.cap,
+        )
         if reservation.backend is None:
             raise no_route(reservation.reason, request)
-        return Decision(ctx.by_name[reservation.backend], request.request_id, self.name,
-                        reason=reservation.reason, inflight=reservation.inflight,
-                        details={"matched_blocks": reservation.matched_blocks,
-                                 "matched_chars": reservation.matched_blocks * self.block_chars,
-                                 "prompt_blocks": levels.total_blocks,
-                                 "levels": len(levels),
-                                 "best_blocks": reservation.best_blocks,
-                                 "best_backend": reservation.best_backend,
-                                 "healed": reservation.healed,
-                                 "evicted": len(reservation.evicted)})
+        return Decision(
+            ctx.by_name[reservation.backend],
+            request.request_id,
+            self.name,
+            reason=reservation.reason,
+            inflight=reservation.inflight,
+            details={
+                "matched_blocks": reservation.matched_blocks,
+                "matched_chars": reservation.matched_blocks * self.block_chars,
+                "prompt_blocks": levels.total_blocks,
+                "levels": len(levels),
+                "best_blocks": reservation.best_blocks,
+                "best_backend": reservation.best_backend,
+                "healed": reservation.healed,
+                "evicted": len(reservation.evicted),
+            },
+        )
 
     def explain(self, request: RoutingRequest) -> dict[str, Any]:
         """Where *request* would go now and why (llmlbd.policy.explain's format), read-only.
@@ -90,35 +113,68 @@ class PrefixCache:
         levels = self.levels(request)
         names = [b.name for b in ctx.backends]
         result: dict[str, Any] = {
-            "policy": self.name, "exact": True, "choice": None, "ties": [], "reason": None,
-            "prefix_match": None, "prefix_match_unit": f"blocks of {self.block_chars} chars",
-            "prompt_blocks": levels.total_blocks, "levels": len(levels), "outcome": {"status": 200},
-            "score_meaning": ("bounded: longest match whose load is within max(min + "
-                              f"{self.params.max_load_gap:g}, min x {self.params.max_load_ratio:g})"
-                              if self.params.mode == "bounded" else
-                              f"weighted scorers {dict(zip(SCORERS, self.params.weights))}"),
+            "policy": self.name,
+            "exact": True,
+            "choice": None,
+            "ties": [],
+            "reason": None,
+            "prefix_match": None,
+            "prefix_match_unit": f"blocks of {self.block_chars} chars",
+            "prompt_blocks": levels.total_blocks,
+            "levels": len(levels),
+            "outcome": {"status": 200},
+            "score_meaning": (
+                "bounded: longest match whose load is within max(min + "
+                f"{self.params.max_load_gap:g}, min x {self.params.max_load_ratio:g})"
+                if self.params.mode == "bounded"
+                else f"weighted scorers {dict(zip(SCORERS, self.params.weights))}"
+            ),
             "note": "dry run of acquire_prefix.lua: same filters, match and bound; ties go to "
-                    "the first candidate here but to a random one in the proxy",
+            "the first candidate here but to a random one in the proxy",
         }
         if not names:
             error = error_for("empty", request)
-            result["outcome"] = {"status": error.status, "code": error.code,
-                                 "message": error.message}
+            result["outcome"] = {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+            }
             return result
-        answer = self.index.explain(names, [b.weight for b in ctx.backends], levels.hashes,
-                                    levels.blocks, model=request.model, cap=self.cap)
+        answer = self.index.explain(
+            names,
+            [b.weight for b in ctx.backends],
+            levels.hashes,
+            levels.blocks,
+            model=request.model,
+            cap=self.cap,
+        )
         if answer["choice"] is None:
             error = error_for(answer["reason"], request)
-            result["outcome"] = {"status": error.status, "code": error.code,
-                                 "message": error.message}
+            result["outcome"] = {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+            }
             return result
         by_name = {row["name"]: row for row in answer["candidates"]}
         result["candidates"] = [
-            {"name": b.name, "url": b.url, "weight": b.weight,
-             "removed_by": None if by_name[b.name]["status"] == "ok" else by_name[b.name]["status"],
-             "score": by_name[b.name]["matched_blocks"], "load": by_name[b.name]["load"],
-             "kv_usage": by_name[b.name]["kv_usage"],
-             "index_occupancy": by_name[b.name]["index_occupancy"]} for b in ctx.backends]
-        result.update(choice=answer["choice"], reason=answer["reason"],
-                      prefix_match=by_name[answer["choice"]]["matched_blocks"])
+            {
+                "name": b.name,
+                "url": b.url,
+                "weight": b.weight,
+                "removed_by": None
+                if by_name[b.name]["status"] == "ok"
+                else by_name[b.name]["status"],
+                "score": by_name[b.name]["matched_blocks"],
+                "load": by_name[b.name]["load"],
+                "kv_usage": by_name[b.name]["kv_usage"],
+                "index_occupancy": by_name[b.name]["index_occupancy"],
+            }
+            for b in ctx.backends
+        ]
+        result.update(
+            choice=answer["choice"],
+            reason=answer["reason"],
+            prefix_match=by_name[answer["choice"]]["matched_blocks"],
+        )
         return result
