@@ -199,7 +199,7 @@ class Collector:
             return
         self._members_checked = now
         try:
-            from llmlbd.ctl.members import read_members
+            from llmlbd.state.members import read_members
 
             members = read_members(self.client, self.keys.members)
         except Exception as exc:  # Redis down: keep the current set (at start: the seed)

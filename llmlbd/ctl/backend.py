@@ -1,6 +1,6 @@
 """`llmlbctl backend add|remove|list`: pool membership, shared by every replica.
 
-Membership lives in the pool's `members` HASH (see llmlbd/ctl/members.py for
+Membership lives in the pool's `members` HASH (see llmlbd/state/members.py for
 the semantics); the config file's `backends` list is only the seed.
 """
 
@@ -14,10 +14,12 @@ from llmlbd.config import validators as v
 from llmlbd.config.loader import Backend, _backend_name
 from llmlbd.ctl.context import Ctl, pass_ctl
 from llmlbd.ctl.inspect import NotFound
-from llmlbd.ctl.members import SOURCES, MembersError, change_members, effective_backends
+from llmlbd.ctl.members import SOURCES
 from llmlbd.ctl.output import emit, fmt_num, json_option, table
 from llmlbd.exits import BAD_CONFIG, RuntimeProblem
+from llmlbd.state.inspection import inflight_of
 from llmlbd.state.keys import validate_name
+from llmlbd.state.members import MembersError, change_members, effective_backends
 
 __all__ = ["backend_group"]
 
@@ -153,7 +155,7 @@ def backend_remove(ctl: Ctl, name: str, as_json: bool) -> None:
         members = change_members(ctl.client, ctl.keys.members, ctl.config.backends, change)
     except MembersError as exc:
         raise RuntimeProblem(str(exc)) from None
-    inflight = int(ctl.client.hget(ctl.keys.inflight, name) or 0)
+    inflight = inflight_of(ctl.client, ctl.keys, name)
     data = {
         "action": "removed",
         "backend": name,

@@ -15,9 +15,10 @@ import click
 
 from llmlbd.ctl.context import Ctl, pass_ctl
 from llmlbd.ctl.inspect import NotFound
-from llmlbd.ctl.members import effective_backends
 from llmlbd.ctl.output import emit, json_option
 from llmlbd.exits import RuntimeProblem
+from llmlbd.state.inspection import inflight_of
+from llmlbd.state.members import effective_backends, set_drained
 
 __all__ = ["drain_command", "undrain_command"]
 
@@ -28,7 +29,7 @@ def _known(ctl: Ctl) -> list[str]:
 
 
 def _inflight(ctl: Ctl, name: str) -> int:
-    return int(ctl.client.hget(ctl.keys.inflight, name) or 0)
+    return inflight_of(ctl.client, ctl.keys, name)
 
 
 @click.command("drain")
@@ -74,7 +75,7 @@ def drain_command(
             f"no backend named {name!r} in pool {ctl.keys.pool} "
             f"(backends: {', '.join(names) or 'none'}); --force drains it anyway"
         )
-    added = bool(ctl.client.sadd(ctl.keys.drained, name))
+    added = set_drained(ctl.client, ctl.keys, name, True)
     inflight = _inflight(ctl, name)
     started = time.monotonic()
     if not wait:
@@ -147,7 +148,7 @@ def undrain_command(ctl: Ctl, name: str, as_json: bool) -> None:
     """Send requests to backend NAME again (on every worker and replica within
     one second). Exits 3 when NAME is neither a backend nor drained.
     """
-    removed = bool(ctl.client.srem(ctl.keys.drained, name))
+    removed = set_drained(ctl.client, ctl.keys, name, False)
     if not removed and name not in _known(ctl):
         raise NotFound(f"no backend named {name!r} in pool {ctl.keys.pool}")
     emit(

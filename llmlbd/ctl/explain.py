@@ -9,8 +9,8 @@ import click
 
 from llmlbd import exits
 from llmlbd.ctl.context import Ctl, pass_ctl
-from llmlbd.ctl.members import effective_backends
 from llmlbd.ctl.output import emit, fmt_age, fmt_list, fmt_num, json_option, table
+from llmlbd.state.members import effective_backends
 
 __all__ = ["explain_command", "render_explain"]
 

@@ -7,11 +7,15 @@ from typing import Any
 import click
 
 from llmlbd.ctl.context import Ctl, pass_ctl
-from llmlbd.ctl.members import SOURCES, effective_backends
+from llmlbd.ctl.members import SOURCES
 from llmlbd.ctl.output import emit, fmt_age, fmt_list, fmt_num, json_option, table
-from llmlbd.ctl.pool import redis_now_ms, replica_of
+from llmlbd.ctl.pool import replica_of
 from llmlbd.exits import NOT_FOUND
 from llmlbd.state import backend_fields as F
+from llmlbd.state import inspection as state_reads
+from llmlbd.state.members import effective_backends
+from llmlbd.state.prefix_usage import prefix_usage
+from llmlbd.state.types import ClaimRecord, parse_ms
 
 __all__ = ["inspect_group"]
 
@@ -26,57 +30,32 @@ def inspect_group() -> None:
 
 
 # backend ----------------------------------------------------------------------------------
-def _lease_parts(value: str) -> tuple[str, str, int | None]:
-    """A lease value "backend worker since_ms" (since_ms may be absent in old leases)."""
-    parts = value.split(" ")
-    backend = parts[0] if parts else ""
-    worker = parts[1] if len(parts) > 1 else ""
-    try:
-        since = int(float(parts[2])) if len(parts) > 2 else None
-    except ValueError:
-        since = None
-    return backend, worker, since
-
-
-def _ms(value: str | None) -> int | None:
-    """A stored millisecond timestamp, or None when absent or malformed."""
-    try:
-        return int(float(value)) if value else None
-    except ValueError:
-        return None
-
-
-def _leases(client: Any, key: str) -> dict[str, str]:
-    return dict(client.hscan_iter(key, count=1000))
+def _age(now_ms: int, stamp: str | None) -> int | None:
+    at = parse_ms(stamp)
+    return None if at is None else now_ms - at
 
 
 def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
     client, keys = ctl.client, ctl.keys
     backends, source = effective_backends(client, keys, ctl.config.backends)
     member = next((b for b in backends if b.name == name), None)
-    pipe = client.pipeline(transaction=False)
-    pipe.exists(keys.backend(name))
-    pipe.hgetall(keys.backend(name))
-    pipe.sismember(keys.drained, name)
-    pipe.hget(keys.inflight, name)
-    pipe.hget(keys.scrape_owners, name)
-    exists, metrics, drained, inflight, owner = pipe.execute()
-    if member is None and not exists and inflight is None and not drained:
+    record = state_reads.backend_record(client, keys, name)
+    metrics, owner = record.metrics, record.scrape_owner
+    if member is None and not record.exists and record.inflight is None and not record.drained:
         known = ", ".join(b.name for b in backends) or "none"
         raise NotFound(f"no backend named {name!r} in pool {keys.pool} (backends: {known})")
-    now = redis_now_ms(client)
-    workers = {m: int(d) for m, d in client.zrange(keys.workers, 0, -1, withscores=True)}
+    now = state_reads.redis_now_ms(client)
+    workers = state_reads.heartbeat_deadlines(client, keys.workers)
     leases = []
-    for request_id, value in _leases(client, keys.leases).items():
-        backend, worker, since = _lease_parts(value)
-        if backend != name:
+    for request_id, lease in state_reads.leases(client, keys).items():
+        if lease.backend != name:
             continue
         leases.append(
             {
                 "request_id": request_id,
-                "worker": worker,
-                "age_ms": None if since is None else now - since,
-                "worker_alive": workers.get(worker, 0) >= now,
+                "worker": lease.worker,
+                "age_ms": None if lease.since_ms is None else now - lease.since_ms,
+                "worker_alive": workers.get(lease.worker, 0) >= now,
             }
         )
     leases.sort(key=lambda lease: -(lease["age_ms"] or 0))
@@ -85,28 +64,26 @@ def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
         by_worker[lease["worker"]] = by_worker.get(lease["worker"], 0) + 1
     scraped_at = metrics.get(F.SCRAPED_AT)
     models_at = metrics.get(F.MODELS_AT)
-    owner_id, _, owner_deadline = (owner or "").partition(" ")
+    claim = ClaimRecord.parse(owner or "")
     return {
         "name": name,
         "member": member is not None,
         "membership": source,
         "url": member.url if member else metrics.get(F.URL),
         "weight": member.weight if member else None,
-        "drained": bool(drained),
-        "inflight": int(inflight or 0),
+        "drained": record.drained,
+        "inflight": record.inflight or 0,
         "leases": len(leases),
         "leases_by_worker": by_worker,
         "leases_of_dead_workers": sum(1 for lease in leases if not lease["worker_alive"]),
         "oldest_leases": leases[:10],
-        "metrics_age_ms": now - _ms(scraped_at) if _ms(scraped_at) is not None else None,
-        "models_age_ms": now - _ms(models_at) if _ms(models_at) is not None else None,
+        "metrics_age_ms": _age(now, scraped_at),
+        "models_age_ms": _age(now, models_at),
         "stale_after_ms": ctl.config.collector.stale_after_ms,
         "scrape_owner": (
             {
-                "collector": owner_id,
-                "expires_in_ms": _ms(owner_deadline) - now
-                if _ms(owner_deadline) is not None
-                else None,
+                "collector": claim.collector,
+                "expires_in_ms": None if claim.deadline_ms is None else claim.deadline_ms - now,
             }
             if owner
             else None
@@ -193,11 +170,7 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
                 "eligible": eligibility(state, model, cap) or "yes",
             }
         )
-    pipe = client.pipeline(transaction=False)
-    pipe.hlen(keys.leases)
-    pipe.zcard(keys.workers)
-    pipe.get(keys.rr_counter)
-    leases, workers, rr = pipe.execute()
+    counters = state_reads.pool_counters(client, keys)
     return {
         "pool": keys.pool,
         "policy": config.lb_policy,
@@ -206,9 +179,9 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
         "max_request_count": cap,
         "stale_after_ms": stale_after,
         "lease_ttl_s": config.server.lease_ttl_s,
-        "leases": leases,
-        "workers": workers,
-        "round_robin_counter": int(rr) if rr is not None else None,
+        "leases": counters.leases,
+        "workers": counters.workers,
+        "round_robin_counter": counters.rotation,
         "keys": {
             "inflight": keys.inflight,
             "drained": keys.drained,
@@ -223,23 +196,22 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
 
 def lease_detail(ctl: Ctl, request_id: str) -> dict[str, Any]:
     client, keys = ctl.client, ctl.keys
-    value = client.hget(keys.leases, request_id)
-    if value is None:
+    lease = state_reads.lease_of(client, keys, request_id)
+    if lease is None:
         raise NotFound(
             f"request {request_id!r} holds no lease in pool {keys.pool} "
             "(finished, never reserved, or reaped)"
         )
-    backend, worker, since = _lease_parts(value)
-    now = redis_now_ms(client)
-    deadline = client.zscore(keys.workers, worker)
+    now = state_reads.redis_now_ms(client)
+    deadline = state_reads.worker_deadline(client, keys, lease.worker)
     return {
         "request_id": request_id,
-        "backend": backend,
-        "worker": worker,
-        "replica": replica_of(worker),
-        "age_ms": None if since is None else now - since,
+        "backend": lease.backend,
+        "worker": lease.worker,
+        "replica": replica_of(lease.worker),
+        "age_ms": None if lease.since_ms is None else now - lease.since_ms,
         "worker_alive": deadline is not None and deadline >= now,
-        "worker_expires_in_ms": None if deadline is None else int(deadline) - now,
+        "worker_expires_in_ms": None if deadline is None else deadline - now,
     }
 
 
@@ -312,85 +284,6 @@ def inspect_request(ctl: Ctl, request_id: str | None, model: str, as_json: bool)
 
 
 # prefix -----------------------------------------------------------------------------------
-def prefix_usage(ctl: Ctl, sample: int, batch: int = 1000) -> dict[str, Any]:
-    """Count prefix keys and each backend's entries in them with SCAN (never KEYS);
-    estimate memory with MEMORY USAGE on a sample."""
-    client, keys = ctl.client, ctl.keys
-    total = 0
-    per_backend: dict[str, int] = {}
-    sampled: list[str] = []
-    pending: list[str] = []
-
-    def count(batch_keys: list[str]) -> None:
-        # A prefix key is a HASH backend -> last use (acquire_prefix.lua); older
-        # layouts stored the backend as a STRING. Count one entry per backend.
-        pipe = client.pipeline(transaction=False)
-        for key in batch_keys:
-            pipe.hkeys(key)
-        wrong_type = []
-        for key, value in zip(batch_keys, pipe.execute(raise_on_error=False)):
-            if isinstance(value, Exception):
-                wrong_type.append(key)
-                continue
-            for owner in value:
-                per_backend[owner] = per_backend.get(owner, 0) + 1
-        if wrong_type:
-            pipe = client.pipeline(transaction=False)
-            for key in wrong_type:
-                pipe.get(key)
-            for value in pipe.execute(raise_on_error=False):
-                if value is None:
-                    continue  # expired between SCAN and GET
-                owner = (
-                    "(unknown type)"
-                    if isinstance(value, Exception)
-                    else str(value).split(" ", 1)[0]
-                )
-                per_backend[owner] = per_backend.get(owner, 0) + 1
-
-    for key in client.scan_iter(match=keys.prefix_pattern(), count=batch):
-        total += 1
-        if len(sampled) < sample:
-            sampled.append(key)
-        pending.append(key)
-        if len(pending) >= batch:
-            count(pending)
-            pending = []
-    if pending:
-        count(pending)
-
-    sample_bytes: list[int] = []
-    no_ttl = 0
-    if sampled:
-        pipe = client.pipeline(transaction=False)
-        for key in sampled:
-            pipe.memory_usage(key)
-            pipe.pttl(key)
-        replies = pipe.execute(raise_on_error=False)
-        for usage, ttl in zip(replies[::2], replies[1::2]):
-            if isinstance(usage, int):
-                sample_bytes.append(usage)
-            if ttl == -1:
-                no_ttl += 1
-    average = sum(sample_bytes) / len(sample_bytes) if sample_bytes else 0.0
-    backends, _ = effective_backends(client, keys, ctl.config.backends)
-    pipe = client.pipeline(transaction=False)
-    for backend in backends:
-        pipe.zcard(keys.prefix_owned_by(backend.name))
-    owned = dict(zip((b.name for b in backends), pipe.execute()))
-    return {
-        "pool": keys.pool,
-        "pattern": keys.prefix_pattern(),
-        "keys": total,
-        "keys_by_backend": dict(sorted(per_backend.items(), key=lambda kv: -kv[1])),
-        "owned_index_by_backend": owned,
-        "sampled": len(sample_bytes),
-        "avg_bytes": round(average, 1),
-        "estimated_bytes": int(average * total),
-        "sampled_without_ttl": no_ttl,
-    }
-
-
 def _render_prefix(data: dict[str, Any]) -> str:
     from llmlbd.ctl.output import fmt_bytes
 
@@ -435,4 +328,5 @@ def inspect_prefix(ctl: Ctl, sample: int, as_json: bool) -> None:
     measures MEMORY USAGE on a sample. OWNED INDEX is the size of each
     backend's capped index of its prefixes.
     """
-    emit(prefix_usage(ctl, sample), as_json, _render_prefix)
+    backends, _ = effective_backends(ctl.client, ctl.keys, ctl.config.backends)
+    emit(prefix_usage(ctl.client, ctl.keys, backends, sample), as_json, _render_prefix)

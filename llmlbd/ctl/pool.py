@@ -6,55 +6,23 @@ the lease scripts write with, so the host llmlbctl runs on may be skewed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from llmlbd.config.loader import Backend
-from llmlbd.ctl.members import effective_backends
 from llmlbd.state import backend_fields as F
+from llmlbd.state.inspection import heartbeat_deadlines, pool_counters, redis_info, redis_now_ms
 from llmlbd.state.keys import PoolKeys
+from llmlbd.state.members import effective_backends
 from llmlbd.state.snapshot import read_pool
+from llmlbd.state.types import Backend, ClaimRecord
 
 __all__ = [
-    "redis_now_ms",
-    "redis_info",
     "heartbeats",
     "backend_rows",
     "pool_status",
     "replica_of",
     "serving",
 ]
-
-
-def redis_now_ms(client: Any) -> int:
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def redis_info(client: Any, pings: int = 3) -> dict[str, Any]:
-    """Role, version and round-trip latency (best of *pings* PINGs) of the Redis we talk to."""
-    samples = []
-    for _ in range(pings):
-        start = time.perf_counter()
-        client.ping()
-        samples.append((time.perf_counter() - start) * 1000)
-    info: dict[str, Any] = {}
-    for section in ("server", "replication"):
-        try:
-            part = client.info(section)
-        except Exception:
-            continue
-        if part and all(isinstance(value, dict) for value in part.values()):
-            part = next(iter(part.values()))  # RedisCluster answers per node: take one
-        info.update(part or {})
-    return {
-        "role": info.get("role", "unknown"),
-        "version": str(info.get("valkey_version") or info.get("redis_version") or "unknown"),
-        "latency_ms": round(min(samples), 3),
-        "latency_max_ms": round(max(samples), 3),
-        "connected_replicas": info.get("connected_slaves"),
-    }
 
 
 def replica_of(worker_id: str) -> str:
@@ -65,7 +33,7 @@ def replica_of(worker_id: str) -> str:
 def heartbeats(client: Any, key: str, now_ms: int) -> dict[str, list[dict[str, Any]]]:
     """A heartbeat ZSET (id -> deadline ms) split into live and expired entries."""
     live, dead = [], []
-    for member, deadline in client.zrange(key, 0, -1, withscores=True):
+    for member, deadline in heartbeat_deadlines(client, key).items():
         entry = {
             "id": member,
             "replica": replica_of(member),
@@ -114,11 +82,7 @@ def pool_status(ctl: Any) -> dict[str, Any]:
     backends, source = effective_backends(client, keys, config.backends)
     stale_after = config.collector.stale_after_ms
     rows = backend_rows(client, keys, backends, stale_after)
-    pipe = client.pipeline(transaction=False)
-    pipe.smembers(keys.drained)
-    pipe.hlen(keys.leases)
-    pipe.hgetall(keys.scrape_owners)
-    drained, leases, owners = pipe.execute()
+    counters = pool_counters(client, keys)
     now = redis_now_ms(client)
     workers = heartbeats(client, keys.workers, now)
     collectors = heartbeats(client, keys.collectors, now)
@@ -126,13 +90,10 @@ def pool_status(ctl: Any) -> dict[str, Any]:
     for worker in workers["live"]:
         replicas[worker["replica"]] = replicas.get(worker["replica"], 0) + 1
     scrape_owners = {}
-    for name, value in owners.items():
-        collector, _, deadline = value.partition(" ")
-        try:
-            expires = int(float(deadline)) - now
-        except ValueError:
-            expires = None
-        scrape_owners[name] = {"collector": collector, "expires_in_ms": expires}
+    for name, value in counters.scrape_owners.items():
+        claim = ClaimRecord.parse(value)
+        expires = None if claim.deadline_ms is None else claim.deadline_ms - now
+        scrape_owners[name] = {"collector": claim.collector, "expires_in_ms": expires}
     names = {row["name"] for row in rows}
     return {
         "pool": keys.pool,
@@ -143,8 +104,8 @@ def pool_status(ctl: Any) -> dict[str, Any]:
         "stale_after_ms": stale_after,
         "backends": rows,
         "serving": sum(1 for row in rows if serving(row)),
-        "drained_not_members": sorted(set(drained) - names),
-        "leases": leases,
+        "drained_not_members": sorted(counters.drained - names),
+        "leases": counters.leases,
         "workers": workers,
         "replicas": [{"host": host, "workers": count} for host, count in sorted(replicas.items())],
         "collectors": collectors,

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llmlbd.config.loader import Backend
-from llmlbd.policy.framework import BackendState
 from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
+from llmlbd.state.types import Backend, BackendState
 
 __all__ = ["read_pool"]
 

@@ -110,7 +110,7 @@ from click.testing import CliRunner
 from llmlbd.ctl import main
 for path in {paths!r}:
     CliRunner().invoke(main, [*path, "--help"])
-import llmlbd.policy.explain, llmlbd.ctl.pool, llmlbd.ctl.members, llmlbd.server.parse
+import llmlbd.policy.explain, llmlbd.ctl.pool, llmlbd.state.members, llmlbd.server.parse
 from llmlbd.policy.registry import POLICIES, load_policy_class
 for name in POLICIES:  # explain builds the configured policy
     try:
