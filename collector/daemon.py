@@ -30,8 +30,8 @@ from collector.publish import Publisher
 from collector.reaper import Reaper
 from collector.sources import build_plan
 from collector.worker import BackendWorker, Settings
-from llmlbd.state import backend_fields as F
 from llmlbd.state.collectors import CollectorLeases, new_collector_id
+from llmlbd.state.health import previous_health
 from llmlbd.state.keys import PoolKeys
 
 __all__ = ["Collector", "main", "LEASE_MS", "CLAIM_EVERY_S"]
@@ -144,18 +144,13 @@ class Collector:
         Done here rather than by each worker: 256 workers taking over at once
         would each want a pooled connection at the same moment.
         """
-        names = list(names)
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for name in names:
-                pipe.hmget(self.keys.backend(name), F.HEALTH, F.FAILS, F.SUCCESSES)
-            replies = pipe.execute()
+            previous = previous_health(self.client, self.keys, list(names))
         except Exception as exc:  # Redis down: those workers start from "unknown"
             self.metrics.redis_errors.labels("restore").inc()
             self.log.warning("restore_failed", error=str(exc))
             return
-        for name, values in zip(names, replies):
-            self._previous[name] = tuple(v.decode() if isinstance(v, bytes) else v for v in values)
+        self._previous.update(previous)
 
     def _restore(self, name: str) -> tuple[Any, ...] | None:
         return self._previous.pop(name, None)

@@ -20,6 +20,7 @@ from typing import Any
 
 from collector.logs import get_logger
 from collector.metrics import CollectorMetrics
+from llmlbd.state.collectors import FieldWrite
 
 __all__ = ["Update", "Publisher"]
 
@@ -88,18 +89,18 @@ class Publisher:
 
     def send(self, batch: list[Update]) -> None:
         now = time.monotonic()
-        pipe = self.client.pipeline(transaction=False)
-        for u in batch:
-            self.leases.publish(
+        writes = [
+            FieldWrite(
                 u.backend,
                 u.fields,
                 u.delete,
                 scraped_age_ms=None if u.scraped_mono is None else (now - u.scraped_mono) * 1000,
                 models_age_ms=None if u.models_mono is None else (now - u.models_mono) * 1000,
-                client=pipe,
             )
+            for u in batch
+        ]
         try:
-            results = pipe.execute(raise_on_error=False)
+            results = self.leases.publish_many(writes)
         except Exception as exc:  # redis ConnectionError/TimeoutError, or a cluster error
             self.metrics.redis_errors.labels("publish").inc()
             self.metrics.publishes.labels("error").inc(len(batch))
@@ -115,7 +116,7 @@ class Publisher:
             if isinstance(result, Exception):
                 self.metrics.publishes.labels("error").inc()
                 self.log.error("publish_script_error", backend=u.backend, error=str(result))
-            elif int(result) == 1:
+            elif result:
                 ok += 1
             else:
                 self.metrics.publishes.labels("not_owner").inc()

@@ -11,13 +11,13 @@ atomic and idempotent, so concurrent calls are harmless.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from typing import Any
 
 from collector.logs import get_logger
 from collector.metrics import CollectorMetrics
 from llmlbd.state.keys import PoolKeys
+from llmlbd.state.leases import reap
 
 __all__ = ["Reaper", "REAP_EVERY_S", "RECOUNT_EVERY"]
 
@@ -31,31 +31,14 @@ class Reaper:
         self.keys = keys
         self.metrics = metrics
         self.log = get_logger(component="reaper")
-        self._reap: Any = None
-        self._takes_recount = False
         self._calls = 0
         self._failing = False
 
-    def _load(self) -> bool:
-        if self._reap is None:
-            try:
-                from llmlbd.state.leases import reap
-            except ImportError:
-                return False
-            self._reap = reap
-            self._takes_recount = "recount" in inspect.signature(reap).parameters
-        return True
-
     def once(self) -> int:
         """One reconciliation; returns the number of leases dropped (0 on error)."""
-        if not self._load():
-            return 0
         self._calls += 1
         try:
-            if self._takes_recount:
-                reply = self._reap(self.client, self.keys, recount=self._calls % RECOUNT_EVERY == 0)
-            else:
-                reply = self._reap(self.client, self.keys)
+            reaped, workers = reap(self.client, self.keys, recount=self._calls % RECOUNT_EVERY == 0)
         except Exception as exc:  # Redis down: the next second tries again
             self.metrics.redis_errors.labels("reap").inc()
             if not self._failing:
@@ -63,19 +46,14 @@ class Reaper:
             self._failing = True
             return 0
         self._failing = False
-        reaped = int(reply[0]) if isinstance(reply, (tuple, list)) else int(reply)
         if reaped:
             self.metrics.reaped.inc(reaped)
-            self.log.info(
-                "leases_reaped",
-                leases=reaped,
-                workers=int(reply[1]) if isinstance(reply, (tuple, list)) else None,
-            )
+            self.log.info("leases_reaped", leases=reaped, workers=workers)
         return reaped
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(REAP_EVERY_S):
             try:
                 self.once()
-            except Exception:  # e.g. a changed reap() reply: log, keep the loop
+            except Exception:  # a bug must not stop reconciliation for good: log, keep the loop
                 self.log.exception("reap_error")

@@ -23,19 +23,18 @@ class CtlGroup(LazyGroup):
     """The root group: a Redis failure anywhere below becomes exit 1 with one clear line."""
 
     def invoke(self, ctx: click.Context) -> object:
-        import redis
-
         from llmlbd.exits import RuntimeProblem
+        from llmlbd.state.client import UNREACHABLE, AuthenticationError, ResponseError
 
         try:
             return super().invoke(ctx)
-        except redis.exceptions.AuthenticationError as exc:
+        except AuthenticationError as exc:
             raise RuntimeProblem(f"Redis refused our credentials ({_where(ctx)}): {exc}") from None
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except UNREACHABLE as exc:
             raise RuntimeProblem(
                 f"cannot reach Redis at {_where(ctx)}: {exc or type(exc).__name__}"
             ) from None
-        except redis.exceptions.ResponseError as exc:
+        except ResponseError as exc:
             raise RuntimeProblem(f"Redis answered an error ({_where(ctx)}): {exc}") from None
 
 

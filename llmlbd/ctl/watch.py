@@ -43,7 +43,7 @@ def watch_command(ctl: Ctl, interval: float, count: int | None, as_json: bool) -
     A Redis error does not stop the watch: it is shown, and the next refresh
     tries again.
     """
-    import redis
+    from llmlbd.state.client import UNREACHABLE
 
     shown = 0
     clear = not as_json and sys.stdout.isatty()
@@ -56,7 +56,7 @@ def watch_command(ctl: Ctl, interval: float, count: int | None, as_json: bool) -
                     if as_json
                     else render_status(data)
                 )
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except UNREACHABLE as exc:
                 data = None
                 text = (
                     json.dumps({"error": str(exc)})

@@ -211,6 +211,7 @@ def generic_explain(
 def explain(policy_name: str, ctx: PolicyContext, request: RoutingRequest) -> dict[str, Any]:
     """Ask the policy to explain itself when it can, else explain generically. Reserves nothing."""
     from llmlbd.policy.registry import canonical_policy_name, load_policy_class
+    from llmlbd.state.rotation import current_turn
     from llmlbd.state.snapshot import read_pool
 
     name = canonical_policy_name(policy_name)
@@ -227,14 +228,14 @@ def explain(policy_name: str, ctx: PolicyContext, request: RoutingRequest) -> di
         result.setdefault("request", _request_summary(request))
         return result
     states = read_pool(ctx.client, ctx.keys, ctx.backends)
-    rr = ctx.client.get(ctx.keys.rr_counter) if name == "round_robin" else None
+    rr = current_turn(ctx.client, ctx.keys) if name == "round_robin" else None
     result = generic_explain(
         name,
         request,
         states,
         cap=ctx.lb_config.maxRequestCount,
         stale_after_ms=ctx.stale_after_ms,
-        rr_counter=int(rr) if rr is not None else None,
+        rr_counter=rr,
     )
     result["note"] = note + result["note"]
     return result

@@ -11,29 +11,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis
 import structlog
 
 from llmlbd.errors import LLMLBError
 from llmlbd.policy.fallback import LocalLeastRequest
 from llmlbd.policy.framework import Decision, Policy
 from llmlbd.request import RoutingRequest
-from llmlbd.state import backend_fields as F
 from llmlbd.state.breaker import Breaker
+from llmlbd.state.client import REDIS_ERRORS
+from llmlbd.state.health import unavailable
 from llmlbd.state.leases import Leases
 
+# REDIS_ERRORS is re-exported for llmlbd.server, which imports it from here.
 __all__ = ["Router", "REDIS_ERRORS"]
 
 log = structlog.get_logger("llmlbd.router")
-
-# Network trouble with Redis: fall back. A ResponseError is a bug and is not caught here.
-REDIS_ERRORS = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.ClusterDownError,
-)
 
 
 class Router:
@@ -127,17 +119,8 @@ class Router:
                 self.breaker.success()
 
     def _refresh_unavailable(self) -> None:
-        keys = self.leases.keys
-        client = self.leases.client
         names = [b.name for b in self.fallback.ctx.backends]
-        pipe = client.pipeline(transaction=False)
-        pipe.smembers(keys.drained)
-        for name in names:
-            pipe.hget(keys.backend(name), F.HEALTH)
-        drained, *health = pipe.execute()
-        self.fallback.unavailable = set(drained) | {
-            name for name, state in zip(names, health) if state == F.HEALTH_DOWN
-        }
+        self.fallback.unavailable = unavailable(self.leases.client, self.leases.keys, names)
 
     def retire(self) -> None:
         """The worker is exiting: drop every lease it still holds."""

@@ -17,7 +17,28 @@ from redis.retry import Retry
 
 from llmlbd.embedded import EMBEDDED_URL_ENV
 
-__all__ = ["connect", "EMBEDDED_URL_ENV", "resolved_url"]
+__all__ = [
+    "connect",
+    "EMBEDDED_URL_ENV",
+    "resolved_url",
+    "REDIS_ERRORS",
+    "UNREACHABLE",
+    "AuthenticationError",
+    "ResponseError",
+]
+
+# Redis cannot be reached (or refuses for now): callers fall back or retry later.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+# Network trouble or a Redis that cannot serve yet: the router falls back on these.
+# A ResponseError is a bug (a script error) and is deliberately not among them.
+REDIS_ERRORS = (
+    *UNREACHABLE,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+)
+AuthenticationError = redis.exceptions.AuthenticationError
+ResponseError = redis.exceptions.ResponseError
 
 
 def resolved_url(config: Any) -> str | None:

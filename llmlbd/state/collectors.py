@@ -15,12 +15,24 @@ import os
 import secrets
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
 
-__all__ = ["CollectorLeases", "new_collector_id"]
+__all__ = ["CollectorLeases", "FieldWrite", "new_collector_id"]
+
+
+@dataclass(frozen=True)
+class FieldWrite:
+    """Fields of one backend's hash to write (and delete), with the age of what they say."""
+
+    backend: str
+    fields: Mapping[str, str]
+    delete: Sequence[str] = ()
+    scraped_age_ms: float | None = None
+    models_age_ms: float | None = None
 
 
 def new_collector_id() -> str:
@@ -54,17 +66,35 @@ class CollectorLeases:
         backend: str,
         fields: Mapping[str, str],
         delete: Sequence[str] = (),
-        scraped_age_ms: int | None = None,
-        models_age_ms: int | None = None,
-        client: Any = None,
-    ) -> Any:
+        scraped_age_ms: float | None = None,
+        models_age_ms: float | None = None,
+    ) -> bool:
         """Write *fields* and delete *delete* in the backend's hash if still its owner.
 
         Ages are measured by the caller (monotonic clock) and turned into
-        ``scraped_at``/``models_at`` on the Redis clock by the script. Returns
-        True/False, or the pending call when *client* is a pipeline.
+        ``scraped_at``/``models_at`` on the Redis clock by the script.
         """
-        k = self.keys
+        write = FieldWrite(backend, fields, delete, scraped_age_ms, models_age_ms)
+        return bool(self._publish(write, self.client))
+
+    def publish_many(self, writes: Sequence[FieldWrite]) -> list[bool | Exception]:
+        """`publish` each write, all in one pipelined round trip.
+
+        One result per write: True (written), False (not the owner: another
+        collector took the backend), or the Exception a script raised. A
+        network error raises, since then nothing is known to be written.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for write in writes:
+            self._publish(write, pipe)
+        return [
+            r if isinstance(r, Exception) else bool(int(r))
+            for r in pipe.execute(raise_on_error=False)
+        ]
+
+    def _publish(self, write: FieldWrite, client: Any) -> Any:
+        k, backend, fields, delete = self.keys, write.backend, write.fields, write.delete
+        scraped_age_ms, models_age_ms = write.scraped_age_ms, write.models_age_ms
         pairs: list[str] = []
         for name, value in fields.items():
             pairs += (name, value)
@@ -77,10 +107,9 @@ class CollectorLeases:
             *pairs,
             *delete,
         ]
-        result = self.scripts.collector_publish(
+        return self.scripts.collector_publish(
             keys=[k.scrape_owners, k.backend(backend)], args=args, client=client
         )
-        return result if client is not None else bool(result)
 
     def leave(self, backends: Sequence[str]) -> int:
         """Stopping: release every backend this collector owns and drop its heartbeat."""

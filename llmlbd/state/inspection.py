@@ -26,7 +26,6 @@ __all__ = [
     "worker_deadline",
     "inflight_of",
     "pool_counters",
-    "rotation_counter",
 ]
 
 
@@ -135,9 +134,3 @@ def pool_counters(client: Any, keys: PoolKeys) -> PoolCounters:
         None if rotation is None else int(rotation),
         owners,
     )
-
-
-def rotation_counter(client: Any, keys: PoolKeys) -> int | None:
-    """round_robin's shared counter, as the next turn will see it minus one."""
-    value = client.get(keys.rr_counter)
-    return None if value is None else int(value)

@@ -14,6 +14,7 @@ from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.outcomes import no_route
 from llmlbd.request import RoutingRequest
+from llmlbd.state.rotation import next_turn
 
 __all__ = ["RoundRobin", "Random"]
 
@@ -58,7 +59,7 @@ class RoundRobin(_InOrder):
 
     def order(self, candidates: list[Backend]) -> Sequence[Backend]:
         # One counter for the whole pool, so replicas take turns together.
-        turn = int(self.ctx.client.incr(self.ctx.keys.rr_counter)) if self.ctx.client else 0
+        turn = next_turn(self.ctx.client, self.ctx.keys) if self.ctx.client else 0
         start = turn % len(candidates)
         return candidates[start:] + candidates[:start]
 
