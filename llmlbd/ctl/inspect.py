@@ -147,7 +147,7 @@ def inspect_backend(ctl: Ctl, name: str, as_json: bool) -> None:
 
 # request ----------------------------------------------------------------------------------
 def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
-    from llmlbd.policy.explain import eligibility
+    from llmlbd.policy.eligibility import ineligible
     from llmlbd.state.snapshot import read_pool
 
     client, keys, config = ctl.client, ctl.keys, ctl.config
@@ -167,7 +167,7 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
                 "models": state.names(F.MODELS),
                 "metrics_age_ms": state.metrics_age_ms,
                 "stale": state.metrics_age_ms is None or state.metrics_age_ms > stale_after,
-                "eligible": eligibility(state, model, cap) or "yes",
+                "eligible": ineligible(state, model, cap) or "yes",
             }
         )
     counters = state_reads.pool_counters(client, keys)

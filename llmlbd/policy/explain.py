@@ -37,31 +37,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from llmlbd.policy.context import PolicyContext
-from llmlbd.policy.framework import BackendState
+from llmlbd.policy.eligibility import REASONS, ineligible
+from llmlbd.policy.outcomes import combined_reason, no_route
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
+from llmlbd.state.types import BackendState
 
-__all__ = ["eligibility", "explain", "generic_explain", "FILTERS", "EXACT_POLICIES"]
+__all__ = ["explain", "generic_explain", "FILTERS", "EXACT_POLICIES"]
 
 # The filters of every acquire script, in the order the script applies them.
-FILTERS = ("drained", "down", "model", "cap")
+FILTERS = REASONS
 # Policies whose decision generic_explain reproduces exactly (ties aside).
 EXACT_POLICIES = ("global_least_request", "round_robin", "random")
-
-
-def eligibility(state: BackendState, model: str, cap: int) -> str | None:
-    """Why *state* cannot take a request for *model* ("drained", "down", "model",
-    "cap"), or None when it can: the rule of ``ineligible()`` in lua/_lib.lua plus the cap."""
-    if state.drained:
-        return "drained"
-    if state.metrics.get(F.HEALTH) == F.HEALTH_DOWN:
-        return "down"
-    models = state.names(F.MODELS)
-    if model and models and model not in models:
-        return "model"
-    if cap and state.inflight >= cap:
-        return "cap"
-    return None
 
 
 def _request_summary(request: RoutingRequest) -> dict[str, Any]:
@@ -91,8 +78,6 @@ def _request_summary(request: RoutingRequest) -> dict[str, Any]:
 
 
 def _no_route(reason: str, request: RoutingRequest) -> dict[str, Any]:
-    from llmlbd.policy.outcomes import no_route
-
     error = no_route(reason, request)
     return {"status": error.status, "code": error.code, "message": error.message}
 
@@ -109,7 +94,7 @@ def generic_explain(
     removed: dict[str, str] = {}
     candidates = []
     for state in states:
-        why = eligibility(state, request.model, cap)
+        why = ineligible(state, request.model, cap)
         if why:
             removed[state.name] = why
         age = state.metrics_age_ms
@@ -153,10 +138,7 @@ def generic_explain(
         result["note"] = "the pool has no backend"
         return result
     if not kept:
-        # The script's order of reasons: cap beats model beats none.
-        reasons = set(removed.values())
-        reason = "cap" if "cap" in reasons else "model" if "model" in reasons else "none"
-        result["outcome"] = _no_route(reason, request)
+        result["outcome"] = _no_route(combined_reason(removed.values()), request)
         result["note"] = "every backend was filtered out"
         return result
 

@@ -1,12 +1,35 @@
-"""Turn a script's "no backend" reason into the error the client gets."""
+"""Every "no backend" outcome becomes the client's error here, and only here.
+
+The reasons are those of the acquire scripts: "cap" (429), "model" (404
+model_not_found), "none" (503: all down or drained) and "empty" (503: no
+backend configured). When several backends were refused for different
+reasons, `combined_reason` decides in the scripts' order: a backend at the
+cap means the pool serves the request but is full; else a backend without
+the model means the model is not served; else none can serve.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from llmlbd.errors import LLMLBError, ModelNotFound, NoBackend, OverCapacity
 from llmlbd.request import RoutingRequest
 
+__all__ = ["no_route", "combined_reason"]
+
+
+def combined_reason(reasons: Iterable[str]) -> str:
+    """One reason for a pool whose backends each refused for *reasons* (see the module doc)."""
+    seen = set(reasons)
+    if "cap" in seen:
+        return "cap"
+    if "model" in seen:
+        return "model"
+    return "none"
+
 
 def no_route(reason: str, request: RoutingRequest) -> LLMLBError:
+    """The error a client gets when no backend can take *request*, for *reason*."""
     if reason == "cap":
         return OverCapacity(
             "every backend is at its maximum number of requests in flight "

@@ -8,7 +8,7 @@ import pytest
 
 from llmlbd import exits
 from llmlbd.config.loader import Backend
-from llmlbd.policy.explain import eligibility, generic_explain
+from llmlbd.policy.explain import generic_explain
 from llmlbd.policy.framework import BackendState
 from llmlbd.request import RoutingRequest
 from tests.ctl.conftest import seed_metrics, write_config
@@ -29,27 +29,6 @@ def state(name, inflight=0, weight=1.0, drained=False, health=None, models=None,
         metrics=metrics,
         metrics_age_ms=age,
     )
-
-
-class TestEligibility:
-    @pytest.mark.parametrize(
-        "backend, model, cap, expected",
-        [
-            (state("a"), "m", 0, None),
-            (state("a", drained=True, health="down"), "m", 0, "drained"),
-            (state("a", health="down"), "m", 0, "down"),
-            (state("a", models="x,y"), "m", 0, "model"),
-            (state("a", models="x,m"), "m", 0, None),
-            (state("a", models="x"), "", 0, None),  # no model asked: any backend
-            (state("a"), "m", 0, None),  # models unknown: assume it serves
-            (state("a", inflight=3), "m", 3, "cap"),
-            (state("a", inflight=2), "m", 3, None),
-            (state("a", health="unknown", age=None), "m", 0, None),  # never scraped: eligible
-        ],
-    )
-    def test_mirrors_the_acquire_scripts(self, backend, model, cap, expected):
-        """The same reasons, in the same order, as ineligible() in lua/_lib.lua plus the cap."""
-        assert eligibility(backend, model, cap) == expected
 
 
 class TestGenericExplain:

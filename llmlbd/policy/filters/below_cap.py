@@ -14,7 +14,7 @@ from llmlbd.policy.filters._base import by_predicate
 from llmlbd.policy.framework import BackendState, FilterResult
 from llmlbd.request import RoutingRequest
 
-__all__ = ["BelowCap", "TYPE"]
+__all__ = ["BelowCap", "TYPE", "below"]
 
 TYPE = "below_cap"
 
@@ -29,11 +29,12 @@ class BelowCap:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
-        if self.cap <= 0:
-            return FilterResult(list(candidates))
         return by_predicate(
             candidates,
-            lambda s: (
-                None if s.inflight < self.cap else f"{s.inflight} in flight >= cap {self.cap}"
-            ),
+            lambda s: None if below(s, self.cap) else f"{s.inflight} in flight >= cap {self.cap}",
         )
+
+
+def below(state: BackendState, cap: int) -> bool:
+    """True when there is no cap (0) or the backend has a free slot under it."""
+    return cap <= 0 or state.inflight < cap

@@ -15,7 +15,7 @@ from llmlbd.policy.framework import BackendState, FilterResult
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 
-__all__ = ["Healthy", "TYPE"]
+__all__ = ["Healthy", "TYPE", "why_not"]
 
 TYPE = "healthy"
 
@@ -29,10 +29,11 @@ class Healthy:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
-        return by_predicate(candidates, _why_not)
+        return by_predicate(candidates, why_not)
 
 
-def _why_not(state: BackendState) -> str | None:
+def why_not(state: BackendState) -> str | None:
+    """ "drained", "down", or None when the backend may serve."""
     if state.drained:
         return "drained"
     if state.metrics.get(F.HEALTH) == F.HEALTH_DOWN:

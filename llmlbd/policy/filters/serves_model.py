@@ -17,7 +17,7 @@ from llmlbd.policy.framework import BackendState, FilterResult
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 
-__all__ = ["ServesModel", "TYPE"]
+__all__ = ["ServesModel", "TYPE", "serves"]
 
 TYPE = "serves_model"
 
@@ -32,13 +32,14 @@ class ServesModel:
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
         model = request.model
-        if not model:
-            return FilterResult(list(candidates))
         return by_predicate(
-            candidates, lambda s: None if _serves(s, model) else f"does not serve model {model!r}"
+            candidates, lambda s: None if serves(s, model) else f"does not serve model {model!r}"
         )
 
 
-def _serves(state: BackendState, model: str) -> bool:
+def serves(state: BackendState, model: str) -> bool:
+    """True when the request names no model, the list is unknown, or it lists *model*."""
+    if not model:
+        return True
     served = state.names(F.MODELS)
     return not served or model in served

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llmlbd.config.loader import Backend
-from llmlbd.errors import ModelNotFound
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
-from llmlbd.policy.outcomes import no_route
+from llmlbd.policy.outcomes import combined_reason, no_route
 from llmlbd.request import RoutingRequest
 from llmlbd.state.rotation import next_turn
 
@@ -49,9 +48,7 @@ class _InOrder:
                     inflight=reservation.inflight,
                 )
             reasons.append(reservation.reason)
-        if all(reason == "model" for reason in reasons):
-            raise ModelNotFound(f"the model '{request.model}' does not exist on any backend")
-        raise no_route("cap" if "cap" in reasons else "none", request)
+        raise no_route(combined_reason(reasons), request)
 
 
 class RoundRobin(_InOrder):

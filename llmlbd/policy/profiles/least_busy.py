@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from llmlbd.errors import LLMLBError, ModelNotFound, NoBackend, OverCapacity, Shed
+from llmlbd.errors import LLMLBError, NoBackend, Shed
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.criticality import Criticality, resolve_criticality
 from llmlbd.policy.decision_tree import Node, TreeRequest, run_tree
@@ -49,7 +49,7 @@ from llmlbd.policy.filters.low_queue import LowQueue
 from llmlbd.policy.filters.serves_model import ServesModel
 from llmlbd.policy.filters.sheddable_capacity import SheddableCapacity
 from llmlbd.policy.framework import BackendState, Decision, Filter, FilterResult
-from llmlbd.policy.outcomes import no_route
+from llmlbd.policy.outcomes import combined_reason, no_route
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 from llmlbd.state.snapshot import read_pool
@@ -282,23 +282,12 @@ def _reason(criticality: Criticality, trace: list[dict[str, Any]]) -> str:
 
 
 def _prefilter_error(name: str, request: RoutingRequest) -> LLMLBError:
-    if name == "serves_model":
-        return ModelNotFound(f"the model '{request.model}' does not exist on any backend")
-    if name == "below_cap":
-        return no_route("cap", request)
-    return no_route("none", request)
+    reason = {"serves_model": "model", "below_cap": "cap"}.get(name, "none")
+    return no_route(reason, request)
 
 
 def _refused_error(refused: dict[str, str], request: RoutingRequest) -> LLMLBError:
-    reasons = set(refused.values())
-    if reasons == {"model"}:
-        return ModelNotFound(f"the model '{request.model}' does not exist on any backend")
-    if "cap" in reasons:
-        return OverCapacity(
-            "every backend is at its maximum number of requests in flight "
-            "(lb_config.maxRequestCount); retry later"
-        )
-    return no_route("none", request)
+    return no_route(combined_reason(refused.values()), request)
 
 
 def _warn_ignored(cfg: Any) -> None:
