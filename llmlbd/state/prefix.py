@@ -16,6 +16,7 @@ Layout (all keys carry the pool's hash tag, see keys.py):
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,31 +106,35 @@ class PrefixIndex:
         dry: bool,
     ) -> list[Any]:
         p = self.params
+        prefix, queue, kv, inflight = p.weights
         return [
-            request_id,
-            self.leases.worker_id,
-            self.leases.ttl_ms,
-            cap,
-            model,
-            len(names),
-            len(blocks),
-            len(evictions),
-            p.ttl_ms,
-            p.stale_after_ms,
-            p.min_match_blocks,
-            repr(float(p.max_load_gap)),
-            repr(float(p.max_load_ratio)),
-            repr(float(p.max_kv_usage)),
-            p.entries_per_backend,
-            repr(float(p.tokens_per_block)),
-            p.mode,
-            *(repr(float(w)) for w in p.weights),
-            "1" if dry else "0",
-            *names,
-            *(repr(float(w)) for w in weights),
-            *("1" if x else "0" for x in excluded),
-            *blocks,
-            *(name for name, _ in evictions),
+            json.dumps(
+                {
+                    "request_id": request_id,
+                    "worker": self.leases.worker_id,
+                    "lease_ttl_ms": self.leases.ttl_ms,
+                    "cap": cap,
+                    "model": model,
+                    "prefix_ttl_ms": p.ttl_ms,
+                    "stale_after_ms": p.stale_after_ms,
+                    "min_match_blocks": p.min_match_blocks,
+                    "max_load_gap": float(p.max_load_gap),
+                    "max_load_ratio": float(p.max_load_ratio),
+                    "max_kv_usage": float(p.max_kv_usage),
+                    "entries_per_backend": p.entries_per_backend,
+                    "tokens_per_block": float(p.tokens_per_block),
+                    "mode": p.mode,
+                    "weights": {"prefix": prefix, "queue": queue, "kv": kv, "inflight": inflight},
+                    "dry": dry,
+                    "candidates": [
+                        {"name": name, "weight": float(weight), "excluded": bool(x)}
+                        for name, weight, x in zip(names, weights, excluded)
+                    ],
+                    "level_blocks": list(blocks),
+                    "evicted_by": [name for name, _ in evictions],
+                },
+                separators=(",", ":"),
+            )
         ]
 
     def explain(

@@ -8,19 +8,18 @@
 -- KEYS[4+n+i]   prefix_owned ZSET of candidate i (block hash -> last use ms)
 -- KEYS[4+2n+j]  prefix HASH of level j (j = 1..m), shortest prefix first
 -- KEYS[4+2n+m+k] prefix HASH of an entry evicted by an earlier call (k = 1..e)
--- ARGV[1] request id   ARGV[2] worker id   ARGV[3] lease ttl (ms)   ARGV[4] per-backend cap
---   of requests in flight (0: none)   ARGV[5] model ('' for any)   ARGV[6] n   ARGV[7] m
---   ARGV[8] e   ARGV[9] prefix TTL (ms)   ARGV[10] metrics stale after (ms)
---   ARGV[11] min match (blocks)   ARGV[12] max load gap   ARGV[13] max load ratio
---   ARGV[14] max KV use for affinity (0..1)   ARGV[15] default entries per backend
---   ARGV[16] tokens per block (sizes the cap from num_gpu_blocks x block_size)
---   ARGV[17] mode: 'bounded' or 'weighted'   ARGV[18..21] weights of the prefix, queue,
---   KV and in-flight scorers (weighted mode)   ARGV[22] '1' for a dry run (explain: reads
---   only, reserves and writes nothing)
--- ARGV[22+i] candidate names, shuffled by the caller so that ties go to a random one
--- ARGV[22+n+i] candidate weights   ARGV[22+2n+i] '1' if the candidate is excluded for this
---   attempt (ignored, its entries kept), else '0'
--- ARGV[22+3n+j] blocks covered by level j   ARGV[22+3n+m+k] backend of eviction k
+-- ARGV[1] one JSON object (cjson), decoded once:
+--   request_id, worker, lease_ttl_ms, cap (per-backend in-flight cap, 0: none),
+--   model ('' for any), prefix_ttl_ms, stale_after_ms (metrics), min_match_blocks,
+--   max_load_gap, max_load_ratio, max_kv_usage (0..1, for affinity),
+--   entries_per_backend (default index size), tokens_per_block (sizes the index from
+--   num_gpu_blocks x block_size), mode ('bounded' or 'weighted'),
+--   weights {prefix, queue, kv, inflight} (weighted mode), dry (true for explain: reads
+--   only, reserves and writes nothing),
+--   candidates [{name, weight, excluded}] i = 1..n, shuffled by the caller so that ties go
+--     to a random one; an excluded candidate is ignored for this attempt, its entries kept,
+--   level_blocks [blocks covered by level j] j = 1..m,
+--   evicted_by [backend of eviction k] k = 1..e
 -- return {backend, in-flight, reason, matched blocks of the chosen backend, longest match
 --   of any usable backend (blocks), that backend or '', fields healed, {evicted: backend,
 --   hash, backend, hash, ...}}, or {false, reason} with reason 'cap', 'model', 'none' or
@@ -32,16 +31,19 @@
 --   of bounds), 'miss', 'weighted_hit', 'weighted'.
 -- A level's HASH may also hold the field '#': how many prompts branched off after it (a
 -- backend name never starts with '#').
-local H = 22
-local request_id, worker, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local cap, model = tonumber(ARGV[4]), ARGV[5]
-local n, m, e = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local ttl, stale_after = tonumber(ARGV[9]), tonumber(ARGV[10])
-local min_match, gap, ratio = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local max_kv, default_entries, tokens_per_block = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
-local mode = ARGV[17]
-local w_prefix, w_queue, w_kv, w_inflight = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
-local dry = ARGV[22] == '1'
+local args = cjson.decode(ARGV[1])
+local request_id, worker, lease_ttl = args.request_id, args.worker, args.lease_ttl_ms
+local cap, model = args.cap, args.model
+local candidates, level_blocks, evicted_by = args.candidates, args.level_blocks, args.evicted_by
+local n, m, e = #candidates, #level_blocks, #evicted_by
+local ttl, stale_after = args.prefix_ttl_ms, args.stale_after_ms
+local min_match, gap, ratio = args.min_match_blocks, args.max_load_gap, args.max_load_ratio
+local max_kv, default_entries, tokens_per_block = args.max_kv_usage, args.entries_per_backend, args.tokens_per_block
+local mode = args.mode
+local w_prefix, w_queue, w_kv, w_inflight = args.weights.prefix, args.weights.queue, args.weights.kv, args.weights.inflight
+local dry = args.dry
+local names = {}
+for i = 1, n do names[i] = candidates[i].name end
 local now = now_ms()
 
 -- Candidates: who may be picked, who may hold entries, and their load.
@@ -52,7 +54,7 @@ local heal = {}         -- name -> true: its entries are dropped (down or draine
 local load, kv, waiting, entries_cap = {}, {}, {}, {}
 local saw_eligible, saw_model_miss = false, false
 for i = 1, n do
-  local name = ARGV[H + i]
+  local name = names[i]
   index[name] = i
   local why = ineligible(KEYS[4], KEYS[4 + i], name, model)
   if why == 'down' or why == 'drained' then
@@ -73,14 +75,14 @@ for i = 1, n do
     end
     -- Requests this fleet of proxies sent, or what the engine reports if it has more
     -- (other clients): never both, which would count our own requests twice.
-    load[i] = math.max(inflight, queued) / tonumber(ARGV[H + n + i])
+    load[i] = math.max(inflight, queued) / candidates[i].weight
     local blocks, block_size = tonumber(f[5]), tonumber(f[6])
     if blocks and block_size and blocks > 0 and block_size > 0 then
       entries_cap[i] = math.max(1, math.floor(blocks * block_size / tokens_per_block))
     else
       entries_cap[i] = default_entries
     end
-    if ARGV[H + 2 * n + i] ~= '1' then
+    if not candidates[i].excluded then
       saw_eligible = true
       if cap == 0 or inflight < cap then pickable[i] = true end
     end
@@ -121,14 +123,14 @@ for i, levels in pairs(matched) do
 end
 local function blocks_of(levels)
   if levels == nil or levels == 0 then return 0 end
-  return tonumber(ARGV[H + 3 * n + levels])
+  return level_blocks[levels]
 end
 
 -- The longest usable match, whatever its load (for the decision record).
 local best_blocks, best_name, best_levels = 0, '', 0
 for i = 1, n do
   if usable[i] and blocks_of(matched[i]) > best_blocks then
-    best_blocks, best_name, best_levels = blocks_of(matched[i]), ARGV[H + i], matched[i]
+    best_blocks, best_name, best_levels = blocks_of(matched[i]), names[i], matched[i]
   end
 end
 -- Did other prompts already branch off where this one leaves the index? Then the match
@@ -216,16 +218,16 @@ else
   end
 end
 
-local name = ARGV[H + chosen]
+local name = names[chosen]
 if dry then
   local rows = {}
   for i = 1, n do
     local status = 'ok'
-    if ARGV[H + 2 * n + i] == '1' then status = 'excluded'
-    elseif heal[ARGV[H + i]] then status = 'unavailable'
+    if candidates[i].excluded then status = 'excluded'
+    elseif heal[names[i]] then status = 'unavailable'
     elseif not usable[i] then status = 'model'
     elseif not pickable[i] then status = 'cap' end
-    rows[#rows + 1] = {ARGV[H + i], status, blocks_of(matched[i]), tostring(load[i] or ''),
+    rows[#rows + 1] = {names[i], status, blocks_of(matched[i]), tostring(load[i] or ''),
                        tostring(kv[i] or ''), tostring(occupancy[i] or '')}
   end
   return {name, reason, rows}
@@ -266,7 +268,7 @@ end
 -- prefix again since.
 for k = 1, e do
   local key = KEYS[4 + 2 * n + m + k]
-  local holder = ARGV[H + 3 * n + m + k]
+  local holder = evicted_by[k]
   local i = index[holder]
   if i == nil or not redis.call('ZSCORE', KEYS[4 + n + i], string.match(key, ':prefix:(.*)$')) then
     healed = healed + redis.call('HDEL', key, holder)
