@@ -46,16 +46,16 @@ def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
         raise NotFound(f"no backend named {name!r} in pool {keys.pool} (backends: {known})")
     now = state_reads.redis_now_ms(client)
     workers = state_reads.heartbeat_deadlines(client, keys.workers)
-    leases = []
-    for request_id, lease in state_reads.leases(client, keys).items():
-        if lease.backend != name:
+    leases: list[dict[str, Any]] = []
+    for request_id, held in state_reads.leases(client, keys).items():
+        if held.backend != name:
             continue
         leases.append(
             {
                 "request_id": request_id,
-                "worker": lease.worker,
-                "age_ms": None if lease.since_ms is None else now - lease.since_ms,
-                "worker_alive": workers.get(lease.worker, 0) >= now,
+                "worker": held.worker,
+                "age_ms": None if held.since_ms is None else now - held.since_ms,
+                "worker_alive": workers.get(held.worker, 0) >= now,
             }
         )
     leases.sort(key=lambda lease: -(lease["age_ms"] or 0))

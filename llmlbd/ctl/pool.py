@@ -32,7 +32,8 @@ def replica_of(worker_id: str) -> str:
 
 def heartbeats(client: Any, key: str, now_ms: int) -> dict[str, list[dict[str, Any]]]:
     """A heartbeat ZSET (id -> deadline ms) split into live and expired entries."""
-    live, dead = [], []
+    live: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
     for member, deadline in heartbeat_deadlines(client, key).items():
         entry = {
             "id": member,
