@@ -70,7 +70,7 @@ class Collector:
         self.settings = Settings.from_config(config.collector)
         self.metrics = metrics or CollectorMetrics()
         self.leases = CollectorLeases(client, self.keys, self.collector_id, LEASE_MS)
-        self.publisher = Publisher(client, self.leases, self.metrics, self._not_owner)
+        self.publisher = Publisher(self.leases, self.metrics, self._not_owner)
         self.reaper = Reaper(client, self.keys, self.metrics)
         self.owned: frozenset[str] = frozenset()
         self.workers: dict[str, BackendWorker] = {}

@@ -16,11 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from collector.logs import get_logger
 from collector.metrics import CollectorMetrics
-from llmlbd.state.collectors import FieldWrite
+from llmlbd.state.collectors import CollectorLeases, FieldWrite
 
 __all__ = ["Update", "Publisher"]
 
@@ -41,12 +40,10 @@ class Publisher:
 
     def __init__(
         self,
-        client: Any,
-        leases: Any,
+        leases: CollectorLeases,
         metrics: CollectorMetrics,
         on_not_owner: Callable[[str], None],
     ) -> None:
-        self.client = client
         self.leases = leases
         self.metrics = metrics
         self.on_not_owner = on_not_owner
