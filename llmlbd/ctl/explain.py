@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -15,6 +16,12 @@ from llmlbd.state.members import effective_backends
 __all__ = ["explain_command", "render_explain"]
 
 
+class BadRequest(click.ClickException):
+    """The request given to explain would be refused by the proxy itself."""
+
+    exit_code = exits.BAD_CONFIG
+
+
 def _fmt_score(value: Any) -> str:
     if value is None:
         return "-"
@@ -24,7 +31,7 @@ def _fmt_score(value: Any) -> str:
 
 
 # Candidate columns in display order: (key, header, formatter).
-_COLUMNS = [
+_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("name", "BACKEND", str),
     ("inflight", "INFLIGHT", str),
     ("weight", "WEIGHT", fmt_num),
@@ -192,9 +199,7 @@ def explain_command(
     try:
         request = parse_request(f"explain-{uuid.uuid4().hex[:12]}", "POST", path, headers, body)
     except LLMLBError as exc:
-        problem = click.ClickException(f"the client would get {exc.status}: {exc.message}")
-        problem.exit_code = exits.BAD_CONFIG
-        raise problem from None
+        raise BadRequest(f"the client would get {exc.status}: {exc.message}") from None
     config, client, keys = ctl.config, ctl.client, ctl.keys
     backends, _ = effective_backends(client, keys, config.backends)
     # A Leases object so that policies can be built as in a worker; explain never calls it.

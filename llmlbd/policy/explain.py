@@ -92,7 +92,7 @@ def generic_explain(
 ) -> dict[str, Any]:
     """Explain *policy*'s choice for *request* on the snapshot *states* (see the module doc)."""
     removed: dict[str, str] = {}
-    candidates = []
+    candidates: list[dict[str, Any]] = []
     for state in states:
         why = ineligible(state, request.model, cap)
         if why:

@@ -100,7 +100,8 @@ def _tool_calls(calls: Any) -> Iterator[str]:
     for call in calls:
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        inner = call.get("function")
+        function = inner if isinstance(inner, dict) else call
         name = function.get("name", "")
         arguments = function.get("arguments", "")
         if not isinstance(arguments, str):

@@ -39,6 +39,7 @@ def least_bucket(
         return FilterResult([])
     values = {state.name: value(state) for state in candidates}
     low, high = min(values.values()), max(values.values())
+    ceiling: float
     if integer:
         ceiling = int(low) + (int(high) - int(low)) // len(candidates)
     else:

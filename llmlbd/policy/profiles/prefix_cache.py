@@ -34,6 +34,7 @@ class PrefixCache:
         self.block_chars = lb.blockChars
         self.max_levels = lb.maxBlocks
         weights = scorer_weights(lb.scorerWeights)
+        prefix, queue, kv, inflight = (float(weights[name]) for name in SCORERS)
         self.params = PrefixParams(
             ttl_ms=lb.redisKeyTTL * 1000,
             stale_after_ms=ctx.stale_after_ms,
@@ -44,8 +45,8 @@ class PrefixCache:
             entries_per_backend=lb.maxEntriesPerBackend,
             tokens_per_block=lb.blockChars / lb.charsPerToken,
             mode=lb.scoring,
-            weights=tuple(weights[name] for name in SCORERS),
-        )  # type: ignore[arg-type]
+            weights=(prefix, queue, kv, inflight),
+        )
         self.index = PrefixIndex(ctx.leases, self.params) if ctx.leases is not None else None
 
     def levels(self, request: RoutingRequest) -> prompt.Levels:
