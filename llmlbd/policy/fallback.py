@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import Counter
 
 from llmlbd.config.loader import Backend
-from llmlbd.errors import NoBackend
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
+from llmlbd.policy.outcomes import no_route
 from llmlbd.request import RoutingRequest
 
 __all__ = ["LocalLeastRequest"]
@@ -34,7 +34,7 @@ class LocalLeastRequest:
         if not candidates:
             candidates = self.ctx.candidates(exclude)
         if not candidates:
-            raise NoBackend("no backend is available")
+            raise no_route("none" if self.ctx.backends else "empty", request)
         self.ctx.rng.shuffle(candidates)
         backend: Backend = min(candidates, key=lambda b: self.inflight[b.name] / b.weight)
         self.inflight[backend.name] += 1

@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from llmlbd.errors import LLMLBError, NoBackend, Shed
+from llmlbd.errors import LLMLBError, Shed
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.criticality import Criticality, resolve_criticality
 from llmlbd.policy.decision_tree import Node, TreeRequest, run_tree
@@ -185,7 +185,7 @@ class LeastBusy:
                 ),
             )
         if not outcome.survivors:
-            return Evaluation([], trace, NoBackend("no backend is available for this request"))
+            return Evaluation([], trace, no_route("none", request))
         return Evaluation(outcome.survivors, trace, None, current)
 
     def explain(self, request: RoutingRequest) -> dict[str, Any]:
