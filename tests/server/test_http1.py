@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from llmlbd.server.http1 import BodyError, ConnectFailure, Endpoint, UpstreamReadTimeout
+from llmlbd.server.worker.http1 import BodyError, ConnectFailure, Endpoint, UpstreamReadTimeout
 from tests.harness import free_port
 
 CLOSE = object()

@@ -12,7 +12,7 @@ import click
 from llmlbd.exits import ConfigProblem, RuntimeProblem
 
 # This module runs in the gunicorn master: it imports no HTTP or Redis client
-# (see llmlbd.server.app for why).
+# (see llmlbd.server.master.app for why).
 
 __all__ = ["start_command", "runtime_directory"]
 
@@ -97,8 +97,8 @@ def start_command(
 
     # Imported after PROMETHEUS_MULTIPROC_DIR is set: metrics are created in multiprocess mode.
     from llmlbd.embedded import EMBEDDED_URL_ENV, EmbeddedRedis, EmbeddedRedisError
-    from llmlbd.server.app import LLMLBApplication
-    from llmlbd.server.children import Child, CommandChild, RedisChild
+    from llmlbd.server.master.app import LLMLBApplication
+    from llmlbd.server.master.children import Child, CommandChild, RedisChild
 
     children: list[Child] = []
     try:

@@ -16,7 +16,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from llmlbd.config.loader import Config
-from llmlbd.server.children import Child
+from llmlbd.server.master.children import Child
 from llmlbd.state.leases import new_worker_id
 
 __all__ = ["LLMLBApplication"]
@@ -107,7 +107,7 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         super().reload()
 
     def load(self) -> Any:
-        from llmlbd.server.wsgi import ProxyApp
+        from llmlbd.server.worker.wsgi import ProxyApp
 
         self.proxy = ProxyApp(self.config)
         return self.proxy
