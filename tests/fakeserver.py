@@ -32,6 +32,7 @@ import json
 import socket
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import gevent
@@ -49,7 +50,7 @@ def http_response(
     status: int = 200, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> bytes:
     """One complete HTTP/1.1 response with a Content-Length body."""
-    head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}"]
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Length: {len(body)}"]
     head += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
