@@ -1,4 +1,8 @@
-"""GET /v1/models: the union of every backend's models, cached for a moment."""
+"""GET /v1/models: the union of every backend's models, cached for a moment.
+
+Fetched through the worker's own upstream client (worker/http1.py via Upstreams),
+so a worker has one HTTP client and its keep-alive pools serve these GETs too.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +11,67 @@ import time
 from typing import Any
 
 import gevent
-import urllib3
 
 from llmlbd.config.loader import Backend
+from llmlbd.server.worker.forward import (
+    BodyError,
+    ConnectFailure,
+    Response,
+    UpstreamReadTimeout,
+    Upstreams,
+)
 
 __all__ = ["ModelsCache"]
+
+# A model list is a few KiB; anything far larger is not one.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class ModelsCache:
     def __init__(self, backends: list[Backend], ttl_s: float = 2.0, timeout_s: float = 2.0) -> None:
         self.backends = backends
         self.ttl_s = ttl_s
-        self.timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
-        self._http: urllib3.PoolManager | None = None  # built after fork, on first use
+        # The upstream read timeout suits generation (minutes); a model list gets seconds.
+        self.timeout_s = timeout_s
         self._cached: dict[str, Any] | None = None
         self._fetched_at = 0.0
 
-    def _fetch(self, backend: Backend) -> list[dict[str, Any]]:
-        assert self._http is not None
+    def _fetch(self, upstreams: Upstreams, backend: Backend) -> list[dict[str, Any]]:
+        response: Response | None = None
         try:
-            response = self._http.request(
-                "GET", f"{backend.url}/v1/models", timeout=self.timeout, retries=False
-            )
-            if response.status != 200:
-                return []
-            data = json.loads(response.data).get("data", [])
+            with gevent.Timeout(self.timeout_s):
+                response = upstreams.open(
+                    backend, "GET", "/v1/models", {"accept": "application/json"}, None
+                )
+                if response.status != 200:
+                    return []
+                body = bytearray()
+                for piece in response.iter_body():
+                    body += piece
+                    if len(body) > MAX_BODY_BYTES:
+                        return []
+            data = json.loads(body).get("data", [])
             return [model for model in data if isinstance(model, dict) and "id" in model]
-        except (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError):
+        # AttributeError: valid JSON that is not an object. One backend's bad answer
+        # leaves its models out; it never fails the whole list.
+        except (
+            gevent.Timeout,
+            ConnectFailure,
+            UpstreamReadTimeout,
+            BodyError,
+            ValueError,
+            AttributeError,
+        ):
             return []
+        finally:
+            if response is not None:
+                response.release()  # pooled only if read whole; closed otherwise
 
-    def get(self) -> dict[str, Any]:
+    def get(self, upstreams: Upstreams) -> dict[str, Any]:
         now = time.monotonic()
         if self._cached is not None and now - self._fetched_at < self.ttl_s:
             return self._cached
-        if self._http is None:
-            self._http = urllib3.PoolManager(maxsize=4)
-        jobs = [gevent.spawn(self._fetch, backend) for backend in self.backends]
+        jobs = [gevent.spawn(self._fetch, upstreams, backend) for backend in self.backends]
         gevent.joinall(jobs)
         merged: dict[str, dict[str, Any]] = {}
         for job in jobs:

@@ -157,7 +157,8 @@ class ProxyApp:
             if path == "/metrics":
                 return self._metrics(start_response)
             if path == "/v1/models" and method == "GET":
-                return json_response(start_response, 200, self.models.get())
+                assert self.runtime is not None, "init_worker() was not called"
+                return json_response(start_response, 200, self.models.get(self.runtime.upstreams))
             if path.startswith(PROXIED_PREFIXES) or path in PROXIED_PATHS:
                 return self._proxy(environ, start_response, method, path)
             raise RouteNotFound(
