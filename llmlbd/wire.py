@@ -70,14 +70,12 @@ def parse_head(head: bytes) -> Head:
 def iter_length(src: Source, length: int) -> Iterator[bytes]:
     """A Content-Length body, piece by piece as it arrives."""
     remaining = length
-    buf = src.buf
     while remaining:
-        if not buf and not src.fill():
+        piece = _take(src, remaining)
+        if not piece:
             raise FramingError(
                 "truncated", f"body cut short: {remaining} of {length} bytes missing"
             )
-        piece = bytes(buf[:remaining])
-        del buf[: len(piece)]
         remaining -= len(piece)
         yield piece
 
@@ -101,9 +99,25 @@ def iter_chunked(src: Source, max_bytes: int | None = None) -> Iterator[bytes]:
         total += size
         if max_bytes is not None and total > max_bytes:
             raise FramingError("too_large", f"body larger than {max_bytes} bytes")
-        yield from iter_length(src, size)
+        # The loop of iter_length, without a generator per chunk (one per SSE event).
+        while size:
+            piece = _take(src, size)
+            if not piece:
+                raise FramingError("truncated", "connection closed inside a chunk")
+            size -= len(piece)
+            yield piece
         if _line(src):
             raise FramingError("bad_response", "chunk not followed by CRLF")
+
+
+def _take(src: Source, most: int) -> bytes:
+    """Up to *most* bytes, reading more only when none are buffered; b"" at end of stream."""
+    buf = src.buf
+    if not buf and not src.fill():
+        return b""
+    piece = bytes(buf[:most])
+    del buf[: len(piece)]
+    return piece
 
 
 def _line(src: Source) -> bytes:
