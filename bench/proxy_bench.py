@@ -228,7 +228,7 @@ def render(rows: list, args: argparse.Namespace) -> str:
         f"Command: `python bench/proxy_bench.py --seconds {args.seconds:g} --concurrency "
         f"{' '.join(map(str, args.concurrency))} --workers {args.workers} --write-docs`  ",
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; backend: "
-        "`tests/stub_backend.py` (one gevent process), llmlbd: "
+        "`tests/fakeserver.py` stub mode (one gevent process), llmlbd: "
         f"{args.workers} gevent workers, global_least_request, real Redis on TCP; the "
         "load generator shares the same cores. Run on "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}.",

@@ -6,7 +6,8 @@ client does only what scraping needs: GET, keep-alive, Content-Length and
 chunked bodies, a hard byte cap enforced while reading (an oversized page
 is never buffered whole), one deadline for the whole exchange, and gzip
 if a server sends it anyway. It uses the ``socket`` module, so under a
-gevent-patched process it is cooperative without any change.
+gevent-patched process it is cooperative without any change. The status line,
+headers and body framing are read by llmlbd/wire.py, shared with the proxy.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import zlib
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-__all__ = ["HTTPConnection", "Response", "FetchError"]
+from llmlbd.wire import MAX_HEAD_BYTES, FramingError, iter_chunked, iter_length, parse_head
 
-_MAX_HEADER_BYTES = 64 * 1024
+__all__ = ["HTTPConnection", "Response", "FetchError"]
 
 
 class FetchError(Exception):
@@ -128,7 +129,7 @@ class HTTPConnection:
         try:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.sendall(request)
-            head = reader.until(b"\r\n\r\n", _MAX_HEADER_BYTES)
+            head = reader.until(b"\r\n\r\n", MAX_HEAD_BYTES)
         except FetchError as exc:
             if exc.kind == "closed" and not reader.got_any and not fresh:
                 raise FetchError("stale_connection", "kept-alive connection was closed") from None
@@ -152,33 +153,20 @@ class HTTPConnection:
         return Response(status, headers, body)
 
     def _body(self, reader: _Reader, headers: dict[str, str], max_bytes: int) -> bytes:
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            parts: list[bytes] = []
-            total = 0
-            while True:
-                size_line = reader.until(b"\r\n", 1024)
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise FetchError("bad_response", "bad chunk size") from None
-                if size == 0:
-                    while reader.until(b"\r\n", _MAX_HEADER_BYTES):  # trailers
-                        pass
-                    return b"".join(parts)
-                total += size
-                if total > max_bytes:
-                    raise FetchError("too_large", f"page larger than {max_bytes} bytes")
-                parts.append(reader.exactly(size))
-                reader.exactly(2)
-        length = headers.get("content-length")
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                raise FetchError("bad_response", "bad Content-Length") from None
-            if n > max_bytes:
-                raise FetchError("too_large", f"page of {n} bytes is larger than {max_bytes}")
-            return reader.exactly(n)
+        try:
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                return b"".join(iter_chunked(reader, max_bytes))
+            length = headers.get("content-length")
+            if length is not None:
+                if not length.isdigit():
+                    raise FetchError("bad_response", "bad Content-Length")
+                if int(length) > max_bytes:
+                    raise FetchError(
+                        "too_large", f"page of {length} bytes is larger than {max_bytes}"
+                    )
+                return b"".join(iter_length(reader, int(length)))
+        except FramingError as exc:
+            raise FetchError(exc.kind, str(exc)) from None
         # No length: the body runs to the end of the connection.
         body = reader.to_close(max_bytes)
         self.close()
@@ -186,17 +174,17 @@ class HTTPConnection:
 
 
 class _Reader:
-    """Buffered reads from a socket against one deadline."""
+    """Buffered reads from a socket against one deadline (a llmlbd.wire Source)."""
 
     __slots__ = ("buf", "deadline", "got_any", "sock")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
-        self.buf = b""
+        self.buf = bytearray()
         self.got_any = False
 
-    def _fill(self) -> bool:
+    def fill(self) -> bool:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError("timeout", "timed out reading the response")
@@ -215,61 +203,32 @@ class _Reader:
         while True:
             at = self.buf.find(marker)
             if at != -1:
-                out, self.buf = self.buf[:at], self.buf[at + len(marker) :]
+                out = bytes(self.buf[:at])
+                del self.buf[: at + len(marker)]
                 return out
             if len(self.buf) > cap:
                 raise FetchError("bad_response", "response header too long")
-            if not self._fill():
+            if not self.fill():
                 raise FetchError(
                     "closed" if not self.got_any else "truncated", "connection closed mid-response"
                 )
 
-    def exactly(self, n: int) -> bytes:
-        if len(self.buf) < n:
-            parts = [self.buf]
-            have = len(self.buf)
-            self.buf = b""
-            while have < n:
-                remaining = self.deadline - time.monotonic()
-                if remaining <= 0:
-                    raise FetchError("timeout", "timed out reading the response")
-                self.sock.settimeout(remaining)
-                try:
-                    data = self.sock.recv(min(262144, max(65536, n - have)))
-                except TimeoutError:
-                    raise FetchError("timeout", "timed out reading the response") from None
-                if not data:
-                    raise FetchError("truncated", f"connection closed after {have} of {n} bytes")
-                parts.append(data)
-                have += len(data)
-            self.buf = b"".join(parts)
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
     def to_close(self, cap: int) -> bytes:
-        while len(self.buf) <= cap and self._fill():
+        while len(self.buf) <= cap and self.fill():
             pass
         if len(self.buf) > cap:
             raise FetchError("too_large", f"page larger than {cap} bytes")
-        out, self.buf = self.buf, b""
+        out = bytes(self.buf)
+        self.buf.clear()
         return out
 
 
 def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise FetchError("bad_response", f"not an HTTP response: {lines[0][:60]!r}")
     try:
-        status = int(parts[1])
-    except ValueError:
-        raise FetchError("bad_response", f"bad status line {lines[0][:60]!r}") from None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return status, parts[0], headers
+        version, status, _, fields = parse_head(head)
+    except FramingError as exc:
+        raise FetchError(exc.kind, str(exc)) from None
+    return status, version, {name.lower(): value for name, value in fields}
 
 
 def _gunzip(body: bytes, max_bytes: int) -> bytes:

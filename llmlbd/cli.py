@@ -11,7 +11,7 @@ from llmlbd._lazy import LazyGroup
 @click.group(
     cls=LazyGroup,
     lazy_subcommands={
-        "start": "llmlbd.server.cli:start_command",
+        "start": "llmlbd.server.master.cli:start_command",
         "config": "llmlbd.config.cli:config_group",
         "collector": "collector.cli:collector_command",
         "sim": "llmlbd.sim.cli:sim_command",

@@ -1,4 +1,8 @@
-"""structlog set up once per process: JSON lines (or console), prompts never logged.
+"""structlog set up once per process: JSON lines or console, prompts never logged.
+
+Format "auto" (the default) picks console for a person at a terminal and JSON
+for machines: under systemd (JOURNAL_STREAM / INVOCATION_ID) or when stderr
+is piped or redirected.
 
 gunicorn's own log lines go through the same formatter (GunicornLogger), so
 an operator reads one format from the master, the workers and the collector.
@@ -9,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from gunicorn import glogging
 
-__all__ = ["configure", "GunicornLogger", "drop_prompt_fields"]
+__all__ = ["configure", "resolve_format", "GunicornLogger", "drop_prompt_fields"]
 
 # Keys that may carry user content; a log call that passes one is a bug, and
 # the value is replaced rather than written.
@@ -32,7 +36,32 @@ def drop_prompt_fields(logger: Any, method_name: str, event_dict: dict[str, Any]
     return event_dict
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
+def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
+    """ "json" or "console": *fmt* itself unless it is "auto" (see the module docstring)."""
+    if fmt != "auto":
+        return fmt
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        return "json"  # systemd: the journal wants one parseable line per event
+    return "console" if _is_terminal(stream or sys.stderr) else "json"
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or exotic stream is no terminal
+        return False
+
+
+def _colors_supported(stream: TextIO) -> bool:
+    """Colours only on a real terminal that can show them (https://no-color.org)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM", "dumb") == "dumb":
+        return False
+    return _is_terminal(stream)
+
+
+def configure(level: str = "info", fmt: str = "auto") -> str:
+    """Set up logging for this process; returns the format in use ("json" or "console")."""
+    fmt = resolve_format(fmt)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -44,7 +73,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else structlog.dev.ConsoleRenderer(colors=_colors_supported(sys.stderr))
     )
     structlog.configure(
         processors=[
@@ -68,6 +97,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     # Chatty libraries stay quiet unless something is wrong.
     for name in ("urllib3", "urllib3.connectionpool"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    return fmt
 
 
 class GunicornLogger(glogging.Logger):

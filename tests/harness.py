@@ -236,7 +236,7 @@ class LLMLBD:
 
 
 class StubBackends:
-    """K real stub HTTP backends (tests/stub_backend.py), one process each."""
+    """K real stub HTTP backends (tests/fakeserver.py, stub mode), one process each."""
 
     def __init__(self, count: int, model: str = "stub-model"):
         self.ports = [free_port() for _ in range(count)]
@@ -244,7 +244,7 @@ class StubBackends:
         self.procs = [
             Proc(
                 python_module(
-                    "tests.stub_backend", "--port", str(port), "--name", name, "--model", model
+                    "tests.fakeserver", "--port", str(port), "--name", name, "--model", model
                 ),
                 name=name,
             )

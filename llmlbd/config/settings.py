@@ -295,9 +295,10 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "logging.format",
-        "json",
-        v.one_of("json", "console"),
-        "json (one object per line) or console (for people).",
+        "auto",
+        v.one_of("auto", "json", "console"),
+        "json (one object per line), console (for people), or auto: console on a "
+        "terminal, json under systemd or when piped.",
     ),
     Setting("logging.access_log", True, v.boolean, "Log one line per request."),
     # demo ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import redis
 from collector.daemon import Collector
 from collector.metrics import CollectorMetrics
 from llmlbd.config import config_from_dict
-from tests.collector.backends import PageServer
+from tests.fakeserver import PageServer
 
 FAST = {
     "interval_ms": 50,

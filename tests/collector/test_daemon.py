@@ -8,7 +8,7 @@ import requests
 
 from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
-from tests.collector.backends import OPENMETRICS, TEXT_004, page
+from tests.collector.pages import OPENMETRICS, TEXT_004, page
 from tests.harness import free_port, wait_until
 
 KEYS = PoolKeys("default")

@@ -3,75 +3,21 @@
 from __future__ import annotations
 
 import gzip
-import socket
-import threading
 
 import pytest
 
 from collector.http11 import FetchError, HTTPConnection
-from tests.collector.backends import page
-
-
-class RawServer:
-    """Accepts connections and answers each request with the next scripted raw reply.
-
-    A reply of None closes the connection without answering.
-    """
-
-    def __init__(self, replies: list[bytes | None], close_after_each: bool = False) -> None:
-        self.replies = list(replies)
-        self.close_after_each = close_after_each
-        self.connections = 0
-        self.conn: socket.socket | None = None
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while self.replies:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self.conn = conn
-            with conn:
-                while self.replies:
-                    data = b""
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                    if not data:
-                        break
-                    reply = self.replies.pop(0)
-                    if reply is None:
-                        break
-                    conn.sendall(reply)
-                    if self.close_after_each:
-                        break
-
-    def close(self) -> None:
-        self.replies = []
-        self.sock.close()
-        if self.conn is not None:
-            try:
-                self.conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.thread.join(5)
+from tests.collector.pages import page
+from tests.fakeserver import ScriptedServer
 
 
 @pytest.fixture
 def raw():
-    servers: list[RawServer] = []
+    """make(replies, close_after_each=False) -> a ScriptedServer (tests/fakeserver.py)."""
+    servers: list[ScriptedServer] = []
 
-    def make(*args, **kwargs) -> RawServer:
-        servers.append(RawServer(*args, **kwargs))
+    def make(replies: list[bytes | None], close_after_each: bool = False) -> ScriptedServer:
+        servers.append(ScriptedServer(*replies, close_after_each=close_after_each))
         return servers[-1]
 
     yield make
@@ -156,17 +102,13 @@ def test_silence_times_out_on_one_deadline(raw):
     """A server that accepts and never answers costs the timeout, not more."""
     import time
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1)
-    try:
-        conn = HTTPConnection(f"http://127.0.0.1:{sock.getsockname()[1]}")
-        started = time.monotonic()
-        with pytest.raises(FetchError) as exc:
-            conn.get("/", 0.3, 100)
-        assert exc.value.kind == "timeout" and time.monotonic() - started < 1.0
-    finally:
-        sock.close()
+    server = raw([[], None])  # reads the request, answers nothing
+    conn = HTTPConnection(server.url)
+    started = time.monotonic()
+    with pytest.raises(FetchError) as exc:
+        conn.get("/", 0.3, 100)
+    assert exc.value.kind == "timeout" and time.monotonic() - started < 1.0
+    conn.close()
 
 
 def test_url_prefix_and_host_header(raw):

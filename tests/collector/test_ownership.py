@@ -14,7 +14,7 @@ from redis.crc import key_slot
 from llmlbd.state import backend_fields as F
 from llmlbd.state.collectors import CollectorLeases, new_collector_id
 from llmlbd.state.keys import PoolKeys
-from tests.collector.backends import page
+from tests.collector.pages import page
 from tests.harness import Proc, wait_until
 
 KEYS = PoolKeys("default")

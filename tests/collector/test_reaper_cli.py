@@ -9,7 +9,7 @@ import textwrap
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
-from tests.collector.backends import page
+from tests.collector.pages import page
 from tests.harness import ROOT, free_port, wait_until
 
 KEYS = PoolKeys("default")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import openai
 import pytest
 import requests
 
+from tests.fakeserver import HANG_UP, ScriptedServer
 from tests.harness import LLMLBD, StubBackends, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -217,10 +217,8 @@ class TestDeadBackends:
             assert error_of(response)["code"] == "backend_failed"
 
     def test_silent_backend_is_504(self, redis_server):
-        silent = socket.socket()
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)  # accepts connections, never answers
-        port = silent.getsockname()[1]
+        silent = ScriptedServer(*[[]] * 8, HANG_UP)  # reads each request, never answers
+        port = silent.port
         config = {
             "redis": {"url": redis_server.url},
             "collector": {"enabled": False},
@@ -279,26 +277,11 @@ class TestDeadBackends:
 
 def test_backend_headers_the_server_cannot_relay_give_502_and_leak_nothing(redis_server):
     """A backend answering with a header gunicorn refuses to send: 502 JSON, lease released."""
-    import threading
-
     import redis as redis_lib
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    port = listener.getsockname()[1]
-
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Bad\x01Name: v\r\nContent-Length: 2\r\n\r\nok")
-
-    threading.Thread(target=serve, daemon=True).start()
+    bad = b"HTTP/1.1 200 OK\r\nX-Bad\x01Name: v\r\nContent-Length: 2\r\n\r\nok"
+    listener = ScriptedServer(then=bad)
+    port = listener.port
     config = {
         "redis": {"url": redis_server.url},
         "collector": {"enabled": False},

@@ -1,86 +1,34 @@
-"""The upstream HTTP/1.1 client against a real socket server that answers scripted bytes."""
+"""The upstream HTTP/1.1 client against a real socket server that answers scripted bytes
+(tests/fakeserver.py)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-
 import pytest
 
-from llmlbd.server.http1 import BodyError, ConnectFailure, Endpoint, UpstreamReadTimeout
-from tests.harness import free_port
-
-CLOSE = object()
-
-
-class ScriptedServer:
-    """Accepts connections; answers each request with the next scripted reply.
-
-    A reply is a list of byte strings sent with a pause between them (a last
-    element CLOSE closes the connection after them), or "close" to close the
-    connection without answering.
-    """
-
-    def __init__(self, replies):
-        self.replies = list(replies)
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self.endpoints: list[Endpoint] = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while self.replies:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                while self.replies:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    self.requests.append(data)
-                    reply = self.replies.pop(0)
-                    if reply == "close":
-                        break
-                    for part in reply:
-                        if part is CLOSE:
-                            break
-                        conn.sendall(part)
-                        threading.Event().wait(0.02)
-                    if reply and reply[-1] is CLOSE:
-                        break
-            if not self.replies:
-                return
-
-    def endpoint(self, read_timeout=2.0):
-        endpoint = Endpoint("127.0.0.1", self.port, False, 1.0, read_timeout, 4)
-        self.endpoints.append(endpoint)
-        return endpoint
-
-    def close(self):
-        for endpoint in self.endpoints:
-            endpoint.close()
-        self.sock.close()
-        self.thread.join(2)
+from llmlbd.server.worker.http1 import BodyError, ConnectFailure, Endpoint, UpstreamReadTimeout
+from tests.fakeserver import CLOSE, HANG_UP, ScriptedServer, closed_port
 
 
 @pytest.fixture
 def server_factory():
-    servers = []
+    """make(*replies) -> a ScriptedServer (tests/fakeserver.py) with an endpoint() helper."""
+    servers: list[ScriptedServer] = []
+    endpoints: list[Endpoint] = []
 
     def make(*replies):
-        server = ScriptedServer(replies)
+        server = ScriptedServer(*replies)
+
+        def endpoint(read_timeout: float = 2.0) -> Endpoint:
+            endpoints.append(Endpoint("127.0.0.1", server.port, False, 1.0, read_timeout, 4))
+            return endpoints[-1]
+
+        server.endpoint = endpoint  # type: ignore[attr-defined]
         servers.append(server)
         return server
 
     yield make
+    for endpoint in endpoints:
+        endpoint.close()
     for server in servers:
         server.close()
 
@@ -154,18 +102,18 @@ class TestFraming:
 
 class TestFailures:
     def test_refused_connection(self):
-        endpoint = Endpoint("127.0.0.1", free_port(), False, 1.0, 1.0, 4)
+        endpoint = Endpoint("127.0.0.1", closed_port(), False, 1.0, 1.0, 4)
         with pytest.raises(ConnectFailure, match="cannot connect"):
             endpoint.request("GET", "/", {}, None)
 
     def test_closed_without_answer(self, server_factory):
-        server = server_factory("close")
+        server = server_factory(HANG_UP)
         with pytest.raises(ConnectFailure, match="closed the connection"):
             server.endpoint().request("GET", "/", {}, None)
 
     def test_stale_pooled_connection_is_retried_once_on_a_new_one(self, server_factory):
         ok = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
-        server = server_factory(ok, "close", ok)
+        server = server_factory(ok, HANG_UP, ok)
         endpoint = server.endpoint()
         first = endpoint.request("GET", "/", {}, None)
         body_of(first)
@@ -174,7 +122,7 @@ class TestFailures:
         assert server.connections == 2
 
     def test_silence_before_headers_is_a_read_timeout(self, server_factory):
-        server = server_factory([], "close")  # reads the request, answers nothing
+        server = server_factory([], HANG_UP)  # reads the request, answers nothing
         with pytest.raises(UpstreamReadTimeout):
             server.endpoint(read_timeout=0.3).request("GET", "/", {}, None)
 

@@ -17,11 +17,11 @@ import structlog
 from llmlbd import metrics
 from llmlbd.policy.framework import Decision
 from llmlbd.request import RoutingRequest
-from llmlbd.server.forward import BodyError, Response, response_headers
 from llmlbd.server.responses import sse_error_event
+from llmlbd.server.worker.forward import BodyError, Response, response_headers
 
 if TYPE_CHECKING:
-    from llmlbd.server.wsgi import ProxyApp
+    from llmlbd.server.worker.wsgi import ProxyApp
 
 __all__ = ["ProxiedResponse", "BACKEND_HEADER", "REQUEST_ID_HEADER"]
 

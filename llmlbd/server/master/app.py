@@ -9,6 +9,7 @@ demo backends, collector) from its main loop: no thread in the master.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import structlog
@@ -16,12 +17,26 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from llmlbd.config.loader import Config
-from llmlbd.server.children import Child
+from llmlbd.server.master.children import Child
 from llmlbd.state.leases import new_worker_id
 
-__all__ = ["LLMLBApplication"]
+__all__ = ["LLMLBApplication", "ready_line"]
 
 log = structlog.get_logger("llmlbd.master")
+
+
+def _url(bind: str) -> str:
+    return bind if bind.startswith("unix:") else f"http://{bind}"
+
+
+def ready_line(url: str, models: list[str]) -> str:
+    """Where a newcomer sends requests, said once the workers can take them."""
+    if url.startswith("unix:"):
+        target = f"{url[len('unix:') :]} (a Unix socket), path /v1"
+    else:
+        target = f"{url}/v1"
+    listed = f"models: {', '.join(models)}" if models else "GET /v1/models lists the models"
+    return f"llmlbd ready: send OpenAI requests to {target} ({listed}); Ctrl-C stops"
 
 
 class LLMLBArbiter(Arbiter):
@@ -36,8 +51,10 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         config: Config,
         children: list[Child] | None = None,
         overrides: dict[str, Any] | None = None,
+        models: list[str] | None = None,
     ) -> None:
         self.config = config
+        self.models = list(models or [])  # for the ready line; empty when not known yet
         self.children = list(children or [])
         # CLI flags (--bind, --workers) win over the file at every reload too.
         self.overrides = dict(overrides or {})
@@ -107,7 +124,7 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         super().reload()
 
     def load(self) -> Any:
-        from llmlbd.server.wsgi import ProxyApp
+        from llmlbd.server.worker.wsgi import ProxyApp
 
         self.proxy = ProxyApp(self.config)
         return self.proxy
@@ -126,6 +143,13 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         self.proxy.init_worker(worker.llmlbd_id)
         gevent.spawn(self._close_idle_on_shutdown, worker)
         log.info("worker_ready", worker_id=worker.llmlbd_id, policy=self.config.lb_policy)
+        # The first worker gunicorn spawned says it once it can serve (when_ready, in the
+        # master, runs before any worker booted); replacements and reloads stay quiet.
+        if worker.age == 1 and self.config.logging.format == "console":
+            # A person at a terminal: one plain line, not a log event to decode.
+            print(
+                ready_line(_url(self.config.server.bind), self.models), file=sys.stderr, flush=True
+            )
 
     def _close_idle_on_shutdown(self, worker: Any) -> None:
         import gevent
@@ -152,11 +176,9 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         # gunicorn logs the death itself.
 
     def _when_ready(self, server: Any) -> None:
-        bind = self.config.server.bind
-        url = bind if bind.startswith("unix:") else f"http://{bind}"
         log.info(
             "llmlbd_ready",
-            url=url,
+            url=_url(self.config.server.bind),
             policy=self.config.lb_policy,
             backends=[b.name for b in self.config.backends],
             workers=self.config.server.workers,

@@ -34,12 +34,12 @@ from llmlbd.errors import (
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
-from llmlbd.server import models_union
-from llmlbd.server.forward import ConnectFailure, UpstreamReadTimeout, request_headers
 from llmlbd.server.parse import parse_request
-from llmlbd.server.relay import BACKEND_HEADER, ProxiedResponse
 from llmlbd.server.responses import StartResponse, error_response, json_response
-from llmlbd.server.runtime import WorkerRuntime
+from llmlbd.server.worker import models_union
+from llmlbd.server.worker.forward import ConnectFailure, UpstreamReadTimeout, request_headers
+from llmlbd.server.worker.relay import BACKEND_HEADER, ProxiedResponse
+from llmlbd.server.worker.runtime import WorkerRuntime
 
 __all__ = ["ProxyApp", "BACKEND_HEADER"]
 
@@ -157,7 +157,8 @@ class ProxyApp:
             if path == "/metrics":
                 return self._metrics(start_response)
             if path == "/v1/models" and method == "GET":
-                return json_response(start_response, 200, self.models.get())
+                assert self.runtime is not None, "init_worker() was not called"
+                return json_response(start_response, 200, self.models.get(self.runtime.upstreams))
             if path.startswith(PROXIED_PREFIXES) or path in PROXIED_PATHS:
                 return self._proxy(environ, start_response, method, path)
             raise RouteNotFound(

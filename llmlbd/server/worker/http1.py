@@ -11,7 +11,8 @@ It does only what a reverse proxy needs: keep-alive pools per backend,
 Content-Length, chunked and close-delimited bodies, HEAD/1xx/204/304,
 connect and read timeouts, TLS through the ssl module, and one transparent
 retry when a pooled connection turns out to have been closed by the backend
-before it read anything.
+before it read anything. Status line, headers and body framing are read by
+llmlbd/wire.py, shared with the collector's client.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import ssl
 from collections import deque
 from collections.abc import Iterator
 
+from llmlbd.wire import MAX_HEAD_BYTES, FramingError, iter_chunked, iter_length, parse_head
+
 __all__ = ["Endpoint", "Response", "ConnectFailure", "UpstreamReadTimeout", "BodyError"]
 
-MAX_HEAD_BYTES = 64 * 1024
 READ_SIZE = 65536
 NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -178,21 +180,15 @@ class Endpoint:
                     )
                 got_bytes = True
                 end = conn.buf.find(b"\r\n\r\n")
-            head = bytes(conn.buf[:end]).decode("latin-1")
+            head = bytes(conn.buf[:end])
             del conn.buf[: end + 4]
-            lines = head.split("\r\n")
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-                raise ConnectFailure(f"{self.host_header} sent a malformed status line")
-            status = int(parts[1])
+            try:
+                version, status, reason, headers = parse_head(head)
+            except FramingError:
+                raise ConnectFailure(f"{self.host_header} sent a malformed status line") from None
             if 100 <= status < 200 and status != 101:
                 continue  # interim response (103 Early Hints): the real one follows
-            headers = []
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers.append((name.strip(), value.strip()))
-            return status, (parts[2] if len(parts) > 2 else ""), headers, parts[0] == "HTTP/1.0"
+            return status, reason, headers, version == "HTTP/1.0"
 
 
 class _StaleConnection(Exception):
@@ -242,18 +238,9 @@ class Response:
         assert conn is not None
         try:
             if self.chunked:
-                yield from self._chunked(conn)
+                yield from iter_chunked(conn)
             elif self.length is not None:
-                remaining = self.length
-                while remaining:
-                    if not conn.buf and not conn.fill():
-                        raise BodyError(
-                            f"body cut short: {remaining} of {self.length} bytes missing"
-                        )
-                    piece = bytes(conn.buf[:remaining])
-                    del conn.buf[: len(piece)]
-                    remaining -= len(piece)
-                    yield piece
+                yield from iter_length(conn, self.length)
             else:
                 while True:
                     if conn.buf:
@@ -262,48 +249,13 @@ class Response:
                         yield piece
                     if not conn.fill():
                         break
+        except FramingError as exc:
+            raise BodyError(str(exc)) from None
         except TimeoutError:
             raise BodyError(f"no body bytes for {self.endpoint.read_timeout_s:g} s") from None
-        except BodyError:
-            raise
         except OSError as exc:
             raise BodyError(str(exc.strerror or exc)) from None
         self.complete = True
-
-    def _chunked(self, conn: _Connection) -> Iterator[bytes]:
-        while True:
-            line = self._line(conn)
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise BodyError(f"bad chunk size line {line[:40]!r}") from None
-            if size == 0:
-                while self._line(conn):  # trailers, then the empty line
-                    pass
-                return
-            remaining = size
-            while remaining:
-                if not conn.buf and not conn.fill():
-                    raise BodyError("connection closed inside a chunk")
-                piece = bytes(conn.buf[:remaining])
-                del conn.buf[: len(piece)]
-                remaining -= len(piece)
-                yield piece
-            if self._line(conn):
-                raise BodyError("chunk not followed by CRLF")
-
-    @staticmethod
-    def _line(conn: _Connection) -> bytes:
-        while True:
-            end = conn.buf.find(b"\r\n")
-            if end != -1:
-                line = bytes(conn.buf[:end])
-                del conn.buf[: end + 2]
-                return line
-            if len(conn.buf) > MAX_HEAD_BYTES:
-                raise BodyError("chunk framing line too long")
-            if not conn.fill():
-                raise BodyError("connection closed inside chunk framing")
 
     def release(self) -> None:
         """Done with the response: pool the connection if the body was read whole."""

@@ -14,7 +14,7 @@ from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.fallback import LocalLeastRequest
 from llmlbd.policy.registry import load_policy_class
 from llmlbd.policy.router import Router
-from llmlbd.server.forward import Upstreams
+from llmlbd.server.worker.forward import Upstreams
 from llmlbd.state.breaker import Breaker
 from llmlbd.state.client import connect
 from llmlbd.state.keys import PoolKeys

@@ -5,7 +5,13 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from llmlbd.config.loader import Backend
-from llmlbd.server.http1 import BodyError, ConnectFailure, Endpoint, Response, UpstreamReadTimeout
+from llmlbd.server.worker.http1 import (
+    BodyError,
+    ConnectFailure,
+    Endpoint,
+    Response,
+    UpstreamReadTimeout,
+)
 
 __all__ = [
     "Upstreams",

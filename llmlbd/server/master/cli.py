@@ -12,7 +12,7 @@ import click
 from llmlbd.exits import ConfigProblem, RuntimeProblem
 
 # This module runs in the gunicorn master: it imports no HTTP or Redis client
-# (see llmlbd.server.app for why).
+# (see llmlbd.server.master.app for why).
 
 __all__ = ["start_command", "runtime_directory"]
 
@@ -67,8 +67,18 @@ def _all_healthy(ports: list[int]) -> bool:
     help="Where sockets, the embedded Redis and metrics files live "
     "[default: $XDG_RUNTIME_DIR/llmlbd or /tmp/llmlbd-UID].",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    help="Log lines as JSON or for people; auto: console on a terminal, JSON under "
+    "systemd or when piped (overrides logging.format) [default: auto].",
+)
 def start_command(
-    config_path: str | None, bind: str | None, workers: int | None, runtime_dir: str | None
+    config_path: str | None,
+    bind: str | None,
+    workers: int | None,
+    runtime_dir: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the proxy (gunicorn master + gevent workers) in the foreground.
 
@@ -81,13 +91,19 @@ def start_command(
     from llmlbd.config import Backend, ConfigError, load_config
 
     try:
-        config = load_config(config_path).with_overrides(server__bind=bind, server__workers=workers)
+        overrides = {
+            "server__bind": bind,
+            "server__workers": workers,
+            "logging__format": log_format,
+        }
+        config = load_config(config_path).with_overrides(**overrides)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
 
     from llmlbd import logs
 
-    logs.configure(config.logging.level, config.logging.format)
+    # Resolved once here, so the workers and the collector child log the same way.
+    config.logging.format = logs.configure(config.logging.level, config.logging.format)
 
     run_dir = runtime_directory(runtime_dir)
     prometheus_dir = run_dir / "prometheus"
@@ -97,10 +113,11 @@ def start_command(
 
     # Imported after PROMETHEUS_MULTIPROC_DIR is set: metrics are created in multiprocess mode.
     from llmlbd.embedded import EMBEDDED_URL_ENV, EmbeddedRedis, EmbeddedRedisError
-    from llmlbd.server.app import LLMLBApplication
-    from llmlbd.server.children import Child, CommandChild, RedisChild
+    from llmlbd.server.master.app import LLMLBApplication
+    from llmlbd.server.master.children import Child, CommandChild, RedisChild
 
     children: list[Child] = []
+    demo_models: list[str] = []  # configured backends' models are known only after fork
     try:
         target = config.redis_target()
         if target.embedded:
@@ -127,6 +144,9 @@ def start_command(
             sims.start()
             children.append(sims)
             config.backends = [Backend(f"sim-{i}", url) for i, url in enumerate(urls)]
+            from llmlbd.sim.config import DEFAULT_MODEL
+
+            demo_models = [DEFAULT_MODEL]
         collector_on = config.collector.enabled
         if collector_on is None:
             collector_on = target.embedded
@@ -143,6 +163,4 @@ def start_command(
             child.stop()
         raise RuntimeProblem(str(exc)) from None
 
-    LLMLBApplication(
-        config, children, overrides={"server__bind": bind, "server__workers": workers}
-    ).run()
+    LLMLBApplication(config, children, overrides=overrides, models=demo_models).run()
