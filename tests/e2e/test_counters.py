@@ -172,7 +172,7 @@ def test_sigkilled_worker_stops_counting(redis_server, stubs):
         "server": {"lease_ttl_s": 3},
     }
     with LLMLBD(config, workers=2) as proxy:
-        threads, results = start_threads(
+        threads, _ = start_threads(
             8, open_stream, proxy.url, {"x-stub-chunks": "100", "x-stub-interval": "0.1"}
         )
         wait_until(
@@ -220,7 +220,7 @@ def test_redis_down_requests_keep_flowing_and_state_heals(private_redis, stubs):
             timeout=10,
             message="ready again",
         )
-        threads, results = start_threads(
+        threads, _ = start_threads(
             3, open_stream, proxy.url, {"x-stub-chunks": "20", "x-stub-interval": "0.1"}
         )
         wait_until(

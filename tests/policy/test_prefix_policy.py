@@ -120,7 +120,7 @@ class TestAffinity:
         first = fields_of(redis_client, policy, chat(next(conversation("x", 1))))[0]
         assert len(first) == 8
         # ...and a conversation's second turn still finds its own backend
-        for i, d in enumerate(decisions[:8]):
+        for d in decisions[:8]:
             release(policy, d)
         turns = conversation("user3", 2)
         next(turns)
