@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
 
 class LazyGroup(click.Group):
-    def __init__(self, *args, lazy_subcommands: dict[str, str] | None = None, **kwargs):
+    def __init__(
+        self, *args: Any, lazy_subcommands: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         # name -> "package.module:attribute"
         self.lazy_subcommands = dict(lazy_subcommands or {})

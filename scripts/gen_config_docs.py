@@ -10,18 +10,18 @@ fails the tests until this script is run again.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a file (python scripts/gen_config_docs.py): put the checkout on sys.path first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmlbd.config import validators as v  # noqa: E402
-from llmlbd.config.settings import SECTIONS, SETTINGS  # noqa: E402
-from llmlbd.policy.registry import ALIASES, POLICIES  # noqa: E402
+from llmlbd.config import validators as v
+from llmlbd.config.settings import SECTIONS, SETTINGS
+from llmlbd.policy.registry import ALIASES, POLICIES
+from scripts.generated_file import ROOT, write_or_check
 
 OUTPUT = ROOT / "docs" / "reference" / "config.md"
 
@@ -149,28 +149,7 @@ def render() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 if the file differs from what would be written"
-    )
-    parser.add_argument("--output", type=Path, default=OUTPUT)
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-        if current != text:
-            print(
-                f"{args.output} is out of date: run python scripts/gen_config_docs.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(
-        f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}"
-    )
-    return 0
+    return write_or_check(__doc__.split("\n")[0], render, OUTPUT)
 
 
 if __name__ == "__main__":

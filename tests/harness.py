@@ -99,7 +99,8 @@ class Proc:
     def __init__(self, args: list[str], name: str, env: dict | None = None, cwd: str | None = None):
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
-        self._log = open(self.log_path, "wb")
+        # Not a with-block: the log stays open for the life of the child; close() closes it.
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env.setdefault("PYTHONUNBUFFERED", "1")

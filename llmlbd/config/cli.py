@@ -20,7 +20,7 @@ def redact(data: Any) -> Any:
     from llmlbd.ctl.context import redact_url
 
     if isinstance(data, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in data.items():
             if key in SECRET_KEYS and value is not None:
                 out[key] = REDACTED

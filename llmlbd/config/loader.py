@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import yaml
 
 from llmlbd.config import validators as v
-from llmlbd.config.settings import SECTIONS, SETTINGS, Setting, by_path
+from llmlbd.config.sections import (
+    SECTION_TYPES,
+    CollectorSection,
+    DemoSection,
+    LbConfigSection,
+    LoggingSection,
+    RedisSection,
+    ServerSection,
+)
+from llmlbd.config.settings import SECTIONS, SETTINGS, by_path
 from llmlbd.state.keys import validate_name
 
 __all__ = ["Backend", "Config", "ConfigError", "load_config", "config_from_dict"]
@@ -29,21 +38,9 @@ class Backend:
     weight: float = 1.0
 
 
-class Section:
-    """The validated values of one config section, as attributes."""
-
-    def __init__(self, name: str, values: dict[str, Any]) -> None:
-        self._name = name
-        self.__dict__.update(values)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.__dict__.get(key, default)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: val for k, val in self.__dict__.items() if not k.startswith("_")}
-
-    def __repr__(self) -> str:
-        return f"Section({self._name}, {self.as_dict()})"
+# The type of PolicyContext.lb_config in llmlbd/policy/context.py, which imports it by this
+# name; the typed sections in sections.py replace the untyped Section class this once was.
+Section = LbConfigSection
 
 
 @dataclass
@@ -59,18 +56,19 @@ class RedisTarget:
 class Config:
     def __init__(
         self,
-        sections: dict[str, Section],
+        sections: dict[str, Any],
         backends: list[Backend],
         lb_policy: str,
         path: str | None,
         explicit: set[str],
     ) -> None:
-        self.server: Section = sections["server"]
-        self.redis: Section = sections["redis"]
-        self.lb_config: Section = sections["lb_config"]
-        self.collector: Section = sections["collector"]
-        self.logging: Section = sections["logging"]
-        self.demo: Section = sections["demo"]
+        """*sections* maps each name in SECTIONS to its instance of SECTION_TYPES."""
+        self.server: ServerSection = sections["server"]
+        self.redis: RedisSection = sections["redis"]
+        self.lb_config: LbConfigSection = sections["lb_config"]
+        self.collector: CollectorSection = sections["collector"]
+        self.logging: LoggingSection = sections["logging"]
+        self.demo: DemoSection = sections["demo"]
         self.backends = backends
         self.lb_policy = lb_policy
         self.path = path
@@ -93,7 +91,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Every value (defaults included), in the file's shape: `llmlbd config show`."""
-        data: dict[str, Any] = {name: getattr(self, name).as_dict() for name in SECTIONS}
+        data: dict[str, Any] = {name: asdict(getattr(self, name)) for name in SECTIONS}
         # Keys of other policies would not validate under this one.
         data["lb_config"] = {
             key: value
@@ -232,8 +230,13 @@ def config_from_dict(
 
     explicit: set[str] = set()
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    for setting in SETTINGS:
-        values[setting.section][setting.key] = setting.default
+    for declared in SETTINGS:
+        # Defaults pass their validator too, so that a default has the type of a set value
+        # (the preset name "default" of scorerWeights becomes its weights mapping).
+        default = declared.default
+        values[declared.section][declared.key] = (
+            default if default is None else declared.validator(default)
+        )
     for section in SECTIONS:
         raw = data.get(section)
         if raw is None:
@@ -242,7 +245,7 @@ def config_from_dict(
             raise where.error(section, f"expected a mapping, got {raw!r}")
         for key, value in raw.items():
             path = f"{section}.{key}"
-            setting: Setting | None = by_path(path)
+            setting = by_path(path)
             if setting is None:
                 known = sorted(s.key for s in SETTINGS if s.section == section)
                 raise where.error(path, f"unknown key (known keys: {', '.join(known)})")
@@ -259,7 +262,7 @@ def config_from_dict(
             except ValueError as exc:
                 raise where.error(path, str(exc)) from None
             explicit.add(setting.path)
-    sections = {name: Section(name, vals) for name, vals in values.items()}
+    sections = {name: SECTION_TYPES[name](**vals) for name, vals in values.items()}
     backends = _load_backends(data.get("backends"), where)
     return Config(sections, backends, lb_policy, None if source == "<config>" else source, explicit)
 

@@ -214,7 +214,7 @@ SETTINGS: list[Setting] = [
     Setting(
         "collector.enabled",
         None,
-        lambda x: x if x is None else v.boolean(x),
+        v.optional_boolean,
         "Run the collector as a child of `llmlbd start`. Default: on with the embedded "
         "Redis, off otherwise (run `llmlbd collector` under systemd).",
     ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 Validator = Callable[[Any], Any]
@@ -32,7 +32,7 @@ _SIZE_UNITS = {
 }
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -70,6 +70,11 @@ def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
     return value
+
+
+def optional_boolean(value: Any) -> bool | None:
+    """true / false or unset"""
+    return None if value is None else boolean(value)
 
 
 def string(value: Any) -> str:
@@ -115,11 +120,9 @@ def byte_size(value: Any) -> int:
 def host_port(value: Any) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
-    host, _, port = value.rpartition(":")
+    port = value.rpartition(":")[2]
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected a port from 0 to 65535 in HOST:PORT, got {value!r}")
-    if value.startswith("unix:"):
-        return value
     return value
 
 
@@ -136,7 +139,7 @@ def http_url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when it is read
     except ValueError as exc:
         raise ValueError(f"bad port in {value!r}") from exc
     return value.rstrip("/")
@@ -150,11 +153,19 @@ def redis_url(value: Any) -> str | None:
     return value
 
 
-def one_of(*choices: str) -> Validator:
-    def validate(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return value  # type: ignore[no-any-return]
+class OneOf:
+    """A validator accepting one of a few strings; `choices` gives the sections' Literal type."""
 
-    validate.__doc__ = f"one of {', '.join(choices)}"
-    return validate
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        # The reference docs describe a validator by the first line of its docstring.
+        self.__doc__ = f"one of {', '.join(choices)}"
+
+    def __call__(self, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
+def one_of(*choices: str) -> OneOf:
+    return OneOf(*choices)

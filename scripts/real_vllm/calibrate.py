@@ -12,6 +12,7 @@ fit a profile's step_overhead_s / per_token_s / per_context_ktoken_s.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import threading
@@ -92,7 +93,7 @@ def itl_at(url: str, model: str, concurrency: int, max_tokens: int) -> float:
         # Skip the first gaps while the batch is still filling up.
         tail = arrivals[len(arrivals) // 4 :]
         with lock:
-            gaps.extend(b - a for a, b in zip(tail, tail[1:]))
+            gaps.extend(b - a for a, b in itertools.pairwise(tail))
 
     threads = [threading.Thread(target=one) for _ in range(concurrency)]
     for thread in threads:

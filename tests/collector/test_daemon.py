@@ -81,7 +81,7 @@ class TestPublish:
         server = page_server(full)
         run_collector([("a", server.url)])
         wait_fields(redis_client, "a", lambda h: h.get(F.LORA_RUNNING) == "fr,de")
-        without_lora = b"\n".join(l for l in full.split(b"\n") if b"lora" not in l)
+        without_lora = b"\n".join(line for line in full.split(b"\n") if b"lora" not in line)
         server.body = without_lora.replace(b"} 7.0", b"} 17.0")
         h = wait_fields(redis_client, "a", lambda h: h.get(F.RUNNING) == "22")
         h = wait_fields(redis_client, "a", lambda h: F.LORA_RUNNING not in h)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.exposition import Page, ScanMemo, parse_labels
 from collector.parse import format_number, read_metrics
@@ -158,12 +160,9 @@ class TestSources:
 
     def test_unknown_field_rejected(self):
         """A metric_map key that is not a metric field is a config error naming it."""
-        with pytest.raises(ValueError, match="metric_map.queue"):
+        with pytest.raises(ValueError, match=r"metric_map\.queue"):
             build_plan({"queue": "x"})
 
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st
 
 _LABEL_NAME = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True)
 

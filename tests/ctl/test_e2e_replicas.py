@@ -51,7 +51,7 @@ def test_drain_reaches_every_replica_within_a_second(fleet, ctl, tmp_path, redis
     """After `llmlbctl drain stub-0`, no new request reaches stub-0 through either replica
     (checked from one second on); after undrain it gets requests again. `status --json`
     lists both replicas' live workers."""
-    _backends, replicas = fleet
+    _, replicas = fleet
     config = replicas[0].config_path
 
     status = ctl("status", "--json", config=config)
@@ -88,7 +88,7 @@ def test_drain_wait_lets_the_request_in_flight_finish(fleet, ctl, redis_client):
 
     from llmlbd.state.keys import PoolKeys
 
-    _backends, replicas = fleet
+    _, replicas = fleet
     config = replicas[0].config_path
     keys = PoolKeys("e2e")
     assert ctl("drain", "stub-1", config=config).exit_code == exits.OK

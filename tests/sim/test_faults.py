@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 
@@ -39,17 +40,19 @@ def test_refuse_resets_the_connection_without_an_answer(sim, http):
 def test_close_mid_stream_drops_the_connection_before_done(sim, http):
     body = chat("hi", max_tokens=10, ignore_eos=True, stream=True)
     received = b""
-    with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        with http.post(
+    with (
+        pytest.raises(requests.exceptions.ChunkedEncodingError),
+        http.post(
             sim + "/v1/chat/completions",
             json=body,
             stream=True,
             timeout=5,
             headers={FAULT: "close-mid-stream=3"},
-        ) as response:
-            assert response.status_code == 200
-            for chunk in response.iter_content(None):
-                received += chunk
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for chunk in response.iter_content(None):
+            received += chunk
     assert received.count(b'"delta":{"content":" ') == 3
     assert b"[DONE]" not in received
 
@@ -92,7 +95,7 @@ def test_slow_tokens_pace_the_stream(sim, http):
             if line.startswith(b"data: {"):
                 arrivals.append(time.monotonic() - start)
     assert arrivals[-1] >= 0.45
-    gaps = [b - a for a, b in zip(arrivals[:4], arrivals[1:5])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals[:5])]
     assert min(gaps) >= 0.08
 
 

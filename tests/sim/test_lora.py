@@ -36,7 +36,7 @@ def test_an_adapter_in_flight_is_the_newest_lora_series_and_is_listed_in_models(
             "ignore_eos": True,
             "stream": True,
         }
-        with http.post(url + "/v1/completions", json=body, stream=True, timeout=10) as stream:
+        with http.post(url + "/v1/completions", json=body, stream=True, timeout=10):
             wait_until(
                 lambda: newest(url).get("running_lora_adapters") == "sql-lora",
                 timeout=5,

@@ -298,7 +298,7 @@ def test_an_adapter_in_flight_shows_alike_in_models_and_lora_requests_info(pair)
     for side in ("real", "sim"):
         consumed = []
 
-        def consume(url=pair[side]):
+        def consume(url: str = pair[side], consumed: list[str] = consumed) -> None:
             with requests.post(
                 url + "/v1/completions",
                 stream=True,
@@ -322,7 +322,7 @@ def test_an_adapter_in_flight_shows_alike_in_models_and_lora_requests_info(pair)
         try:
             # Both refresh the series from every engine step while the request runs.
             wait_until(
-                lambda: (
+                lambda side=side: (
                     newest(pair[side])
                     == {
                         "max_lora": "1",
@@ -337,7 +337,7 @@ def test_an_adapter_in_flight_shows_alike_in_models_and_lora_requests_info(pair)
             reader.join(60)
         assert set(consumed) == {"parity-lora"}
         wait_until(
-            lambda: newest(pair[side])["running_lora_adapters"] == "",
+            lambda side=side: newest(pair[side])["running_lora_adapters"] == "",
             timeout=10,
             message=f"{side}: the empty series is the newest once the request is done",
         )
