@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 from gunicorn import glogging
@@ -36,10 +36,15 @@ def drop_prompt_fields(logger: Any, method_name: str, event_dict: dict[str, Any]
     return event_dict
 
 
-def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
+LogFormat = Literal["json", "console"]
+
+
+def resolve_format(fmt: str, stream: TextIO | None = None) -> LogFormat:
     """ "json" or "console": *fmt* itself unless it is "auto" (see the module docstring)."""
-    if fmt != "auto":
-        return fmt
+    if fmt == "json":
+        return "json"
+    if fmt == "console":
+        return "console"
     if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
         return "json"  # systemd: the journal wants one parseable line per event
     return "console" if _is_terminal(stream or sys.stderr) else "json"
@@ -59,7 +64,7 @@ def _colors_supported(stream: TextIO) -> bool:
     return _is_terminal(stream)
 
 
-def configure(level: str = "info", fmt: str = "auto") -> str:
+def configure(level: str = "info", fmt: str = "auto") -> LogFormat:
     """Set up logging for this process; returns the format in use ("json" or "console")."""
     fmt = resolve_format(fmt)
     shared: list[Any] = [

@@ -36,6 +36,7 @@ BASE_MODULES = {
     "llmlbd.exits",
     "llmlbd.logs",
     "llmlbd.request",
+    "llmlbd.wire",
 }
 ENTRY_MODULES = {"llmlbd.cli", "llmlbd.__main__"}
 # llmlbd.metrics is the proxy's Prometheus registry: part of the server.
@@ -51,17 +52,6 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"config", "base"},
     "sim": {"sim", "base"},
     "base": {"base"},
-}
-
-# Violations that exist today in files another part of the code-health work
-# owns (the typed config): (importer, imported module). The test fails when
-# one disappears, so this list can only shrink.
-KNOWN_VIOLATIONS = {
-    # config validates a backend name with state's rule, and lb_policy against the registry.
-    ("llmlbd.config.loader", "llmlbd.state.keys"),
-    ("llmlbd.config.loader", "llmlbd.policy.registry"),
-    # `llmlbd config show` redacts the Redis URL with llmlbctl's helper.
-    ("llmlbd.config.cli", "llmlbd.ctl.context"),
 }
 
 
@@ -138,17 +128,10 @@ def violations(modules: dict[str, str]) -> set[tuple[str, str]]:
 
 
 def test_every_import_follows_the_layer_rule() -> None:
-    found = violations(all_modules())
-    unexpected = sorted(found - KNOWN_VIOLATIONS)
+    unexpected = sorted(violations(all_modules()))
     assert not unexpected, "imports against the layer rule (importer -> imported): " + "; ".join(
         f"{a} -> {b}" for a, b in unexpected
     )
-
-
-def test_known_violations_still_exist() -> None:
-    """A fixed violation must leave KNOWN_VIOLATIONS, so the list never hides a new one."""
-    gone = sorted(KNOWN_VIOLATIONS - violations(all_modules()))
-    assert not gone, f"fixed, remove from KNOWN_VIOLATIONS: {gone}"
 
 
 @pytest.mark.parametrize(

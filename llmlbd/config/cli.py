@@ -17,7 +17,7 @@ REDACTED = "***"
 
 def redact(data: Any) -> Any:
     """A copy of *data* with passwords (keys and URL user-info) replaced by ***."""
-    from llmlbd.ctl.context import redact_url
+    from llmlbd.config.names import redact_url
 
     if isinstance(data, dict):
         out: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from urllib.parse import quote, urlsplit
 import yaml
 
 from llmlbd.config import validators as v
+from llmlbd.config.names import canonical_policy_name, policy_names, validate_name
 from llmlbd.config.sections import (
     SECTION_TYPES,
     CollectorSection,
@@ -20,7 +21,6 @@ from llmlbd.config.sections import (
     ServerSection,
 )
 from llmlbd.config.settings import SECTIONS, SETTINGS, by_path
-from llmlbd.state.keys import validate_name
 
 __all__ = ["Backend", "Config", "ConfigError", "load_config", "config_from_dict"]
 
@@ -36,11 +36,6 @@ class Backend:
     name: str
     url: str
     weight: float = 1.0
-
-
-# The type of PolicyContext.lb_config in llmlbd/policy/context.py, which imports it by this
-# name; the typed sections in sections.py replace the untyped Section class this once was.
-Section = LbConfigSection
 
 
 @dataclass
@@ -201,8 +196,6 @@ def config_from_dict(
     data: Any, source: str = "<config>", lines: dict[str, int] | None = None
 ) -> Config:
     """Validate a parsed config mapping; *lines* maps dotted paths to line numbers."""
-    from llmlbd.policy.registry import canonical_policy_name, policy_names
-
     where = _Where(source, lines or {})
     if data is None:
         data = {}

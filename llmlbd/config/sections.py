@@ -136,7 +136,7 @@ class LoggingSection:
     """`logging`: Structured logs."""
 
     level: Literal["debug", "info", "warning", "error"]
-    format: Literal["json", "console"]
+    format: Literal["auto", "json", "console"]
     access_log: bool
 
 

@@ -9,29 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from llmlbd.config.names import redact_url
 from llmlbd.exits import ConfigProblem, RuntimeProblem
 
 __all__ = ["Ctl", "pass_ctl", "DEFAULT_CONFIG", "redact_url", "runtime_socket_candidates"]
 
 DEFAULT_CONFIG = "/etc/llmlbd/llmlbd.yaml"
-
-
-def redact_url(url: str | None) -> str | None:
-    """The URL with its password replaced by ***, for output and error messages."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def runtime_socket_candidates() -> list[Path]:

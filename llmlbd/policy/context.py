@@ -6,7 +6,8 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llmlbd.config.loader import Backend, Section
+from llmlbd.config.loader import Backend
+from llmlbd.config.sections import LbConfigSection
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
 
@@ -19,7 +20,7 @@ __all__ = ["PolicyContext"]
 @dataclass
 class PolicyContext:
     backends: list[Backend]
-    lb_config: Section
+    lb_config: LbConfigSection
     keys: PoolKeys
     # None when the policy runs without Redis (the local fallback).
     leases: Leases | None

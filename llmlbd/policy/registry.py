@@ -1,9 +1,14 @@
-"""Every policy llmlbd knows, by name; implementations are imported only when chosen."""
+"""Every policy llmlbd implements, by name; implementations are imported only when chosen.
+
+The names themselves (and Higress's aliases) are declared in `llmlbd.config.names`,
+so that the config loader validates `lb_policy` without importing any policy.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+from llmlbd.config.names import ALIASES, canonical_policy_name, policy_names
 
 __all__ = ["POLICIES", "ALIASES", "canonical_policy_name", "policy_names", "load_policy_class"]
 
@@ -15,27 +20,8 @@ POLICIES: dict[str, str] = {
     "random": "llmlbd.policy.profiles.baselines:Random",
 }
 
-# Higress renamed least_busy; both of its names keep working.
-ALIASES: dict[str, str] = {
-    "endpoint_metrics": "least_busy",
-    "metrics_based": "least_busy",
-}
-
-
-def policy_names() -> list[str]:
-    return [*POLICIES, *ALIASES]
-
-
-def canonical_policy_name(name: Any) -> str:
-    """Map a configured name (or alias) to its canonical name; KeyError if unknown."""
-    if not isinstance(name, str):
-        raise KeyError(name)
-    name = ALIASES.get(name, name)
-    if name not in POLICIES:
-        raise KeyError(name)
-    return name
-
 
 def load_policy_class(name: str) -> type:
     module_name, attribute = POLICIES[canonical_policy_name(name)].split(":")
-    return getattr(importlib.import_module(module_name), attribute)  # type: ignore[no-any-return]
+    cls: type = getattr(importlib.import_module(module_name), attribute)
+    return cls

@@ -15,6 +15,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from llmlbd.config.loader import RedisTarget
 from llmlbd.embedded import EMBEDDED_URL_ENV
 
 __all__ = [
@@ -43,7 +44,7 @@ ResponseError = redis.exceptions.ResponseError
 
 def resolved_url(config: Any) -> str | None:
     """The URL this process should use: the embedded server's if one runs, else the config's."""
-    target = config.redis_target()
+    target: RedisTarget = config.redis_target()
     if target.embedded:
         return os.environ.get(EMBEDDED_URL_ENV)
     return target.url

@@ -7,21 +7,11 @@ See docs/redis-keys.md for the full reference.
 
 from __future__ import annotations
 
-import re
+from llmlbd.config.names import validate_name
 
 __all__ = ["PoolKeys", "validate_name"]
 
 PREFIX = "llmlb"
-_NAME = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
-
-
-def validate_name(kind: str, value: str) -> str:
-    """Return *value* if it is safe inside a key (no braces, no spaces), else raise ValueError."""
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(
-            f"{kind} {value!r} must be 1-128 characters of letters, digits and . _ : @ -"
-        )
-    return value
 
 
 class PoolKeys:

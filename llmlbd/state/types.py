@@ -39,7 +39,7 @@ class BackendState:
         if value in (None, ""):
             return None
         try:
-            return float(value)  # type: ignore[arg-type]
+            return float(value)
         except ValueError:
             return None
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from llmlbd.config.loader import Backend, Section
+from llmlbd.config.loader import Backend, config_from_dict
 from llmlbd.errors import NoBackend
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.fallback import LocalLeastRequest
@@ -23,7 +23,7 @@ BACKENDS = [
 def fallback(backends=BACKENDS) -> LocalLeastRequest:
     ctx = PolicyContext(
         list(backends),
-        Section("lb_config", {"maxRequestCount": 0}),
+        config_from_dict({"lb_config": {"maxRequestCount": 0}}).lb_config,
         PoolKeys("fb"),
         None,
         rng=random.Random(7),

@@ -15,7 +15,7 @@ import time
 import pytest
 import redis
 
-from llmlbd.config.loader import Backend, Section
+from llmlbd.config.loader import Backend, config_from_dict
 from llmlbd.embedded import EmbeddedRedis
 from llmlbd.errors import ModelNotFound
 from llmlbd.policy.context import PolicyContext
@@ -74,7 +74,7 @@ def router(server):
         server.url, decode_responses=True, socket_timeout=0.5, socket_connect_timeout=0.5
     )
     rng = random.Random(3)
-    lb_config = Section("lb_config", {"maxRequestCount": 0})
+    lb_config = config_from_dict({"lb_config": {"maxRequestCount": 0}}).lb_config
     leases = Leases(client, KEYS, "host:1:router", ttl_ms=30_000)
     ctx = PolicyContext(list(BACKENDS), lb_config, KEYS, leases, client, rng=rng)
     local = LocalLeastRequest(PolicyContext(list(BACKENDS), lb_config, KEYS, None, rng=rng))

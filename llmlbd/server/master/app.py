@@ -45,7 +45,7 @@ class LLMLBArbiter(Arbiter):
         self.app.supervise_children()  # type: ignore[attr-defined]
 
 
-class LLMLBApplication(BaseApplication):  # type: ignore[misc]
+class LLMLBApplication(BaseApplication):
     def __init__(
         self,
         config: Config,

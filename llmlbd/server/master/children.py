@@ -25,9 +25,14 @@ class Child:
     _backoff_s = 0.0
     _next_start = 0.0
 
-    def start(self) -> None: ...
-    def alive(self) -> bool: ...
-    def stop(self) -> None: ...
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
 
     def supervise(self) -> None:
         if self.alive():

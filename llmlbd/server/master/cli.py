@@ -16,6 +16,9 @@ from llmlbd.exits import ConfigProblem, RuntimeProblem
 
 __all__ = ["start_command", "runtime_directory"]
 
+# The model the demo backends serve (what the README's first curl asks for).
+DEMO_MODEL = "sim-llama"
+
 
 def runtime_directory(explicit: str | None) -> Path:
     """systemd's RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/llmlbd, else /tmp/llmlbd-<uid>."""
@@ -138,15 +141,15 @@ def start_command(
                     str(count),
                     "--base-port",
                     str(base),
+                    "--model",
+                    DEMO_MODEL,
                 ],
                 ready=lambda: _all_healthy([base + i for i in range(count)]),
             )
             sims.start()
             children.append(sims)
             config.backends = [Backend(f"sim-{i}", url) for i, url in enumerate(urls)]
-            from llmlbd.sim.config import DEFAULT_MODEL
-
-            demo_models = [DEFAULT_MODEL]
+            demo_models = [DEMO_MODEL]
         collector_on = config.collector.enabled
         if collector_on is None:
             collector_on = target.embedded
