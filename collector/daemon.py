@@ -26,6 +26,7 @@ from collector.logs import configure as configure_logs
 from collector.logs import get_logger
 from collector.metrics import CollectorMetrics, Freshness
 from collector.notify import notify
+from collector.pace import Pace
 from collector.publish import Publisher
 from collector.reaper import Reaper
 from collector.sources import build_plan
@@ -94,6 +95,8 @@ class Collector:
         self._claim_failing = False
         self._metrics_server: Any = None
         self._signals: list[int] = []
+        self.pace = Pace(self.metrics, self.log, self.settings.interval_s)
+        self._retired = (0, 0)  # scrapes and skipped ticks of removed workers
 
     # ownership -------------------------------------------------------------------
     def is_owned(self, name: str) -> bool:
@@ -236,6 +239,7 @@ class Collector:
 
     def _remove_worker(self, name: str) -> None:
         worker = self.workers.pop(name)
+        self._retired = (self._retired[0] + worker.scrapes, self._retired[1] + worker.skipped)
         self._worker_stops.pop(name).set()
         worker.wake.set()
         self._threads.remove(self._worker_threads.pop(name))
@@ -262,6 +266,7 @@ class Collector:
                 self.follow_members()
                 self.claim()
                 self._check_ready()
+                self._observe_pace()
                 while self._signals:
                     self._signals.pop()
                     self.log.warning(
@@ -270,6 +275,13 @@ class Collector:
                 self.stop.wait(CLAIM_EVERY_S)
         finally:
             self.shutdown()
+
+    def _observe_pace(self) -> None:
+        scrapes, skipped = self._retired
+        for worker in list(self.workers.values()):
+            scrapes += worker.scrapes
+            skipped += worker.skipped
+        self.pace.observe(time.monotonic(), scrapes, skipped, len(self.owned))
 
     def _check_ready(self) -> None:
         if self.ready.is_set() or self._last_claim == 0.0:
@@ -286,7 +298,6 @@ class Collector:
         for name, worker in self.workers.items():
             self._worker_stops[name].set()
             worker.wake.set()
-        self.publisher.wake()
         deadline = time.monotonic() + self.settings.timeout_s + 2.0
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

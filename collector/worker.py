@@ -27,7 +27,7 @@ from collector.scrape import check_health, get_metrics_text, get_models
 from collector.sources import METRIC_FIELDS, Plan, Source
 from llmlbd.state import backend_fields as F
 
-__all__ = ["Settings", "BackendWorker"]
+__all__ = ["Settings", "BackendWorker", "next_tick"]
 
 _HEALTH_VALUE = {F.HEALTH_UP: 1.0, F.HEALTH_DOWN: 0.0, F.HEALTH_UNKNOWN: -1.0}
 _IDLE_WAIT_S = 1.0  # a worker whose backend another collector owns re-checks this often
@@ -92,6 +92,9 @@ class BackendWorker:
         self.learned: dict[str, Source] = {}
         self.missing: set[str] = set()
         self.last_ok: float | None = None  # monotonic time of the last good scrape
+        # /metrics reads attempted and ticks skipped; written by this worker only.
+        self.scrapes = 0
+        self.skipped = 0
         self.active = False
         self.wake = threading.Event()
         self.log = get_logger(backend=name)
@@ -120,13 +123,17 @@ class BackendWorker:
                 next_models = now + random.uniform(0, min(1.0, s.models_refresh_s))
             if now >= next_health:
                 self._guarded(self.check_health)
-                next_health = _next(next_health, s.health_interval_s, time.monotonic())
+                next_health, _ = next_tick(next_health, s.health_interval_s, time.monotonic())
             if now >= next_metrics:
                 self._guarded(self.scrape_metrics)
-                next_metrics = _next(next_metrics, s.interval_s, time.monotonic())
+                self.scrapes += 1
+                next_metrics, missed = next_tick(next_metrics, s.interval_s, time.monotonic())
+                if missed:
+                    self.skipped += missed
+                    self.metrics.skipped_ticks.inc(missed)
             if now >= next_models:
                 self._guarded(self.refresh_models)
-                next_models = _next(next_models, s.models_refresh_s, time.monotonic())
+                next_models, _ = next_tick(next_models, s.models_refresh_s, time.monotonic())
             wait = min(next_metrics, next_health, next_models) - time.monotonic()
             if wait > 0 and self.wake.wait(wait):
                 self.wake.clear()
@@ -272,7 +279,16 @@ class BackendWorker:
         return out
 
 
-def _next(previous: float, interval: float, now: float) -> float:
-    """Fixed rate: the next run one interval after the last planned one, never in the past."""
+def next_tick(previous: float, interval: float, now: float) -> tuple[float, int]:
+    """The schedule's first tick after *now*, and how many ticks passed while busy.
+
+    A tick that passed while the previous read was still running (or waiting
+    for the CPU) is skipped, never queued: an overloaded collector reads each
+    backend less often instead of building a backlog, so every backend's age
+    stays bounded by about backends / achievable reads per second.
+    """
     planned = previous + interval
-    return planned if planned > now else now
+    if planned > now:
+        return planned, 0
+    missed = int((now - planned) // interval) + 1
+    return planned + missed * interval, missed
