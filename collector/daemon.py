@@ -29,6 +29,7 @@ from collector.notify import notify
 from collector.pace import Pace
 from collector.publish import Publisher
 from collector.reaper import Reaper
+from collector.slots import FairSlots
 from collector.sources import build_plan
 from collector.worker import BackendWorker, Settings
 from llmlbd.state import backend_fields as F
@@ -85,7 +86,7 @@ class Collector:
         # publisher from queueing behind 256 runnable threads when the
         # collector is overloaded: with every thread contending, the claim
         # loop missed its 1.2 s lease and the collector lost its backends.
-        self._cpu_slots = threading.BoundedSemaphore(PARSE_SLOTS)
+        self._cpu_slots = FairSlots(PARSE_SLOTS)
         self.metrics.watch_freshness(self._freshness, self.settings.stale_after_s)
         self.stop = threading.Event()
         self.ready = threading.Event()
