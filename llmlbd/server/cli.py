@@ -67,15 +67,6 @@ def _all_healthy(ports: list[int]) -> bool:
     help="Where sockets, the embedded Redis and metrics files live "
     "[default: $XDG_RUNTIME_DIR/llmlbd or /tmp/llmlbd-UID].",
 )
-def default_collector_processes() -> int:
-    """Half the cores, 1 to 8: the other half is the proxy workers' and Redis's.
-
-    One process reads ~256 backends at 10 Hz with one core (docs/collector.md);
-    past 8, every extra process mostly adds claim and reap calls to Redis.
-    """
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
-
-
 def start_command(
     config_path: str | None, bind: str | None, workers: int | None, runtime_dir: str | None
 ) -> None:
@@ -162,3 +153,12 @@ def start_command(
     LLMLBApplication(
         config, children, overrides={"server__bind": bind, "server__workers": workers}
     ).run()
+
+
+def default_collector_processes() -> int:
+    """Half the cores, 1 to 8: the other half is the proxy workers' and Redis's.
+
+    One process reads ~256 backends at 10 Hz with one core (docs/collector.md);
+    past 8, every extra process mostly adds claim and reap calls to Redis.
+    """
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
