@@ -76,6 +76,7 @@ class BackendWorker:
         is_owned: Callable[[str], bool] = lambda name: True,
         restore: Callable[[str], Any] | None = None,
         cpu_slots: Any = None,
+        scrape_slots: Any = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -86,6 +87,8 @@ class BackendWorker:
         self.is_owned = is_owned
         self.restore = restore
         self.cpu_slots = cpu_slots if cpu_slots is not None else contextlib.nullcontext()
+        self.scrape_slots = scrape_slots
+        self.failing = False  # the last /metrics read failed
         self.conn = HTTPConnection(url)
         self.health = Health(settings.down_after, settings.up_after)
         self.memo = ScanMemo()
@@ -125,7 +128,8 @@ class BackendWorker:
                 self._guarded(self.check_health)
                 next_health, _ = next_tick(next_health, s.health_interval_s, time.monotonic())
             if now >= next_metrics:
-                self._guarded(self.scrape_metrics)
+                with self._scrape_turn():
+                    self._guarded(self.scrape_metrics)
                 self.scrapes += 1
                 next_metrics, missed = next_tick(next_metrics, s.interval_s, time.monotonic())
                 if missed:
@@ -138,6 +142,19 @@ class BackendWorker:
             if wait > 0 and self.wake.wait(wait):
                 self.wake.clear()
         self.conn.close()
+
+    def _scrape_turn(self) -> Any:
+        """A place among the few workers allowed to read /metrics at once, in arrival order.
+
+        With all 256 workers runnable together, thread switching cost more CPU
+        than reading the pages, and which thread got the GIL next was luck: an
+        overloaded collector starved some backends for seconds. A backend whose
+        last read failed goes around the gate: its next read will most likely
+        wait on a timeout, not the CPU, and must not hold a place meanwhile.
+        """
+        if self.scrape_slots is None or self.failing:
+            return contextlib.nullcontext()
+        return self.scrape_slots
 
     def _guarded(self, step: Callable[[], Any]) -> None:
         """Run one read; a bug must cost one scrape, never the backend's thread."""
@@ -194,6 +211,7 @@ class BackendWorker:
         self.submit(
             Update(self.name, fields, (*reading.missing, F.LAST_ERROR), scraped_mono=received)
         )
+        self.failing = False
         self.last_ok = received
         self.metrics.scrapes.labels(self.name, "ok").inc()
         self.metrics.scrape_seconds.observe(elapsed)
@@ -201,6 +219,7 @@ class BackendWorker:
         return reading
 
     def _scrape_failed(self, kind: str, message: str) -> None:
+        self.failing = True
         self.metrics.scrapes.labels(self.name, kind).inc()
         self.submit(Update(self.name, {F.LAST_ERROR: f"metrics: {message}"[:200], F.URL: self.url}))
         self.log.debug("scrape_failed", kind=kind, error=message)
