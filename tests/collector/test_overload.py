@@ -178,3 +178,33 @@ def test_fair_slots_admit_in_arrival_order():
     for t in threads:
         t.join(5)
     assert order == [0, 1, 2, 3, 4]
+
+
+def test_hanging_backends_do_not_hold_the_scrape_gate(
+    monkeypatch, redis_client, page_server, run_collector
+):
+    """More hanging backends than read slots: after their first timeout they go around
+    the gate, and the healthy backends keep being read every interval."""
+    import collector.daemon
+    from tests.collector.backends import page
+
+    monkeypatch.setattr(collector.daemon, "SCRAPE_SLOTS", 2)
+    body = page("vllm_dp2_sim.txt")
+    hung = [page_server(body) for _ in range(3)]
+    for server in hung:
+        server.hang_s = 30.0
+    healthy = [page_server(body) for _ in range(2)]
+    backends = [(f"h{i}", s.url) for i, s in enumerate(hung)]
+    backends += [(f"ok{i}", s.url) for i, s in enumerate(healthy)]
+    run_collector(backends, interval_ms=50, timeout_ms=1000, health_interval_ms=1000)
+    keys = [KEYS.backend(f"ok{i}") for i in range(2)]
+    ages_of = redis_client.register_script(AGES_LUA)
+    wait_until(lambda: min(ages_of(keys=keys)) >= 0, timeout=10, message="healthy ones read")
+    time.sleep(1.5)  # every hung backend has timed out once by now
+    worst = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        worst = max(worst, *ages_of(keys=keys))
+        time.sleep(0.05)
+    # Three hung reads holding the two slots in turn would leave them ~1 s stale.
+    assert worst < 500, worst
