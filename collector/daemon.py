@@ -47,9 +47,10 @@ CLAIM_EVERY_S = 0.3
 MEMBERS_EVERY_S = 1.0
 # Threads allowed to parse a page at the same time.
 PARSE_SLOTS = 2
-# Workers allowed to read /metrics at the same time (fetch and parse). Enough
-# to keep 2,560 pages/s flowing with ~10 ms per fetch from remote backends;
-# few enough that the CPU is not spent switching between 256 threads.
+# Workers allowed to read from their backends at the same time (/metrics with
+# its parse, health, models; see BackendWorker._turn). Enough to keep 2,560
+# pages/s flowing with ~10 ms per fetch from remote backends; few enough that
+# the CPU is not spent switching between 256 threads.
 SCRAPE_SLOTS = 32
 
 

@@ -124,37 +124,50 @@ class BackendWorker:
                 next_metrics = now + random.uniform(0, s.interval_s)
                 next_health = now + random.uniform(0, s.health_interval_s)
                 next_models = now + random.uniform(0, min(1.0, s.models_refresh_s))
-            if now >= next_health:
-                self._guarded(self.check_health)
-                next_health, _ = next_tick(next_health, s.health_interval_s, time.monotonic())
-            if now >= next_metrics:
-                with self._scrape_turn():
-                    self._guarded(self.scrape_metrics)
-                self.scrapes += 1
-                next_metrics, missed = next_tick(next_metrics, s.interval_s, time.monotonic())
-                if missed:
-                    self.skipped += missed
-                    self.metrics.skipped_ticks.inc(missed)
-            if now >= next_models:
-                self._guarded(self.refresh_models)
-                next_models, _ = next_tick(next_models, s.models_refresh_s, time.monotonic())
+            if now >= min(next_metrics, next_health, next_models):
+                # One turn for everything due: a worker queueing once per read
+                # would wait in line twice when its health check is due too.
+                with self._turn():
+                    if now >= next_health:
+                        self._guarded(self.check_health)
+                        next_health, _ = next_tick(
+                            next_health, s.health_interval_s, time.monotonic()
+                        )
+                    if now >= next_metrics:
+                        self._guarded(self.scrape_metrics)
+                        next_metrics = self._count_tick(next_metrics)
+                    if now >= next_models:
+                        self._guarded(self.refresh_models)
+                        next_models, _ = next_tick(
+                            next_models, s.models_refresh_s, time.monotonic()
+                        )
             wait = min(next_metrics, next_health, next_models) - time.monotonic()
             if wait > 0 and self.wake.wait(wait):
                 self.wake.clear()
         self.conn.close()
 
-    def _scrape_turn(self) -> Any:
-        """A place among the few workers allowed to read /metrics at once, in arrival order.
+    def _turn(self) -> Any:
+        """A place among the few workers allowed to read from a backend at once, in arrival order.
 
         With all 256 workers runnable together, thread switching cost more CPU
         than reading the pages, and which thread got the GIL next was luck: an
         overloaded collector starved some backends for seconds. A backend whose
-        last read failed goes around the gate: its next read will most likely
-        wait on a timeout, not the CPU, and must not hold a place meanwhile.
+        last metrics read or health check failed goes around the gate: its next
+        read will most likely wait on a timeout, not the CPU, and must not hold
+        a place meanwhile.
         """
-        if self.scrape_slots is None or self.failing:
+        if self.scrape_slots is None or self.failing or self.health.fails:
             return contextlib.nullcontext()
         return self.scrape_slots
+
+    def _count_tick(self, planned: float) -> float:
+        """After a /metrics read planned for *planned*: count it and any skipped ticks."""
+        self.scrapes += 1
+        tick, missed = next_tick(planned, self.settings.interval_s, time.monotonic())
+        if missed:
+            self.skipped += missed
+            self.metrics.skipped_ticks.inc(missed)
+        return tick
 
     def _guarded(self, step: Callable[[], Any]) -> None:
         """Run one read; a bug must cost one scrape, never the backend's thread."""
