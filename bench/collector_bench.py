@@ -1,24 +1,30 @@
-"""Collector benchmark: parser cost, and one collector scraping 256 backends at 10 Hz.
+"""Collector benchmark: parser cost, and collector processes scraping many backends.
 
-    python bench/collector_bench.py                 # everything (about 2 minutes)
+    python bench/collector_bench.py                 # parser + 256 backends at 10 Hz, 3 variants
     python bench/collector_bench.py --parser-only   # just the parser comparison
+    python bench/collector_bench.py --scale         # 256x10 Hz, 1,024x10 Hz with 2 processes,
+                                                    # 1,024x10 Hz with 1 (deliberate overload)
+    python bench/collector_bench.py --scale 512x10:2,256x5:1 --seconds 20
 
 Part 1, parser only (CPU ms per page, one core, no I/O): the collector's
 targeted reader, cold (no per-backend memo) and warm (memo, as in the
 daemon), against prometheus_client's full parser extracting the same
 fields.
 
-Part 2, end to end: a page server in its own process (non-blocking, one
-socket per backend on 256 loopback ports, serving the real ~68 KB vLLM
-0.33 page with changing values), a private redis-server, and one collector
-process. Reported per run: pages/s, collector CPU (% of one core) and CPU
-ms per page, and the age of the metrics as a policy would see it (Redis
-TIME minus scraped_at, sampled for every backend every 20 ms): p50, p99,
-max. Runs: targeted reader with OS threads (the daemon's default),
-targeted reader with gevent greenlets, and prometheus_client's full parse
-with threads (the baseline).
+Part 2, end to end: page server processes (non-blocking, one socket per
+backend on up to 512 loopback ports each, serving the real ~68 KB vLLM 0.33
+page with changing values), a private redis-server, and one or more
+collector processes, which split the backends through their ownership
+leases. Reported per run: pages/s achieved against the target, ticks
+skipped per second, collector CPU (% of one core, summed over processes)
+and CPU ms per page, and the age of the metrics as a policy would see it
+(Redis TIME minus scraped_at, sampled for every backend every 20 ms per 256
+backends): p50, p99, max, next to the bound an overloaded collector should
+keep (backends / achieved pages/s). Default runs: targeted reader with OS
+threads (the daemon's default), with gevent greenlets, and
+prometheus_client's full parse with threads (the baseline).
 
-Everything runs on this machine: the server's and Redis's CPU compete with
+Everything runs on this machine: the servers' and Redis's CPU compete with
 the collector's, so the CPU of each is printed too.
 """
 
@@ -252,19 +258,6 @@ def summed_counters(ports: list[int]) -> dict[str, float]:
     return totals
 
 
-# Bench only (standalone Redis): the age (ms, Redis clock) of every backend's metrics.
-AGES_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i, key in ipairs(KEYS) do
-  local at = redis.call('HGET', key, 'scraped_at')
-  out[i] = at and (now - tonumber(at)) or -1
-end
-return out
-"""
-
-
 def end_to_end(
     redis_url: str,
     ports: list[int],
@@ -279,6 +272,7 @@ def end_to_end(
 ) -> dict:
     import redis
 
+    from tests.collector.ages import ages_reader
     from tests.harness import free_port, wait_for_port
 
     metrics_ports = [free_port() for _ in range(processes)]
@@ -320,11 +314,8 @@ def end_to_end(
         counts0, t0 = summed_counters(metrics_ports), time.monotonic()
         ages: list[float] = []
         keys = [f"llmlb:{{default}}:backend:{n}" for n in names]
-        # One server-side read of every backend's age per sample: a Python
-        # pipeline of 256 HGETs every 20 ms would cost the sampler (on the
-        # same two cores) more CPU than the collector under test. Larger
-        # fleets are sampled less often, for the same Redis cost.
-        ages_of = client.register_script(AGES_LUA)
+        # Larger fleets are sampled less often, for the same Redis cost.
+        ages_of = ages_reader(client)
         pause = 0.02 * max(1.0, len(keys) / 256)
         while time.monotonic() - t0 < seconds:
             ages.extend(a for a in ages_of(keys=keys) if a >= 0)

@@ -25,20 +25,11 @@ from collector.publish import Update
 from collector.slots import FairSlots
 from collector.worker import next_tick
 from llmlbd.state.keys import PoolKeys
+from tests.collector.ages import ages_reader
 from tests.harness import ROOT, wait_until
 
 KEYS = PoolKeys("default")
 BACKENDS = 48
-AGES_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i, key in ipairs(KEYS) do
-  local at = redis.call('HGET', key, 'scraped_at')
-  out[i] = at and (now - tonumber(at)) or -1
-end
-return out
-"""
 
 
 def _page_fleet(count: int) -> tuple[subprocess.Popen, list[int]]:
@@ -65,7 +56,7 @@ def test_overloaded_collector_keeps_every_age_bounded(redis_client, run_collecto
             timeout_ms=2000,
         )
         collector = run.collector
-        ages_of = redis_client.register_script(AGES_LUA)
+        ages_of = ages_reader(redis_client)
         keys = [KEYS.backend(n) for n in names]
         wait_until(lambda: min(ages_of(keys=keys)) >= 0, timeout=15, message="every backend read")
 
@@ -198,7 +189,7 @@ def test_hanging_backends_do_not_hold_the_scrape_gate(
     backends += [(f"ok{i}", s.url) for i, s in enumerate(healthy)]
     run_collector(backends, interval_ms=50, timeout_ms=1000, health_interval_ms=1000)
     keys = [KEYS.backend(f"ok{i}") for i in range(2)]
-    ages_of = redis_client.register_script(AGES_LUA)
+    ages_of = ages_reader(redis_client)
     wait_until(lambda: min(ages_of(keys=keys)) >= 0, timeout=10, message="healthy ones read")
     time.sleep(1.5)  # every hung backend has timed out once by now
     worst = 0
