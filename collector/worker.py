@@ -312,15 +312,16 @@ class BackendWorker:
 
 
 def next_tick(previous: float, interval: float, now: float) -> tuple[float, int]:
-    """The schedule's first tick after *now*, and how many ticks passed while busy.
+    """When to read next, and how many ticks passed while busy are skipped.
 
-    A tick that passed while the previous read was still running (or waiting
-    for the CPU) is skipped, never queued: an overloaded collector reads each
-    backend less often instead of building a backlog, so every backend's age
-    stays bounded by about backends / achievable reads per second.
+    On time, the next tick of the schedule. Late (the previous read ran past
+    the tick, or waited that long for its turn): read again at once, and skip
+    every other tick that passed, never queue them. An overloaded collector
+    thus reads each backend once per round of its first-come, first-served
+    turns, less often than configured but never with a backlog, so every
+    backend's age stays about backends / achieved reads per second.
     """
     planned = previous + interval
     if planned > now:
         return planned, 0
-    missed = int((now - planned) // interval) + 1
-    return planned + missed * interval, missed
+    return now, int((now - planned) // interval)
