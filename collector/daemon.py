@@ -182,7 +182,20 @@ class Collector:
         if port:
             from prometheus_client import start_http_server
 
-            self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
+            try:
+                self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
+            except OSError as exc:
+                # Routing needs the scraping, not the collector's own metrics: a port
+                # taken by another process (a second llmlbd on the host) must not
+                # stop it, nor send it into a restart loop under `llmlbd start`.
+                self.log.error(
+                    "metrics_port_unavailable",
+                    port=port,
+                    error=str(exc),
+                    hint="set collector.metrics_port (or --metrics-port) to a free port, "
+                    "or 0 to turn the collector's own /metrics off",
+                )
+                port = 0
         self._spawn("publisher", self.publisher.run, self.stop)
         self._spawn("reaper", self.reaper.run, self.stop)
         self.follow_members(force=True)

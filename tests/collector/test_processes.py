@@ -140,3 +140,21 @@ def test_llmlbd_start_runs_collector_processes(redis_url, redis_client, page_ser
         )
         assert '"child_died"' in lb.log()
         assert all(redis_client.hget(KEYS.backend(n), F.RUNNING) == "12" for n in servers)
+
+
+def test_metrics_port_taken_does_not_stop_the_collector(redis_client, page_server, run_collector):
+    """Two collectors given one metrics port (say two llmlbd on a host): the second
+    logs metrics_port_unavailable and scrapes anyway, instead of a crash loop."""
+    import socket
+
+    server = page_server(page("vllm_dp2_sim.txt"))
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        run = run_collector([("a", server.url)], metrics_port=taken.getsockname()[1])
+        wait_until(
+            lambda: redis_client.hget(KEYS.backend("a"), F.RUNNING) == "12",
+            timeout=10,
+            message="scraped without its own /metrics",
+        )
+        assert run.collector._metrics_server is None and run.thread.is_alive()
