@@ -1,24 +1,30 @@
-"""Collector benchmark: parser cost, and one collector scraping 256 backends at 10 Hz.
+"""Collector benchmark: parser cost, and collector processes scraping many backends.
 
-    python bench/collector_bench.py                 # everything (about 2 minutes)
+    python bench/collector_bench.py                 # parser + 256 backends at 10 Hz, 3 variants
     python bench/collector_bench.py --parser-only   # just the parser comparison
+    python bench/collector_bench.py --scale         # 256x10 Hz, 1,024x10 Hz with 2 processes,
+                                                    # 1,024x10 Hz with 1 (deliberate overload)
+    python bench/collector_bench.py --scale 512x10:2,256x5:1 --seconds 20
 
 Part 1, parser only (CPU ms per page, one core, no I/O): the collector's
 targeted reader, cold (no per-backend memo) and warm (memo, as in the
 daemon), against prometheus_client's full parser extracting the same
 fields.
 
-Part 2, end to end: a page server in its own process (non-blocking, one
-socket per backend on 256 loopback ports, serving the real ~68 KB vLLM
-0.33 page with changing values), a private redis-server, and one collector
-process. Reported per run: pages/s, collector CPU (% of one core) and CPU
-ms per page, and the age of the metrics as a policy would see it (Redis
-TIME minus scraped_at, sampled for every backend every 20 ms): p50, p99,
-max. Runs: targeted reader with OS threads (the daemon's default),
-targeted reader with gevent greenlets, and prometheus_client's full parse
-with threads (the baseline).
+Part 2, end to end: page server processes (non-blocking, one socket per
+backend on up to 512 loopback ports each, serving the real ~68 KB vLLM 0.33
+page with changing values), a private redis-server, and one or more
+collector processes, which split the backends through their ownership
+leases. Reported per run: pages/s achieved against the target, ticks
+skipped per second, collector CPU (% of one core, summed over processes)
+and CPU ms per page, and the age of the metrics as a policy would see it
+(Redis TIME minus scraped_at, sampled for every backend every 20 ms per 256
+backends): p50, p99, max, next to the bound an overloaded collector should
+keep (backends / achieved pages/s). Default runs: targeted reader with OS
+threads (the daemon's default), with gevent greenlets, and
+prometheus_client's full parse with threads (the baseline).
 
-Everything runs on this machine: the server's and Redis's CPU compete with
+Everything runs on this machine: the servers' and Redis's CPU compete with
 the collector's, so the CPU of each is printed too.
 """
 
@@ -205,8 +211,10 @@ def serve(count: int) -> None:
                 )
 
 
-# -- part 2: the collector process ---------------------------------------------------
-def run_collector_process(config: str, concurrency: str, parser: str) -> None:
+# -- part 2: the collector processes ------------------------------------------------
+def run_collector_process(
+    config: str, concurrency: str, parser: str, collector_id: str, metrics_port: str
+) -> None:
     """The collector daemon, optionally with the full prometheus_client parse swapped in."""
     if concurrency == "gevent":
         from collector.cli import patch_for_gevent
@@ -218,7 +226,7 @@ def run_collector_process(config: str, concurrency: str, parser: str) -> None:
         collector.worker.read_metrics = full_read
     from collector.daemon import main
 
-    sys.exit(main(config, "bench"))
+    sys.exit(main(config, collector_id, {"collector__metrics_port": int(metrics_port)}))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -226,8 +234,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def scrape_counts(port: int) -> dict[str, float]:
-    """The collector's own scrape counters, summed over backends: outcome -> count."""
+def own_counters(port: int) -> dict[str, float]:
+    """One collector's own counters: scrapes by outcome ("ok", "timeout", ...) and skipped ticks."""
     import requests
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -237,20 +245,17 @@ def scrape_counts(port: int) -> dict[str, float]:
         for s in family.samples:
             if s.name == "llmlbd_collector_scrapes_total":
                 totals[s.labels["outcome"]] = totals.get(s.labels["outcome"], 0.0) + s.value
+            elif s.name == "llmlbd_collector_skipped_ticks_total":
+                totals["skipped_ticks"] = s.value
     return totals
 
 
-# Bench only (standalone Redis): the age (ms, Redis clock) of every backend's metrics.
-AGES_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i, key in ipairs(KEYS) do
-  local at = redis.call('HGET', key, 'scraped_at')
-  out[i] = at and (now - tonumber(at)) or -1
-end
-return out
-"""
+def summed_counters(ports: list[int]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for port in ports:
+        for name, value in own_counters(port).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return totals
 
 
 def end_to_end(
@@ -261,15 +266,17 @@ def end_to_end(
     hz: float,
     warmup: float,
     seconds: float,
-    server_pid: int,
+    server_pids: list[int],
     redis_pid: int | None,
+    processes: int = 1,
 ) -> dict:
     import redis
 
+    from tests.collector.ages import ages_reader
     from tests.harness import free_port, wait_for_port
 
-    metrics_port = free_port()
-    names = [f"b{i:03d}" for i in range(len(ports))]
+    metrics_ports = [free_port() for _ in range(processes)]
+    names = [f"b{i:04d}" for i in range(len(ports))]
     config = {
         "redis": {"url": redis_url},
         "logging": {"level": "warning"},
@@ -278,7 +285,6 @@ def end_to_end(
             "timeout_ms": 1000,
             "health_interval_ms": 1000,
             "models_refresh_s": 5.0,
-            "metrics_port": metrics_port,
         },
         "backends": [{"name": n, "url": f"http://127.0.0.1:{p}"} for n, p in zip(names, ports)],
     }
@@ -286,48 +292,54 @@ def end_to_end(
         json.dump(config, f)  # JSON is YAML
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushall()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--collector", f.name, concurrency, parser], cwd=str(ROOT)
-    )
-    try:
-        wait_for_port(metrics_port, timeout=30, process=proc)
-        time.sleep(warmup)
-        cpu0 = (
-            cpu_seconds(proc.pid),
-            cpu_seconds(server_pid),
-            cpu_seconds(redis_pid) if redis_pid else 0.0,
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--collector", f.name, concurrency, parser]
+            + [f"bench-{i}", str(port)],
+            cwd=str(ROOT),
         )
-        counts0, t0 = scrape_counts(metrics_port), time.monotonic()
+        for i, port in enumerate(metrics_ports)
+    ]
+
+    def cpu_now() -> list[float]:
+        own = sum(cpu_seconds(p.pid) for p in procs)
+        server = sum(cpu_seconds(pid) for pid in server_pids)
+        return [own, server, cpu_seconds(redis_pid) if redis_pid else 0.0]
+
+    try:
+        for proc, port in zip(procs, metrics_ports):
+            wait_for_port(port, timeout=30, process=proc)
+        time.sleep(warmup)
+        cpu0 = cpu_now()
+        counts0, t0 = summed_counters(metrics_ports), time.monotonic()
         ages: list[float] = []
         keys = [f"llmlb:{{default}}:backend:{n}" for n in names]
-        # One server-side read of every backend's age per sample: a Python
-        # pipeline of 256 HGETs every 20 ms would cost the sampler (on the
-        # same two cores) more CPU than the collector under test.
-        ages_of = client.register_script(AGES_LUA)
+        # Larger fleets are sampled less often, for the same Redis cost.
+        ages_of = ages_reader(client)
+        pause = 0.02 * max(1.0, len(keys) / 256)
         while time.monotonic() - t0 < seconds:
             ages.extend(a for a in ages_of(keys=keys) if a >= 0)
-            time.sleep(0.02)
+            time.sleep(pause)
         elapsed = time.monotonic() - t0
-        counts1 = scrape_counts(metrics_port)
-        cpu1 = (
-            cpu_seconds(proc.pid),
-            cpu_seconds(server_pid),
-            cpu_seconds(redis_pid) if redis_pid else 0.0,
-        )
+        counts1 = summed_counters(metrics_ports)
+        cpu1 = cpu_now()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         client.close()
         os.unlink(f.name)
     pages = counts1.get("ok", 0.0) - counts0.get("ok", 0.0)
+    skipped = counts1.get("skipped_ticks", 0.0) - counts0.get("skipped_ticks", 0.0)
     failed = {
         k: v - counts0.get(k, 0.0)
         for k, v in counts1.items()
-        if k != "ok" and v > counts0.get(k, 0.0)
+        if k not in ("ok", "skipped_ticks") and v > counts0.get(k, 0.0)
     }
     ages.sort()
     pick = (
@@ -336,15 +348,18 @@ def end_to_end(
         else (lambda q: float("nan"))
     )
     cpu = [(b - a) / elapsed for a, b in zip(cpu0, cpu1)]
+    parser_name = "targeted" if parser == "targeted" else "prometheus_client"
     return {
-        "run": f"{'targeted' if parser == 'targeted' else 'prometheus_client'} + {concurrency}",
+        "run": f"{len(ports)}x{hz:g}Hz {processes}p {parser_name}+{concurrency}",
         "pages_per_s": pages / elapsed,
         "target_pages_per_s": len(ports) * hz,
+        "skipped_per_s": skipped / elapsed,
         "collector_cpu_pct": cpu[0] * 100,
         "cpu_ms_per_page": cpu[0] * elapsed * 1000 / pages if pages else float("nan"),
         "age_p50_ms": pick(0.50),
         "age_p99_ms": pick(0.99),
         "age_max_ms": ages[-1] if ages else float("nan"),
+        "age_bound_ms": len(ports) / (pages / elapsed) * 1000 if pages else float("nan"),
         "age_samples": len(ages),
         "failed": failed,
         "server_cpu_pct": cpu[1] * 100,
@@ -352,16 +367,69 @@ def end_to_end(
     }
 
 
+class PageFleet:
+    """Page server processes for *count* backends (at most 512 ports each)."""
+
+    def __init__(self, count: int) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.ports: list[int] = []
+        for start in range(0, count, 512):
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--serve", str(min(512, count - start))],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            self.ports += json.loads(proc.stdout.readline())
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+
+# The scale suite: the issue's target, a fleet split over two processes, and a
+# deliberate overload (one process asked for 10,240 pages/s) whose ages must
+# stay bounded by about backends / achieved pages/s.
+SCALE_SUITE = "256x10:1,1024x10:2,1024x10:1"
+
+
+def print_row(r: dict) -> None:
+    print(
+        f"  {r['run']:38s} {r['pages_per_s']:7.0f}/{r['target_pages_per_s']:<6.0f} "
+        f"{r['skipped_per_s']:7.0f} {r['collector_cpu_pct']:7.0f}% {r['cpu_ms_per_page']:8.3f} "
+        f"{r['age_p50_ms']:7.0f}ms {r['age_p99_ms']:7.0f}ms {r['age_max_ms']:7.0f}ms "
+        f"{r['age_bound_ms']:7.0f}ms {r['server_cpu_pct']:6.0f}% {r['redis_cpu_pct']:5.0f}%"
+        + (f"  failed: {r['failed']}" if r["failed"] else ""),
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backends", type=int, default=256)
     ap.add_argument("--hz", type=float, default=10.0)
+    ap.add_argument("--processes", type=int, default=1, help="collector processes per run")
     ap.add_argument("--seconds", type=float, default=20.0, help="measurement window per run")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--runs", default="targeted:threads,targeted:gevent,full:threads")
+    ap.add_argument(
+        "--scale",
+        nargs="?",
+        const=SCALE_SUITE,
+        help="fleets as BACKENDSxHZ:PROCESSES,... with the default reader and threads "
+        f"(no value: {SCALE_SUITE}); replaces --runs",
+    )
     ap.add_argument("--parser-only", action="store_true")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--collector", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--collector", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         return serve(args.serve)
@@ -372,11 +440,22 @@ def main() -> None:
         f"page: {PAGE.relative_to(ROOT)} ({PAGE.stat().st_size} bytes), python {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    print("\nParser only (CPU ms per page, single thread):")
-    for name, ms in parser_bench().items():
-        print(f"  {name:38s} {ms:8.3f} ms")
-    if args.parser_only:
-        return
+    if not args.scale:
+        print("\nParser only (CPU ms per page, single thread):")
+        for name, ms in parser_bench().items():
+            print(f"  {name:38s} {ms:8.3f} ms")
+        if args.parser_only:
+            return
+        plan = [
+            (args.backends, args.hz, args.processes, *spec.split(":"))
+            for spec in args.runs.split(",")
+        ]
+    else:
+        plan = []
+        for spec in args.scale.split(","):
+            fleet, _, processes = spec.partition(":")
+            backends, _, hz = fleet.partition("x")
+            plan.append((int(backends), float(hz), int(processes or 1), "targeted", "threads"))
 
     from llmlbd.embedded import EmbeddedRedis
     from tests.harness import free_port
@@ -385,47 +464,37 @@ def main() -> None:
         runtime_dir=tempfile.mkdtemp(prefix="llmlbd-bench-"), port=free_port()
     )
     redis_server.start()
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(args.backends)], stdout=subprocess.PIPE, text=True
-    )
+    fleet = PageFleet(max(backends for backends, *_ in plan))
     try:
-        ports = json.loads(server.stdout.readline())
         redis_pid = _pid_listening(redis_server.url)
         print(
-            f"\nEnd to end: {args.backends} backends at {args.hz:g} Hz, "
-            f"{args.seconds:g} s window after {args.warmup:g} s warm-up"
+            f"\nEnd to end: {args.seconds:g} s window after {args.warmup:g} s warm-up; "
+            "age = Redis TIME - scraped_at over every backend; bound = backends / achieved pages/s"
         )
-        header = (
-            f"  {'run':30s} {'pages/s':>9s} {'coll.CPU':>9s} {'CPU ms/pg':>9s} "
-            f"{'age p50':>8s} {'age p99':>8s} {'age max':>8s} {'server':>7s} {'redis':>6s}"
+        print(
+            f"  {'run':38s} {'pages/s achieved/target':>14s} {'skip/s':>7s} {'coll.CPU':>8s} "
+            f"{'ms/page':>8s} {'age p50':>9s} {'age p99':>9s} {'age max':>9s} {'bound':>9s} "
+            f"{'server':>7s} {'redis':>6s}"
         )
-        print(header)
-        for spec in args.runs.split(","):
-            parser, concurrency = spec.split(":")
+        for backends, hz, processes, parser, concurrency in plan:
             r = end_to_end(
                 redis_server.url,
-                ports,
+                fleet.ports[:backends],
                 concurrency,
                 parser,
-                args.hz,
+                hz,
                 args.warmup,
                 args.seconds,
-                server.pid,
+                fleet.pids,
                 redis_pid,
+                processes,
             )
-            print(
-                f"  {r['run']:30s} {r['pages_per_s']:9.0f} {r['collector_cpu_pct']:8.0f}% "
-                f"{r['cpu_ms_per_page']:9.3f} {r['age_p50_ms']:7.0f}ms {r['age_p99_ms']:7.0f}ms "
-                f"{r['age_max_ms']:7.0f}ms {r['server_cpu_pct']:6.0f}% {r['redis_cpu_pct']:5.0f}%"
-                + (f"  failed: {r['failed']}" if r["failed"] else ""),
-                flush=True,
-            )
+            print_row(r)
         print(
             f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these CPUs)"
         )
     finally:
-        server.kill()
-        server.wait()
+        fleet.close()
         redis_server.stop()
 
 

@@ -107,6 +107,30 @@ class CollectorMetrics:
         self.redis_errors = Counter(
             "llmlbd_collector_redis_errors", "Failed Redis calls, by operation.", ["op"], registry=r
         )
+        # Overload: what the collector could not do, and how far behind it is.
+        self.skipped_ticks = Counter(
+            "llmlbd_collector_skipped_ticks",
+            "Scheduled /metrics scrapes skipped because the previous one ran past the tick "
+            "(the collector cannot keep up with collector.interval_ms).",
+            registry=r,
+        )
+        self.scrape_rate = Gauge(
+            "llmlbd_collector_scrape_rate",
+            "/metrics scrapes per second over the last few seconds: achieved, and target "
+            "(owned backends / interval).",
+            ["kind"],
+            registry=r,
+        )
+        self.pending_writes = Gauge(
+            "llmlbd_collector_pending_writes",
+            "Backends with a hash write waiting for the publisher (at most one each).",
+            registry=r,
+        )
+        self.coalesced = Counter(
+            "llmlbd_collector_coalesced_writes",
+            "Updates merged into a write still waiting for the same backend.",
+            registry=r,
+        )
         self.reaped = Counter(
             "llmlbd_collector_reaped_leases",
             "In-flight leases of dead proxy workers dropped.",

@@ -27,7 +27,7 @@ from collector.scrape import check_health, get_metrics_text, get_models
 from collector.sources import METRIC_FIELDS, Plan, Source
 from llmlbd.state import backend_fields as F
 
-__all__ = ["Settings", "BackendWorker"]
+__all__ = ["Settings", "BackendWorker", "next_tick"]
 
 _HEALTH_VALUE = {F.HEALTH_UP: 1.0, F.HEALTH_DOWN: 0.0, F.HEALTH_UNKNOWN: -1.0}
 _IDLE_WAIT_S = 1.0  # a worker whose backend another collector owns re-checks this often
@@ -76,6 +76,7 @@ class BackendWorker:
         is_owned: Callable[[str], bool] = lambda name: True,
         restore: Callable[[str], Any] | None = None,
         cpu_slots: Any = None,
+        scrape_slots: Any = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -86,12 +87,17 @@ class BackendWorker:
         self.is_owned = is_owned
         self.restore = restore
         self.cpu_slots = cpu_slots if cpu_slots is not None else contextlib.nullcontext()
+        self.scrape_slots = scrape_slots
+        self.failing = False  # the last /metrics read failed
         self.conn = HTTPConnection(url)
         self.health = Health(settings.down_after, settings.up_after)
         self.memo = ScanMemo()
         self.learned: dict[str, Source] = {}
         self.missing: set[str] = set()
         self.last_ok: float | None = None  # monotonic time of the last good scrape
+        # /metrics reads attempted and ticks skipped; written by this worker only.
+        self.scrapes = 0
+        self.skipped = 0
         self.active = False
         self.wake = threading.Event()
         self.log = get_logger(backend=name)
@@ -118,19 +124,50 @@ class BackendWorker:
                 next_metrics = now + random.uniform(0, s.interval_s)
                 next_health = now + random.uniform(0, s.health_interval_s)
                 next_models = now + random.uniform(0, min(1.0, s.models_refresh_s))
-            if now >= next_health:
-                self._guarded(self.check_health)
-                next_health = _next(next_health, s.health_interval_s, time.monotonic())
-            if now >= next_metrics:
-                self._guarded(self.scrape_metrics)
-                next_metrics = _next(next_metrics, s.interval_s, time.monotonic())
-            if now >= next_models:
-                self._guarded(self.refresh_models)
-                next_models = _next(next_models, s.models_refresh_s, time.monotonic())
+            if now >= min(next_metrics, next_health, next_models):
+                # One turn for everything due: a worker queueing once per read
+                # would wait in line twice when its health check is due too.
+                with self._turn():
+                    if now >= next_health:
+                        self._guarded(self.check_health)
+                        next_health, _ = next_tick(
+                            next_health, s.health_interval_s, time.monotonic()
+                        )
+                    if now >= next_metrics:
+                        self._guarded(self.scrape_metrics)
+                        next_metrics = self._count_tick(next_metrics)
+                    if now >= next_models:
+                        self._guarded(self.refresh_models)
+                        next_models, _ = next_tick(
+                            next_models, s.models_refresh_s, time.monotonic()
+                        )
             wait = min(next_metrics, next_health, next_models) - time.monotonic()
             if wait > 0 and self.wake.wait(wait):
                 self.wake.clear()
         self.conn.close()
+
+    def _turn(self) -> Any:
+        """A place among the few workers allowed to read from a backend at once, in arrival order.
+
+        With all 256 workers runnable together, thread switching cost more CPU
+        than reading the pages, and which thread got the GIL next was luck: an
+        overloaded collector starved some backends for seconds. A backend whose
+        last metrics read or health check failed goes around the gate: its next
+        read will most likely wait on a timeout, not the CPU, and must not hold
+        a place meanwhile.
+        """
+        if self.scrape_slots is None or self.failing or self.health.fails:
+            return contextlib.nullcontext()
+        return self.scrape_slots
+
+    def _count_tick(self, planned: float) -> float:
+        """After a /metrics read planned for *planned*: count it and any skipped ticks."""
+        self.scrapes += 1
+        tick, missed = next_tick(planned, self.settings.interval_s, time.monotonic())
+        if missed:
+            self.skipped += missed
+            self.metrics.skipped_ticks.inc(missed)
+        return tick
 
     def _guarded(self, step: Callable[[], Any]) -> None:
         """Run one read; a bug must cost one scrape, never the backend's thread."""
@@ -187,6 +224,7 @@ class BackendWorker:
         self.submit(
             Update(self.name, fields, (*reading.missing, F.LAST_ERROR), scraped_mono=received)
         )
+        self.failing = False
         self.last_ok = received
         self.metrics.scrapes.labels(self.name, "ok").inc()
         self.metrics.scrape_seconds.observe(elapsed)
@@ -194,6 +232,7 @@ class BackendWorker:
         return reading
 
     def _scrape_failed(self, kind: str, message: str) -> None:
+        self.failing = True
         self.metrics.scrapes.labels(self.name, kind).inc()
         self.submit(Update(self.name, {F.LAST_ERROR: f"metrics: {message}"[:200], F.URL: self.url}))
         self.log.debug("scrape_failed", kind=kind, error=message)
@@ -272,7 +311,17 @@ class BackendWorker:
         return out
 
 
-def _next(previous: float, interval: float, now: float) -> float:
-    """Fixed rate: the next run one interval after the last planned one, never in the past."""
+def next_tick(previous: float, interval: float, now: float) -> tuple[float, int]:
+    """When to read next, and how many ticks passed while busy are skipped.
+
+    On time, the next tick of the schedule. Late (the previous read ran past
+    the tick, or waited that long for its turn): read again at once, and skip
+    every other tick that passed, never queue them. An overloaded collector
+    thus reads each backend once per round of its first-come, first-served
+    turns, less often than configured but never with a backlog, so every
+    backend's age stays about backends / achieved reads per second.
+    """
     planned = previous + interval
-    return planned if planned > now else now
+    if planned > now:
+        return planned, 0
+    return now, int((now - planned) // interval)

@@ -118,6 +118,7 @@ class CollectorSection:
     """`collector`: The metrics and health collector (`llmlbd collector`)."""
 
     enabled: bool | None
+    processes: int | None
     interval_ms: int
     timeout_ms: int
     health_path: str

@@ -219,6 +219,13 @@ SETTINGS: list[Setting] = [
         "Redis, off otherwise (run `llmlbd collector` under systemd).",
     ),
     Setting(
+        "collector.processes",
+        None,
+        v.optional_positive_int,
+        "How many collector processes `llmlbd start` runs; they split the backends through "
+        "their ownership leases. Default: half the cores, 1 to 8.",
+    ),
+    Setting(
         "collector.interval_ms",
         200,
         v.positive_int,

@@ -48,6 +48,10 @@ def non_negative_int(value: Any) -> int:
     return value
 
 
+def optional_positive_int(value: Any) -> int | None:
+    return None if value is None else positive_int(value)
+
+
 def positive_float(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"expected a number > 0, got {value!r}")

@@ -156,14 +156,30 @@ def start_command(
         if collector_on:
             effective = run_dir / "effective-config.yaml"
             effective.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            collector = CommandChild(
-                "collector", [sys.executable, "-m", "collector", "--config", str(effective)]
-            )
-            collector.start()
-            children.append(collector)
+            # Several processes split the backends through the ownership leases;
+            # each needs a metrics port of its own (9101, 9102, ...).
+            port = config.collector.metrics_port
+            count = config.collector.processes or default_collector_processes()
+            for i in range(count):
+                collector = CommandChild(
+                    "collector" if count == 1 else f"collector-{i + 1}",
+                    [sys.executable, "-m", "collector", "--config", str(effective)]
+                    + ["--metrics-port", str(port + i if port else 0)],
+                )
+                collector.start()
+                children.append(collector)
     except (EmbeddedRedisError, RuntimeError, OSError) as exc:
         for child in reversed(children):
             child.stop()
         raise RuntimeProblem(str(exc)) from None
 
     LLMLBApplication(config, children, overrides=overrides, models=demo_models).run()
+
+
+def default_collector_processes() -> int:
+    """Half the cores, 1 to 8: the other half is the proxy workers' and Redis's.
+
+    One process reads ~256 backends at 10 Hz with one core (docs/collector.md);
+    past 8, every extra process mostly adds claim and reap calls to Redis.
+    """
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
