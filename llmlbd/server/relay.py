@@ -59,6 +59,7 @@ class ProxiedResponse:
         content_type = upstream.header("content-type") or ""
         self.is_sse = content_type.startswith("text/event-stream")
         metrics.INFLIGHT.inc()
+        app.active += 1
 
     def headers(self) -> list[tuple[str, str]]:
         headers = response_headers(self.upstream)
@@ -107,6 +108,7 @@ class ProxiedResponse:
             self.upstream.release()
         finally:
             metrics.INFLIGHT.dec()
+            self.app.active -= 1
             assert self.app.runtime is not None
             self.app.runtime.router.release(self.decision)
             metrics.UPSTREAM_SECONDS.labels(self.decision.backend.name).observe(

@@ -34,7 +34,7 @@ from llmlbd.errors import (
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
-from llmlbd.server import models_union
+from llmlbd.server import cpuprofile, models_union, requestlog
 from llmlbd.server.forward import ConnectFailure, UpstreamReadTimeout, request_headers
 from llmlbd.server.parse import parse_request
 from llmlbd.server.relay import BACKEND_HEADER, ProxiedResponse
@@ -79,6 +79,10 @@ class ProxyApp:
         self.max_body = config.server.max_body_bytes
         self.backend_header = config.server.backend_header
         self.access_log = config.logging.access_log
+        self.request_log: requestlog.RequestLog | None = None
+        # Above zero while this worker forwards a request or relays a response: the
+        # request log writes at once when it is zero and batches while it is not.
+        self.active = 0
         self._maintainer: gevent.Greenlet | None = None
         self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.models = models_union.ModelsCache(config.backends)
@@ -87,6 +91,9 @@ class ProxyApp:
     # worker lifecycle ---------------------------------------------------------------------
     def init_worker(self, worker_id: str) -> None:
         self.runtime = WorkerRuntime.build(self.config, worker_id)
+        if self.access_log:
+            self.request_log = requestlog.for_config(self.config.logging.format)
+        cpuprofile.start_if_enabled()  # benchmarks only: off unless its variable is set
         self._maintain()  # heartbeat and membership before the first request
         self._maintainer = gevent.spawn(self._maintain_forever)
 
@@ -118,6 +125,8 @@ class ProxyApp:
         if self.runtime is not None:
             self.runtime.router.retire()
             self.runtime.upstreams.close()
+        if self.request_log is not None:
+            self.request_log.close()
 
     # request dispatch ---------------------------------------------------------------------
     # idle keep-alive connections -----------------------------------------------------------
@@ -267,7 +276,11 @@ class ProxyApp:
             environ.get("wsgi.url_scheme", "http"),
             environ.get("HTTP_HOST", ""),
         )
-        return self._forward(request, target, upstream_headers, body, start_response)
+        self.active += 1  # the ProxiedResponse counts itself from here on
+        try:
+            return self._forward(request, target, upstream_headers, body, start_response)
+        finally:
+            self.active -= 1
 
     def _cooling(self) -> frozenset[str]:
         now = time.monotonic()
@@ -316,7 +329,9 @@ class ProxyApp:
                 continue
             except UpstreamReadTimeout:
                 router.release(decision)
-                self._log_request(request, decision, 504, 0, sent_at, None, "upstream_timeout")
+                self._log_request(
+                    request, decision, 504, 0, sent_at, None, "upstream_timeout", holding=1
+                )
                 raise UpstreamTimeout(
                     f"backend {backend.name} sent no response within "
                     f"{self.config.server.read_timeout_s:g} s (server.read_timeout_s)"
@@ -356,28 +371,21 @@ class ProxyApp:
         sent_at: float,
         ttfb: float | None,
         outcome: str,
+        holding: int = 0,
     ) -> None:
+        """Count the request and log its line; *holding*: 1 while the caller still counts
+        itself in `active`."""
         backend = decision.backend.name if decision else ""
         policy = decision.policy if decision else ""
         metrics.REQUESTS.labels(backend, policy, str(status)).inc()
-        if not self.access_log:
-            return
-        duration_ms = round((time.perf_counter() - sent_at) * 1000, 2)
-        log.info(
-            "request_done",
-            request_id=request.request_id,
-            client_request_id=request.headers.get("x-request-id"),
-            method=request.method,
-            path=request.path,
-            model=request.model,
-            stream=request.stream,
-            backend=backend,
-            policy=policy,
-            reason=decision.reason if decision else "",
-            status=status,
-            bytes=size,
-            ttfb_ms=round(ttfb * 1000, 2) if ttfb is not None else None,
-            duration_ms=duration_ms,
-            outcome=outcome,
-            decision=decision.details if decision and decision.details else None,
-        )
+        if self.request_log is not None:
+            self.request_log.request_done(
+                request,
+                decision,
+                status,
+                size,
+                ttfb,
+                time.perf_counter() - sent_at,
+                outcome,
+                busy=self.active > holding,
+            )
