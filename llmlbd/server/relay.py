@@ -75,9 +75,7 @@ class ProxiedResponse:
             for chunk in self.upstream.iter_body():
                 if self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.sent_at
-                    metrics.UPSTREAM_TTFB_SECONDS.labels(self.decision.backend.name).observe(
-                        self.ttfb
-                    )
+                    metrics.upstream_ttfb_by(self.decision.backend.name).observe(self.ttfb)
                 self.size += len(chunk)
                 yield chunk
         except BodyError as exc:
@@ -111,7 +109,7 @@ class ProxiedResponse:
             self.app.active -= 1
             assert self.app.runtime is not None
             self.app.runtime.router.release(self.decision)
-            metrics.UPSTREAM_SECONDS.labels(self.decision.backend.name).observe(
+            metrics.upstream_seconds_by(self.decision.backend.name).observe(
                 time.perf_counter() - self.sent_at
             )
             self.app._log_request(

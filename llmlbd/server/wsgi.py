@@ -173,7 +173,7 @@ class ProxyApp:
                 f"no route for {method} {path}; llmlbd forwards /v1/*, /tokenize and /detokenize"
             )
         except LLMLBError as error:
-            metrics.REQUESTS.labels("", "", str(error.status)).inc()
+            metrics.requests_by("", "", str(error.status)).inc()
             if error.status == 429:
                 metrics.SHED.labels(error.code).inc()
             # After HeadersRejected, start_response was already called once.
@@ -313,7 +313,7 @@ class ProxyApp:
                 if failures:  # the others were tried and failed: that is the real story
                     break
                 raise
-            metrics.DECISION_SECONDS.labels(decision.policy).observe(time.perf_counter() - started)
+            metrics.decision_seconds_by(decision.policy).observe(time.perf_counter() - started)
             backend = decision.backend
             sent_at = time.perf_counter()
             try:
@@ -377,7 +377,7 @@ class ProxyApp:
         itself in `active`."""
         backend = decision.backend.name if decision else ""
         policy = decision.policy if decision else ""
-        metrics.REQUESTS.labels(backend, policy, str(status)).inc()
+        metrics.requests_by(backend, policy, str(status)).inc()
         if self.request_log is not None:
             self.request_log.request_done(
                 request,
