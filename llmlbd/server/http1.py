@@ -271,24 +271,41 @@ class Response:
         self.complete = True
 
     def _chunked(self, conn: _Connection) -> Iterator[bytes]:
+        # Chunks that arrived together leave together (one write to the client instead
+        # of one per chunk), but whatever is de-framed is handed on before any wait.
+        ready = bytearray()
         while True:
+            if ready and b"\r\n" not in conn.buf:
+                yield bytes(ready)
+                ready.clear()
             line = self._line(conn)
             try:
                 size = int(line.split(b";", 1)[0], 16)
             except ValueError:
+                if ready:
+                    yield bytes(ready)
                 raise BodyError(f"bad chunk size line {line[:40]!r}") from None
             if size == 0:
+                if ready:
+                    yield bytes(ready)
                 while self._line(conn):  # trailers, then the empty line
                     pass
                 return
             remaining = size
             while remaining:
-                if not conn.buf and not conn.fill():
-                    raise BodyError("connection closed inside a chunk")
-                piece = bytes(conn.buf[:remaining])
+                if not conn.buf:
+                    if ready:
+                        yield bytes(ready)
+                        ready.clear()
+                    if not conn.fill():
+                        raise BodyError("connection closed inside a chunk")
+                piece = conn.buf[:remaining]
                 del conn.buf[: len(piece)]
                 remaining -= len(piece)
-                yield piece
+                ready += piece
+            if ready and len(conn.buf) < 2:
+                yield bytes(ready)
+                ready.clear()
             if self._line(conn):
                 raise BodyError("chunk not followed by CRLF")
 
