@@ -8,10 +8,11 @@ policy and connection pools (WorkerRuntime). Routing decisions go through
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import socket
 import sys
 import time
-import uuid
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -83,6 +84,11 @@ class ProxyApp:
         # Above zero while this worker forwards a request or relays a response: the
         # request log writes at once when it is zero and batches while it is not.
         self.active = 0
+        # Request ids: 32 hex digits, a random prefix per worker (the app is built after
+        # fork) and a counter: unique across workers and replicas without a getrandom()
+        # system call and a UUID object per request.
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count()
         self._maintainer: gevent.Greenlet | None = None
         self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.models = models_union.ModelsCache(config.backends)
@@ -267,7 +273,8 @@ class ProxyApp:
         assert self.runtime is not None, "init_worker() was not called"
         body = self._read_body(environ)
         headers = _client_headers(environ)
-        request = parse_request(uuid.uuid4().hex, method, path, headers, body)
+        request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
+        request = parse_request(request_id, method, path, headers, body)
         query = environ.get("QUERY_STRING")
         target = f"{path}?{query}" if query else path
         upstream_headers = request_headers(
