@@ -142,7 +142,7 @@ def compare(base_root: str, workers: int, seconds: float, rounds: int) -> None:
     """Interleaved rounds: the tree under *base_root* vs this one, same backends."""
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with wb.zero_backends(2) as ports:
-        base_env = {"PYTHONPATH": base_root}
+        base_env = {"PYTHONPATH": base_root, "PYTHONSAFEPATH": "1"}  # no cwd on sys.path
         with wb.llmlbd(ports, workers, env=base_env) as base, wb.llmlbd(ports, workers) as new:
             for proxy in (base, new):
                 wb.run_wrk(proxy.port, 2)
@@ -174,6 +174,12 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="CPU per request only")
     parser.add_argument("--keep", help="folder for the workers' stack files (default: a temp dir)")
     parser.add_argument("--compare", metavar="DIR", help="A/B against the llmlbd tree in DIR")
+    parser.add_argument(
+        "--tree",
+        metavar="DIR",
+        help="profile the llmlbd + collector packages under DIR instead of this tree "
+        "(DIR's worker must call llmlbd.server.cpuprofile.start_if_enabled())",
+    )
     args = parser.parse_args()
     if args.compare:
         compare(args.compare, args.workers, args.seconds, args.rounds)
@@ -182,10 +188,17 @@ def main() -> None:
     rows: dict[str, tuple[float, float, Counter[str]]] = {}
     modes = (("plain", False), ("stream", True))
     with wb.zero_backends(2) as ports:
-        with wb.llmlbd(ports, args.workers) as proxy:
+        tree_env = {"PYTHONPATH": args.tree, "PYTHONSAFEPATH": "1"} if args.tree else {}
+        with wb.llmlbd(ports, args.workers, env=tree_env) as proxy:
             wb.run_wrk(proxy.port, 2)  # warm the pools and the scripts
-            for mode, stream in modes:
-                rps, cost = measure(proxy, stream, args.seconds, args.rounds)
+            # Modes interleaved round by round, so a change in the machine's load hits both.
+            runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode, _ in modes}
+            for _ in range(args.rounds):
+                for mode, stream in modes:
+                    runs[mode].append(measure(proxy, stream, args.seconds, 1))
+            for mode, _ in modes:
+                rps = wb.median([r[0] for r in runs[mode]])
+                cost = wb.median([r[1] for r in runs[mode]])
                 rows[mode] = (rps, cost, Counter())
                 print(
                     f"{mode:6} {rps:8.0f} req/s   worker CPU {cost:6.0f} µs/request   "
@@ -195,7 +208,7 @@ def main() -> None:
         if not args.no_profile:
             folder = Path(args.keep or tempfile.mkdtemp(prefix="hotpath-profile-"))
             folder.mkdir(parents=True, exist_ok=True)
-            env = {cpuprofile.ENV: str(folder)}
+            env = {cpuprofile.ENV: str(folder), **tree_env}
             with wb.llmlbd(ports, args.workers, env=env) as proxy:
                 wb.run_wrk(proxy.port, 2)
                 for mode, stream in modes:
