@@ -53,7 +53,8 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         settings = {
             "bind": [server.bind],
             "workers": server.workers,
-            "worker_class": "gevent",
+            # gunicorn's gevent worker, with head and first body bytes in one write.
+            "worker_class": "llmlbd.server.fastworker.LLMLBWorker",
             "worker_connections": server.worker_connections,
             "graceful_timeout": max(1, round(server.graceful_timeout_s)),
             "timeout": 30,

@@ -21,6 +21,8 @@ import ssl
 from collections import deque
 from collections.abc import Iterator
 
+from llmlbd.sockets import send_all
+
 __all__ = ["Endpoint", "Response", "ConnectFailure", "UpstreamReadTimeout", "BodyError"]
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -136,7 +138,7 @@ class Endpoint:
         for attempt in (1, 2):
             conn = self._checkout()
             try:
-                conn.sock.sendall(payload)
+                send_all(conn.sock, payload)
                 status, reason, response_headers, http10 = self._read_head(conn)
             except _StaleConnection:
                 conn.close()

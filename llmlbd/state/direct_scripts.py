@@ -10,7 +10,8 @@ receive. `DirectScripts` keeps the same interface as `ScriptSet`
 (`scripts.release(keys=..., args=...)`) and the same replies and errors, but
 takes connections of its own, built by the client's pool class with the
 client's settings (so AUTH, SELECT, TLS, timeouts and unix sockets behave
-as configured), and does only: pack, send, read.
+as configured), and does only: pack, send (one `send`, see llmlbd/sockets.py),
+read.
 
 What stays as before:
 - a reply error raises `ResponseError`; NOSCRIPT (after a Redis restart or
@@ -35,6 +36,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from llmlbd.sockets import send_all
 from llmlbd.state.scripts import ScriptSet, script_source
 
 __all__ = ["DirectScripts", "supports"]
@@ -112,5 +114,12 @@ class _DirectScript:
 
     @staticmethod
     def _call(conn: Any, *command: Any) -> Any:
-        conn.send_packed_command(conn.pack_command(*command), check_health=False)
+        if conn._sock is None:
+            conn.connect()
+        try:
+            send_all(conn._sock, b"".join(conn.pack_command(*command)))
+        except TimeoutError:  # socket.timeout: redis-py's error, as its send would raise
+            raise redis.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from None
         return conn.read_response()
