@@ -154,15 +154,16 @@ def compare(base_root: str, workers: int, seconds: float, rounds: int) -> None:
                         )
     print(f"{rounds} interleaved rounds of {seconds:g} s, load average {wb.load_average()}")
     for mode in ("plain", "stream"):
-        medians = {}
-        for label in ("base", "new"):
-            rows = samples[(mode, label)]
-            medians[label] = (wb.median([r[0] for r in rows]), wb.median([r[1] for r in rows]))
-        (base_rps, base_cpu), (new_rps, new_cpu) = medians["base"], medians["new"]
+        base_rows, new_rows = samples[(mode, "base")], samples[(mode, "new")]
+        # Each round's pair ran back to back under about the same load: compare within it.
+        cpu_ratio = wb.median([n[1] / b[1] for b, n in zip(base_rows, new_rows)])
+        rps_ratio = wb.median([n[0] / b[0] for b, n in zip(base_rows, new_rows)])
         print(
-            f"{mode:6} base {base_rps:7.0f} req/s {base_cpu:6.0f} µs/req   new {new_rps:7.0f} "
-            f"req/s {new_cpu:6.0f} µs/req   CPU new/base {new_cpu / base_cpu:.2f}  "
-            f"req/s new/base {new_rps / base_rps:.2f}"
+            f"{mode:6} base {wb.median([r[0] for r in base_rows]):7.0f} req/s "
+            f"{wb.median([r[1] for r in base_rows]):6.0f} µs/req   new "
+            f"{wb.median([r[0] for r in new_rows]):7.0f} req/s "
+            f"{wb.median([r[1] for r in new_rows]):6.0f} µs/req   median of round ratios: "
+            f"CPU/request new/base {cpu_ratio:.2f}, req/s new/base {rps_ratio:.2f}"
         )
 
 

@@ -231,6 +231,10 @@ class Response:
             self.keep_alive = False  # the body ends when the backend closes
         self.complete = False
 
+    def body_arrived(self) -> bool:
+        """True when body bytes came in with the head (reading on will not wait for long)."""
+        return self.conn is not None and bool(self.conn.buf)
+
     def header(self, name: str) -> str | None:
         name = name.lower()
         for key, value in self.headers:

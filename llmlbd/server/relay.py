@@ -69,8 +69,10 @@ class ProxiedResponse:
         return headers
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.is_sse or self.upstream.length is None:
-            yield b""  # send the status line and headers now, before the first token
+        if (self.is_sse or self.upstream.length is None) and not self.upstream.body_arrived():
+            # Send the status line and headers now, before the first token. When body
+            # bytes came with them, they leave together instead (one write, see fastworker).
+            yield b""
         try:
             for chunk in self.upstream.iter_body():
                 if self.ttfb is None:
