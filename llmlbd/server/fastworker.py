@@ -19,6 +19,8 @@ process only; HTTP/2 responses (their own class) are not affected.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -28,6 +30,10 @@ __all__ = ["LLMLBWorker", "OneWriteResponse"]
 
 
 class OneWriteResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
+    headers_sent: bool  # gunicorn's attributes this class reads and writes
+    chunked: bool
+    headers: list[tuple[str, str]]
+    sock: Any
     _head: bytes | None = None
 
     def send_headers(self) -> None:

@@ -1,5 +1,8 @@
 """The request log (`request_done`, one JSON line per request), written off the hot path.
 
+The line is byte for byte what structlog's JSON renderer wrote (same keys, same
+order, same `", "` and `": "` separators), so greps and parsers keep working.
+
 Through structlog and the logging module a line cost about 200 µs of worker
 CPU (processors, a LogRecord, the formatter, `json.dumps`, one `write` per
 line): a sixth of a proxied request. `JsonRequestLog` renders the same
@@ -150,7 +153,7 @@ class JsonRequestLog:
     def __init__(self, fd: int, pid: int | None = None) -> None:
         self.fd = fd
         self.clock = _Clock()
-        self.tail = f',"event":"request_done","level":"info","logger":"{LOGGER_NAME}"'
+        self.tail = f', "event": "request_done", "level": "info", "logger": "{LOGGER_NAME}"'
         self.pid = pid if pid is not None else os.getpid()
         self.lines: list[bytes] = []
         self.pending = 0
@@ -179,22 +182,24 @@ class JsonRequestLog:
         if decision is not None:
             name = self._name
             routed = (
-                f'"backend":{name(decision.backend.name)},"policy":{name(decision.policy)},'
-                f'"reason":{name(decision.reason)},'
+                f'"backend": {name(decision.backend.name)}, "policy": {name(decision.policy)}, '
+                f'"reason": {name(decision.reason)}, '
             )
             details = json.dumps(decision.details) if decision.details else "null"
         else:
-            routed, details = '"backend":"","policy":"","reason":"",', "null"
+            routed, details = '"backend": "", "policy": "", "reason": "", ', "null"
         return (
-            f'{{"request_id":{_escape(request.request_id)},'
-            f'"client_request_id":{_json_value(client_id)},'
-            f'"method":{_escape(request.method)},"path":{_escape(request.path)},'
-            f'"model":{_escape(request.model)},"stream":{"true" if request.stream else "false"},'
-            f'{routed}"status":{int(status)},"bytes":{int(size)},'
-            f'"ttfb_ms":{"null" if ttfb_s is None else repr(round(ttfb_s * 1000, 2))},'
-            f'"duration_ms":{round(duration_s * 1000, 2)!r},"outcome":{self._name(outcome)},'
-            f'"decision":{details}{self.tail},"timestamp":{self.clock.now()},'
-            f'"pid":{self.pid}}}\n'
+            f'{{"request_id": {_escape(request.request_id)}, '
+            f'"client_request_id": {_json_value(client_id)}, '
+            f'"method": {_escape(request.method)}, "path": {_escape(request.path)}, '
+            f'"model": {_escape(request.model)}, '
+            f'"stream": {"true" if request.stream else "false"}, '
+            f'{routed}"status": {int(status)}, "bytes": {int(size)}, '
+            f'"ttfb_ms": {"null" if ttfb_s is None else repr(round(ttfb_s * 1000, 2))}, '
+            f'"duration_ms": {round(duration_s * 1000, 2)!r}, '
+            f'"outcome": {self._name(outcome)}, '
+            f'"decision": {details}{self.tail}, "timestamp": {self.clock.now()}, '
+            f'"pid": {self.pid}}}\n'
         ).encode()
 
     def request_done(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -186,3 +187,40 @@ def test_a_level_above_info_keeps_structlog_which_drops_the_line(tmp_path, caplo
     caplog.set_level(logging.WARNING, logger=requestlog.LOGGER_NAME)
     with open(tmp_path / "log", "w") as plain_file:
         assert isinstance(requestlog.for_config("json", plain_file), StructlogRequestLog)
+
+
+@pytest.fixture
+def structlog_json():
+    """llmlbd's real log configuration (JSON), undone afterwards."""
+    import structlog
+
+    from llmlbd import logs
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("info", "json")
+    written = io.StringIO()
+    root.handlers[0].setStream(written)  # type: ignore[attr-defined]
+    yield written
+    root.handlers, root.level = handlers, level
+    structlog.reset_defaults()
+
+
+def test_the_line_is_byte_for_byte_what_structlog_wrote(structlog_json, pipe):
+    """Greps like '"reason": "affinity"' and every log parser keep working."""
+    read_fd, write_fd = pipe
+    details = {"matched_blocks": 3, "prompt_blocks": 5}
+    for decision in (_decision(details), None):
+        args = (_request(), decision, 200, 347, 0.012345, 0.1, "complete")
+        StructlogRequestLog().request_done(*args, busy=False)
+        JsonRequestLog(write_fd).request_done(*args, busy=False)
+        theirs = structlog_json.getvalue()
+        structlog_json.seek(0)
+        structlog_json.truncate()
+        ours = os.read(read_fd, 65536).decode()
+
+        def without_timestamp(line: str) -> str:
+            start = line.index('"timestamp": "')
+            return line[:start] + line[line.index('"', start + 14) + 1 :]
+
+        assert without_timestamp(ours) == without_timestamp(theirs)
