@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -39,7 +40,7 @@ import structlog
 from llmlbd.policy.framework import Decision
 from llmlbd.request import RoutingRequest
 
-__all__ = ["RequestLog", "JsonRequestLog", "StructlogRequestLog", "for_config"]
+__all__ = ["Finished", "RequestLog", "JsonRequestLog", "StructlogRequestLog", "for_config"]
 
 LOGGER_NAME = "llmlbd.proxy"
 FLUSH_S = 0.1
@@ -49,51 +50,46 @@ WRITE_MAX = 4096  # PIPE_BUF on Linux: a write this size to a pipe is atomic
 _escape: Any = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """One finished request, as its log line reports it."""
+
+    request: RoutingRequest
+    decision: Decision | None
+    status: int
+    size: int
+    ttfb_s: float | None
+    duration_s: float
+    outcome: str
+
+    def fields(self) -> dict[str, Any]:
+        """The line's fields, in their order; both writers log exactly these."""
+        request, decision, ttfb_s = self.request, self.decision, self.ttfb_s
+        return {
+            "request_id": request.request_id,
+            "client_request_id": request.headers.get("x-request-id"),
+            "method": request.method,
+            "path": request.path,
+            "model": request.model,
+            "stream": request.stream,
+            "backend": decision.backend.name if decision else "",
+            "policy": decision.policy if decision else "",
+            "reason": decision.reason if decision else "",
+            "status": self.status,
+            "bytes": self.size,
+            "ttfb_ms": round(ttfb_s * 1000, 2) if ttfb_s is not None else None,
+            "duration_ms": round(self.duration_s * 1000, 2),
+            "outcome": self.outcome,
+            "decision": decision.details if decision and decision.details else None,
+        }
+
+
 class RequestLog(Protocol):
-    def request_done(
-        self,
-        request: RoutingRequest,
-        decision: Decision | None,
-        status: int,
-        size: int,
-        ttfb_s: float | None,
-        duration_s: float,
-        outcome: str,
-        busy: bool,
-    ) -> None:
+    def request_done(self, finished: Finished, busy: bool) -> None:
         """One finished request; *busy* says whether the worker still serves others."""
 
     def close(self) -> None:
         """Write whatever is buffered (a clean stop)."""
-
-
-def _fields(
-    request: RoutingRequest,
-    decision: Decision | None,
-    status: int,
-    size: int,
-    ttfb_s: float | None,
-    duration_s: float,
-    outcome: str,
-) -> dict[str, Any]:
-    """The line's fields, in their order; both writers log exactly these."""
-    return {
-        "request_id": request.request_id,
-        "client_request_id": request.headers.get("x-request-id"),
-        "method": request.method,
-        "path": request.path,
-        "model": request.model,
-        "stream": request.stream,
-        "backend": decision.backend.name if decision else "",
-        "policy": decision.policy if decision else "",
-        "reason": decision.reason if decision else "",
-        "status": status,
-        "bytes": size,
-        "ttfb_ms": round(ttfb_s * 1000, 2) if ttfb_s is not None else None,
-        "duration_ms": round(duration_s * 1000, 2),
-        "outcome": outcome,
-        "decision": decision.details if decision and decision.details else None,
-    }
 
 
 class StructlogRequestLog:
@@ -102,21 +98,8 @@ class StructlogRequestLog:
     def __init__(self) -> None:
         self.log = structlog.get_logger(LOGGER_NAME)
 
-    def request_done(
-        self,
-        request: RoutingRequest,
-        decision: Decision | None,
-        status: int,
-        size: int,
-        ttfb_s: float | None,
-        duration_s: float,
-        outcome: str,
-        busy: bool,
-    ) -> None:
-        self.log.info(
-            "request_done",
-            **_fields(request, decision, status, size, ttfb_s, duration_s, outcome),
-        )
+    def request_done(self, finished: Finished, busy: bool) -> None:
+        self.log.info("request_done", **finished.fields())
 
     def close(self) -> None:
         pass
@@ -168,16 +151,8 @@ class JsonRequestLog:
                 self._names[text] = escaped
         return escaped  # type: ignore[no-any-return]
 
-    def render(
-        self,
-        request: RoutingRequest,
-        decision: Decision | None,
-        status: int,
-        size: int,
-        ttfb_s: float | None,
-        duration_s: float,
-        outcome: str,
-    ) -> bytes:
+    def render(self, finished: Finished) -> bytes:
+        request, decision, ttfb_s = finished.request, finished.decision, finished.ttfb_s
         client_id = request.headers.get("x-request-id")
         if decision is not None:
             name = self._name
@@ -194,26 +169,16 @@ class JsonRequestLog:
             f'"method": {_escape(request.method)}, "path": {_escape(request.path)}, '
             f'"model": {_escape(request.model)}, '
             f'"stream": {"true" if request.stream else "false"}, '
-            f'{routed}"status": {int(status)}, "bytes": {int(size)}, '
+            f'{routed}"status": {int(finished.status)}, "bytes": {int(finished.size)}, '
             f'"ttfb_ms": {"null" if ttfb_s is None else repr(round(ttfb_s * 1000, 2))}, '
-            f'"duration_ms": {round(duration_s * 1000, 2)!r}, '
-            f'"outcome": {self._name(outcome)}, '
+            f'"duration_ms": {round(finished.duration_s * 1000, 2)!r}, '
+            f'"outcome": {self._name(finished.outcome)}, '
             f'"decision": {details}{self.tail}, "timestamp": {self.clock.now()}, '
             f'"pid": {self.pid}}}\n'
         ).encode()
 
-    def request_done(
-        self,
-        request: RoutingRequest,
-        decision: Decision | None,
-        status: int,
-        size: int,
-        ttfb_s: float | None,
-        duration_s: float,
-        outcome: str,
-        busy: bool,
-    ) -> None:
-        line = self.render(request, decision, status, size, ttfb_s, duration_s, outcome)
+    def request_done(self, finished: Finished, busy: bool) -> None:
+        line = self.render(finished)
         self.lines.append(line)
         self.pending += len(line)
         if not busy or self.pending >= FLUSH_BYTES:

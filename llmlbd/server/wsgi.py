@@ -386,13 +386,7 @@ class ProxyApp:
         policy = decision.policy if decision else ""
         metrics.requests_by(backend, policy, str(status)).inc()
         if self.request_log is not None:
-            self.request_log.request_done(
-                request,
-                decision,
-                status,
-                size,
-                ttfb,
-                time.perf_counter() - sent_at,
-                outcome,
-                busy=self.active > holding,
+            finished = requestlog.Finished(
+                request, decision, status, size, ttfb, time.perf_counter() - sent_at, outcome
             )
+            self.request_log.request_done(finished, busy=self.active > holding)

@@ -15,7 +15,7 @@ from llmlbd.config.loader import Backend
 from llmlbd.policy.framework import Decision
 from llmlbd.request import RoutingRequest
 from llmlbd.server import requestlog
-from llmlbd.server.requestlog import JsonRequestLog, StructlogRequestLog
+from llmlbd.server.requestlog import Finished, JsonRequestLog, StructlogRequestLog
 
 
 def _request(**overrides) -> RoutingRequest:
@@ -63,11 +63,13 @@ def test_the_line_has_the_structlog_lines_fields_and_values(pipe):
     read_fd, write_fd = pipe
     log = JsonRequestLog(write_fd, pid=1234)
     details = {"matched_blocks": 3, "prompt_blocks": 5}
-    log.request_done(_request(), _decision(details), 200, 347, 0.012345, 0.1, "complete", False)
-    (line,) = _read_lines(read_fd)
-    expected = requestlog._fields(
-        _request(), _decision(details), 200, 347, 0.012345, 0.1, "complete"
+    log.request_done(
+        Finished(_request(), _decision(details), 200, 347, 0.012345, 0.1, "complete"), False
     )
+    (line,) = _read_lines(read_fd)
+    expected = Finished(
+        _request(), _decision(details), 200, 347, 0.012345, 0.1, "complete"
+    ).fields()
     timestamp = line.pop("timestamp")
     assert line == {
         **expected,
@@ -87,7 +89,9 @@ def test_the_line_has_the_structlog_lines_fields_and_values(pipe):
 def test_a_request_without_decision_logs_empty_routing_fields(pipe):
     read_fd, write_fd = pipe
     log = JsonRequestLog(write_fd)
-    log.request_done(_request(headers={}), None, 504, 0, None, 2.0, "upstream_timeout", False)
+    log.request_done(
+        Finished(_request(headers={}), None, 504, 0, None, 2.0, "upstream_timeout"), False
+    )
     (line,) = _read_lines(read_fd)
     assert line["backend"] == line["policy"] == line["reason"] == ""
     assert line["client_request_id"] is None and line["ttfb_ms"] is None
@@ -100,7 +104,10 @@ def test_a_busy_worker_batches_lines_and_writes_them_within_flush_s(pipe):
     log = JsonRequestLog(write_fd)
     for index in range(3):
         log.request_done(
-            _request(request_id=f"r{index}"), _decision(), 200, 1, 0.001, 0.002, "complete", True
+            Finished(
+                _request(request_id=f"r{index}"), _decision(), 200, 1, 0.001, 0.002, "complete"
+            ),
+            True,
         )
     assert _read_lines(read_fd) == []  # held while other requests are in progress
     gevent.sleep(requestlog.FLUSH_S * 3)
@@ -110,8 +117,12 @@ def test_a_busy_worker_batches_lines_and_writes_them_within_flush_s(pipe):
 def test_the_line_that_leaves_the_worker_idle_writes_everything_at_once(pipe):
     read_fd, write_fd = pipe
     log = JsonRequestLog(write_fd)
-    log.request_done(_request(request_id="a"), _decision(), 200, 1, None, 0.0, "complete", True)
-    log.request_done(_request(request_id="b"), _decision(), 200, 1, None, 0.0, "complete", False)
+    log.request_done(
+        Finished(_request(request_id="a"), _decision(), 200, 1, None, 0.0, "complete"), True
+    )
+    log.request_done(
+        Finished(_request(request_id="b"), _decision(), 200, 1, None, 0.0, "complete"), False
+    )
     assert [line["request_id"] for line in _read_lines(read_fd)] == ["a", "b"]
     gevent.sleep(requestlog.FLUSH_S * 2)  # the timer that was armed finds nothing left
     assert _read_lines(read_fd) == []
@@ -135,13 +146,15 @@ def test_writes_hold_whole_lines_and_at_most_pipe_buf_bytes(tmp_path):
         lines_needed = requestlog.FLUSH_BYTES // 300 + 2
         for index in range(lines_needed):
             log.request_done(
-                _request(request_id=f"r{index}"),
-                _decision(),
-                200,
-                1,
-                0.001,
-                0.002,
-                "complete",
+                Finished(
+                    _request(request_id=f"r{index}"),
+                    _decision(),
+                    200,
+                    1,
+                    0.001,
+                    0.002,
+                    "complete",
+                ),
                 True,
             )
         assert log.writes, "FLUSH_BYTES buffered must be written without waiting for the timer"
@@ -155,7 +168,7 @@ def test_writes_hold_whole_lines_and_at_most_pipe_buf_bytes(tmp_path):
 def test_close_writes_what_is_buffered(pipe):
     read_fd, write_fd = pipe
     log = JsonRequestLog(write_fd)
-    log.request_done(_request(), _decision(), 200, 1, None, 0.0, "complete", True)
+    log.request_done(Finished(_request(), _decision(), 200, 1, None, 0.0, "complete"), True)
     log.close()
     assert len(_read_lines(read_fd)) == 1
 
@@ -165,7 +178,7 @@ def test_a_closed_descriptor_never_breaks_a_request():
     os.close(read_fd)
     os.close(write_fd)
     JsonRequestLog(write_fd).request_done(
-        _request(), _decision(), 200, 1, None, 0.0, "complete", False
+        Finished(_request(), _decision(), 200, 1, None, 0.0, "complete"), False
     )
 
 
@@ -212,8 +225,8 @@ def test_the_line_is_byte_for_byte_what_structlog_wrote(structlog_json, pipe):
     details = {"matched_blocks": 3, "prompt_blocks": 5}
     for decision in (_decision(details), None):
         args = (_request(), decision, 200, 347, 0.012345, 0.1, "complete")
-        StructlogRequestLog().request_done(*args, busy=False)
-        JsonRequestLog(write_fd).request_done(*args, busy=False)
+        StructlogRequestLog().request_done(Finished(*args), busy=False)
+        JsonRequestLog(write_fd).request_done(Finished(*args), busy=False)
         theirs = structlog_json.getvalue()
         structlog_json.seek(0)
         structlog_json.truncate()
