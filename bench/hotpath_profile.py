@@ -40,9 +40,12 @@ import wrkbench as wb
 from llmlbd.server import cpuprofile
 
 # Deepest matching frame wins; frames that match nothing (gevent's socket
-# wrappers, stdlib socket, json) are charged to the caller that owns them.
+# wrappers, stdlib socket, json, llmlbd/sockets.py) are charged to the caller
+# that owns them, and so are frames of a rule whose category is None.
 # Each rule: (category, path fragment, function names or None for all).
-RULES: list[tuple[str, str, frozenset[str] | None]] = [
+RULES: list[tuple[str | None, str, frozenset[str] | None]] = [
+    ("profiler", "llmlbd/server/cpuprofile.py", None),
+    (None, "llmlbd/server/http1.py", frozenset({"fill", "close"})),  # _Connection's I/O
     ("request log", "/structlog/", None),
     ("request log", "/logging/", None),
     ("request log", "llmlbd/logs.py", None),
@@ -68,7 +71,8 @@ RULES: list[tuple[str, str, frozenset[str] | None]] = [
     ("upstream body", "llmlbd/server/http1.py", frozenset({"release", "checkin", "discard"})),
     ("relay", "llmlbd/server/relay.py", None),
     ("relay", "llmlbd/server/forward.py", frozenset({"response_headers"})),
-    ("relay", "llmlbd/server/fastio.py", None),
+    ("gunicorn: write response", "llmlbd/server/fastworker.py", None),
+    ("gunicorn: worker loop", "llmlbd/server/app.py", None),  # gunicorn hooks
     ("app dispatch", "llmlbd/server/", None),
     (
         "gunicorn: read request",
@@ -78,10 +82,9 @@ RULES: list[tuple[str, str, frozenset[str] | None]] = [
     ("gunicorn: write response", "gunicorn/http/wsgi.py", None),
     ("gunicorn: read request", "gunicorn/http/", None),
     ("gunicorn: worker loop", "gunicorn/", None),
-    ("profiler", "llmlbd/server/cpuprofile.py", None),
     ("gevent hub + other", "", None),
 ]
-CATEGORIES = list(dict.fromkeys(rule[0] for rule in RULES))
+CATEGORIES = [c for c in dict.fromkeys(rule[0] for rule in RULES) if c and c != "profiler"]
 
 
 def categorise(stack: str) -> str:
@@ -90,10 +93,12 @@ def categorise(stack: str) -> str:
     for frame in reversed(frames):
         qualname, _, where = frame.partition(" (")
         name = qualname.rpartition(".")[2]
-        for category, fragment, functions in RULES[:-1]:
-            if fragment in where and (functions is None or name in functions):
-                return category
-    return RULES[-1][0]
+        rule = next(
+            (r for r in RULES[:-1] if r[1] in where and (r[2] is None or name in r[2])), None
+        )
+        if rule is not None and rule[0] is not None:
+            return rule[0]
+    return "gevent hub + other"
 
 
 def read_stacks(folder: Path) -> Counter[str]:
@@ -115,6 +120,10 @@ def profile(proxy: wb.LLMLBD, folder: Path, stream: bool, seconds: float) -> Cou
     wb.settle(1.2)
     window = read_stacks(folder)
     window.subtract(before)
+    mode = "stream" if stream else "plain"
+    (folder / f"window-{mode}.txt").write_text(
+        "".join(f"{stack} {count}\n" for stack, count in window.items() if count > 0)
+    )
     shares: Counter[str] = Counter()
     for stack, count in window.items():
         shares[categorise(stack)] += count

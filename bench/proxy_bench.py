@@ -190,6 +190,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side: interleaved rounds")
     parser.add_argument("--vllm-router", help="side-by-side: path of the vllm-router binary")
     parser.add_argument(
+        "--also-tree",
+        metavar="DIR",
+        help="side-by-side: also run the llmlbd + collector packages under DIR "
+        "(e.g. git archive main llmlbd collector | tar -x -C DIR)",
+    )
+    parser.add_argument(
         "--write-docs",
         action="store_true",
         help="replace the '## Proxy overhead' section of docs/benchmarks.md",
@@ -198,7 +204,7 @@ def main() -> None:
     if args.side_by_side:
         from side_by_side import run_side_by_side
 
-        run_side_by_side(args.seconds, args.rounds, args.workers, args.vllm_router)
+        run_side_by_side(args.seconds, args.rounds, args.workers, args.vllm_router, args.also_tree)
         return
 
     from llmlbd.embedded import EmbeddedRedis

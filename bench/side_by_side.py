@@ -40,7 +40,11 @@ def _direct(ports: list[int], seconds: float, stream: bool) -> wb.WrkResult:
 
 
 def run_side_by_side(
-    seconds: float, rounds: int, workers: int, vllm_router_binary: str | None
+    seconds: float,
+    rounds: int,
+    workers: int,
+    vllm_router_binary: str | None,
+    also_tree: str | None = None,
 ) -> str:
     runs: dict[tuple[str, str], list[wb.WrkResult]] = {}
     with ExitStack() as stack:
@@ -54,6 +58,11 @@ def run_side_by_side(
                 wb.llmlbd(ports, workers)
             ).port,
         }
+        if also_tree:  # another checkout's llmlbd (e.g. main) in the same run
+            env = {"PYTHONPATH": also_tree, "PYTHONSAFEPATH": "1"}  # no cwd on sys.path
+            targets[f"llmlbd from {also_tree}"] = stack.enter_context(
+                wb.llmlbd(ports, workers, env=env)
+            ).port
         missing = [name for name, port in targets.items() if port is None]
         for name in missing:
             print(f"{name}: not installed, left out (see bench/wrkbench.py)", flush=True)
