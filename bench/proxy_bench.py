@@ -12,6 +12,13 @@ llmlbd, Redis) still shares the cores, so read ratios, not absolutes.
 
 Run: python bench/proxy_bench.py [--seconds 6] [--concurrency 32 256] [--workers 2]
 Writes the table to stdout and, with --write-docs, into docs/benchmarks.md.
+
+`--side-by-side` measures instead, with wrk -t1 -c32 against two zero-delay
+backends (bench/zero_backend.py): the backends directly (one wrk per
+backend, at the same time, summed), nginx least_conn, vllm-router
+power_of_two and llmlbd with its default config (request log on), plain and
+streaming (16 chunks), in interleaved rounds; it prints medians and the
+ratios to vllm-router (see bench/wrkbench.py for installing the peers).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import gevent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.harness import LLMLBD, StubBackends  # noqa: E402
 
@@ -175,11 +183,29 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="wrk: direct vs nginx vs vllm-router vs llmlbd (default config), two backends",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side: interleaved rounds")
+    parser.add_argument("--vllm-router", help="side-by-side: path of the vllm-router binary")
+    parser.add_argument(
+        "--also-tree",
+        metavar="DIR",
+        help="side-by-side: also run the llmlbd + collector packages under DIR "
+        "(e.g. git archive main llmlbd collector | tar -x -C DIR)",
+    )
+    parser.add_argument(
         "--write-docs",
         action="store_true",
         help="replace the '## Proxy overhead' section of docs/benchmarks.md",
     )
     args = parser.parse_args()
+    if args.side_by_side:
+        from side_by_side import run_side_by_side
+
+        run_side_by_side(args.seconds, args.rounds, args.workers, args.vllm_router, args.also_tree)
+        return
 
     from llmlbd.embedded import EmbeddedRedis
     from tests.harness import free_port
@@ -194,7 +220,7 @@ def main() -> None:
                 "redis": {"url": redis_server.url},
                 "backends": backend.config(),
                 "collector": {"enabled": False},
-                "logging": {"level": "info", "access_log": False},
+                "logging": {"level": "info"},  # the default: request log on
             }
             with LLMLBD(config, workers=args.workers, name="bench-llmlbd") as proxy:
                 direct_port, proxy_port = backend.ports[0], proxy.port
@@ -229,7 +255,7 @@ def render(rows: list, args: argparse.Namespace) -> str:
         f"{' '.join(map(str, args.concurrency))} --workers {args.workers} --write-docs`  ",
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; backend: "
         "`tests/fakeserver.py` stub mode (one gevent process), llmlbd: "
-        f"{args.workers} gevent workers, global_least_request, real Redis on TCP; the "
+        f"{args.workers} gevent workers, global_least_request, request log on, real Redis on TCP; the "
         "load generator shares the same cores. Run on "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}.",
         "",

@@ -83,31 +83,56 @@ def iter_length(src: Source, length: int) -> Iterator[bytes]:
 def iter_chunked(src: Source, max_bytes: int | None = None) -> Iterator[bytes]:
     """A chunked body de-framed on the fly; trailers are read and dropped.
 
-    *max_bytes* caps the total: a body announcing more fails before it is read.
+    Chunks that arrived together leave as one piece (for the proxy, one write to
+    the client instead of one per SSE event), but whatever is de-framed is handed
+    on before any wait for more bytes and before a framing error is raised, so no
+    event ever waits for the next one. *max_bytes* caps the total: a body
+    announcing more fails before it is read.
     """
-    total = 0
-    while True:
-        line = _line(src)
-        try:
-            size = int(line.split(b";", 1)[0], 16)
-        except ValueError:
-            raise FramingError("bad_response", f"bad chunk size line {line[:40]!r}") from None
-        if size == 0:
-            while _line(src):  # trailers, then the empty line
-                pass
-            return
-        total += size
-        if max_bytes is not None and total > max_bytes:
-            raise FramingError("too_large", f"body larger than {max_bytes} bytes")
-        # The loop of iter_length, without a generator per chunk (one per SSE event).
-        while size:
-            piece = _take(src, size)
-            if not piece:
-                raise FramingError("truncated", "connection closed inside a chunk")
-            size -= len(piece)
-            yield piece
-        if _line(src):
-            raise FramingError("bad_response", "chunk not followed by CRLF")
+    ready = bytearray()
+    try:
+        total = 0
+        while True:
+            if ready and b"\r\n" not in src.buf:  # the size line is not here yet
+                yield bytes(ready)
+                ready.clear()
+            line = _line(src)
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise FramingError("bad_response", f"bad chunk size line {line[:40]!r}") from None
+            if size == 0:
+                if ready:
+                    yield bytes(ready)
+                    ready.clear()
+                while _line(src):  # trailers, then the empty line
+                    pass
+                return
+            total += size
+            if max_bytes is not None and total > max_bytes:
+                raise FramingError("too_large", f"body larger than {max_bytes} bytes")
+            while size:
+                buf = src.buf
+                if not buf:
+                    if ready:
+                        yield bytes(ready)
+                        ready.clear()
+                    if not src.fill():
+                        raise FramingError("truncated", "connection closed inside a chunk")
+                    buf = src.buf
+                piece = buf[:size]
+                del buf[: len(piece)]
+                size -= len(piece)
+                ready += piece
+            if ready and len(src.buf) < 2:  # reading the CRLF may wait
+                yield bytes(ready)
+                ready.clear()
+            if _line(src):
+                raise FramingError("bad_response", "chunk not followed by CRLF")
+    except FramingError:
+        if ready:
+            yield bytes(ready)
+        raise
 
 
 def _take(src: Source, most: int) -> bytes:

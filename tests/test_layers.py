@@ -36,6 +36,7 @@ BASE_MODULES = {
     "llmlbd.exits",
     "llmlbd.logs",
     "llmlbd.request",
+    "llmlbd.sockets",
     "llmlbd.wire",
 }
 ENTRY_MODULES = {"llmlbd.cli", "llmlbd.__main__"}

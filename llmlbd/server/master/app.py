@@ -70,7 +70,8 @@ class LLMLBApplication(BaseApplication):
         settings = {
             "bind": [server.bind],
             "workers": server.workers,
-            "worker_class": "gevent",
+            # gunicorn's gevent worker, with head and first body bytes in one write.
+            "worker_class": "llmlbd.server.worker.fastworker.LLMLBWorker",
             "worker_connections": server.worker_connections,
             "graceful_timeout": max(1, round(server.graceful_timeout_s)),
             "timeout": 30,

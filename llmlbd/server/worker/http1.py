@@ -22,6 +22,7 @@ import ssl
 from collections import deque
 from collections.abc import Iterator
 
+from llmlbd.sockets import send_all
 from llmlbd.wire import MAX_HEAD_BYTES, FramingError, iter_chunked, iter_length, parse_head
 
 __all__ = ["Endpoint", "Response", "ConnectFailure", "UpstreamReadTimeout", "BodyError"]
@@ -138,7 +139,7 @@ class Endpoint:
         for attempt in (1, 2):
             conn = self._checkout()
             try:
-                conn.sock.sendall(payload)
+                send_all(conn.sock, payload)
                 status, reason, response_headers, http10 = self._read_head(conn)
             except _StaleConnection:
                 conn.close()
@@ -224,6 +225,10 @@ class Response:
         elif not self.chunked and self.length is None:
             self.keep_alive = False  # the body ends when the backend closes
         self.complete = False
+
+    def body_arrived(self) -> bool:
+        """True when body bytes came in with the head (reading on will not wait for long)."""
+        return self.conn is not None and bool(self.conn.buf)
 
     def header(self, name: str) -> str | None:
         name = name.lower()

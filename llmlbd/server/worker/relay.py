@@ -59,6 +59,7 @@ class ProxiedResponse:
         content_type = upstream.header("content-type") or ""
         self.is_sse = content_type.startswith("text/event-stream")
         metrics.INFLIGHT.inc()
+        app.active += 1
 
     def headers(self) -> list[tuple[str, str]]:
         headers = response_headers(self.upstream)
@@ -68,15 +69,15 @@ class ProxiedResponse:
         return headers
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.is_sse or self.upstream.length is None:
-            yield b""  # send the status line and headers now, before the first token
+        if (self.is_sse or self.upstream.length is None) and not self.upstream.body_arrived():
+            # Send the status line and headers now, before the first token. When body
+            # bytes came with them, they leave together instead (one write, see fastworker).
+            yield b""
         try:
             for chunk in self.upstream.iter_body():
                 if self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.sent_at
-                    metrics.UPSTREAM_TTFB_SECONDS.labels(self.decision.backend.name).observe(
-                        self.ttfb
-                    )
+                    metrics.upstream_ttfb_by(self.decision.backend.name).observe(self.ttfb)
                 self.size += len(chunk)
                 yield chunk
         except BodyError as exc:
@@ -107,9 +108,10 @@ class ProxiedResponse:
             self.upstream.release()
         finally:
             metrics.INFLIGHT.dec()
+            self.app.active -= 1
             assert self.app.runtime is not None
             self.app.runtime.router.release(self.decision)
-            metrics.UPSTREAM_SECONDS.labels(self.decision.backend.name).observe(
+            metrics.upstream_seconds_by(self.decision.backend.name).observe(
                 time.perf_counter() - self.sent_at
             )
             self.app._log_request(

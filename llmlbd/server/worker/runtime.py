@@ -15,6 +15,7 @@ from llmlbd.policy.fallback import LocalLeastRequest
 from llmlbd.policy.registry import load_policy_class
 from llmlbd.policy.router import Router
 from llmlbd.server.worker.forward import Upstreams
+from llmlbd.state import direct_scripts
 from llmlbd.state.breaker import Breaker
 from llmlbd.state.client import connect
 from llmlbd.state.keys import PoolKeys
@@ -51,6 +52,9 @@ class WorkerRuntime:
         client = connect(config)
         keys = PoolKeys(config.server.pool)
         leases = Leases(client, keys, worker_id, int(config.server.lease_ttl_s * 1000))
+        if direct_scripts.supports(client):
+            # The lease scripts run on every request: skip redis-py's per-command layers.
+            leases.scripts = direct_scripts.DirectScripts(client)  # type: ignore[assignment]
         rng = random.Random()
         ctx = PolicyContext(
             config.backends,

@@ -8,10 +8,11 @@ policy and connection pools (WorkerRuntime). Routing decisions go through
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import socket
 import sys
 import time
-import uuid
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -36,7 +37,7 @@ from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
 from llmlbd.server.parse import parse_request
 from llmlbd.server.responses import StartResponse, error_response, json_response
-from llmlbd.server.worker import models_union
+from llmlbd.server.worker import cpuprofile, models_union, requestlog
 from llmlbd.server.worker.forward import ConnectFailure, UpstreamReadTimeout, request_headers
 from llmlbd.server.worker.relay import BACKEND_HEADER, ProxiedResponse
 from llmlbd.server.worker.runtime import WorkerRuntime
@@ -79,7 +80,16 @@ class ProxyApp:
         self.max_body = config.server.max_body_bytes
         self.backend_header = config.server.backend_header
         self.access_log = config.logging.access_log
-        self._maintainer: gevent.Greenlet | None = None
+        self.request_log: requestlog.RequestLog | None = None
+        # Above zero while this worker forwards a request or relays a response: the
+        # request log writes at once when it is zero and batches while it is not.
+        self.active = 0
+        # Request ids: 32 hex digits, a random prefix per worker (the app is built after
+        # fork) and a counter: unique across workers and replicas without a getrandom()
+        # system call and a UUID object per request.
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count()
+        self._maintainer: gevent.Greenlet[[], None] | None = None
         self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.models = models_union.ModelsCache(config.backends)
         self.backends = list(config.backends)
@@ -87,6 +97,9 @@ class ProxyApp:
     # worker lifecycle ---------------------------------------------------------------------
     def init_worker(self, worker_id: str) -> None:
         self.runtime = WorkerRuntime.build(self.config, worker_id)
+        if self.access_log:
+            self.request_log = requestlog.for_config(self.config.logging.format)
+        cpuprofile.start_if_enabled()  # benchmarks only: off unless its variable is set
         self._maintain()  # heartbeat and membership before the first request
         self._maintainer = gevent.spawn(self._maintain_forever)
 
@@ -118,6 +131,8 @@ class ProxyApp:
         if self.runtime is not None:
             self.runtime.router.retire()
             self.runtime.upstreams.close()
+        if self.request_log is not None:
+            self.request_log.close()
 
     # request dispatch ---------------------------------------------------------------------
     # idle keep-alive connections -----------------------------------------------------------
@@ -165,7 +180,7 @@ class ProxyApp:
                 f"no route for {method} {path}; llmlbd forwards /v1/*, /tokenize and /detokenize"
             )
         except LLMLBError as error:
-            metrics.REQUESTS.labels("", "", str(error.status)).inc()
+            metrics.requests_by("", "", str(error.status)).inc()
             if error.status == 429:
                 metrics.SHED.labels(error.code).inc()
             # After HeadersRejected, start_response was already called once.
@@ -183,7 +198,7 @@ class ProxyApp:
             problems.append("worker not initialised")
         else:
             try:
-                self.runtime.client.ping()  # type: ignore[attr-defined]
+                self.runtime.client.ping()
             except Exception as exc:
                 problems.append(f"redis unreachable: {exc}")
             else:
@@ -231,7 +246,7 @@ class ProxyApp:
 
     def _read_body(self, environ: dict[str, Any]) -> bytes:
         length = environ.get("CONTENT_LENGTH")
-        stream = environ["wsgi.input"]
+        stream: Any = environ["wsgi.input"]
         if length:
             try:
                 size = int(length)
@@ -249,7 +264,8 @@ class ProxyApp:
                 f"the request body is over the limit of {self.max_body} bytes "
                 "(server.max_body_bytes)"
             )
-        return body
+        body_bytes: bytes = body
+        return body_bytes
 
     def _proxy(
         self, environ: dict[str, Any], start_response: StartResponse, method: str, path: str
@@ -259,7 +275,8 @@ class ProxyApp:
         assert self.runtime is not None, "init_worker() was not called"
         body = self._read_body(environ)
         headers = _client_headers(environ)
-        request = parse_request(uuid.uuid4().hex, method, path, headers, body)
+        request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
+        request = parse_request(request_id, method, path, headers, body)
         query = environ.get("QUERY_STRING")
         target = f"{path}?{query}" if query else path
         upstream_headers = request_headers(
@@ -268,7 +285,11 @@ class ProxyApp:
             environ.get("wsgi.url_scheme", "http"),
             environ.get("HTTP_HOST", ""),
         )
-        return self._forward(request, target, upstream_headers, body, start_response)
+        self.active += 1  # the ProxiedResponse counts itself from here on
+        try:
+            return self._forward(request, target, upstream_headers, body, start_response)
+        finally:
+            self.active -= 1
 
     def _cooling(self) -> frozenset[str]:
         now = time.monotonic()
@@ -301,7 +322,7 @@ class ProxyApp:
                 if failures:  # the others were tried and failed: that is the real story
                     break
                 raise
-            metrics.DECISION_SECONDS.labels(decision.policy).observe(time.perf_counter() - started)
+            metrics.decision_seconds_by(decision.policy).observe(time.perf_counter() - started)
             backend = decision.backend
             sent_at = time.perf_counter()
             try:
@@ -317,7 +338,9 @@ class ProxyApp:
                 continue
             except UpstreamReadTimeout:
                 router.release(decision)
-                self._log_request(request, decision, 504, 0, sent_at, None, "upstream_timeout")
+                self._log_request(
+                    request, decision, 504, 0, sent_at, None, "upstream_timeout", holding=1
+                )
                 raise UpstreamTimeout(
                     f"backend {backend.name} sent no response within "
                     f"{self.config.server.read_timeout_s:g} s (server.read_timeout_s)"
@@ -357,28 +380,15 @@ class ProxyApp:
         sent_at: float,
         ttfb: float | None,
         outcome: str,
+        holding: int = 0,
     ) -> None:
+        """Count the request and log its line; *holding*: 1 while the caller still counts
+        itself in `active`."""
         backend = decision.backend.name if decision else ""
         policy = decision.policy if decision else ""
-        metrics.REQUESTS.labels(backend, policy, str(status)).inc()
-        if not self.access_log:
-            return
-        duration_ms = round((time.perf_counter() - sent_at) * 1000, 2)
-        log.info(
-            "request_done",
-            request_id=request.request_id,
-            client_request_id=request.headers.get("x-request-id"),
-            method=request.method,
-            path=request.path,
-            model=request.model,
-            stream=request.stream,
-            backend=backend,
-            policy=policy,
-            reason=decision.reason if decision else "",
-            status=status,
-            bytes=size,
-            ttfb_ms=round(ttfb * 1000, 2) if ttfb is not None else None,
-            duration_ms=duration_ms,
-            outcome=outcome,
-            decision=decision.details if decision and decision.details else None,
-        )
+        metrics.requests_by(backend, policy, str(status)).inc()
+        if self.request_log is not None:
+            finished = requestlog.Finished(
+                request, decision, status, size, ttfb, time.perf_counter() - sent_at, outcome
+            )
+            self.request_log.request_done(finished, busy=self.active > holding)

@@ -1,0 +1,128 @@
+"""EVALSHA on the request path without redis-py's per-command machinery.
+
+A worker runs two scripts per request (acquire, release). Through
+`redis.Redis` each one also paid for a retry wrapper, deprecated-argument
+checks, the blocking pool's lock and, on every checkout, a non-blocking
+`recv` to make sure the connection holds no stale reply, plus the response
+callbacks and observability hooks: about 250 µs of worker CPU per request
+on the 2-core VM of docs/benchmarks.md, more than the scripts' own send and
+receive. `DirectScripts` keeps the same interface as `ScriptSet`
+(`scripts.release(keys=..., args=...)`) and the same replies and errors, but
+takes connections of its own, built by the client's pool class with the
+client's settings (so AUTH, SELECT, TLS, timeouts and unix sockets behave
+as configured), and does only: pack, send (one `send`, see llmlbd/sockets.py),
+read.
+
+What stays as before:
+- a reply error raises `ResponseError`; NOSCRIPT (after a Redis restart or
+  SCRIPT FLUSH) loads the script and runs it again, once;
+- a timeout or a broken connection raises redis-py's `TimeoutError` /
+  `ConnectionError` (the router's breaker counts them); a pooled connection
+  found broken on first use (Redis restarted while it sat idle) is replaced
+  and the command sent once more, as redis-py's one retry did;
+- at most the pool's `max_connections` are used at once; beyond that,
+  calls go through the client (which waits for a free connection).
+
+Only a standalone server (ConnectionPool or BlockingConnectionPool) takes
+this path; Cluster and Sentinel clients keep `ScriptSet`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from llmlbd.sockets import send_all
+from llmlbd.state.scripts import ScriptSet, script_source
+
+__all__ = ["DirectScripts", "supports"]
+
+_POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
+
+
+def supports(client: Any) -> bool:
+    """True for a plain client on a standalone server (not Cluster, not Sentinel)."""
+    pool = getattr(client, "connection_pool", None)
+    return type(client) is redis.Redis and type(pool) in _POOLS
+
+
+class DirectScripts:
+    """`ScriptSet`'s interface on a few connections of its own; attribute access by file name."""
+
+    def __init__(self, client: Any) -> None:
+        pool = client.connection_pool
+        self._new_connection: Callable[[], Any] = lambda: pool.connection_class(
+            **pool.connection_kwargs
+        )
+        self._limit = pool.max_connections
+        self._idle: list[Any] = []
+        self._in_use = 0
+        self._through_client = ScriptSet(client)
+        self._scripts: dict[str, _DirectScript] = {}
+
+    def __getattr__(self, name: str) -> _DirectScript:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = _DirectScript(self, name)
+        return script
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().disconnect()
+
+
+class _DirectScript:
+    def __init__(self, owner: DirectScripts, name: str) -> None:
+        self.owner = owner
+        self.name = name
+        self.source = script_source(name)
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        owner = self.owner
+        if owner._in_use >= owner._limit:
+            through: Callable[..., Any] = getattr(owner._through_client, self.name)
+            return through(keys=keys, args=args)
+        reused = bool(owner._idle)
+        conn = owner._idle.pop() if reused else owner._new_connection()
+        owner._in_use += 1
+        try:
+            try:
+                reply = self._run(conn, keys, args)
+            except redis.ConnectionError:
+                if not reused:
+                    raise
+                conn.disconnect()  # Redis closed it while idle: one more try, as redis-py did
+                reply = self._run(conn, keys, args)
+        except BaseException:
+            conn.disconnect()  # a reply may still be on its way: never reuse this connection
+            raise
+        finally:
+            owner._in_use -= 1
+        owner._idle.append(conn)
+        return reply
+
+    def _run(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return self._call(conn, "EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self._call(conn, "SCRIPT", "LOAD", self.source)
+            return self._call(conn, "EVALSHA", self.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def _call(conn: Any, *command: Any) -> Any:
+        if conn._sock is None:
+            conn.connect()
+        try:
+            send_all(conn._sock, b"".join(conn.pack_command(*command)))
+        except TimeoutError:  # socket.timeout: redis-py's error, as its send would raise
+            raise redis.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from None
+        return conn.read_response()

@@ -1,0 +1,100 @@
+"""DirectScripts against a real Redis: the same replies and errors as redis-py's scripts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from llmlbd.state import direct_scripts
+from llmlbd.state.direct_scripts import DirectScripts
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.leases import Leases
+
+NAMES = ["a", "b", "c"]
+
+
+def _leases(client: redis.Redis, pool: str, direct: bool) -> Leases:
+    leases = Leases(client, PoolKeys(pool), f"host:1:{pool}", ttl_ms=5000)
+    if direct:
+        leases.scripts = DirectScripts(client)  # type: ignore[assignment]
+    leases.heartbeat()
+    return leases
+
+
+def _story(leases: Leases) -> list:
+    """Acquire, cap, release twice: every reply the request path sees."""
+    replies: list = [leases.heartbeat() > 0]
+    for index in range(4):
+        replies.append(leases.acquire_least_request(f"r{index}", NAMES, [1, 1, 1], cap=1))
+    replies.append(leases.acquire("r9", "a", cap=5))
+    replies += [leases.release("r0"), leases.release("r0"), leases.release("nope")]
+    replies.append({k: int(v) for k, v in leases.client.hgetall(leases.keys.inflight).items()})
+    return replies
+
+
+def test_the_same_replies_as_redis_py(redis_client):
+    through_client = _story(_leases(redis_client, "viaclient", direct=False))
+    direct = _story(_leases(redis_client, "direct", direct=True))
+    assert direct == through_client
+    assert direct[4].backend is None and direct[4].reason  # the cap refused the 4th
+
+
+def test_bytes_replies_when_the_client_does_not_decode(redis_url):
+    client = redis.Redis.from_url(redis_url)  # decode_responses=False
+    leases = _leases(client, "bytes", direct=True)
+    assert leases.acquire_least_request("r1", NAMES, [1, 1, 1]).backend == "a"
+    client.close()
+
+
+def test_a_flushed_script_is_loaded_again(redis_client):
+    leases = _leases(redis_client, "flush", direct=True)
+    assert leases.acquire_least_request("r1", NAMES, [1, 1, 1]).backend == "a"
+    redis_client.script_flush()
+    assert leases.release("r1") is True
+
+
+def test_a_script_error_is_a_response_error_and_the_connection_stays_usable(redis_client):
+    leases = _leases(redis_client, "error", direct=True)
+    with pytest.raises(redis.ResponseError):
+        leases.scripts.release(keys=[], args=[])  # the script indexes KEYS[2]: nil
+    assert leases.acquire_least_request("r1", NAMES, [1, 1, 1]).backend == "a"
+
+
+def test_redis_restarted_under_an_idle_connection(private_redis):
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    leases = _leases(client, "restart", direct=True)
+    assert leases.acquire_least_request("r1", NAMES, [1, 1, 1]).backend == "a"
+    private_redis.kill()
+    with pytest.raises(redis.ConnectionError):
+        leases.release("r1")  # down: the router's breaker hears about it
+    private_redis.start()
+    leases.heartbeat()
+    # The idle connection from before the restart is broken: replaced, not an error.
+    assert leases.acquire_least_request("r2", NAMES, [1, 1, 1]).backend == "a"
+    client.close()
+
+
+def test_a_timed_out_call_never_hands_its_late_reply_to_the_next_one(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=0.2)
+    leases = _leases(client, "timeout", direct=True)
+    pauser = redis.Redis.from_url(redis_url)
+    pauser.execute_command("CLIENT", "PAUSE", 600, "ALL")
+    try:
+        with pytest.raises(redis.TimeoutError):
+            leases.heartbeat()  # its reply (a number) may still come after the timeout
+    finally:
+        time.sleep(0.7)  # the pause ends
+    # Reusing the timed-out connection would hand this call the heartbeat's number.
+    reservation = leases.acquire_least_request("r1", NAMES, [1, 1, 1])
+    assert reservation.backend == "a" and reservation.inflight == 1
+    pauser.close()
+    client.close()
+
+
+def test_only_standalone_clients_take_the_direct_path(redis_url):
+    assert direct_scripts.supports(redis.Redis.from_url(redis_url))
+    blocking = redis.BlockingConnectionPool.from_url(redis_url)
+    assert direct_scripts.supports(redis.Redis(connection_pool=blocking))
+    assert not direct_scripts.supports(object())
