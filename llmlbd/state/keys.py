@@ -97,3 +97,13 @@ class PoolKeys:
     def prefix_owned_by(self, backend: str) -> str:
         """ZSET block hash -> last use (ms) of the prefix keys pointing at *backend*."""
         return f"{self._base}:prefix_owned:{backend}"
+
+    # precise prefix index (KV events) -----------------------------------------------
+    def kv_blocks(self, backend: str, tier: str) -> str:
+        """ZSET vLLM block hash (decimal) -> when stored (ms): the blocks *backend* holds in
+        *tier* (`gpu`, or `offload` for CPU/disk media), as its KV events say."""
+        return f"{self._base}:kvx:{backend}:{tier}"
+
+    def kv_state(self, backend: str) -> str:
+        """HASH of *backend*'s KV-event stream: last seq, lag, liveness, counters."""
+        return f"{self._base}:kvx_state:{backend}"
