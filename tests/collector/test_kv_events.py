@@ -9,16 +9,14 @@ import time
 import pytest
 import redis
 
-pytest.importorskip("zmq", reason="the precise extra (pyzmq) is not installed")
-
-from collector.kv_events import KVSubscriber, Sequencer, batch_ops  # noqa: E402
-from collector.metrics import CollectorMetrics  # noqa: E402
-from llmlbd.config.kv_events import parse_kv_events  # noqa: E402
-from llmlbd.kvblocks import wire  # noqa: E402
-from llmlbd.state.keys import PoolKeys  # noqa: E402
-from llmlbd.state.kv_index import KVIndexWriter, read_holdings  # noqa: E402
-from tests.collector.kv_publisher import ScriptedPublisher, removed, stored  # noqa: E402
-from tests.harness import wait_until  # noqa: E402
+from collector.kv_events import KVSubscriber, Sequencer, batch_ops
+from collector.metrics import CollectorMetrics
+from llmlbd.config.kv_events import parse_kv_events
+from llmlbd.kvblocks import wire
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.kv_index import KVIndexWriter, read_holdings
+from tests.collector.kv_publisher import ScriptedPublisher, removed, stored
+from tests.harness import wait_until
 
 KEYS = PoolKeys("kvtest")
 

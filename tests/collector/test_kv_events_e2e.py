@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 import redis
 import requests
 
-pytest.importorskip("zmq", reason="the precise extra (pyzmq) is not installed")
-
-from collector.daemon import Collector  # noqa: E402
-from collector.metrics import CollectorMetrics  # noqa: E402
-from llmlbd.config import config_from_dict  # noqa: E402
-from llmlbd.kvblocks import hashing  # noqa: E402
-from llmlbd.state.keys import PoolKeys  # noqa: E402
-from llmlbd.state.kv_index import read_holdings  # noqa: E402
-from tests.collector.conftest import FAST  # noqa: E402
-from tests.harness import wait_until  # noqa: E402
-from tests.kvblocks.events import event_fleet  # noqa: E402
+from collector.daemon import Collector
+from collector.metrics import CollectorMetrics
+from llmlbd.config import config_from_dict
+from llmlbd.kvblocks import hashing
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.kv_index import read_holdings
+from tests.collector.conftest import FAST
+from tests.harness import wait_until
+from tests.kvblocks.events import event_fleet
 
 
 def chat(url: str, text: str) -> None:
@@ -70,7 +67,9 @@ def test_index_follows_stores_and_evictions_of_every_backend(redis_url) -> None:
                 chat(fleet.urls[index % 2], f"topic {index} " + "the tenant shall repair " * 40)
             for name, url in zip(fleet.names, fleet.urls):
                 wait_until(
-                    lambda: len(read_holdings(client, keys, name)["gpu"]) == cached_count(url),
+                    lambda n=name, u=url: (
+                        len(read_holdings(client, keys, n)["gpu"]) == cached_count(u)
+                    ),
                     timeout=15,
                 )
             assert requests.get(fleet.urls[0] + "/debug/state").json()["kv_evictions"] > 0

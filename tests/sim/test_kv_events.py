@@ -12,8 +12,6 @@ from llmlbd.kvblocks import hashing, wire
 from tests.kvblocks.capture import batches as captured_batches
 from tests.kvblocks.events import Reader, event_fleet
 
-pytest.importorskip("zmq", reason="the precise extra (pyzmq) is not installed")
-
 MODEL = "sim-llama"
 
 
