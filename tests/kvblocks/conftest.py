@@ -26,7 +26,24 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
-WORDS = "the of and to in is that tenant shall keep premises good repair cache prefix block".split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "tenant",
+    "shall",
+    "keep",
+    "premises",
+    "good",
+    "repair",
+    "cache",
+    "prefix",
+    "block",
+]
 
 
 def build_tokenizer_dir(out: Path) -> Path:

@@ -90,7 +90,7 @@ class TestLocal:
         assert got.hashes == hashing.block_hashes(local.encode(TEXT * 5, True), 16)
         with pytest.raises(TokenizeError):
             blocks.hashes({"input": "responses API"}, "m", None, None)
-        with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        with pytest.raises(FileNotFoundError, match=r"tokenizer\.json"):
             LocalTokenizer(str(tokenizer_dir / "missing"))
 
 
