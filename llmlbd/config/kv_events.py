@@ -118,6 +118,14 @@ SETTINGS: list[Setting] = [
         policies=(PREFIX,),
     ),
     Setting(
+        "lb_config.loraAdapters",
+        [],
+        v.string_list,
+        "Precise index: served LoRA adapter names; a request for one is hashed with its name, "
+        "as vLLM does (other model names hash as the base model).",
+        policies=(PREFIX,),
+    ),
+    Setting(
         "lb_config.countOffloaded",
         False,
         v.boolean,
