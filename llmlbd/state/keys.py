@@ -107,3 +107,8 @@ class PoolKeys:
     def kv_state(self, backend: str) -> str:
         """HASH of *backend*'s KV-event stream: last seq, lag, liveness, counters."""
         return f"{self._base}:kvx_state:{backend}"
+
+    # session_affinity state ------------------------------------------------------------
+    def session(self, session_digest: str) -> str:
+        """STRING: the backend of a session (keyed by a digest of its id), with a TTL."""
+        return f"{self._base}:session:{session_digest}"
