@@ -51,6 +51,15 @@ SETTINGS: list[Setting] = [
         policies=(SESSION,),
     ),
     Setting(
+        "lb_config.loadSlack",
+        2,
+        v.non_negative_int,
+        "Requests a backend may always take above the proportional bound, so that a lightly "
+        "loaded fleet keeps sessions where they are (the bound alone is 1 at 1 request in flight).",
+        "requests",
+        policies=(SESSION,),
+    ),
+    Setting(
         "lb_config.virtualNodes",
         100,
         v.positive_int,

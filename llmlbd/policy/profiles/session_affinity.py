@@ -4,7 +4,7 @@ What vllm-router and sglang-router call consistent hashing, with bounded loads
 (Mirrokni, Thorup and Zadimoghaddam): the session id (``lb_config.sessionHeader``,
 else the OpenAI ``user`` field) hashes onto a ring of virtual nodes; a new session
 takes the first backend clockwise whose in-flight count stays within
-``loadFactor`` x the fleet's mean. The choice is remembered in Redis
+``loadFactor`` x the fleet's mean plus ``loadSlack`` requests. The choice is remembered in Redis
 (``session:<digest>``, ``sessionTTL``), so a session moves only when its backend is
 down, drained, excluded after a failure, or over the bound, and then stays where
 it moved. Adding or removing a backend moves only the sessions whose ring
@@ -79,6 +79,7 @@ class SessionAffinity:
         self.ttl_ms = lb.sessionTTL * 1000
         self.factor = lb.loadFactor
         self.vnodes = lb.virtualNodes
+        self.slack = lb.loadSlack
         self._ring_of: tuple[tuple[str, float], ...] = ()
         self._ring = HashRing([], self.vnodes)
 
@@ -118,6 +119,7 @@ class SessionAffinity:
             repr(float(self.factor)),
             self.ttl_ms,
             "1" if session else "0",
+            self.slack,
             *names,
             *(repr(float(ctx.by_name[n].weight)) for n in names),
             *("1" if n in exclude else "0" for n in names),

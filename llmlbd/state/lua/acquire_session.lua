@@ -6,10 +6,13 @@
 -- ARGV[1] request id   ARGV[2] worker id   ARGV[3] lease ttl (ms)   ARGV[4] per-backend cap of
 --   requests in flight (0: none)   ARGV[5] model ('' for any)   ARGV[6] n   ARGV[7] load factor
 --   c >= 1   ARGV[8] session TTL (ms)   ARGV[9] '1' when the request has a session
--- ARGV[9+i] candidate names, in ring order from the session's hash (without a session: shuffled)
--- ARGV[9+n+i] weights   ARGV[9+2n+i] '1' if excluded for this attempt
+--   ARGV[10] slack: requests a backend may always take above the proportional bound
+-- ARGV[10+i] candidate names, in ring order from the session's hash (without a session: shuffled)
+-- ARGV[10+n+i] weights   ARGV[10+2n+i] '1' if excluded for this attempt
 -- Bound (Mirrokni, Thorup, Zadimoghaddam 2018): backend i may take the request while
---   in_flight_i + 1 <= ceil(c x (total in flight + 1) x w_i / sum of weights).
+--   in_flight_i + 1 <= ceil(c x (total in flight + 1) x w_i / sum of weights) + slack. The
+--   slack keeps a lightly loaded fleet sticky: at 1 request in flight over 3 backends the
+--   proportional bound alone is 1, and every overlapping request of a session would move it.
 -- return {backend, in-flight, reason} with reason 'sticky' (the session's backend),
 --   'ring' (a new session: first backend on its ring within the bound), 'moved' (its backend
 --   is down, drained, excluded or over the bound: the next one on the ring), 'no_session'
@@ -17,7 +20,8 @@
 local request_id, worker, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cap, model, n = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local factor, session_ttl, has_session = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
-local H = 9
+local H = 10
+local slack = tonumber(ARGV[10])
 local M = has_session and 5 or 4  -- metrics keys start after KEYS[M]
 local now = now_ms()
 
@@ -39,7 +43,7 @@ for i = 1, n do
   end
 end
 local function within(i)
-  local bound = math.ceil(factor * (total + 1) * tonumber(ARGV[H + n + i]) / weights)
+  local bound = math.ceil(factor * (total + 1) * tonumber(ARGV[H + n + i]) / weights) + slack
   return pickable[i] and inflight[i] + 1 <= bound
 end
 
