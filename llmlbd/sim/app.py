@@ -17,7 +17,13 @@ from llmlbd.sim.errors import SimHTTPError
 from llmlbd.sim.faults import FAULT_HEADER, Fault, HealthSwitch, parse_fault
 from llmlbd.sim.kvcache import prompt_hashes
 from llmlbd.sim.metrics import CONTENT_TYPE, SimMetrics
-from llmlbd.sim.protocol import parse_inference, prompt_of, read_json, resolve_model
+from llmlbd.sim.protocol import (
+    parse_inference,
+    prompt_ids_of,
+    prompt_of,
+    read_json,
+    resolve_model,
+)
 from llmlbd.sim.responses import DONE, StreamWriter, completion_body, usage_of
 from llmlbd.sim.tokenizer import VOCAB_SIZE, detokenize, tokenize
 
@@ -135,7 +141,7 @@ class SimApp:
         body = read_json(environ)
         resolve_model(self.config, body.get("model"))
         kind = "chat" if "messages" in body else "completion"
-        ids = tokenize(prompt_of(kind, body))
+        ids = prompt_ids_of(self.config, kind, body, prompt_of(kind, body))
         return (
             200,
             JSON,

@@ -193,6 +193,14 @@ def _fault(ctx, param, value: str | None) -> str:
     'true, "publisher": "zmq", "endpoint": "tcp://*:5557", "replay_endpoint": '
     '"tcp://*:5558", "topic": "kv"}\' (see docs/simulator.md).',
 )
+@click.option(
+    "--tokenizer",
+    "tokenizer_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Tokenize with this Hugging Face tokenizer directory (tokenizer.json, chat template "
+    "in tokenizer_config.json) instead of the built-in stand-in; needs llmlbd[precise].",
+)
 @click.option("--list-profiles", is_flag=True, help="Print the GPU profiles and exit.")
 @click.pass_context
 def sim_command(ctx: click.Context, **options) -> None:
@@ -261,6 +269,7 @@ def sim_command(ctx: click.Context, **options) -> None:
         refuse_connections=options["refuse_connections"],
         health_flap_s=options["health_flap_s"],
         kv_events=options["kv_events_config"],
+        tokenizer_dir=options["tokenizer_dir"],
     )
     ctx.exit(serve(config))
 

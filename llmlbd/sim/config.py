@@ -34,6 +34,7 @@ class SimConfig:
     refuse_connections: bool = False
     health_flap_s: float = 0.0
     kv_events: Any = None  # kv_events.KVEventsConfig when --kv-events-config enables events
+    tokenizer_dir: str | None = None  # a Hugging Face tokenizer directory (--tokenizer)
 
     def __post_init__(self) -> None:
         # A profile sets the engine's limits; explicit flags win.

@@ -141,3 +141,31 @@ def test_event_sources_and_bad_config() -> None:
         timeout=30,
     )
     assert bad.returncode == 2 and "unknown keys ['bogus']" in bad.stderr
+
+
+def test_the_models_own_tokenizer_gives_the_hashes_the_proxy_computes(tmp_path) -> None:
+    """With --tokenizer, the sim tokenizes as vLLM would with those files, and the proxy's
+    local tokenizer (lb_config.tokenizer) computes the very hashes the sim publishes."""
+    from llmlbd.kvblocks.local import LocalTokenizer
+    from llmlbd.kvblocks.prompt_blocks import PromptBlocks
+    from tests.kvblocks.conftest import build_tokenizer_dir
+
+    directory = build_tokenizer_dir(tmp_path / "tok")
+    fleet, ports = event_fleet(1, time_scale=0.05, tokenizer=str(directory))
+    with fleet:
+        reader = Reader(ports[0])
+        try:
+            messages = [{"role": "user", "content": "the tenant shall keep the cache " * 30}]
+            body = {"model": MODEL, "messages": messages, "max_tokens": 2}
+            assert requests.post(fleet.url + "/v1/chat/completions", json=body, timeout=30).ok
+            local = LocalTokenizer(str(directory))
+            assert tokens(fleet.url, messages[0]["content"]) == local.encode(
+                local.render(body)[0], False
+            )
+            published = [
+                e for _, b in reader.batches() for e in b.events if isinstance(e, wire.Stored)
+            ]
+            ours = PromptBlocks(16, local=local).hashes(body, MODEL, None, None)
+            assert published[0].block_hashes == ours.hashes
+        finally:
+            reader.close()
