@@ -15,7 +15,7 @@ from llmlbd.state.keys import PoolKeys
 from llmlbd.state.kv_index import read_holdings
 from tests.collector.conftest import FAST
 from tests.harness import wait_until
-from tests.kvblocks.events import event_fleet
+from tests.kvblocks.events import backends_config, event_fleet
 
 
 def chat(url: str, text: str) -> None:
@@ -35,18 +35,7 @@ def test_index_follows_stores_and_evictions_of_every_backend(redis_url) -> None:
                 "redis": {"url": redis_url},
                 "server": {"pool": "kve2e"},
                 "collector": FAST,
-                "backends": [
-                    {
-                        "name": name,
-                        "url": url,
-                        "kv_events": {
-                            "endpoint": p.endpoint,
-                            "replay_endpoint": p.replay_endpoint,
-                            "topic": "kv",
-                        },
-                    }
-                    for name, url, p in zip(fleet.names, fleet.urls, ports)
-                ],
+                "backends": backends_config(fleet, ports),
             }
         )
         client = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -3,60 +3,45 @@ Llama-3's special tokens and a Llama-3-style chat template, as scripts/real_vllm
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-SPECIAL = [
-    "<|begin_of_text|>",
-    "<|end_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}<|eot_id|>"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "that",
-    "tenant",
-    "shall",
-    "keep",
-    "premises",
-    "good",
-    "repair",
-    "cache",
-    "prefix",
-    "block",
-]
+
+def _tiny_llama() -> ModuleType:
+    """scripts/real_vllm/build_tiny_llama.py: the same special tokens, chat template and word
+    list as the tiny model the real-vLLM tier serves (its heavy imports are inside functions)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "real_vllm" / "build_tiny_llama.py"
+    spec = importlib.util.spec_from_file_location("build_tiny_llama", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def build_tokenizer_dir(out: Path) -> Path:
+TINY = _tiny_llama()
+
+
+def build_tokenizer_dir(out: Path, words: list[str] | None = None, vocab_size: int = 600) -> Path:
+    """Train a byte-level BPE on sentences of *words* (the tiny model's list by default) and
+    write it with the chat template as a Hugging Face tokenizer directory."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     rng = random.Random(0)
-    corpus = [" ".join(rng.choice(WORDS) for _ in range(20)) + "." for _ in range(2000)]
+    vocabulary = words or TINY.WORDS
+    corpus = [" ".join(rng.choice(vocabulary) for _ in range(20)) + "." for _ in range(2000)]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=TINY.SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +51,7 @@ def build_tokenizer_dir(out: Path) -> Path:
             {
                 "bos_token": "<|begin_of_text|>",
                 "eos_token": "<|eot_id|>",
-                "chat_template": CHAT_TEMPLATE,
+                "chat_template": TINY.CHAT_TEMPLATE,
             }
         )
     )

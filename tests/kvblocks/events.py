@@ -52,6 +52,22 @@ def event_fleet(
     return SimFleet(count, servers=per_server, **options), ports
 
 
+def backends_config(fleet: SimFleet, ports: list[EventPorts]) -> list[dict]:
+    """The config's `backends` for an event fleet, each with its `kv_events` source."""
+    return [
+        {
+            "name": name,
+            "url": url,
+            "kv_events": {
+                "endpoint": p.endpoint,
+                "replay_endpoint": p.replay_endpoint,
+                "topic": "kv",
+            },
+        }
+        for name, url, p in zip(fleet.names, fleet.urls, ports)
+    ]
+
+
 class Reader:
     """A SUB socket on one publisher (and a DEALER for its replay socket)."""
 

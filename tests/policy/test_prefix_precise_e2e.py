@@ -13,7 +13,7 @@ from llmlbd.kvblocks import hashing
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.kv_index import read_holdings
 from tests.harness import LLMLBD, wait_until
-from tests.kvblocks.events import event_fleet
+from tests.kvblocks.events import backends_config, event_fleet
 
 pytestmark = pytest.mark.e2e
 
@@ -52,18 +52,7 @@ def run_scenario(redis_url: str, index: str) -> tuple[str, str, str, int]:
                 "health_interval_ms": 100,
                 "metrics_port": 0,
             },
-            "backends": [
-                {
-                    "name": name,
-                    "url": url,
-                    "kv_events": {
-                        "endpoint": p.endpoint,
-                        "replay_endpoint": p.replay_endpoint,
-                        "topic": "kv",
-                    },
-                }
-                for name, url, p in zip(fleet.names, fleet.urls, ports)
-            ],
+            "backends": backends_config(fleet, ports),
         }
         urls = dict(zip(fleet.names, fleet.urls))
         client = redis.Redis.from_url(redis_url, decode_responses=True)
