@@ -7,7 +7,8 @@ The cache keys a rendered prompt's text *prefix* ending right after a special to
 anything else, so tokenizing the text before such a point and the text after it
 separately gives exactly the ids of the whole. Each request looks for the longest cached
 prefix of its text, tokenizes and hashes only the rest, and stores its own longest such
-prefix. The next turn of a chat starts with the previous turn's text, so it finds it.
+prefix and the end of its first message (a shared system prompt). The next turn of a chat
+starts with the previous turn's text, and a new chat often with a known system prompt.
 """
 
 from __future__ import annotations
@@ -128,13 +129,24 @@ class PromptBlocks:
                 start = cut
                 break
         source = "local+cache" if base is not None else "local"
-        last = cuts[-1] if cuts and cuts[-1] > start else None
-        if last is not None:
-            head = self._extend(base, self.local.encode(text[start:last], False), lora, salt)
-            self._remember(keys[-1], head)
-            tail = self.local.encode(text[last:], False)
-            return self._extend(head, tail, lora, salt), source
+        # Remember two prefixes: the end of the first message (a system prompt many
+        # conversations share) and the last cut (this conversation's next turn).
+        for index in (self._first_message_end(text, cuts), len(cuts) - 1):
+            if index is not None and index >= 0 and cuts[index] > start:
+                piece = self.local.encode(text[start : cuts[index]], False)
+                base = self._extend(base, piece, lora, salt)
+                self._remember(keys[index], base)
+                start = cuts[index]
         return self._extend(base, self.local.encode(text[start:], False), lora, salt), source
+
+    def _first_message_end(self, text: str, cuts: list[int]) -> int | None:
+        """Index in *cuts* of the cut right after the first end-of-turn token, if any."""
+        eos = self.local.eos_token if self.local is not None else None
+        at = text.find(eos) if eos else -1
+        if at < 0:
+            return None
+        end = at + len(eos or "")
+        return cuts.index(end) if end in cuts else None
 
     def _cuts(self, text: str) -> list[int]:
         """Positions right after a special token, in order."""

@@ -112,3 +112,16 @@ class TestRemote:
             blocks.hashes(
                 {"messages": conversation(1)}, "m", None, None, f"http://127.0.0.1:{free_port()}"
             )
+
+
+def test_a_new_conversation_reuses_a_known_system_prompt(tokenizer_dir) -> None:
+    local = LocalTokenizer(str(tokenizer_dir))
+    blocks = PromptBlocks(16, local=local)
+    system = {"role": "system", "content": TEXT * 6}
+    blocks.hashes(
+        {"messages": [system, {"role": "user", "content": "first user"}]}, "m", None, None
+    )
+    other = {"messages": [system, {"role": "user", "content": "another user " * 9}]}
+    got = blocks.hashes(other, "m", None, None)
+    assert got.source == "local+cache"
+    assert got.hashes == PromptBlocks(16, local=local).hashes(other, "m", None, None).hashes
