@@ -101,7 +101,7 @@ class Collector:
         sources = {b.name: b.kv_events for b in config.backends if b.kv_events is not None}
         if not sources:
             return None
-        from collector.kv_events import KVEventHub
+        from collector.kv_hub import KVEventHub
 
         c = config.collector
         return KVEventHub(

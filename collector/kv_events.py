@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from collector.kv_sequence import Sequencer, batch_ops
 from collector.logs import get_logger
 from collector.metrics import CollectorMetrics
 from llmlbd.config.kv_events import KVEventsSource
 from llmlbd.kvblocks import wire
 from llmlbd.kvblocks.optional import require
-from llmlbd.state.keys import PoolKeys
-from llmlbd.state.kv_index import KVIndexWriter, tier_of
+from llmlbd.state.kv_index import KVIndexWriter
 
-__all__ = ["batch_ops", "Sequencer", "KVSubscriber", "KVEventHub"]
+__all__ = ["KVSubscriber", "LIVE_TTL_MS"]
 
 POLL_MS = 200
 LIVE_EVERY_S = 1.0
@@ -57,45 +57,6 @@ def _zmq() -> Any:
     except ImportError:
         pass
     return require("zmq")
-
-
-def batch_ops(events: Sequence[wire.Event]) -> tuple[list[str | int], int | None]:
-    """kv_index_apply.lua's operations for *events*, in order, and the block size they carry."""
-    ops: list[str | int] = []
-    block_size = None
-    for event in events:
-        if isinstance(event, wire.Stored):
-            ops += ["S", tier_of(event.medium), len(event.block_hashes), *event.block_hashes]
-            block_size = event.block_size
-        elif isinstance(event, wire.Removed):
-            for block_hash in event.block_hashes:
-                ops += ["R", tier_of(event.medium), block_hash]
-        else:
-            ops.append("C")
-    return ops, block_size
-
-
-class Sequencer:
-    """What a received batch means for the stream: apply, gap, duplicate or restart."""
-
-    def __init__(self) -> None:
-        self.next: int | None = None  # None: anything goes (just cleared)
-        self.last_ts = 0.0
-
-    def classify(self, seq: int, ts: float) -> str:
-        if self.next is None or seq == self.next:
-            return "apply"
-        if seq > self.next:
-            return "gap"
-        return "restart" if ts > self.last_ts else "duplicate"
-
-    def applied(self, seq: int, ts: float) -> None:
-        self.next = seq + 1
-        self.last_ts = max(self.last_ts, ts)
-
-    def reset(self) -> None:
-        self.next = None
-        self.last_ts = 0.0
 
 
 class KVSubscriber:
@@ -348,66 +309,3 @@ _EVENT_NAMES = {
     wire.Removed: "BlockRemoved",
     wire.Cleared: "AllBlocksCleared",
 }
-
-
-class KVEventHub:
-    """The collector's subscribers: one thread per backend that publishes KV events."""
-
-    def __init__(
-        self,
-        client: Any,
-        keys: PoolKeys,
-        owner: str,
-        sources: dict[str, KVEventsSource],
-        metrics: CollectorMetrics,
-        is_owned: Callable[[str], bool],
-        max_blocks: int,
-        silent_clear_s: float,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.owner = owner
-        self.sources = sources
-        self.metrics = metrics
-        self.is_owned = is_owned
-        self.max_blocks = max_blocks
-        self.silent_clear_s = silent_clear_s
-        self.threads: dict[str, tuple[threading.Thread, threading.Event]] = {}
-
-    def writer(self, name: str) -> KVIndexWriter:
-        return KVIndexWriter(self.client, self.keys, name, self.owner, self.max_blocks, LIVE_TTL_MS)
-
-    def add(self, name: str) -> None:
-        source = self.sources.get(name)
-        if source is None or name in self.threads:
-            return
-        subscriber = KVSubscriber(
-            name, source, self.writer(name), self.metrics, self.is_owned, self.silent_clear_s
-        )
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=subscriber.run, args=(stop,), name=f"kv-{name}", daemon=True
-        )
-        thread.start()
-        self.threads[name] = (thread, stop)
-
-    def remove(self, name: str) -> None:
-        """The backend left the pool: stop listening and drop its index."""
-        entry = self.threads.pop(name, None)
-        if entry is None:
-            return
-        thread, stop = entry
-        stop.set()
-        thread.join(2.0)
-        try:
-            self.writer(name).clear("removed")
-            self.metrics.kv_resyncs.labels(name, "removed").inc()
-        except Exception:
-            self.metrics.redis_errors.labels("kv_index").inc()
-
-    def stop(self) -> None:
-        for _, stop in self.threads.values():
-            stop.set()
-        for thread, _ in self.threads.values():
-            thread.join(2.0)
-        self.threads.clear()

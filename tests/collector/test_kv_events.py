@@ -9,7 +9,8 @@ import time
 import pytest
 import redis
 
-from collector.kv_events import KVSubscriber, Sequencer, batch_ops
+from collector.kv_events import KVSubscriber
+from collector.kv_sequence import Sequencer, batch_ops
 from collector.metrics import CollectorMetrics
 from llmlbd.config.kv_events import parse_kv_events
 from llmlbd.kvblocks import wire

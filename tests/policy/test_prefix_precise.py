@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from collector.kv_events import batch_ops
+from collector.kv_sequence import batch_ops
 from llmlbd.config.loader import config_from_dict
 from llmlbd.kvblocks import hashing, wire
 from llmlbd.policy.context import PolicyContext
