@@ -185,5 +185,10 @@ def test_explain_is_read_only(client) -> None:
     answer = policy.explain(request())
     assert answer["choice"] == "b2" and answer["index"] == "precise"
     rows = {row["name"]: row for row in answer["candidates"]}
-    assert rows["b2"]["matched_blocks"] == 9 and rows["b2"]["index_live"]
+    assert rows["b2"]["score"] == 9 and rows["b2"]["index_live"]
+    assert answer["prefix_match"] == 9
     assert client.hlen(policy.ctx.keys.leases) == 0
+    from llmlbd.ctl.explain import render_explain
+
+    text = render_explain(answer)
+    assert "-> b2" in text and "INDEX LIVE" in text

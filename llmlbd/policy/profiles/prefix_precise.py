@@ -128,31 +128,65 @@ class PrecisePrefix:
         return decision
 
     def explain(self, request: RoutingRequest) -> dict[str, Any]:
-        """Where *request* would go now by the precise index, read-only."""
+        """Where *request* would go now by the precise index, read-only (the approximate
+        index's shape, so llmlbctl explain renders both)."""
         assert self.index is not None
         try:
             blocks = self.block_hashes(request, frozenset())
         except TokenizeError as exc:
             result = self.approximate.explain_approximate(request)
-            result["note"] = f"precise index unusable ({exc}): approximate index shown"
+            result["note"] = f"precise index unusable ({exc}): the approximate index decides"
             return result
+        backends = self.ctx.backends
         answer = self.index.explain(
-            [b.name for b in self.ctx.backends],
-            [b.weight for b in self.ctx.backends],
+            [b.name for b in backends],
+            [b.weight for b in backends],
             blocks.hashes,
             model=request.model,
             cap=self.cap,
         )
-        return {
+        result: dict[str, Any] = {
             "policy": self.name,
             "index": "precise",
             "exact": True,
             "choice": answer["choice"],
+            "ties": [],
             "reason": answer["reason"],
-            "prompt_blocks": len(blocks.hashes),
+            "prefix_match": None,
             "prefix_match_unit": f"vLLM blocks of {self.blocks.block_size} tokens",
-            "candidates": answer["candidates"],
-            "outcome": {"status": 200} if answer["choice"] else {"status": None},
+            "prompt_blocks": len(blocks.hashes),
+            "tokenizer": blocks.source,
+            "score_meaning": "blocks held, from the first, by backends with a live KV-event "
+            "stream; longest within the load bound wins",
+            "outcome": {"status": 200},
             "note": "dry run of acquire_precise.lua; ties go to the first candidate here but "
             "to a random one in the proxy",
         }
+        if answer["choice"] is None:
+            error = no_route(answer["reason"], request)
+            result["outcome"] = {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+            }
+            return result
+        rows = {row["name"]: row for row in answer["candidates"]}
+        result["candidates"] = [
+            {
+                "name": b.name,
+                "url": b.url,
+                "weight": b.weight,
+                "removed_by": None if rows[b.name]["status"] == "ok" else rows[b.name]["status"],
+                "score": rows[b.name]["matched_blocks"],
+                "load": rows[b.name]["load"],
+                "kv_usage": rows[b.name]["kv_usage"],
+                "index_live": rows[b.name]["index_live"],
+            }
+            for b in backends
+        ]
+        result["prefix_match"] = rows[answer["choice"]]["matched_blocks"]
+        if not any(row["index_live"] for row in answer["candidates"]):
+            result["note"] = (
+                "no backend has a live KV-event stream: the proxy would use the approximate index"
+            )
+        return result
