@@ -134,9 +134,9 @@ class PrecisePrefix:
         try:
             blocks = self.block_hashes(request, frozenset())
         except TokenizeError as exc:
-            result = self.approximate.explain_approximate(request)
-            result["note"] = f"precise index unusable ({exc}): the approximate index decides"
-            return result
+            fallback = self.approximate.explain_approximate(request)
+            fallback["note"] = f"precise index unusable ({exc}): the approximate index decides"
+            return fallback
         backends = self.ctx.backends
         answer = self.index.explain(
             [b.name for b in backends],
