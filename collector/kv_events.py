@@ -151,8 +151,7 @@ class KVSubscriber:
             self._on_frames(frames)
 
     def _on_monitor(self) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
+        recv_monitor_message = require("zmq.utils.monitor").recv_monitor_message
         while True:
             try:
                 message = recv_monitor_message(self.monitor, self.zmq.NOBLOCK)

@@ -33,9 +33,8 @@ def _token_text(value: Any) -> str | None:
 class LocalTokenizer:
     def __init__(self, directory: str) -> None:
         tokenizers = require("tokenizers")
-        require("jinja2")
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        loopcontrols = require("jinja2.ext").loopcontrols
+        sandbox = require("jinja2.sandbox")
 
         root = Path(directory)
         if not (root / "tokenizer.json").is_file():
@@ -50,7 +49,7 @@ class LocalTokenizer:
             template = (root / "chat_template.jinja").read_text()
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
-        env = ImmutableSandboxedEnvironment(
+        env = sandbox.ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
         )
         env.filters["tojson"] = lambda value, indent=None: json.dumps(
@@ -94,6 +93,4 @@ class LocalTokenizer:
 
 
 def _raise(message: str) -> None:
-    from jinja2.exceptions import TemplateError
-
-    raise TemplateError(message)
+    raise require("jinja2.exceptions").TemplateError(message)
