@@ -265,13 +265,18 @@ def main() -> int:
     parser.add_argument(
         "--num-gpu-blocks", type=int, default=500, help="16-token blocks per server"
     )
-    parser.add_argument("--time-scale", type=float, default=0.5)
-    parser.add_argument("--rate", type=float, default=4.0, help="requests per simulated second")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="1: simulated time is wall time, so the decision time counts in TTFT as it would",
+    )
+    parser.add_argument("--rate", type=float, default=3.0, help="requests per simulated second")
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--grace", type=float, default=40.0)
     parser.add_argument("--users", type=int, default=48)
     parser.add_argument("--users-per-rate", type=float, default=0.0)
-    parser.add_argument("--system-prompts", type=int, default=48)
+    parser.add_argument("--system-prompts", type=int, default=8)
     parser.add_argument("--system-words", type=int, default=500)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--policies", default="precise,approximate,oracle,round_robin")
