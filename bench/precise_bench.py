@@ -236,6 +236,16 @@ Oracle, table and units as in the prefix_cache section.
 
 {chr(10).join("- " + line for line in lines)}
 
+Reading these figures: TTFT includes the routing decision, measured in wall time on a 2-core
+VM that other jobs load heavily (load average 15-18 during these runs). The decision column
+shows it: round_robin's decision is one Redis `INCR`, so whatever it shows beyond a
+millisecond is CPU contention at the time of that run, and runs of different policies
+happen minutes apart. The hit rates come from the servers' own counters and do not depend on
+timing; the TTFT ratios do, so take them as one sample, not a constant. The oracle's
+decision asks every server to tokenize and match the prompt (`/debug/cache_match`): under
+this load it is slow enough to skip arrivals and queue requests, which also lowers its
+cache pressure.
+
 Per-request cost of computing a chat's block hashes ({cost["tokens"]:,} prompt tokens on
 average, 6-turn chats, system prompts of {args.system_words} words): local tokenizer and
 chat template **{cost["local_cold_us"]:.0f} µs** cold, **{cost["local_cached_us"]:.0f} µs**
