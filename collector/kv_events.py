@@ -104,8 +104,10 @@ class KVSubscriber:
                 except Exception as exc:  # Redis down or a bad frame: retry, never die
                     self.metrics.redis_errors.labels("kv_index").inc()
                     self.log.warning("kv_events_error", error=str(exc))
-                    self.sequencer.reset()  # the index may have missed writes: resync
-                    self.connected = False
+                    # The index may have missed writes: subscribe again, and the new
+                    # connection rebuilds it from the replay socket.
+                    self._close()
+                    self.sequencer.reset()
                     stop.wait(0.5)
         finally:
             self._close()

@@ -215,3 +215,23 @@ def test_not_owned_means_not_subscribed(harness) -> None:
     h.publisher.batch(0, [stored(1)])
     time.sleep(0.5)
     assert h.gpu() == set()
+
+
+def test_redis_outage_is_healed_by_a_resync(private_redis) -> None:
+    """Batches that could not be written while Redis was down are rebuilt from the replay
+    socket once it is back."""
+    h = Harness(private_redis.url)
+    try:
+        h.publisher.batch(0, [stored(1)])
+        h.wait_gpu({1})
+        private_redis.kill()
+        h.publisher.batch(1, [stored(2), removed(1)])  # lost: Redis is down
+        time.sleep(1.0)
+        private_redis.start()
+        h.client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+        h.wait_gpu({2})  # Redis came back empty: the replay rebuilt the index
+        assert h.metrics.registry.get_sample_value(
+            "llmlbd_collector_redis_errors_total", {"op": "kv_index"}
+        )
+    finally:
+        h.close()
