@@ -169,3 +169,22 @@ def test_sessions_stick_through_two_llmlbd_instances(redis_url) -> None:
                 assert len(seen) == 1, (session, seen)
                 homes[session] = seen.pop()
             assert len(set(homes.values())) >= 2
+
+
+def test_explain_is_a_read_only_dry_run(client) -> None:
+    from llmlbd.ctl.explain import render_explain
+
+    policy = make_policy(client)
+    home = policy.pick(request("chat-3"), frozenset())
+    policy.ctx.leases.release(home.request_id)
+    answer = policy.explain(request("chat-3"))
+    assert (answer["choice"], answer["reason"]) == (home.backend.name, "sticky")
+    assert answer["session_backend"] == home.backend.name
+    assert [c["score"] for c in answer["candidates"]] == [1, 2, 3, 4]
+    assert all(c["bound"] >= 1 for c in answer["candidates"])
+    assert client.hlen(policy.ctx.keys.leases) == 0
+    assert f"-> {home.backend.name}" in render_explain(answer)
+    client.sadd(policy.ctx.keys.drained, home.backend.name)
+    moved = policy.explain(request("chat-3"))
+    assert moved["reason"] == "moved" and moved["choice"] != home.backend.name
+    assert policy.pick(request("chat-3"), frozenset()).backend.name == moved["choice"]

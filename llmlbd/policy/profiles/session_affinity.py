@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from typing import Any
 
 from llmlbd.config.loader import Backend
 from llmlbd.policy.context import PolicyContext
@@ -91,19 +92,19 @@ class SessionAffinity:
             self._ring_of = members
         return self._ring
 
-    def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
+    def _call(
+        self, request: RoutingRequest, exclude: frozenset[str], dry: bool
+    ) -> tuple[Any, str, list[str]]:
+        """(the script's reply, the session id, the candidates in the order passed)."""
         ctx = self.ctx
         assert ctx.leases is not None
-        if not ctx.backends:
-            raise no_route("empty", request)
-        if all(backend.name in exclude for backend in ctx.backends):
-            raise no_route("none", request)
         session = session_of(request, self.header, self.from_user)
         if session:
             names = self.ring().order(session)
         else:
             names = [b.name for b in ctx.backends]
-            ctx.rng.shuffle(names)
+            if not dry:
+                ctx.rng.shuffle(names)
         k = ctx.keys
         digest = hashlib.blake2b(session.encode(), digest_size=12).hexdigest()
         keys = [k.inflight, k.leases, k.workers, k.drained]
@@ -120,11 +121,20 @@ class SessionAffinity:
             self.ttl_ms,
             "1" if session else "0",
             self.slack,
+            "1" if dry else "0",
             *names,
             *(repr(float(ctx.by_name[n].weight)) for n in names),
             *("1" if n in exclude else "0" for n in names),
         ]
-        reply = ctx.leases.scripts.acquire_session(keys=keys, args=args)
+        return ctx.leases.scripts.acquire_session(keys=keys, args=args), session, names
+
+    def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
+        ctx = self.ctx
+        if not ctx.backends:
+            raise no_route("empty", request)
+        if all(backend.name in exclude for backend in ctx.backends):
+            raise no_route("none", request)
+        reply, session, names = self._call(request, exclude, dry=False)
         if not reply[0]:
             raise no_route(reply_text(reply[1]), request)
         backend = reply_text(reply[0])
@@ -136,3 +146,52 @@ class SessionAffinity:
             inflight=int(reply[1]),
             details={"session": bool(session), "ring_first": names[0] if session else None},
         )
+
+    def explain(self, request: RoutingRequest) -> dict[str, Any]:
+        """Where *request* would go now and why, read-only (a dry run of the same script)."""
+        result: dict[str, Any] = {"policy": self.name, "exact": True, "ties": [], "choice": None}
+        if not self.ctx.backends:
+            error = no_route("empty", request)
+            result["outcome"] = {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+            }
+            return result
+        reply, session, names = self._call(request, frozenset(), dry=True)
+        if not reply[0]:
+            error = no_route(reply_text(reply[1]), request)
+            result["outcome"] = {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+            }
+            return result
+        rows = {reply_text(r[0]): r for r in reply[3]}
+        current = reply_text(reply[2])
+        result.update(
+            choice=reply_text(reply[0]),
+            reason=reply_text(reply[1]),
+            outcome={"status": 200},
+            session=session or None,
+            session_backend=current or None,
+            score_meaning="ring order from the session's hash (1 = its first choice); a backend "
+            "takes it while in flight + 1 <= bound",
+            candidates=[
+                {
+                    "name": name,
+                    "url": self.ctx.by_name[name].url,
+                    "weight": self.ctx.by_name[name].weight,
+                    "inflight": int(rows[name][1]),
+                    "bound": int(rows[name][2]),
+                    "removed_by": None
+                    if reply_text(rows[name][3]) == "ok"
+                    else reply_text(rows[name][3]),
+                    "score": position + 1 if session else None,
+                }
+                for position, name in enumerate(names)
+            ],
+            note="dry run of acquire_session.lua"
+            + ("" if session else "; without a session the least loaded wins, ties at random"),
+        )
+        return result

@@ -7,8 +7,10 @@
 --   requests in flight (0: none)   ARGV[5] model ('' for any)   ARGV[6] n   ARGV[7] load factor
 --   c >= 1   ARGV[8] session TTL (ms)   ARGV[9] '1' when the request has a session
 --   ARGV[10] slack: requests a backend may always take above the proportional bound
--- ARGV[10+i] candidate names, in ring order from the session's hash (without a session: shuffled)
--- ARGV[10+n+i] weights   ARGV[10+2n+i] '1' if excluded for this attempt
+--   ARGV[11] '1' for a dry run (explain: reads only; returns {backend or false, reason,
+--   the session's current backend or '', {name, in flight, bound, status} per candidate})
+-- ARGV[11+i] candidate names, in ring order from the session's hash (without a session: shuffled)
+-- ARGV[11+n+i] weights   ARGV[11+2n+i] '1' if excluded for this attempt
 -- Bound (Mirrokni, Thorup, Zadimoghaddam 2018): backend i may take the request while
 --   in_flight_i + 1 <= ceil(c x (total in flight + 1) x w_i / sum of weights) + slack. The
 --   slack keeps a lightly loaded fleet sticky: at 1 request in flight over 3 backends the
@@ -20,8 +22,9 @@
 local request_id, worker, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cap, model, n = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local factor, session_ttl, has_session = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
-local H = 10
+local H = 11
 local slack = tonumber(ARGV[10])
+local dry = ARGV[11] == '1'
 local M = has_session and 5 or 4  -- metrics keys start after KEYS[M]
 local now = now_ms()
 
@@ -48,8 +51,8 @@ local function within(i)
 end
 
 local chosen, reason
+local current = has_session and redis.call('GET', KEYS[5]) or false
 if has_session then
-  local current = redis.call('GET', KEYS[5])
   for i = 1, n do
     if ARGV[H + i] == current and within(i) then chosen, reason = i, 'sticky' end
   end
@@ -71,11 +74,23 @@ if not chosen then
   reason = reason or 'no_session'
 end
 if not chosen then
+  if dry then return {false, saw_eligible and 'cap' or (saw_model_miss and 'model' or 'none')} end
   if saw_eligible then return {false, 'cap'} end
   if saw_model_miss then return {false, 'model'} end
   return {false, 'none'}
 end
 local name = ARGV[H + chosen]
+if dry then
+  local rows = {}
+  for i = 1, n do
+    local status = 'ok'
+    if not eligible[i] then status = 'unavailable' elseif not pickable[i] then status = 'cap'
+    elseif not within(i) then status = 'over_bound' end
+    local bound = weights > 0 and math.ceil(factor * (total + 1) * tonumber(ARGV[H + n + i]) / weights) + slack or 0
+    rows[#rows + 1] = {ARGV[H + i], inflight[i], bound, status}
+  end
+  return {name, reason, current or '', rows}
+end
 local count = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
 if not count then return {false, 'duplicate'} end
 if has_session then redis.call('SET', KEYS[5], name, 'PX', session_ttl) end
