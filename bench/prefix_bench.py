@@ -360,96 +360,7 @@ def run_one(
             else load_policy_class(policy_name)(ctx)
         )
 
-        systems = [
-            text(random.Random(seed * 100 + i), args.system_words)
-            for i in range(args.system_prompts)
-        ]
-        count = args.users or max(32, int(rate * args.users_per_rate))
-        users = [User(i, random.Random(seed * 1000 + i)) for i in range(count)]
-        scale = args.time_scale
-        finished_at = [0.0]
-
-        def one(user: User, request_index: int) -> None:
-            body = user.next_body(systems, args.max_tokens)
-            request = RoutingRequest(
-                request_id=f"bench-{seed}-{request_index}",
-                method="POST",
-                path="/v1/chat/completions",
-                body=body,
-                model=MODEL,
-            )
-            arrived = time.perf_counter()
-            decision = None
-            try:
-                decision = policy.pick(request, frozenset())
-                result.decision_ms.append((time.perf_counter() - arrived) * 1000)
-                name = decision.backend.name
-                result.per_backend[name] = result.per_backend.get(name, 0) + 1
-                first = None
-                pieces = []
-                with session.post(
-                    urls[name] + "/v1/chat/completions", json=body, stream=True, timeout=600
-                ) as response:
-                    if response.status_code != 200:
-                        raise RuntimeError(f"HTTP {response.status_code}")
-                    for line in response.iter_lines():
-                        if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                            continue
-                        chunk = json.loads(line[6:])
-                        choices = chunk.get("choices") or []
-                        content = choices[0].get("delta", {}).get("content") if choices else None
-                        if content:
-                            if first is None:
-                                first = time.perf_counter()
-                            pieces.append(content)
-                            result.output_tokens += 1
-                result.ttft.append(((first or time.perf_counter()) - arrived) / scale)
-                result.completed += 1
-                user.answered("".join(pieces))
-            except Exception as exc:
-                result.failed += 1
-                user.turns_left = 0
-                if result.failed <= 3:
-                    print(f"  request failed: {exc}", flush=True)
-            finally:
-                if decision is not None:
-                    leases.release(decision.request_id)
-                user.busy = False
-                finished_at[0] = time.perf_counter()
-
-        arrivals = random.Random(seed + 1)
-        started = time.perf_counter()
-        end = started + args.duration * scale
-        next_at = started
-        greenlets = []
-        index = 0
-        while True:
-            next_at += arrivals.expovariate(rate) * scale
-            if next_at >= end:
-                break
-            gevent.sleep(max(0.0, next_at - time.perf_counter()))
-            result.offered += 1
-            idle = [u for u in users if not u.busy]
-            if not idle:
-                result.skipped += 1
-                continue
-            user = arrivals.choice(idle)
-            user.busy = True
-            index += 1
-            greenlets.append(gevent.spawn(one, user, index))
-        gevent.joinall(greenlets, timeout=args.grace * scale)
-        unfinished = [g for g in greenlets if not g.dead]
-        gevent.killall(unfinished, block=True, timeout=5)
-        result.failed += len(unfinished)
-        result.duration = (max(finished_at[0], started) - started) / scale
-        dead = [proc.name for proc in fleet.procs if proc.popen.poll() is not None]
-        if dead:
-            raise BackendDied(f"{', '.join(dead)} exited during the run")
-        for url in fleet.urls:
-            state = requests.get(url + "/debug/state", timeout=10).json()
-            result.hits += state["prefix_cache_hits"]
-            result.queries += state["prefix_cache_queries"]
-            result.preemptions += state["preemptions"]
+        drive(policy, result, args, fleet, session, urls, leases, seed)
         session.close()
     finally:
         if collector is not None:
@@ -457,6 +368,101 @@ def run_one(
         fleet.stop()
         client.close()
     return result
+
+
+def drive(policy, result: RunResult, args, fleet, session, urls, leases, seed: int) -> None:
+    """Offer the multi-turn chat workload to *policy* at ``result.rate`` and fill *result* in
+    (shared with bench/precise_bench.py)."""
+    rate = result.rate
+    systems = [
+        text(random.Random(seed * 100 + i), args.system_words) for i in range(args.system_prompts)
+    ]
+    count = args.users or max(32, int(rate * args.users_per_rate))
+    users = [User(i, random.Random(seed * 1000 + i)) for i in range(count)]
+    scale = args.time_scale
+    finished_at = [0.0]
+
+    def one(user: User, request_index: int) -> None:
+        body = user.next_body(systems, args.max_tokens)
+        request = RoutingRequest(
+            request_id=f"bench-{seed}-{request_index}",
+            method="POST",
+            path="/v1/chat/completions",
+            body=body,
+            model=MODEL,
+        )
+        arrived = time.perf_counter()
+        decision = None
+        try:
+            decision = policy.pick(request, frozenset())
+            result.decision_ms.append((time.perf_counter() - arrived) * 1000)
+            name = decision.backend.name
+            result.per_backend[name] = result.per_backend.get(name, 0) + 1
+            first = None
+            pieces = []
+            with session.post(
+                urls[name] + "/v1/chat/completions", json=body, stream=True, timeout=600
+            ) as response:
+                if response.status_code != 200:
+                    raise RuntimeError(f"HTTP {response.status_code}")
+                for line in response.iter_lines():
+                    if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    choices = chunk.get("choices") or []
+                    content = choices[0].get("delta", {}).get("content") if choices else None
+                    if content:
+                        if first is None:
+                            first = time.perf_counter()
+                        pieces.append(content)
+                        result.output_tokens += 1
+            result.ttft.append(((first or time.perf_counter()) - arrived) / scale)
+            result.completed += 1
+            user.answered("".join(pieces))
+        except Exception as exc:
+            result.failed += 1
+            user.turns_left = 0
+            if result.failed <= 3:
+                print(f"  request failed: {exc}", flush=True)
+        finally:
+            if decision is not None:
+                leases.release(decision.request_id)
+            user.busy = False
+            finished_at[0] = time.perf_counter()
+
+    arrivals = random.Random(seed + 1)
+    started = time.perf_counter()
+    end = started + args.duration * scale
+    next_at = started
+    greenlets = []
+    index = 0
+    while True:
+        next_at += arrivals.expovariate(rate) * scale
+        if next_at >= end:
+            break
+        gevent.sleep(max(0.0, next_at - time.perf_counter()))
+        result.offered += 1
+        idle = [u for u in users if not u.busy]
+        if not idle:
+            result.skipped += 1
+            continue
+        user = arrivals.choice(idle)
+        user.busy = True
+        index += 1
+        greenlets.append(gevent.spawn(one, user, index))
+    gevent.joinall(greenlets, timeout=args.grace * scale)
+    unfinished = [g for g in greenlets if not g.dead]
+    gevent.killall(unfinished, block=True, timeout=5)
+    result.failed += len(unfinished)
+    result.duration = (max(finished_at[0], started) - started) / scale
+    dead = [proc.name for proc in fleet.procs if proc.popen.poll() is not None]
+    if dead:
+        raise BackendDied(f"{', '.join(dead)} exited during the run")
+    for url in fleet.urls:
+        state = requests.get(url + "/debug/state", timeout=10).json()
+        result.hits += state["prefix_cache_hits"]
+        result.queries += state["prefix_cache_queries"]
+        result.preemptions += state["preemptions"]
 
 
 # -- Redis memory per 1,000 conversations -------------------------------------------------

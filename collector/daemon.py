@@ -83,6 +83,7 @@ class Collector:
         self.reaper = Reaper(client, self.keys, self.metrics)
         self.owned: frozenset[str] = frozenset()
         self.workers: dict[str, BackendWorker] = {}
+        self.kv_events = self._kv_event_hub(config)
         self._worker_stops: dict[str, threading.Event] = {}
         self._worker_threads: dict[str, threading.Thread] = {}
         self._seed = {b.name: b.url for b in config.backends}
@@ -106,6 +107,25 @@ class Collector:
         self._signals: list[int] = []
         self.pace = Pace(self.metrics, self.log, self.settings.interval_s)
         self._retired = (0, 0)  # scrapes and skipped ticks of removed workers
+
+    def _kv_event_hub(self, config: Any) -> Any:
+        """Subscribers to the backends that publish KV events (None when none does)."""
+        sources = {b.name: b.kv_events for b in config.backends if b.kv_events is not None}
+        if not sources:
+            return None
+        from collector.kv_hub import KVEventHub
+
+        c = config.collector
+        return KVEventHub(
+            self.client,
+            self.keys,
+            self.collector_id,
+            sources,
+            self.metrics,
+            self.is_owned,
+            c.kv_index_max_blocks,
+            c.kv_silent_clear_s,
+        )
 
     # ownership -------------------------------------------------------------------
     def is_owned(self, name: str) -> bool:
@@ -252,6 +272,8 @@ class Collector:
         self.workers[name] = worker
         self._worker_stops[name] = stop
         self._worker_threads[name] = self._spawn(f"worker-{name}", worker.run, stop)
+        if self.kv_events is not None:
+            self.kv_events.add(name)
         if self.ready.is_set():
             self.log.info("backend_added", backend=name, url=url)
 
@@ -262,6 +284,8 @@ class Collector:
         worker.wake.set()
         self._threads.remove(self._worker_threads.pop(name))
         self._set_owned(self.owned - {name})
+        if self.kv_events is not None:
+            self.kv_events.remove(name)
         try:
             self.leases.release([name])
         except Exception as exc:
@@ -316,6 +340,8 @@ class Collector:
         for name, worker in self.workers.items():
             self._worker_stops[name].set()
             worker.wake.set()
+        if self.kv_events is not None:
+            self.kv_events.stop()
         deadline = time.monotonic() + self.settings.timeout_s + 2.0
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

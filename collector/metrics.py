@@ -131,6 +131,40 @@ class CollectorMetrics:
             "Updates merged into a write still waiting for the same backend.",
             registry=r,
         )
+        # KV events (collector/kv_events.py) ---------------------------------------------
+        self.kv_events = Counter(
+            "llmlbd_collector_kv_events",
+            "KV-cache events applied to the precise prefix index, by type "
+            "(BlockStored, BlockRemoved, AllBlocksCleared).",
+            ["backend", "type"],
+            registry=r,
+        )
+        self.kv_batches = Counter(
+            "llmlbd_collector_kv_batches",
+            "KV-event batches received, by outcome (applied, replayed, duplicate, bad).",
+            ["backend", "outcome"],
+            registry=r,
+        )
+        self.kv_resyncs = Counter(
+            "llmlbd_collector_kv_resyncs",
+            "Times a backend's index was rebuilt or dropped, by reason (connect, gap_replayed, "
+            "gap_lost, restart, silent, removed).",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.kv_lag = Histogram(
+            "llmlbd_collector_kv_index_lag_seconds",
+            "From a batch's server timestamp to its application in Redis (clocks of the "
+            "backend and Redis; NTP skew adds to it).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+            registry=r,
+        )
+        self.kv_connected = Gauge(
+            "llmlbd_collector_kv_stream_connected",
+            "1 while this collector is subscribed and connected to the backend's KV events.",
+            ["backend"],
+            registry=r,
+        )
         self.reaped = Counter(
             "llmlbd_collector_reaped_leases",
             "In-flight leases of dead proxy workers dropped.",

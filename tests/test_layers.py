@@ -64,6 +64,8 @@ def layer_of(module: str) -> str:
     if module in SERVER_MODULES:
         return "server"
     parts = module.split(".")
+    if parts[:2] == ["llmlbd", "kvblocks"]:
+        return "base"  # vLLM's block hashing: the standard library and optional packages only
     if parts[0] == "collector":
         return "collector"
     if len(parts) > 1 and parts[1] in ("ctl", "server", "policy", "state", "config", "sim"):

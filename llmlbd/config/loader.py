@@ -10,6 +10,7 @@ from urllib.parse import quote, urlsplit
 import yaml
 
 from llmlbd.config import validators as v
+from llmlbd.config.kv_events import KVEventsSource, parse_kv_events
 from llmlbd.config.names import canonical_policy_name, policy_names, validate_name
 from llmlbd.config.sections import (
     SECTION_TYPES,
@@ -36,6 +37,7 @@ class Backend:
     name: str
     url: str
     weight: float = 1.0
+    kv_events: KVEventsSource | None = None  # where its KV events are published (precise index)
 
 
 @dataclass
@@ -97,7 +99,13 @@ class Config:
         }
         data["lb_policy"] = self.lb_policy
         data["backends"] = [
-            {"name": b.name, "url": b.url, "weight": b.weight} for b in self.backends
+            {
+                "name": b.name,
+                "url": b.url,
+                "weight": b.weight,
+                **({"kv_events": vars(b.kv_events)} if b.kv_events else {}),
+            }
+            for b in self.backends
         ]
         return data
 
@@ -164,10 +172,12 @@ def _load_backends(raw: Any, where: _Where) -> list[Backend]:
             raise where.error(
                 path, f"expected a URL or a mapping with url, name, weight, got {item!r}"
             )
-        unknown = set(item) - {"url", "name", "weight"}
+        unknown = set(item) - {"url", "name", "weight", "kv_events"}
         if unknown:
             key = sorted(unknown)[0]
-            raise where.error(f"{path}.{key}", "unknown key (expected url, name or weight)")
+            raise where.error(
+                f"{path}.{key}", "unknown key (expected url, name, weight or kv_events)"
+            )
         if "url" not in item:
             raise where.error(path, "missing required key url")
         try:
@@ -183,12 +193,16 @@ def _load_backends(raw: Any, where: _Where) -> list[Backend]:
             weight = v.positive_float(item.get("weight", 1.0))
         except ValueError as exc:
             raise where.error(f"{path}.weight", str(exc)) from None
+        try:
+            kv_events = parse_kv_events(item.get("kv_events"))
+        except ValueError as exc:
+            raise where.error(f"{path}.kv_events", str(exc)) from None
         if name in seen:
             raise where.error(
                 f"{path}.name", f"duplicate backend name {name!r} (also {seen[name]})"
             )
         seen[name] = path
-        backends.append(Backend(name, url, weight))
+        backends.append(Backend(name, url, weight, kv_events))
     return backends
 
 

@@ -28,6 +28,7 @@ POLICY_NAMES: tuple[str, ...] = (
     "least_busy",
     "round_robin",
     "random",
+    "session_affinity",
 )
 
 # Higress renamed least_busy; both of its names keep working.

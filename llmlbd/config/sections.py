@@ -18,6 +18,7 @@ __all__ = [
     "LbConfigCommon",
     "PrefixCacheLbConfig",
     "LeastBusyLbConfig",
+    "SessionAffinityLbConfig",
     "LbConfigSection",
     "SECTION_TYPES",
 ]
@@ -91,6 +92,13 @@ class PrefixCacheLbConfig(LbConfigCommon):
     charsPerToken: float
     scoring: Literal["bounded", "weighted"]
     scorerWeights: dict[str, float]
+    index: Literal["approximate", "precise"]
+    kvBlockSize: int
+    tokenizer: str | None
+    hashSeed: str | None
+    tokenizeTimeout: int
+    loraAdapters: list[str]
+    countOffloaded: bool
 
 
 @dataclass
@@ -109,7 +117,19 @@ class LeastBusyLbConfig(LbConfigCommon):
 
 
 @dataclass
-class LbConfigSection(PrefixCacheLbConfig, LeastBusyLbConfig):
+class SessionAffinityLbConfig(LbConfigCommon):
+    """`lb_config` as the session_affinity policy reads it."""
+
+    sessionHeader: str
+    sessionFromUser: bool
+    sessionTTL: int
+    loadFactor: float
+    loadSlack: int
+    virtualNodes: int
+
+
+@dataclass
+class LbConfigSection(PrefixCacheLbConfig, LeastBusyLbConfig, SessionAffinityLbConfig):
     """`lb_config` with every policy's keys (the loader fills them all)."""
 
 
@@ -130,6 +150,8 @@ class CollectorSection:
     models_refresh_s: float
     metrics_port: int
     metric_map: dict[str, Any]
+    kv_index_max_blocks: int
+    kv_silent_clear_s: float
 
 
 @dataclass

@@ -11,7 +11,7 @@ Keys under `lb_config` keep Higress's camelCase spelling so that a Higress
 
 from __future__ import annotations
 
-from llmlbd.config import lb_least_busy, lb_prefix_cache
+from llmlbd.config import kv_events, lb_least_busy, lb_prefix_cache, lb_session
 from llmlbd.config import validators as v
 from llmlbd.config.setting import Setting
 
@@ -324,6 +324,8 @@ SETTINGS: list[Setting] = [
     # policy-specific lb_config keys live beside each other in their own modules
     *lb_prefix_cache.SETTINGS,
     *lb_least_busy.SETTINGS,
+    *kv_events.SETTINGS,
+    *lb_session.SETTINGS,
 ]
 
 _BY_PATH = {setting.path: setting for setting in SETTINGS}

@@ -18,6 +18,7 @@ POLICIES: dict[str, str] = {
     "least_busy": "llmlbd.policy.profiles.least_busy:LeastBusy",
     "round_robin": "llmlbd.policy.profiles.baselines:RoundRobin",
     "random": "llmlbd.policy.profiles.baselines:Random",
+    "session_affinity": "llmlbd.policy.profiles.session_affinity:SessionAffinity",
 }
 
 

@@ -15,9 +15,15 @@ from llmlbd.sim.config import SimConfig
 from llmlbd.sim.engine import Engine, QueueFull, SimRequest
 from llmlbd.sim.errors import SimHTTPError
 from llmlbd.sim.faults import FAULT_HEADER, Fault, HealthSwitch, parse_fault
-from llmlbd.sim.kvcache import chain_hashes
+from llmlbd.sim.kvcache import prompt_hashes
 from llmlbd.sim.metrics import CONTENT_TYPE, SimMetrics
-from llmlbd.sim.protocol import parse_inference, prompt_of, read_json, resolve_model
+from llmlbd.sim.protocol import (
+    parse_inference,
+    prompt_ids_of,
+    prompt_of,
+    read_json,
+    resolve_model,
+)
 from llmlbd.sim.responses import DONE, StreamWriter, completion_body, usage_of
 from llmlbd.sim.tokenizer import VOCAB_SIZE, detokenize, tokenize
 
@@ -44,6 +50,13 @@ class SimApp:
         self.requests_total = 0
         self.rejected_total = 0
         self.refuse_for = None  # set by the server: stop listening for N seconds
+        self.kv_events = None
+        if config.kv_events is not None:
+            from llmlbd.sim.kv_events import KVEventPublisher
+
+            self.kv_events = KVEventPublisher(config.kv_events, config.block_size)
+            self.engine.kv.listener = self.kv_events
+            self.engine.kv_events = self.kv_events
         self.routes = {
             ("GET", "/health"): self.health_route,
             ("GET", "/v1/models"): self.models,
@@ -57,6 +70,7 @@ class SimApp:
                 [("Content-Type", CONTENT_TYPE)],
                 self.metrics.render(),
             ),
+            ("GET", "/kv_event_sources"): self.kv_event_sources,
             ("POST", "/tokenize"): self.tokenize_route,
             ("POST", "/detokenize"): self.detokenize_route,
             ("POST", "/v1/embeddings"): self.embeddings,
@@ -106,11 +120,28 @@ class SimApp:
         ]
         return 200, JSON, json.dumps({"object": "list", "data": cards}).encode()
 
+    def kv_event_sources(self, environ):
+        """vLLM's map of data-parallel rank -> KVEventsConfig ({} when events are off)."""
+        sources = {} if self.kv_events is None else {"0": self.kv_events.config.as_json()}
+        return 200, JSON, json.dumps(sources).encode()
+
+    def prompt_hashes(self, parsed) -> list[int]:
+        """The KV-cache block hashes of a parsed request's prompt."""
+        config = self.config
+        return prompt_hashes(
+            parsed.prompt_ids,
+            config.block_size,
+            config.model,
+            parsed.lora,
+            parsed.cache_salt,
+            vllm_hashes=self.kv_events is not None,
+        )
+
     def tokenize_route(self, environ):
         body = read_json(environ)
         resolve_model(self.config, body.get("model"))
         kind = "chat" if "messages" in body else "completion"
-        ids = tokenize(prompt_of(kind, body))
+        ids = prompt_ids_of(self.config, kind, body, prompt_of(kind, body))
         return (
             200,
             JSON,
@@ -256,13 +287,13 @@ class SimApp:
             request_id=uuid.uuid4().hex,
             lora=parsed.lora,
             prompt_len=prompt_len,
-            block_hashes=chain_hashes(
-                parsed.prompt_ids, config.block_size, (config.model,) + parsed.cache_scope
-            ),
+            block_hashes=self.prompt_hashes(parsed),
             output_target=output,
             finish_reason_planned=reason,
             max_tokens_param=parsed.max_tokens,
             arrival=arrival,
+            prompt_ids=parsed.prompt_ids if self.kv_events is not None else None,
+            cache_salt=parsed.cache_salt,
         )
         return request, seed
 

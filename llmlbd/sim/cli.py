@@ -26,6 +26,17 @@ def _adapters(ctx, param, value: str | None) -> dict[str, str]:
     return adapters
 
 
+def _kv_events(ctx, param, value: str | None):
+    if not value:
+        return None
+    from llmlbd.sim.kv_events import parse_kv_events_config
+
+    try:
+        return parse_kv_events_config(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _fault(ctx, param, value: str | None) -> str:
     from llmlbd.sim.faults import parse_fault
 
@@ -174,6 +185,22 @@ def _fault(ctx, param, value: str | None) -> str:
     default=0.0,
     help="Make /health alternate between 200 and 503 every this many seconds (0 = off).",
 )
+@click.option(
+    "--kv-events-config",
+    default=None,
+    callback=_kv_events,
+    help="vLLM's flag: publish KV-cache events over ZMQ, e.g. '{\"enable_kv_cache_events\": "
+    'true, "publisher": "zmq", "endpoint": "tcp://*:5557", "replay_endpoint": '
+    '"tcp://*:5558", "topic": "kv"}\' (see docs/simulator.md).',
+)
+@click.option(
+    "--tokenizer",
+    "tokenizer_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Tokenize with this Hugging Face tokenizer directory (tokenizer.json, chat template "
+    "in tokenizer_config.json) instead of the built-in stand-in; needs llmlbd[precise].",
+)
 @click.option("--list-profiles", is_flag=True, help="Print the GPU profiles and exit.")
 @click.pass_context
 def sim_command(ctx: click.Context, **options) -> None:
@@ -190,6 +217,13 @@ def sim_command(ctx: click.Context, **options) -> None:
         return
     if options["count"] is not None:
         from llmlbd.sim.fleet import run_fleet
+
+        if options["kv_events_config"] is not None:
+            # Every child would bind the same event ports.
+            raise click.BadParameter(
+                "not supported with --count: start each server with its own endpoints",
+                param_hint="--kv-events-config",
+            )
 
         child_args = _passthrough_args(ctx)
         base_port = options["base_port"] or options["port"]
@@ -234,6 +268,8 @@ def sim_command(ctx: click.Context, **options) -> None:
         fault=options["fault"],
         refuse_connections=options["refuse_connections"],
         health_flap_s=options["health_flap_s"],
+        kv_events=options["kv_events_config"],
+        tokenizer_dir=options["tokenizer_dir"],
     )
     ctx.exit(serve(config))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmlbd.sim.profiles import DEFAULT_PROFILE, PROFILES, GpuProfile
 
@@ -32,6 +33,8 @@ class SimConfig:
     fault: str = ""
     refuse_connections: bool = False
     health_flap_s: float = 0.0
+    kv_events: Any = None  # kv_events.KVEventsConfig when --kv-events-config enables events
+    tokenizer_dir: str | None = None  # a Hugging Face tokenizer directory (--tokenizer)
 
     def __post_init__(self) -> None:
         # A profile sets the engine's limits; explicit flags win.

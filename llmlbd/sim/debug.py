@@ -15,7 +15,6 @@ import gevent
 
 from llmlbd.sim.errors import SimHTTPError
 from llmlbd.sim.faults import parse_fault
-from llmlbd.sim.kvcache import chain_hashes
 from llmlbd.sim.protocol import parse_inference
 
 JSON = [("Content-Type", "application/json")]
@@ -68,9 +67,7 @@ def cache_match(app, body: dict) -> tuple[int, list, bytes]:
     config = app.config
     kind = "chat" if "messages" in body else "completion"
     parsed = parse_inference(config, kind, body)
-    hashes = chain_hashes(
-        parsed.prompt_ids, config.block_size, (config.model,) + parsed.cache_scope
-    )
+    hashes = app.prompt_hashes(parsed)
     blocks = app.engine.cache_match(hashes)
     return (
         200,

@@ -49,6 +49,9 @@ class SimRequest:
     finish_reason_planned: str
     max_tokens_param: int | None = None
     n: int = 1
+    # What a KV event's BlockStored carries besides the hashes (kv_events.py).
+    prompt_ids: list[int] | None = None
+    cache_salt: str | None = None
     arrival: float = field(default_factory=time.monotonic)
     # Engine state below; the HTTP side only reads it.
     num_computed: int = 0
@@ -97,6 +100,7 @@ class Engine:
         self._wake = Event()
         self._carry = 0.0  # seconds the engine is behind its simulated clock
         self._loop: gevent.Greenlet | None = None
+        self.kv_events = None  # a KVEventPublisher: flushed once per engine step
 
     # -- the HTTP side -------------------------------------------------------
 
@@ -150,6 +154,8 @@ class Engine:
         profile = self.config.profile
         while True:
             scheduled, decode_seqs, decode_context = self._schedule()
+            if self.kv_events is not None:
+                self.kv_events.flush()
             if self.metrics is not None and (self.running or self.waiting):
                 self.metrics.on_scheduled()
             if not scheduled:
@@ -245,7 +251,7 @@ class Engine:
         hashes = request.block_hashes
         hit_blocks = self.kv.match(hashes[:limit])
         total_blocks = -(-request.seq_len // block_size)
-        if not self.kv.allocate(hashes, total_blocks - len(hashes)):
+        if not self.kv.allocate(hashes, total_blocks - len(hashes), request):
             return False
         request.pinned = list(hashes)
         request.anonymous_blocks = total_blocks - len(hashes)

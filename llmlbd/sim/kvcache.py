@@ -17,14 +17,29 @@ chat workloads, so the simulator skips that).
 
 Python's ``hash`` of int tuples is fast and stable; the root hash mixes in
 strings, so hashes differ between processes (they never leave the process).
+With KV events on (``--kv-events-config``) the hashes leave the process, so
+they are vLLM's own (`llmlbd.kvblocks.hashing`: sha256 chain, LoRA name and
+cache_salt as extra keys, the low 64 bits published) and a listener hears
+every store, eviction and reset (`llmlbd.sim.kv_events`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any, Protocol
 
-__all__ = ["KVCache", "chain_hashes"]
+__all__ = ["KVCache", "chain_hashes", "CacheListener"]
+
+
+class CacheListener(Protocol):
+    """Told what the cache stores, evicts and clears (the KV-event publisher, kv_events.py)."""
+
+    def on_stored(self, hashes: Sequence[int], new: Sequence[int], origin: Any) -> None: ...
+
+    def on_removed(self, block_hash: int) -> None: ...
+
+    def on_cleared(self) -> None: ...
 
 
 def chain_hashes(token_ids: Sequence[int], block_size: int, scope: tuple) -> list[int]:
@@ -37,6 +52,23 @@ def chain_hashes(token_ids: Sequence[int], block_size: int, scope: tuple) -> lis
     return hashes
 
 
+def prompt_hashes(
+    token_ids: Sequence[int],
+    block_size: int,
+    model: str,
+    lora: str | None,
+    cache_salt: str | None,
+    vllm_hashes: bool,
+) -> list[int]:
+    """The block hashes the cache keys a prompt by: vLLM's when they are published, else the
+    fast in-process chain."""
+    if vllm_hashes:
+        from llmlbd.kvblocks.hashing import block_hashes
+
+        return block_hashes(token_ids, block_size, lora_name=lora, cache_salt=cache_salt)
+    return chain_hashes(token_ids, block_size, (model, lora or "", cache_salt or ""))
+
+
 class KVCache:
     def __init__(self, num_blocks: int, block_size: int) -> None:
         if num_blocks < 1 or block_size < 1:
@@ -47,6 +79,7 @@ class KVCache:
         self._refs: dict[int, int] = {}  # hash -> requests pinning it (0 = evictable)
         self._evictable: OrderedDict[int, None] = OrderedDict()  # oldest first
         self.evictions = 0
+        self.listener: CacheListener | None = None
 
     # -- what is there -------------------------------------------------------
 
@@ -79,7 +112,7 @@ class KVCache:
 
     # -- taking and giving back ----------------------------------------------
 
-    def allocate(self, hashes: Sequence[int], anonymous: int) -> bool:
+    def allocate(self, hashes: Sequence[int], anonymous: int, origin: Any = None) -> bool:
         """Pin the hashed blocks (reusing cached ones) and take ``anonymous`` more.
 
         All or nothing: returns False and changes nothing when the blocks do
@@ -113,6 +146,9 @@ class KVCache:
             refs[block_hash] = 1
         for _ in range(anonymous):
             self._take_block()
+        # After every eviction this allocation caused, as vLLM orders its events.
+        if self.listener is not None and missing:
+            self.listener.on_stored(hashes, missing, origin)
         return True
 
     def grow(self, blocks: int = 1) -> bool:
@@ -141,6 +177,8 @@ class KVCache:
             del self._refs[block_hash]
         self._evictable.clear()
         self._empty += dropped
+        if self.listener is not None:
+            self.listener.on_cleared()
         return dropped
 
     def _take_block(self) -> None:
@@ -150,3 +188,5 @@ class KVCache:
         oldest, _ = self._evictable.popitem(last=False)
         del self._refs[oldest]
         self.evictions += 1
+        if self.listener is not None:
+            self.listener.on_removed(oldest)

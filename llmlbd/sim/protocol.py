@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmlbd.kvblocks.local import LocalTokenizer
+
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 from llmlbd.sim.config import SimConfig
 from llmlbd.sim.errors import SimHTTPError
 from llmlbd.sim.tokenizer import detokenize, render_chat, tokenize
 
-__all__ = ["InferenceRequest", "read_json", "parse_inference", "resolve_model", "prompt_of"]
+__all__ = [
+    "InferenceRequest",
+    "read_json",
+    "parse_inference",
+    "resolve_model",
+    "prompt_of",
+    "prompt_ids_of",
+]
 
 
 @dataclass
@@ -88,6 +101,27 @@ def prompt_of(kind: str, body: dict) -> str:
     )
 
 
+@lru_cache(maxsize=4)
+def _hf_tokenizer(directory: str) -> LocalTokenizer:
+    from llmlbd.kvblocks.local import LocalTokenizer
+
+    return LocalTokenizer(directory)
+
+
+def prompt_ids_of(config: SimConfig, kind: str, body: dict, prompt_text: str) -> list[int]:
+    """The prompt's token ids: the model's own tokenizer and chat template with --tokenizer
+    (what a real vLLM does), else the built-in stand-in tokenizer on *prompt_text*."""
+    if config.tokenizer_dir is None:
+        return tokenize(prompt_text)
+    hf = _hf_tokenizer(config.tokenizer_dir)
+    try:
+        text, special = hf.render(body if kind == "chat" else {"prompt": prompt_text})
+    except Exception as exc:  # a template error is the client's 400, as in vLLM
+        raise SimHTTPError(400, f"cannot apply the chat template: {exc}") from None
+    ids: list[int] = hf.encode(text, special)
+    return ids
+
+
 def parse_inference(config: SimConfig, kind: str, body: dict) -> InferenceRequest:
     model, lora = resolve_model(config, body.get("model"))
     prompt_text = prompt_of(kind, body)
@@ -99,7 +133,7 @@ def parse_inference(config: SimConfig, kind: str, body: dict) -> InferenceReques
     ):
         prompt_ids = list(body["prompt"])
     else:
-        prompt_ids = tokenize(prompt_text)
+        prompt_ids = prompt_ids_of(config, kind, body, prompt_text)
     max_tokens = body.get("max_completion_tokens") if kind == "chat" else None
     if max_tokens is None:
         max_tokens = body.get("max_tokens", 16 if kind == "completion" else None)

@@ -60,6 +60,8 @@ def serve(config: SimConfig) -> int:
     stop.wait()
     listener.close(timeout=1)
     app.engine.stop()
+    if app.kv_events is not None:
+        app.kv_events.close()
     return 0
 
 

@@ -87,3 +87,18 @@ class PoolKeys:
     def prefix_owned_by(self, backend: str) -> str:
         """ZSET block hash -> last use (ms) of the prefix keys pointing at *backend*."""
         return f"{self._base}:prefix_owned:{backend}"
+
+    # precise prefix index (KV events) -----------------------------------------------
+    def kv_blocks(self, backend: str, tier: str) -> str:
+        """ZSET vLLM block hash (decimal) -> when stored (ms): the blocks *backend* holds in
+        *tier* (`gpu`, or `offload` for CPU/disk media), as its KV events say."""
+        return f"{self._base}:kvx:{backend}:{tier}"
+
+    def kv_state(self, backend: str) -> str:
+        """HASH of *backend*'s KV-event stream: last seq, lag, liveness, counters."""
+        return f"{self._base}:kvx_state:{backend}"
+
+    # session_affinity state ------------------------------------------------------------
+    def session(self, session_digest: str) -> str:
+        """STRING: the backend of a session (keyed by a digest of its id), with a TTL."""
+        return f"{self._base}:session:{session_digest}"

@@ -48,6 +48,11 @@ class PrefixCache:
             weights=(prefix, queue, kv, inflight),
         )
         self.index = PrefixIndex(ctx.leases, self.params) if ctx.leases is not None else None
+        self.precise = None
+        if lb.index == "precise":
+            from llmlbd.policy.profiles.prefix_precise import PrecisePrefix
+
+            self.precise = PrecisePrefix(ctx, self)
 
     def levels(self, request: RoutingRequest) -> prompt.Levels:
         return prompt.levels(
@@ -60,6 +65,11 @@ class PrefixCache:
         )
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
+        if self.precise is not None:
+            return self.precise.pick(request, exclude)
+        return self.pick_approximate(request, exclude)
+
+    def pick_approximate(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert self.index is not None
         if not ctx.backends:
@@ -102,6 +112,11 @@ class PrefixCache:
         )
 
     def explain(self, request: RoutingRequest) -> dict[str, Any]:
+        if self.precise is not None:
+            return self.precise.explain(request)
+        return self.explain_approximate(request)
+
+    def explain_approximate(self, request: RoutingRequest) -> dict[str, Any]:
         """Where *request* would go now and why (llmlbd.policy.explain's format), read-only.
 
         The same script runs in dry-run mode, so the answer is exact except for

@@ -1,0 +1,192 @@
+"""prefix_cache with ``lb_config.index: precise``: route on the blocks each backend really holds.
+
+The backends' own KV events (collected into Redis by collector/kv_events.py) say
+which vLLM blocks each one holds. For a request, Python computes the prompt's
+block hashes exactly as vLLM does (llmlbd.kvblocks: the model's tokenizer and chat
+template from ``lb_config.tokenizer``, else a backend's /tokenize; vLLM's hash chain
+with the LoRA name and cache_salt), and one Lua script (state/lua/acquire_precise.lua)
+finds each backend's longest run of leading blocks, applies the same load bound as the
+approximate index, picks and reserves, in one round trip.
+
+It falls back to the approximate index (the `PrefixCache` it belongs to) when no
+usable backend has a live KV-event stream or the prompt cannot be tokenized, so a
+fleet whose collector or publishers are down still routes by prefix.
+See docs/policies/prefix_cache.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from llmlbd.kvblocks.prompt_blocks import BlockHashes, PromptBlocks, TokenizeError
+from llmlbd.policy.context import PolicyContext
+from llmlbd.policy.framework import Decision
+from llmlbd.policy.outcomes import no_route
+from llmlbd.request import RoutingRequest
+from llmlbd.state.precise import PreciseIndex, PreciseParams
+
+if TYPE_CHECKING:
+    from llmlbd.policy.profiles.prefix_cache import PrefixCache
+
+__all__ = ["PrecisePrefix", "prompt_blocks_from_config"]
+
+
+def prompt_blocks_from_config(lb: Any) -> PromptBlocks:
+    """The request -> block hashes pipeline the lb_config asks for."""
+    from llmlbd.kvblocks.local import LocalTokenizer
+    from llmlbd.kvblocks.remote import RemoteTokenizer
+
+    local = LocalTokenizer(lb.tokenizer) if lb.tokenizer else None
+    remote = None if local else RemoteTokenizer(lb.tokenizeTimeout / 1000.0)
+    return PromptBlocks(lb.kvBlockSize, seed=lb.hashSeed, local=local, remote=remote)
+
+
+class PrecisePrefix:
+    name = "prefix_cache"
+
+    def __init__(self, ctx: PolicyContext, approximate: PrefixCache) -> None:
+        self.ctx = ctx
+        self.approximate = approximate
+        lb = ctx.lb_config
+        self.cap = lb.maxRequestCount
+        self.lora_adapters = frozenset(lb.loraAdapters or ())
+        self.blocks = prompt_blocks_from_config(lb)
+        self.params = PreciseParams(
+            stale_after_ms=ctx.stale_after_ms,
+            min_match_blocks=lb.minMatchBlocks,
+            max_load_gap=lb.maxLoadGap,
+            max_load_ratio=lb.maxLoadRatio,
+            max_kv_usage=lb.maxKvUsage,
+            count_offloaded=lb.countOffloaded,
+        )
+        self.index = PreciseIndex(ctx.leases, self.params) if ctx.leases is not None else None
+
+    def block_hashes(self, request: RoutingRequest, exclude: frozenset[str]) -> BlockHashes:
+        """The prompt's vLLM block hashes; TokenizeError when they cannot be known."""
+        if not isinstance(request.body, dict):
+            raise TokenizeError("no JSON body")
+        candidates = [b for b in self.ctx.backends if b.name not in exclude] or self.ctx.backends
+        url = self.ctx.rng.choice(candidates).url if candidates else None
+        lora = request.model if request.model in self.lora_adapters else None
+        return self.blocks.hashes(
+            request.body, request.model, lora, request.cache_salt or None, url
+        )
+
+    def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
+        ctx = self.ctx
+        assert self.index is not None
+        if not ctx.backends:
+            raise no_route("empty", request)
+        if all(backend.name in exclude for backend in ctx.backends):
+            raise no_route("none", request)
+        try:
+            blocks = self.block_hashes(request, exclude)
+        except TokenizeError as exc:
+            return self._fallback(request, exclude, "tokenize_failed", str(exc))
+        candidates = list(ctx.backends)
+        ctx.rng.shuffle(candidates)  # the script's "first best wins" becomes a random tie-break
+        reservation = self.index.acquire(
+            request.request_id,
+            [b.name for b in candidates],
+            [b.weight for b in candidates],
+            [b.name in exclude for b in candidates],
+            blocks.hashes,
+            model=request.model,
+            cap=self.cap,
+        )
+        if reservation.backend is None:
+            if reservation.reason == "no_index":
+                return self._fallback(request, exclude, "no_index", "")
+            raise no_route(reservation.reason, request)
+        return Decision(
+            ctx.by_name[reservation.backend],
+            request.request_id,
+            self.name,
+            reason=reservation.reason,
+            inflight=reservation.inflight,
+            details={
+                "index": "precise",
+                "matched_blocks": reservation.matched_blocks,
+                "prompt_blocks": len(blocks.hashes),
+                "prompt_tokens": blocks.tokens,
+                "best_blocks": reservation.best_blocks,
+                "best_backend": reservation.best_backend,
+                "live_backends": reservation.live_backends,
+                "tokenizer": blocks.source,
+                "tokenize_us": round(blocks.seconds * 1e6),
+            },
+        )
+
+    def _fallback(
+        self, request: RoutingRequest, exclude: frozenset[str], why: str, error: str
+    ) -> Decision:
+        decision = self.approximate.pick_approximate(request, exclude)
+        decision.details["index"] = "approximate"
+        decision.details["precise_fallback"] = why
+        if error:
+            decision.details["precise_error"] = error
+        return decision
+
+    def explain(self, request: RoutingRequest) -> dict[str, Any]:
+        """Where *request* would go now by the precise index, read-only (the approximate
+        index's shape, so llmlbctl explain renders both)."""
+        assert self.index is not None
+        try:
+            blocks = self.block_hashes(request, frozenset())
+        except TokenizeError as exc:
+            fallback = self.approximate.explain_approximate(request)
+            fallback["note"] = f"precise index unusable ({exc}): the approximate index decides"
+            return fallback
+        backends = self.ctx.backends
+        answer = self.index.explain(
+            [b.name for b in backends],
+            [b.weight for b in backends],
+            blocks.hashes,
+            model=request.model,
+            cap=self.cap,
+        )
+        result: dict[str, Any] = {
+            "policy": self.name,
+            "index": "precise",
+            "exact": True,
+            "choice": answer["choice"],
+            "ties": [],
+            "reason": answer["reason"],
+            "prefix_match": None,
+            "prefix_match_unit": f"vLLM blocks of {self.blocks.block_size} tokens",
+            "prompt_blocks": len(blocks.hashes),
+            "tokenizer": blocks.source,
+            "score_meaning": "blocks held, from the first, by backends with a live KV-event "
+            "stream; longest within the load bound wins",
+            "outcome": {"status": 200},
+            "note": "dry run of acquire_precise.lua; ties go to the first candidate here but "
+            "to a random one in the proxy",
+        }
+        if answer["choice"] is None:
+            error = no_route(answer["reason"], request)
+            result["outcome"] = {
+                "status": error.status,
+                "code": error.code,
+                "message": error.message,
+            }
+            return result
+        rows = {row["name"]: row for row in answer["candidates"]}
+        result["candidates"] = [
+            {
+                "name": b.name,
+                "url": b.url,
+                "weight": b.weight,
+                "removed_by": None if rows[b.name]["status"] == "ok" else rows[b.name]["status"],
+                "score": rows[b.name]["matched_blocks"],
+                "load": rows[b.name]["load"],
+                "kv_usage": rows[b.name]["kv_usage"],
+                "index_live": rows[b.name]["index_live"],
+            }
+            for b in backends
+        ]
+        result["prefix_match"] = rows[answer["choice"]]["matched_blocks"]
+        if not any(row["index_live"] for row in answer["candidates"]):
+            result["note"] = (
+                "no backend has a live KV-event stream: the proxy would use the approximate index"
+            )
+        return result
