@@ -19,6 +19,8 @@ __all__ = [
     "UpstreamFailed",
     "NoBackend",
     "UpstreamTimeout",
+    "RequestTimeout",
+    "Overloaded",
 ]
 
 
@@ -52,6 +54,12 @@ class RouteNotFound(LLMLBError):
     status, type, code = 404, "invalid_request_error", "not_found"
 
 
+class RequestTimeout(LLMLBError):
+    """The client stopped sending its request body (server.client_body_timeout_s)."""
+
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
 class MethodNotAllowed(LLMLBError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
 
@@ -80,6 +88,13 @@ class UpstreamFailed(LLMLBError):
 
 class NoBackend(LLMLBError):
     status, type, code = 503, "service_unavailable", "no_backend"
+    retry_after = 1
+
+
+class Overloaded(LLMLBError):
+    """This worker already serves server.max_concurrent_requests requests."""
+
+    status, type, code = 503, "service_unavailable", "overloaded"
     retry_after = 1
 
 

@@ -50,6 +50,39 @@ SETTINGS: list[Setting] = [
         "Most concurrent client connections per worker.",
     ),
     Setting(
+        "server.max_concurrent_requests",
+        0,
+        v.non_negative_int,
+        "Most requests one worker serves at once; beyond it a request gets a fast 503 with "
+        "Retry-After. 0: nine tenths of worker_connections, so the last tenth of the "
+        "connection slots can still say no instead of leaving clients in the listen queue.",
+    ),
+    Setting(
+        "server.client_header_timeout_s",
+        10.0,
+        v.positive_float,
+        "Deadline for a new connection's first request line and headers; a client that has "
+        "not sent them by then is disconnected (later requests on a kept-alive connection "
+        "get keepalive_s).",
+        "s",
+    ),
+    Setting(
+        "server.client_body_timeout_s",
+        30.0,
+        v.positive_float,
+        "Longest silence allowed from a client while it sends the request body; then it gets "
+        "408 and the connection is closed.",
+        "s",
+    ),
+    Setting(
+        "server.client_write_timeout_s",
+        60.0,
+        v.positive_float,
+        "Longest time a client may leave response bytes unread (a stalled stream reader); "
+        "then its connection is closed and its backend slot released.",
+        "s",
+    ),
+    Setting(
         "server.keepalive_s",
         5,
         v.positive_int,

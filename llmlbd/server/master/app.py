@@ -70,7 +70,8 @@ class LLMLBApplication(BaseApplication):  # type: ignore[misc]
         settings = {
             "bind": [server.bind],
             "workers": server.workers,
-            "worker_class": "gevent",
+            # gunicorn's gevent worker plus client deadlines (llmlbd/server/gworker.py).
+            "worker_class": "llmlbd.server.gworker.LLMLBWorker",
             "worker_connections": server.worker_connections,
             "graceful_timeout": max(1, round(server.graceful_timeout_s)),
             "timeout": 30,

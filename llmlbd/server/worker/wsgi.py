@@ -38,6 +38,7 @@ from llmlbd.server.parse import parse_request
 from llmlbd.server.responses import StartResponse, error_response, json_response
 from llmlbd.server.worker import models_union
 from llmlbd.server.worker.forward import ConnectFailure, UpstreamReadTimeout, request_headers
+from llmlbd.server.worker.limits import ClientLimits
 from llmlbd.server.worker.relay import BACKEND_HEADER, ProxiedResponse
 from llmlbd.server.worker.runtime import WorkerRuntime
 
@@ -83,6 +84,7 @@ class ProxyApp:
         self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.models = models_union.ModelsCache(config.backends)
         self.backends = list(config.backends)
+        self.limits = ClientLimits(config.server)
 
     # worker lifecycle ---------------------------------------------------------------------
     def init_worker(self, worker_id: str) -> None:
@@ -123,6 +125,7 @@ class ProxyApp:
     # idle keep-alive connections -----------------------------------------------------------
     def connection_idle(self, environ: dict[str, Any]) -> None:
         """gunicorn's post_request: this client connection now waits for its next request."""
+        self.limits.finished(environ)
         sock = environ.get("gunicorn.socket")
         if sock is not None:
             self._idle_sockets.add(sock)
@@ -160,6 +163,7 @@ class ProxyApp:
                 assert self.runtime is not None, "init_worker() was not called"
                 return json_response(start_response, 200, self.models.get(self.runtime.upstreams))
             if path.startswith(PROXIED_PREFIXES) or path in PROXIED_PATHS:
+                self.limits.admit(environ)
                 return self._proxy(environ, start_response, method, path)
             raise RouteNotFound(
                 f"no route for {method} {path}; llmlbd forwards /v1/*, /tokenize and /detokenize"
@@ -257,7 +261,7 @@ class ProxyApp:
         if method not in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"):
             raise MethodNotAllowed(f"method {method} is not supported")
         assert self.runtime is not None, "init_worker() was not called"
-        body = self._read_body(environ)
+        body = self.limits.read_body(environ, lambda: self._read_body(environ))
         headers = _client_headers(environ)
         request = parse_request(uuid.uuid4().hex, method, path, headers, body)
         query = environ.get("QUERY_STRING")
