@@ -35,6 +35,14 @@ class LLMLBError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        # True once the proxy wrote this error's request-log line (with its backend).
+        self.logged = False
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Response headers this error adds (Retry-After when retrying later can help)."""
+        if self.retry_after is None:
+            return []
+        return [("Retry-After", str(self.retry_after))]
 
     def body(self) -> dict[str, object]:
         return {
@@ -62,6 +70,13 @@ class RequestTimeout(LLMLBError):
 
 class MethodNotAllowed(LLMLBError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+    def __init__(self, message: str, allow: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Allow", ", ".join(self.allow))] if self.allow else []
 
 
 class ModelNotFound(LLMLBError):

@@ -7,13 +7,51 @@ as gunicorn's own gevent worker does.
 
 from __future__ import annotations
 
+import json
+import uuid
 import weakref
 from typing import Any
 
 import gevent
+import structlog
+from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
-__all__ = ["LLMLBWorker"]
+__all__ = ["LLMLBWorker", "write_json_error"]
+
+log = structlog.get_logger("llmlbd.proxy")
+
+# gunicorn's statuses for a request it cannot parse, and the code each gets here.
+_CODES = {
+    400: "invalid_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    501: "not_implemented",
+}
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to an unparseable request, in OpenAI's shape instead of HTML.
+
+    These responses never reach the WSGI app, so the request-log line and the
+    request id are written here.
+    """
+    request_id = uuid.uuid4().hex
+    code = _CODES.get(status_int, "internal_error")
+    kind = "invalid_request_error" if status_int < 500 else "internal_error"
+    message = mesg or reason
+    body = json.dumps(
+        {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"x-llmlbd-request-id: {request_id}\r\n\r\n"
+    )
+    log.info("request_done", request_id=request_id, status=status_int, outcome=code)
+    util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 class LLMLBWorker(GeventWorker):  # type: ignore[misc]
@@ -24,6 +62,13 @@ class LLMLBWorker(GeventWorker):  # type: ignore[misc]
         # Connections (their greenlets) that have had a request: later heads follow the
         # keep-alive rule, not the first-request deadline.
         self._served: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def init_process(self) -> None:
+        # In the worker process only: gunicorn's own 400s (bad request line, header or
+        # chunk framing) become JSON with a request id (util.write_error is looked up
+        # at call time by gunicorn's handle_error).
+        util.write_error = write_json_error
+        super().init_process()
 
     def timeout_ctx(self) -> Any:
         """The deadline for reading one request head (gunicorn's is keepalive for all)."""
