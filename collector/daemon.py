@@ -163,9 +163,7 @@ class Collector:
     def start(self) -> None:
         port = self.config.collector.metrics_port
         if port:
-            from prometheus_client import start_http_server
-
-            self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
+            self._metrics_server = self._serve_metrics(self.config.collector.metrics_host, port)
         self._spawn("publisher", self.publisher.run, self.stop)
         self._spawn("reaper", self.reaper.run, self.stop)
         self.follow_members(force=True)
@@ -175,6 +173,26 @@ class Collector:
             pool=self.keys.pool,
             metrics_port=port or None,
         )
+
+    def _serve_metrics(self, host: str, port: int) -> Any:
+        import errno
+
+        from prometheus_client import start_http_server
+
+        from llmlbd.exits import AddressInUse
+
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise AddressInUse(
+                "the collector's /metrics",
+                f"{host}:{port}",
+                "another collector on this host? set collector.metrics_port "
+                "(or --metrics-port) to a free port, or 0 to turn it off",
+            ) from None
+        return server
 
     def _spawn(self, name: str, target: Any, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)

@@ -313,6 +313,13 @@ SETTINGS: list[Setting] = [
         "Port of the collector's own Prometheus /metrics; 0 turns it off.",
     ),
     Setting(
+        "collector.metrics_host",
+        "127.0.0.1",
+        v.string,
+        "Address the collector's own /metrics listens on; loopback by default (an admin "
+        "surface). 0.0.0.0 exposes it to the network.",
+    ),
+    Setting(
         "collector.metric_map",
         {},
         v.mapping,

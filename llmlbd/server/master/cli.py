@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from llmlbd.exits import ConfigProblem, RuntimeProblem
+from llmlbd.exits import AddressInUse, ConfigProblem, RuntimeProblem
 
 # This module runs in the gunicorn master: it imports no HTTP or Redis client
 # (see llmlbd.server.master.app for why).
@@ -27,6 +27,35 @@ def runtime_directory(explicit: str | None) -> Path:
         path = Path(f"/tmp/llmlbd-{os.getuid()}")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def check_bind_free(bind: str) -> None:
+    """Raise AddressInUse when HOST:PORT is taken, before anything else starts.
+
+    gunicorn would retry the bind five times, log a line each, and leave the
+    embedded Redis and demo backends started for nothing; one clear line is better.
+    """
+    import errno
+    import socket
+
+    if bind.startswith("unix:"):
+        return  # gunicorn replaces a stale socket file itself
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # gunicorn reports anything else in its own words
+            raise AddressInUse(
+                "llmlbd",
+                bind,
+                "another llmlbd (or another server) is running there; stop it or set "
+                "server.bind (or --bind) to a free address",
+            ) from None
 
 
 def _all_healthy(ports: list[int]) -> bool:
@@ -99,6 +128,8 @@ def start_command(
         config = load_config(config_path).with_overrides(**overrides)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
+
+    check_bind_free(config.server.bind)
 
     from llmlbd import logs
 
