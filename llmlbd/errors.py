@@ -21,6 +21,8 @@ __all__ = [
     "UpstreamTimeout",
     "RequestTimeout",
     "Overloaded",
+    "InvalidApiKey",
+    "Forbidden",
 ]
 
 
@@ -52,6 +54,21 @@ class LLMLBError(Exception):
 
 class BadRequest(LLMLBError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class InvalidApiKey(LLMLBError):
+    """server.api_keys_file is set and the request's bearer key is not in it."""
+
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", "Bearer")]
+
+
+class Forbidden(LLMLBError):
+    """An admin surface (/metrics) asked for from a peer it does not answer."""
+
+    status, type, code = 403, "invalid_request_error", "forbidden"
 
 
 class BodyTooLarge(LLMLBError):

@@ -50,6 +50,28 @@ SETTINGS: list[Setting] = [
         "Most concurrent client connections per worker.",
     ),
     Setting(
+        "server.api_keys_file",
+        None,
+        v.optional_string,
+        "File of client API keys, one a line (# comments); when set, every request but "
+        "/healthz, /readyz and /metrics needs `Authorization: Bearer <key>` (401 otherwise). "
+        "Re-read on SIGHUP.",
+    ),
+    Setting(
+        "server.forward_client_key",
+        None,
+        lambda x: x if x is None else v.boolean(x),
+        "Pass the client's Authorization header on to backends. Default: yes without "
+        "api_keys_file, no with it (the key is llmlbd's, not the backends').",
+    ),
+    Setting(
+        "server.public_metrics",
+        False,
+        v.boolean,
+        "Answer /metrics to any client; by default only to loopback peers (an admin surface "
+        "on the public port: others get 403).",
+    ),
+    Setting(
         "server.max_concurrent_requests",
         0,
         v.non_negative_int,

@@ -7,9 +7,11 @@ it is a CORS preflight, which the backend answers.
 
 from __future__ import annotations
 
-from llmlbd.errors import MethodNotAllowed
+import ipaddress
 
-__all__ = ["check_method"]
+from llmlbd.errors import Forbidden, MethodNotAllowed
+
+__all__ = ["check_method", "check_metrics_peer"]
 
 _POST = ("POST",)
 _GET = ("GET", "HEAD")
@@ -42,3 +44,24 @@ def check_method(method: str, path: str) -> None:
     raise MethodNotAllowed(
         f"{path} does not take {method}; use {' or '.join(allowed)}", allow=allowed
     )
+
+
+def check_metrics_peer(environ: dict[str, object], public: bool) -> None:
+    """/metrics is an admin surface on the public port: loopback peers only, unless *public*.
+
+    A separate metrics listener would need one port per worker (they share the
+    registry through files, not a socket); the peer rule keeps one port.
+    """
+    if public:
+        return
+    peer = str(environ.get("REMOTE_ADDR") or "")
+    if not peer:
+        return  # a Unix socket: only local processes can connect
+    try:
+        loopback = ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise Forbidden(
+            "/metrics answers loopback clients only; set server.public_metrics: true to expose it"
+        )

@@ -47,6 +47,7 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     401: "Unauthorized",
+    403: "Forbidden",
     405: "Method Not Allowed",
     408: "Request Timeout",
     413: "Payload Too Large",

@@ -120,6 +120,8 @@ class Upstreams:
     ) -> Response:
         """Send the request and return once the status line and headers arrived."""
         base_path = urlsplit(backend.url).path.rstrip("/")
+        if backend.api_key:  # this backend's own key, never the client's or another's
+            headers = {**headers, "authorization": f"Bearer {backend.api_key}"}
         return self._endpoint(backend).request(method, base_path + path, headers, body)
 
     def close(self) -> None:

@@ -34,7 +34,8 @@ from llmlbd.errors import (
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
-from llmlbd.server.endpoints import check_method
+from llmlbd.server.auth import ApiKeys
+from llmlbd.server.endpoints import check_method, check_metrics_peer
 from llmlbd.server.parse import parse_request
 from llmlbd.server.responses import StartResponse, error_response, json_response
 from llmlbd.server.worker import models_union
@@ -89,6 +90,10 @@ class ProxyApp:
         self.models = models_union.ModelsCache(config.backends)
         self.backends = list(config.backends)
         self.limits = ClientLimits(config.server)
+        # Built in the master (load() runs again on SIGHUP, so the file is re-read).
+        self.api_keys = ApiKeys(config.server.api_keys_file)
+        forward_key = config.server.forward_client_key
+        self.forward_client_key = not self.api_keys.enabled if forward_key is None else forward_key
 
     # worker lifecycle ---------------------------------------------------------------------
     def init_worker(self, worker_id: str) -> None:
@@ -164,7 +169,10 @@ class ProxyApp:
             if path == "/readyz":
                 return self._readyz(start_response)
             if path == "/metrics":
+                check_metrics_peer(environ, self.config.server.public_metrics)
                 return self._metrics(start_response)
+            if self.api_keys.enabled:
+                self.api_keys.check(environ.get("HTTP_AUTHORIZATION", ""))
             if path == "/v1/models" and method == "GET":
                 assert self.runtime is not None, "init_worker() was not called"
                 return json_response(start_response, 200, self.models.get(self.runtime.upstreams))
@@ -300,6 +308,8 @@ class ProxyApp:
             environ.get("wsgi.url_scheme", "http"),
             environ.get("HTTP_HOST", ""),
         )
+        if not self.forward_client_key:
+            upstream_headers.pop("authorization", None)
         return self._forward(request, target, upstream_headers, body, start_response)
 
     def _cooling(self) -> frozenset[str]:
