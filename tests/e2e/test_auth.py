@@ -3,11 +3,13 @@ from the environment; the keys reach no log line."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import requests
 
 from tests.fakeserver import ScriptedServer
-from tests.harness import LLMLBD
+from tests.harness import LLMLBD, wait_until
 from tests.server.inproc import OK
 
 pytestmark = pytest.mark.e2e
@@ -41,8 +43,23 @@ def test_client_keys_and_backend_key(redis_server, tmp_path):
             assert good.status_code == 200, good.text
             sent = backend.requests[-1]
             assert b"Bearer sk-backend-secret" in sent and b"sk-client-two" not in sent
+            # SIGHUP re-reads the file: new workers take the new key, the old one is refused.
+            keys.write_text("sk-client-three\n")
+            proxy.proc.signal(signal.SIGHUP)
+            three = {"Authorization": "Bearer sk-client-three"}
+            wait_until(
+                lambda: requests.post(url, json=CHAT, headers=three, timeout=10).status_code == 200,
+                timeout=30,
+                message="the new key accepted after SIGHUP",
+            )
+            two = {"Authorization": "Bearer sk-client-two"}
+            wait_until(  # once the old worker stopped accepting
+                lambda: requests.post(url, json=CHAT, headers=two, timeout=10).status_code == 401,
+                timeout=30,
+                message="the removed key refused after SIGHUP",
+            )
             log = proxy.log()
-        for secret in ("sk-backend-secret", "sk-client-one", "sk-client-two"):
+        for secret in ("sk-backend-secret", "sk-client-one", "sk-client-two", "sk-client-three"):
             assert secret not in log
     finally:
         backend.close()

@@ -90,7 +90,7 @@ class ProxyApp:
         self.models = models_union.ModelsCache(config.backends)
         self.backends = list(config.backends)
         self.limits = ClientLimits(config.server)
-        # Built in the master (load() runs again on SIGHUP, so the file is re-read).
+        # Read as each worker boots (load()); SIGHUP boots new workers: the file is re-read.
         self.api_keys = ApiKeys(config.server.api_keys_file)
         forward_key = config.server.forward_client_key
         self.forward_client_key = not self.api_keys.enabled if forward_key is None else forward_key
