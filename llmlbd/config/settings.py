@@ -81,7 +81,7 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "server.client_header_timeout_s",
-        10.0,
+        5.0,
         v.positive_float,
         "Deadline for a new connection's first request line and headers; a client that has "
         "not sent them by then is disconnected (later requests on a kept-alive connection "
@@ -90,7 +90,7 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "server.client_body_timeout_s",
-        30.0,
+        10.0,
         v.positive_float,
         "Longest silence allowed from a client while it sends the request body; then it gets "
         "408 and the connection is closed.",
