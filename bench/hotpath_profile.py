@@ -71,7 +71,7 @@ RULES: list[tuple[str | None, str, frozenset[str] | None]] = [
     ("upstream body", "llmlbd/server/http1.py", frozenset({"release", "checkin", "discard"})),
     ("relay", "llmlbd/server/relay.py", None),
     ("relay", "llmlbd/server/forward.py", frozenset({"response_headers"})),
-    ("gunicorn: write response", "llmlbd/server/fastworker.py", None),
+    ("gunicorn: write response", "llmlbd/server/worker/onewrite.py", None),
     ("gunicorn: worker loop", "llmlbd/server/app.py", None),  # gunicorn hooks
     ("app dispatch", "llmlbd/server/", None),
     (

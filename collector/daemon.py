@@ -32,6 +32,7 @@ from collector.reaper import Reaper
 from collector.slots import FairSlots
 from collector.sources import build_plan
 from collector.worker import BackendWorker, Settings
+from llmlbd.exits import AddressInUse
 from llmlbd.state.collectors import CollectorLeases, new_collector_id
 from llmlbd.state.health import previous_health
 from llmlbd.state.keys import PoolKeys
@@ -195,21 +196,13 @@ class Collector:
     def start(self) -> None:
         port = self.config.collector.metrics_port
         if port:
-            from prometheus_client import start_http_server
-
             try:
-                self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
-            except OSError as exc:
+                self._metrics_server = self._serve_metrics(self.config.collector.metrics_host, port)
+            except AddressInUse as exc:
                 # Routing needs the scraping, not the collector's own metrics: a port
-                # taken by another process (a second llmlbd on the host) must not
-                # stop it, nor send it into a restart loop under `llmlbd start`.
-                self.log.error(
-                    "metrics_port_unavailable",
-                    port=port,
-                    error=str(exc),
-                    hint="set collector.metrics_port (or --metrics-port) to a free port, "
-                    "or 0 to turn the collector's own /metrics off",
-                )
+                # taken by another process (a second llmlbd on the host) must not stop
+                # it, nor send it into a restart loop under `llmlbd start`. One line says so.
+                self.log.error("metrics_port_unavailable", port=port, error=str(exc))
                 port = 0
         self._spawn("publisher", self.publisher.run, self.stop)
         self._spawn("reaper", self.reaper.run, self.stop)
@@ -220,6 +213,24 @@ class Collector:
             pool=self.keys.pool,
             metrics_port=port or None,
         )
+
+    def _serve_metrics(self, host: str, port: int) -> Any:
+        import errno
+
+        from prometheus_client import start_http_server
+
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise AddressInUse(
+                "the collector's /metrics",
+                f"{host}:{port}",
+                "another collector on this host? set collector.metrics_port "
+                "(or --metrics-port) to a free port, or 0 to turn it off",
+            ) from None
+        return server
 
     def _spawn(self, name: str, target: Any, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)

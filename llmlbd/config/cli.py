@@ -11,7 +11,7 @@ from llmlbd.exits import ConfigProblem
 __all__ = ["config_group", "redact"]
 
 # Keys whose values never reach the terminal.
-SECRET_KEYS = frozenset({"password"})
+SECRET_KEYS = frozenset({"password", "api_key"})
 REDACTED = "***"
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -38,6 +38,8 @@ class Backend:
     url: str
     weight: float = 1.0
     kv_events: KVEventsSource | None = None  # where its KV events are published (precise index)
+    # Sent as `Authorization: Bearer ...` to this backend; never printed (repr=False).
+    api_key: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -151,6 +153,22 @@ class _Where:
         return ConfigError(f"{where}: {path}: {message}")
 
 
+def _backend_key(item: dict[str, Any], path: str, where: _Where) -> str | None:
+    """backends[].api_key, or the environment variable that api_key_env names."""
+    if item.get("api_key") is not None:
+        if not isinstance(item["api_key"], str) or not item["api_key"]:
+            raise where.error(f"{path}.api_key", "expected a non-empty string")
+        return str(item["api_key"])
+    variable = item.get("api_key_env")
+    if variable is None:
+        return None
+    if not isinstance(variable, str) or not os.environ.get(variable):
+        raise where.error(
+            f"{path}.api_key_env", f"environment variable {variable!r} is not set or empty"
+        )
+    return os.environ[variable]
+
+
 def _backend_name(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -172,11 +190,12 @@ def _load_backends(raw: Any, where: _Where) -> list[Backend]:
             raise where.error(
                 path, f"expected a URL or a mapping with url, name, weight, got {item!r}"
             )
-        unknown = set(item) - {"url", "name", "weight", "kv_events"}
+        unknown = set(item) - {"url", "name", "weight", "kv_events", "api_key", "api_key_env"}
         if unknown:
             key = sorted(unknown)[0]
             raise where.error(
-                f"{path}.{key}", "unknown key (expected url, name, weight or kv_events)"
+                f"{path}.{key}",
+                "unknown key (expected url, name, weight, kv_events, api_key or api_key_env)",
             )
         if "url" not in item:
             raise where.error(path, "missing required key url")
@@ -202,7 +221,7 @@ def _load_backends(raw: Any, where: _Where) -> list[Backend]:
                 f"{path}.name", f"duplicate backend name {name!r} (also {seen[name]})"
             )
         seen[name] = path
-        backends.append(Backend(name, url, weight, kv_events))
+        backends.append(Backend(name, url, weight, kv_events, _backend_key(item, path, where)))
     return backends
 
 

@@ -31,6 +31,13 @@ class ServerSection:
     bind: str
     workers: int
     worker_connections: int
+    api_keys_file: str | None
+    forward_client_key: bool | None
+    public_metrics: bool
+    max_concurrent_requests: int
+    client_header_timeout_s: float
+    client_body_timeout_s: float
+    client_write_timeout_s: float
     keepalive_s: int
     max_body_bytes: int
     connect_timeout_s: float
@@ -149,6 +156,7 @@ class CollectorSection:
     max_page_bytes: int
     models_refresh_s: float
     metrics_port: int
+    metrics_host: str
     metric_map: dict[str, Any]
     kv_index_max_blocks: int
     kv_silent_clear_s: float

@@ -50,6 +50,61 @@ SETTINGS: list[Setting] = [
         "Most concurrent client connections per worker.",
     ),
     Setting(
+        "server.api_keys_file",
+        None,
+        v.optional_string,
+        "File of client API keys, one a line (# comments); when set, every request but "
+        "/healthz, /readyz and /metrics needs `Authorization: Bearer <key>` (401 otherwise). "
+        "Re-read on SIGHUP.",
+    ),
+    Setting(
+        "server.forward_client_key",
+        None,
+        v.optional_boolean,
+        "Pass the client's Authorization header on to backends. Default: yes without "
+        "api_keys_file, no with it (the key is llmlbd's, not the backends').",
+    ),
+    Setting(
+        "server.public_metrics",
+        False,
+        v.boolean,
+        "Answer /metrics to any client; by default only to loopback peers (an admin surface "
+        "on the public port: others get 403).",
+    ),
+    Setting(
+        "server.max_concurrent_requests",
+        0,
+        v.non_negative_int,
+        "Most requests one worker serves at once; beyond it a request gets a fast 503 with "
+        "Retry-After. 0: nine tenths of worker_connections, so the last tenth of the "
+        "connection slots can still say no instead of leaving clients in the listen queue.",
+    ),
+    Setting(
+        "server.client_header_timeout_s",
+        5.0,
+        v.positive_float,
+        "Deadline for a new connection's first request line and headers; a client that has "
+        "not sent them by then is disconnected (later requests on a kept-alive connection "
+        "get keepalive_s).",
+        "s",
+    ),
+    Setting(
+        "server.client_body_timeout_s",
+        10.0,
+        v.positive_float,
+        "Longest silence allowed from a client while it sends the request body; then it gets "
+        "408 and the connection is closed.",
+        "s",
+    ),
+    Setting(
+        "server.client_write_timeout_s",
+        60.0,
+        v.positive_float,
+        "Longest time a client may leave response bytes unread (a stalled stream reader); "
+        "then its connection is closed and its backend slot released.",
+        "s",
+    ),
+    Setting(
         "server.keepalive_s",
         5,
         v.positive_int,
@@ -285,6 +340,13 @@ SETTINGS: list[Setting] = [
         9101,
         v.non_negative_int,
         "Port of the collector's own Prometheus /metrics; 0 turns it off.",
+    ),
+    Setting(
+        "collector.metrics_host",
+        "127.0.0.1",
+        v.string,
+        "Address the collector's own /metrics listens on; loopback by default (an admin "
+        "surface). 0.0.0.0 exposes it to the network.",
     ),
     Setting(
         "collector.metric_map",

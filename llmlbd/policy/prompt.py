@@ -203,7 +203,10 @@ def _hash(data: bytes) -> bytes:
 
 
 def scope_hash(pool: str, model: str, cache_salt: str) -> bytes:
-    return _hash(_json(["llmlbd-prefix-v1", pool, model, cache_salt]).encode())
+    # surrogatepass: a JSON body may carry lone surrogates; hashing must not fail on them.
+    return _hash(
+        _json(["llmlbd-prefix-v1", pool, model, cache_salt]).encode("utf-8", "surrogatepass")
+    )
 
 
 def block_hashes(text: str, block_chars: int, seed: bytes, count: int | None = None) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from llmlbd.errors import BadRequest
 from llmlbd.request import RoutingRequest
+from llmlbd.server.jsonlimits import load_json
 
 __all__ = ["parse_request", "CRITICALITY_HEADER"]
 
@@ -51,7 +52,7 @@ def parse_request(
         return request  # e.g. audio uploads: forwarded untouched, routed by load only
     # Like vLLM, read JSON whatever the content type says (curl -d sends a form type).
     try:
-        data: Any = json.loads(body)
+        data: Any = load_json(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         declared_json = content_type == "application/json" or content_type.endswith("+json")
         if not declared_json and path not in JSON_ENDPOINTS:
@@ -67,6 +68,8 @@ def parse_request(
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string")
+    if model and not _encodable(model):
+        raise BadRequest("'model' holds an unpaired surrogate (\\ud800-\\udfff)")
     if not model and path in MODEL_REQUIRED:
         raise BadRequest("the request body has no 'model'")
     request.model = model or ""
@@ -80,6 +83,15 @@ def parse_request(
             raise BadRequest("'priority' must be an integer")
         request.priority = priority
     salt = data.get("cache_salt")
-    if isinstance(salt, str):
+    if isinstance(salt, str) and _encodable(salt):
         request.cache_salt = salt
     return request
+
+
+def _encodable(text: str) -> bool:
+    """JSON may escape lone surrogates (\\ud800) that no UTF-8 key, log or header can hold."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

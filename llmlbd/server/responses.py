@@ -38,9 +38,7 @@ def error_response(
     extra_headers: Iterable[tuple[str, str]] = (),
     exc_info: Any = None,
 ) -> list[bytes]:
-    headers = list(extra_headers)
-    if error.retry_after is not None:
-        headers.append(("Retry-After", str(error.retry_after)))
+    headers = [*extra_headers, *error.headers()]
     return json_response(start_response, error.status, error.body(), headers, exc_info)
 
 
@@ -48,7 +46,10 @@ _REASONS = {
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
+    401: "Unauthorized",
+    403: "Forbidden",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Payload Too Large",
     429: "Too Many Requests",
     500: "Internal Server Error",

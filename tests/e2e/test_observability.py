@@ -67,11 +67,15 @@ def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
             }
             assert set(samples(text, "llmlbd_backend_usable").values()) == {1}
 
-            lines = [
+            logged = [
                 json.loads(line)
                 for line in proxy.log().splitlines()
                 if line.startswith("{") and '"request_done"' in line
             ]
+            # llmlbd's own 400 for the broken body has its line too.
+            own = [line for line in logged if line["status"] == 400]
+            assert len(own) == 1 and own[0]["outcome"] == "invalid_request"
+            lines = [line for line in logged if line["status"] != 400]
             pids = {line["pid"] for line in lines}
             assert len(lines) == 30 and len(pids) == 2  # both workers served, all counted
             line = lines[0]

@@ -1,4 +1,4 @@
-"""The response head with the first body bytes (fastworker): nothing waits, nothing is lost."""
+"""The response head with the first body bytes (server/worker/onewrite.py): nothing waits, nothing is lost."""
 
 from __future__ import annotations
 

@@ -63,6 +63,7 @@ class Proxy:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+            self.app.connection_idle(environ)  # gunicorn's post_request hook
         return started["status"], started["headers"], answer
 
     def inflight(self) -> dict[str, int]:

@@ -70,8 +70,8 @@ class LLMLBApplication(BaseApplication):
         settings = {
             "bind": [server.bind],
             "workers": server.workers,
-            # gunicorn's gevent worker, with head and first body bytes in one write.
-            "worker_class": "llmlbd.server.worker.fastworker.LLMLBWorker",
+            # gunicorn's gevent worker plus client deadlines and one-write responses (llmlbd/server/gworker.py).
+            "worker_class": "llmlbd.server.gworker.LLMLBWorker",
             "worker_connections": server.worker_connections,
             "graceful_timeout": max(1, round(server.graceful_timeout_s)),
             "timeout": 30,

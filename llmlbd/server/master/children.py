@@ -13,10 +13,12 @@ from collections.abc import Callable
 import structlog
 
 from llmlbd.embedded import EmbeddedRedis, _die_with_parent
+from llmlbd.exits import ADDRESS_IN_USE
 
 __all__ = ["Child", "CommandChild", "RedisChild"]
 
 log = structlog.get_logger("llmlbd.children")
+MAX_BACKOFF_S = 30.0
 
 
 class Child:
@@ -24,6 +26,8 @@ class Child:
     # Restarts back off from 1 s to 30 s so a child that cannot start does not spin.
     _backoff_s = 0.0
     _next_start = 0.0
+
+    _said_address_in_use = False
 
     def start(self) -> None:
         raise NotImplementedError
@@ -34,6 +38,10 @@ class Child:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def exit_status(self) -> int | None:
+        """The status the child exited with, when known."""
+        return None
+
     def supervise(self) -> None:
         if self.alive():
             self._backoff_s = 0.0
@@ -41,9 +49,23 @@ class Child:
         now = time.monotonic()
         if now < self._next_start:
             return
-        self._backoff_s = min(30.0, max(1.0, self._backoff_s * 2))
+        if self.exit_status() == ADDRESS_IN_USE:
+            # Restarting cannot free the port: retry at the slowest pace, say so once.
+            self._backoff_s = MAX_BACKOFF_S
+            if not self._said_address_in_use:
+                self._said_address_in_use = True
+                log.error(
+                    "child_address_in_use",
+                    child=self.name,
+                    action=f"retrying every {MAX_BACKOFF_S:g} s",
+                    hint="another llmlbd on this host? give this one other ports",
+                )
+        else:
+            self._backoff_s = min(MAX_BACKOFF_S, max(1.0, self._backoff_s * 2))
+            log.warning(
+                "child_died", child=self.name, action="restart", next_retry_s=self._backoff_s
+            )
         self._next_start = now + self._backoff_s
-        log.warning("child_died", child=self.name, action="restart", next_retry_s=self._backoff_s)
         self.start()
 
 
@@ -109,6 +131,9 @@ class CommandChild(Child):
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def exit_status(self) -> int | None:
+        return None if self.process is None else self.process.poll()
 
     def stop(self) -> None:
         process, self.process = self.process, None

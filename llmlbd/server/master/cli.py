@@ -6,10 +6,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from llmlbd.exits import ConfigProblem, RuntimeProblem
+from llmlbd.exits import AddressInUse, ConfigProblem, RuntimeProblem
+
+if TYPE_CHECKING:
+    from llmlbd.config.loader import Config
 
 # This module runs in the gunicorn master: it imports no HTTP or Redis client
 # (see llmlbd.server.master.app for why).
@@ -30,6 +34,73 @@ def runtime_directory(explicit: str | None) -> Path:
         path = Path(f"/tmp/llmlbd-{os.getuid()}")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def check_bind_free(bind: str) -> None:
+    """Raise AddressInUse when HOST:PORT is taken, before anything else starts.
+
+    gunicorn would retry the bind five times, log a line each, and leave the
+    embedded Redis and demo backends started for nothing; one clear line is better.
+    """
+    import errno
+    import socket
+
+    if bind.startswith("unix:"):
+        return  # gunicorn replaces a stale socket file itself
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # gunicorn reports anything else in its own words
+            raise AddressInUse(
+                "llmlbd",
+                bind,
+                "another llmlbd (or another server) is running there; stop it or set "
+                "server.bind (or --bind) to a free address",
+            ) from None
+
+
+def secrets_in(config: Config) -> list[str]:
+    """The config keys that hold a secret (never their values)."""
+    found = [
+        path
+        for path, value in (
+            ("redis.password", config.redis.password),
+            ("lb_config.password", config.lb_config.password),
+            ("redis.url", "@" in (config.redis.url or "") and ":" in (config.redis.url or "")),
+        )
+        if value
+    ]
+    found += [f"backends[{b.name}].api_key" for b in config.backends if b.api_key]
+    return found
+
+
+def warn_if_secrets_readable(config: Config) -> None:
+    """A config file that holds a secret must not be readable by group or others."""
+    import stat
+
+    import structlog
+
+    if not config.path:
+        return
+    try:
+        mode = os.stat(config.path).st_mode
+    except OSError:
+        return
+    secrets = secrets_in(config)
+    if secrets and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        structlog.get_logger("llmlbd.master").warning(
+            "config_file_readable_by_others",
+            path=config.path,
+            mode=oct(stat.S_IMODE(mode)),
+            holds=secrets,
+            hint=f"chmod 600 {config.path}, or move the secrets to an environment file",
+        )
 
 
 def _all_healthy(ports: list[int]) -> bool:
@@ -103,10 +174,20 @@ def start_command(
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
 
+    check_bind_free(config.server.bind)
+    if config.server.api_keys_file:
+        from llmlbd.server.auth import read_keys
+
+        try:
+            read_keys(config.server.api_keys_file)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise ConfigProblem(f"server.api_keys_file: {exc}") from None
+
     from llmlbd import logs
 
     # Resolved once here, so the workers and the collector child log the same way.
     config.logging.format = logs.configure(config.logging.level, config.logging.format)
+    warn_if_secrets_readable(config)
 
     run_dir = runtime_directory(runtime_dir)
     prometheus_dir = run_dir / "prometheus"

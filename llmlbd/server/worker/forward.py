@@ -88,6 +88,9 @@ class Upstreams:
         self.pool_size = pool_size
         # backend name -> (url, endpoint): a changed URL gets a new endpoint.
         self.endpoints: dict[str, tuple[str, Endpoint]] = {}
+        # Outgoing keys by name, from the config: a backend seen again through the Redis
+        # membership (which holds no secrets) keeps the key its config entry gave it.
+        self.api_keys = {b.name: b.api_key for b in backends if b.api_key}
         for backend in backends:
             self._endpoint(backend)
 
@@ -120,6 +123,9 @@ class Upstreams:
     ) -> Response:
         """Send the request and return once the status line and headers arrived."""
         base_path = urlsplit(backend.url).path.rstrip("/")
+        key = backend.api_key or self.api_keys.get(backend.name)
+        if key:  # this backend's own key, never the client's or another's
+            headers = {**headers, "authorization": f"Bearer {key}"}
         return self._endpoint(backend).request(method, base_path + path, headers, body)
 
     def close(self) -> None:

@@ -71,7 +71,7 @@ class ProxiedResponse:
     def __iter__(self) -> Iterator[bytes]:
         if (self.is_sse or self.upstream.length is None) and not self.upstream.body_arrived():
             # Send the status line and headers now, before the first token. When body
-            # bytes came with them, they leave together instead (one write, see fastworker).
+            # bytes came with them, they leave together instead (one write, see onewrite.py).
             yield b""
         try:
             for chunk in self.upstream.iter_body():

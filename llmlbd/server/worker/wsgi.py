@@ -35,11 +35,14 @@ from llmlbd.errors import (
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.router import REDIS_ERRORS
 from llmlbd.request import RoutingRequest
+from llmlbd.server.auth import ApiKeys
+from llmlbd.server.endpoints import check_method, check_metrics_peer
 from llmlbd.server.parse import parse_request
 from llmlbd.server.responses import StartResponse, error_response, json_response
 from llmlbd.server.worker import cpuprofile, models_union, requestlog
 from llmlbd.server.worker.forward import ConnectFailure, UpstreamReadTimeout, request_headers
-from llmlbd.server.worker.relay import BACKEND_HEADER, ProxiedResponse
+from llmlbd.server.worker.limits import ClientLimits
+from llmlbd.server.worker.relay import BACKEND_HEADER, REQUEST_ID_HEADER, ProxiedResponse
 from llmlbd.server.worker.runtime import WorkerRuntime
 
 __all__ = ["ProxyApp", "BACKEND_HEADER"]
@@ -59,6 +62,9 @@ RETRY_STATUSES = frozenset({502, 503})
 COOLDOWN_S = 2.0
 PROXIED_PREFIXES = ("/v1/",)
 PROXIED_PATHS = frozenset({"/tokenize", "/detokenize", "/v1"})
+# Set in the WSGI environ once known, so that llmlbd's own error answer names them.
+REQUEST_ID_KEY = "llmlbd.request_id"
+REQUEST_KEY = "llmlbd.request"
 
 
 def _client_headers(environ: dict[str, Any]) -> dict[str, str]:
@@ -93,6 +99,11 @@ class ProxyApp:
         self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.models = models_union.ModelsCache(config.backends)
         self.backends = list(config.backends)
+        self.limits = ClientLimits(config.server)
+        # Read as each worker boots (load()); SIGHUP boots new workers: the file is re-read.
+        self.api_keys = ApiKeys(config.server.api_keys_file)
+        forward_key = config.server.forward_client_key
+        self.forward_client_key = not self.api_keys.enabled if forward_key is None else forward_key
 
     # worker lifecycle ---------------------------------------------------------------------
     def init_worker(self, worker_id: str) -> None:
@@ -138,6 +149,7 @@ class ProxyApp:
     # idle keep-alive connections -----------------------------------------------------------
     def connection_idle(self, environ: dict[str, Any]) -> None:
         """gunicorn's post_request: this client connection now waits for its next request."""
+        self.limits.finished(environ)
         sock = environ.get("gunicorn.socket")
         if sock is not None:
             self._idle_sockets.add(sock)
@@ -164,31 +176,62 @@ class ProxyApp:
             self._idle_sockets.discard(sock)
         path = environ.get("PATH_INFO", "") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
+        started = time.perf_counter()
         try:
+            check_method(method, path)
             if path in ("/healthz", "/health"):
                 return json_response(start_response, 200, {"status": "ok"})
             if path == "/readyz":
                 return self._readyz(start_response)
             if path == "/metrics":
+                check_metrics_peer(environ, self.config.server.public_metrics)
                 return self._metrics(start_response)
+            if self.api_keys.enabled:
+                self.api_keys.check(environ.get("HTTP_AUTHORIZATION", ""))
             if path == "/v1/models" and method == "GET":
                 assert self.runtime is not None, "init_worker() was not called"
                 return json_response(start_response, 200, self.models.get(self.runtime.upstreams))
             if path.startswith(PROXIED_PREFIXES) or path in PROXIED_PATHS:
+                self.limits.admit(environ)
                 return self._proxy(environ, start_response, method, path)
             raise RouteNotFound(
                 f"no route for {method} {path}; llmlbd forwards /v1/*, /tokenize and /detokenize"
             )
         except LLMLBError as error:
-            metrics.requests_by("", "", str(error.status)).inc()
             if error.status == 429:
                 metrics.SHED.labels(error.code).inc()
             # After HeadersRejected, start_response was already called once.
             exc_info = sys.exc_info() if isinstance(error, HeadersRejected) else None
-            return error_response(start_response, error, exc_info=exc_info)
+            return self._answer_error(environ, start_response, error, started, exc_info)
         except Exception:
             log.exception("unhandled_error", path=path)
-            return error_response(start_response, LLMLBError("internal error in llmlbd"))
+            internal = LLMLBError("internal error in llmlbd")
+            return self._answer_error(environ, start_response, internal, started, None)
+
+    def _new_request_id(self) -> str:
+        # A per-worker random prefix and a counter: unique without a getrandom() per request.
+        return f"{self._id_prefix}{next(self._id_counter):016x}"
+
+    def _answer_error(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        error: LLMLBError,
+        started: float,
+        exc_info: Any,
+    ) -> list[bytes]:
+        """llmlbd's own answer: a request-log line and a request id, as a proxied one has."""
+        request_id = environ.get(REQUEST_ID_KEY) or self._new_request_id()
+        request = environ.get(REQUEST_KEY) or RoutingRequest(
+            request_id,
+            environ.get("REQUEST_METHOD", ""),
+            environ.get("PATH_INFO", ""),
+            headers=_client_headers(environ),
+        )
+        if not error.logged:
+            self._log_request(request, None, error.status, 0, started, None, error.code)
+        headers = [(REQUEST_ID_HEADER, request_id)] if self.backend_header else []
+        return error_response(start_response, error, headers, exc_info=exc_info)
 
     def _readyz(self, start_response: StartResponse) -> list[bytes]:
         problems = []
@@ -273,10 +316,10 @@ class ProxyApp:
         if method not in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"):
             raise MethodNotAllowed(f"method {method} is not supported")
         assert self.runtime is not None, "init_worker() was not called"
-        body = self._read_body(environ)
+        request_id = environ[REQUEST_ID_KEY] = self._new_request_id()
+        body = self.limits.read_body(environ, lambda: self._read_body(environ))
         headers = _client_headers(environ)
-        request_id = f"{self._id_prefix}{next(self._id_counter):016x}"
-        request = parse_request(request_id, method, path, headers, body)
+        request = environ[REQUEST_KEY] = parse_request(request_id, method, path, headers, body)
         query = environ.get("QUERY_STRING")
         target = f"{path}?{query}" if query else path
         upstream_headers = request_headers(
@@ -285,6 +328,8 @@ class ProxyApp:
             environ.get("wsgi.url_scheme", "http"),
             environ.get("HTTP_HOST", ""),
         )
+        if not self.forward_client_key:
+            upstream_headers.pop("authorization", None)
         self.active += 1  # the ProxiedResponse counts itself from here on
         try:
             return self._forward(request, target, upstream_headers, body, start_response)
@@ -341,10 +386,12 @@ class ProxyApp:
                 self._log_request(
                     request, decision, 504, 0, sent_at, None, "upstream_timeout", holding=1
                 )
-                raise UpstreamTimeout(
+                timeout = UpstreamTimeout(
                     f"backend {backend.name} sent no response within "
                     f"{self.config.server.read_timeout_s:g} s (server.read_timeout_s)"
-                ) from None
+                )
+                timeout.logged = True
+                raise timeout from None
             except BaseException:
                 router.release(decision)
                 raise
@@ -362,10 +409,12 @@ class ProxyApp:
                 )
             except Exception as exc:
                 response.outcome = "bad_upstream_headers"
-                response.close()  # releases the lease
-                raise HeadersRejected(
+                response.close()  # releases the lease and writes the request-log line
+                rejected = HeadersRejected(
                     f"backend {backend.name} sent a response the server cannot relay: {exc}"
-                ) from exc
+                )
+                rejected.logged = True
+                raise rejected from exc
             return response
         raise UpstreamFailed(
             f"every backend tried failed before responding ({'; '.join(failures)})"

@@ -1,4 +1,4 @@
-"""llmlbd's gunicorn worker: gunicorn's gevent worker whose responses leave in fewer writes.
+"""gunicorn responses that leave in fewer writes (installed by llmlbd.server.gworker after fork).
 
 gunicorn sends a response's status line and headers in one `send` and then
 each body piece in another, so a plain proxied answer cost two system calls
@@ -22,11 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 from gunicorn.http import wsgi as gunicorn_wsgi
-from gunicorn.workers.ggevent import GeventWorker
 
 from llmlbd.sockets import send_all
 
-__all__ = ["LLMLBWorker", "OneWriteResponse"]
+__all__ = ["OneWriteResponse", "install"]
 
 
 class OneWriteResponse(gunicorn_wsgi.Response):
@@ -63,10 +62,9 @@ class OneWriteResponse(gunicorn_wsgi.Response):
         self._flush_head(b"0\r\n\r\n" if self.chunked else b"")
 
 
-class LLMLBWorker(GeventWorker):
-    def init_process(self) -> None:
-        setattr(gunicorn_wsgi, "Response", OneWriteResponse)  # noqa: B010 - a class, not an attribute mypy may assign
-        super().init_process()
+def install() -> None:
+    """Make gunicorn build OneWriteResponse; called by the worker class after fork."""
+    setattr(gunicorn_wsgi, "Response", OneWriteResponse)  # noqa: B010 - mypy may not assign a class
 
 
 # Fail at start, not per request, if a gunicorn upgrade dropped a method overridden here.
