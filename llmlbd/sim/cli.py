@@ -174,6 +174,19 @@ def _fault(ctx, param, value: str | None) -> str:
     default=0.0,
     help="Make /health alternate between 200 and 503 every this many seconds (0 = off).",
 )
+@click.option(
+    "--get-load-format",
+    type=click.Choice(["object", "array"]),
+    default="object",
+    help='Shape of GET /get_load: {"load": N} (vllm-router) or SGLang\'s per-rank list '
+    "(sglang-router).",
+)
+@click.option(
+    "--tokenizer-dir",
+    default="",
+    help="Write a tiny HuggingFace tokenizer into this directory and report it as model_path "
+    "in /get_server_info (sglang-router loads it instead of asking the HuggingFace hub).",
+)
 @click.option("--list-profiles", is_flag=True, help="Print the GPU profiles and exit.")
 @click.pass_context
 def sim_command(ctx: click.Context, **options) -> None:
@@ -234,7 +247,13 @@ def sim_command(ctx: click.Context, **options) -> None:
         fault=options["fault"],
         refuse_connections=options["refuse_connections"],
         health_flap_s=options["health_flap_s"],
+        get_load_format=options["get_load_format"],
+        tokenizer_dir=options["tokenizer_dir"],
     )
+    if config.tokenizer_dir:
+        from llmlbd.sim.peer_api import write_tokenizer_dir
+
+        write_tokenizer_dir(config.tokenizer_dir)
     ctx.exit(serve(config))
 
 

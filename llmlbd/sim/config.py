@@ -32,6 +32,8 @@ class SimConfig:
     fault: str = ""
     refuse_connections: bool = False
     health_flap_s: float = 0.0
+    get_load_format: str = "object"  # /get_load shape: "object" or "array" (peer_api.py)
+    tokenizer_dir: str = ""  # reported as model_path; peer_api.py writes a tokenizer there
 
     def __post_init__(self) -> None:
         # A profile sets the engine's limits; explicit flags win.
