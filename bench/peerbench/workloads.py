@@ -36,14 +36,7 @@ CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
 CRITICALITY_HEADER = "x-llmlbd-criticality"
 
-WORDS = (
-    "the of and to in is that for it as with was on be by this are or from at an which have "
-    "not but had they his one all were can there been if more when will would who so no out up "
-    "into do time only could new about other than then its also two these may first any like "
-    "now my such make over our even most after well where much should kernel cache block token "
-    "router fleet latency budget river garden engine market ticket season planet museum harbor "
-    "signal pattern theory archive lantern"
-).split()
+WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on", "be", "by", "this", "are", "or", "from", "at", "an", "which", "have", "not", "but", "had", "they", "his", "one", "all", "were", "can", "there", "been", "if", "more", "when", "will", "would", "who", "so", "no", "out", "up", "into", "do", "time", "only", "could", "new", "about", "other", "than", "then", "its", "also", "two", "these", "may", "first", "any", "like", "now", "my", "such", "make", "over", "our", "even", "most", "after", "well", "where", "much", "should", "kernel", "cache", "block", "token", "router", "fleet", "latency", "budget", "river", "garden", "engine", "market", "ticket", "season", "planet", "museum", "harbor", "signal", "pattern", "theory", "archive", "lantern"]
 
 
 def text(rng: random.Random, words: int) -> str:
@@ -249,6 +242,7 @@ class Scenario:
     sim_options: tuple[tuple[str, object], ...] = ()
     kv_bound: bool = False  # the hit rate and the oracle matter here
     warm_up: bool = False  # send each user's first turn before measuring
+    routers: tuple[str, ...] = ()  # the default set for this scenario (all when empty)
 
     def population(self, seed: int) -> Population:
         return _POPULATIONS[self.name](seed)
@@ -289,8 +283,8 @@ SCENARIOS: dict[str, Scenario] = {
             "each user stays on one server. Each user's first turn is sent before measuring.",
             (_L4,) * 4,
             rates=(2.0, 5.0, 0.0),
-            duration_s=30.0,
-            time_scale=0.5,
+            duration_s=24.0,
+            time_scale=0.25,
             kv_bound=True,
             warm_up=True,
         ),
@@ -302,9 +296,18 @@ SCENARIOS: dict[str, Scenario] = {
             "~2,250 tokens. 4 L4-profile servers.",
             (_L4,) * 4,
             rates=(4.0, 10.0),
-            duration_s=24.0,
+            duration_s=20.0,
             time_scale=0.5,
             kv_bound=True,
+            routers=(
+                "llmlbd prefix_cache",
+                "llmlbd global_least_request",
+                "vllm-router cache_aware",
+                "vllm-router power_of_two",
+                "sglang-router cache_aware",
+                "nginx least_conn",
+                "oracle",
+            ),
         ),
         Scenario(
             "single-shot",
@@ -315,8 +318,17 @@ SCENARIOS: dict[str, Scenario] = {
             "servers.",
             (_L4,) * 4,
             rates=(4.0, 10.0),
-            duration_s=24.0,
+            duration_s=20.0,
             time_scale=0.5,
+            routers=(
+                "llmlbd global_least_request",
+                "llmlbd prefix_cache",
+                "vllm-router power_of_two",
+                "vllm-router round_robin",
+                "sglang-router cache_aware",
+                "litellm least-busy",
+                "nginx least_conn",
+            ),
         ),
         Scenario(
             "tiers",
@@ -335,6 +347,14 @@ SCENARIOS: dict[str, Scenario] = {
             duration_s=20.0,
             time_scale=0.5,
             sim_options=(("max_num_seqs", 4), ("lora", "lora-a,lora-b"), ("max_loras", 1)),
+            routers=(
+                "llmlbd least_busy",
+                "llmlbd global_least_request",
+                "vllm-router power_of_two",
+                "sglang-router cache_aware",
+                "litellm least-busy",
+                "nginx least_conn",
+            ),
         ),
         Scenario(
             "embeddings",
@@ -345,6 +365,13 @@ SCENARIOS: dict[str, Scenario] = {
             rates=(100.0, 250.0),
             duration_s=10.0,
             time_scale=1.0,
+            routers=(
+                "llmlbd global_least_request",
+                "vllm-router round_robin",
+                "sglang-router cache_aware",
+                "litellm least-busy",
+                "nginx least_conn",
+            ),
         ),
     )
 }

@@ -1,0 +1,186 @@
+"""Tables, target verdicts and plots of the peer benchmark (tables and verdicts are pure)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench.peerbench.results import RunSummary
+from bench.peerbench.stats import fmt, relative_gap
+
+__all__ = ["plot_scenario", "rate_label", "scenario_table", "skipped_lines", "verdicts"]
+
+PEER_PREFIXES = ("vllm-router", "sglang-router", "litellm", "nginx")
+
+
+def rate_label(rate: float) -> str:
+    return "closed" if rate == 0 else f"{rate:g}"
+
+
+def _order(rate: float) -> float:
+    return math.inf if rate == 0 else rate  # closed loop last
+
+
+def scenario_table(rows: list[RunSummary], tiers: bool = False) -> str:
+    """One Markdown row per (rate, router), in the order they were given within a rate."""
+    head = (
+        "| rate (req/s) | router | TTFT p50 / p90 / p99 (s) | ITL p50 / p99 (ms) | output tok/s "
+        "| done / failed / shed | skipped | hit rate | router CPU s per 1k req | router RSS (MB) "
+        "| requests per server |"
+    )
+    if tiers:
+        head += " critical TTFT p90 (s) | critical shed |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in sorted(rows, key=lambda r: _order(r.rate)):
+        cells = [
+            rate_label(row.rate),
+            row.router,
+            f"{fmt(row.ttft_p50)} / {fmt(row.ttft_p90)} / {fmt(row.ttft_p99)}",
+            f"{fmt(row.itl_p50 * 1000, 0)} / {fmt(row.itl_p99 * 1000, 0)}",
+            fmt(row.output_tok_s, 0),
+            f"{row.completed} / {row.failed} / {row.shed}",
+            str(row.skipped),
+            fmt(row.hit_rate * 100, 1, " %"),
+            fmt(row.cpu_s_per_1000, 1),
+            fmt(row.rss_mb, 0),
+            " ".join(str(n) for n in row.spread) or "-",
+        ]
+        if tiers:
+            cells += [fmt(row.critical_ttft_p90), str(row.critical_shed)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def skipped_lines(skipped: dict[str, str]) -> list[str]:
+    return [f"- **{router}** skipped: {reason}" for router, reason in sorted(skipped.items())]
+
+
+def _is_peer(router: str) -> bool:
+    return router.startswith(PEER_PREFIXES)
+
+
+def _by_rate(rows: list[RunSummary]) -> dict[float, dict[str, RunSummary]]:
+    table: dict[float, dict[str, RunSummary]] = {}
+    for row in rows:
+        table.setdefault(row.rate, {})[row.router] = row
+    return table
+
+
+def verdicts(scenario: str, rows: list[RunSummary]) -> list[str]:
+    """The issue's targets for *scenario*, checked against the measured rows."""
+    out: list[str] = []
+    for rate, runs in sorted(_by_rate(rows).items(), key=lambda item: _order(item[0])):
+        label = f"rate {rate_label(rate)}"
+        if scenario == "kv-pressure":
+            out += _kv_verdict(label, runs)
+        elif scenario in ("shared-system", "single-shot"):
+            out += _peer_gap_verdict(label, runs)
+        elif scenario == "tiers":
+            out += _tiers_verdict(label, runs)
+    return out
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def _kv_verdict(label: str, runs: dict[str, RunSummary]) -> list[str]:
+    ours = runs.get("llmlbd prefix_cache")
+    if ours is None:
+        return []
+    others = [r for name, r in runs.items() if name != ours.router and name != "oracle"]
+    out = []
+    if others:
+        best_p90 = min(others, key=lambda r: _nan_last(r.ttft_p90))
+        best_tput = max(others, key=lambda r: r.completed_per_s)
+        out.append(
+            f"{label}: TTFT p90 {fmt(ours.ttft_p90)} s, best other {best_p90.router} "
+            f"{fmt(best_p90.ttft_p90)} s -> "
+            f"{_met(ours.ttft_p90 <= best_p90.ttft_p90)}; completed {fmt(ours.completed_per_s)}"
+            f"/s, best other {best_tput.router} {fmt(best_tput.completed_per_s)}/s -> "
+            f"{_met(ours.completed_per_s >= best_tput.completed_per_s)}"
+        )
+    oracle = runs.get("oracle")
+    if oracle is not None:
+        gap = -relative_gap(ours.hit_rate, oracle.hit_rate)
+        out.append(
+            f"{label}: hit rate {fmt(ours.hit_rate * 100, 1)} % vs oracle "
+            f"{fmt(oracle.hit_rate * 100, 1)} % ({fmt(gap * 100, 1)} % below; target within "
+            f"5 %) -> {_met(gap <= 0.05)}"
+        )
+    return out
+
+
+def _peer_gap_verdict(label: str, runs: dict[str, RunSummary]) -> list[str]:
+    peers = [r for name, r in runs.items() if _is_peer(name) and not math.isnan(r.ttft_p90)]
+    if not peers:
+        return []
+    best = min(peers, key=lambda r: r.ttft_p90)
+    out = []
+    for name, ours in sorted(runs.items()):
+        if name.startswith("llmlbd"):
+            gap = relative_gap(ours.ttft_p90, best.ttft_p90)
+            out.append(
+                f"{label}: {name} TTFT p90 {fmt(ours.ttft_p90)} s vs best peer {best.router} "
+                f"{fmt(best.ttft_p90)} s ({fmt(gap * 100, 0, ' %')} ; target no worse than "
+                f"5 %) -> {_met(gap <= 0.05)}"
+            )
+    return out
+
+
+def _tiers_verdict(label: str, runs: dict[str, RunSummary]) -> list[str]:
+    ours = runs.get("llmlbd least_busy")
+    if ours is None:
+        return []
+    others = [r for name, r in runs.items() if name != ours.router and name != "oracle"]
+    out = [
+        f"{label}: llmlbd least_busy shed {ours.shed} requests, {ours.critical_shed} of them "
+        f"critical -> {_met(ours.critical_shed == 0)}"
+    ]
+    if others:
+        best = min(others, key=lambda r: _nan_last(r.critical_ttft_p90))
+        out.append(
+            f"{label}: critical TTFT p90 {fmt(ours.critical_ttft_p90)} s, best other "
+            f"{best.router} {fmt(best.critical_ttft_p90)} s -> "
+            f"{_met(ours.critical_ttft_p90 <= best.critical_ttft_p90)}"
+        )
+    return out
+
+
+def _nan_last(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def plot_scenario(title: str, rows: list[RunSummary], path: Path, kv_bound: bool) -> None:
+    """TTFT p90, output tokens/s and hit rate (or router CPU) against the open-loop rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("TTFT p90 (s)", lambda r: r.ttft_p90),
+        ("output tokens/s", lambda r: r.output_tok_s),
+        ("prefix-cache hit rate (%)", lambda r: r.hit_rate * 100)
+        if kv_bound
+        else ("router CPU s per 1k requests", lambda r: r.cpu_s_per_1000),
+    ]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    routers = list(dict.fromkeys(r.router for r in rows))
+    for axis, (name, value) in zip(axes, panels):
+        for router in routers:
+            points = sorted((r.rate, value(r)) for r in rows if r.router == router and r.rate > 0)
+            if points:
+                style = (
+                    "--" if router == "oracle" else ("-" if router.startswith("llmlbd") else ":")
+                )
+                axis.plot(*zip(*points), style, marker="o", label=router)
+        axis.set_xlabel("offered rate (req/s, simulated)")
+        axis.set_title(name)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
