@@ -59,7 +59,7 @@ def poisson_arrivals(rate: float, duration: float, rng: random.Random) -> list[f
 def lognormal_int(rng: random.Random, median: float, sigma: float, low: int, high: int) -> int:
     """A log-normal draw with this median, clipped to [low, high] (prompt and answer lengths
     of real chat traces are close to log-normal)."""
-    return max(low, min(high, int(round(rng.lognormvariate(math.log(median), sigma)))))
+    return max(low, min(high, round(rng.lognormvariate(math.log(median), sigma))))
 
 
 @dataclass
