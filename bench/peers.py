@@ -21,6 +21,7 @@ from gevent import monkey
 monkey.patch_all()  # this script's own process only
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -70,18 +71,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--from-json", default="", help="report a saved run instead of running")
+    parser.add_argument("--out", default="", help="results JSON (default: the cache directory)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few seconds: shared-system on 2 fast servers at one rate (the test suite's run)",
+    )
     parser.add_argument("--list", action="store_true", help="print scenarios and routers, exit")
     return parser.parse_args(argv)
+
+
+SMOKE = dataclasses.replace(
+    SCENARIOS["shared-system"],
+    name="smoke",
+    workload="shared-system",
+    title="Smoke: shared system prompts on 2 fast servers",
+    servers=({}, {}),
+    rates=(6.0,),
+    duration_s=3.0,
+    time_scale=0.5,
+    routers=("llmlbd prefix_cache", "oracle"),
+)
+
+
+def scenario_named(name: str):
+    return SMOKE if name == "smoke" else SCENARIOS[name]
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, float]]:
     """(scenario, router, rate) in run order: rate by rate, the routers of a rate back to back."""
     runs = []
     chosen = [r.strip() for r in args.routers.split(",") if r.strip()]
-    for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
-        if name not in SCENARIOS:
+    names = ["smoke"] if args.smoke else [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for name in names:
+        if name not in SCENARIOS and name != "smoke":
             raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-        scenario = SCENARIOS[name]
+        scenario = scenario_named(name)
         routers = chosen or list(scenario.routers or ALL_ROUTERS)
         for router in routers:
             if router not in ALL_ROUTERS:
@@ -111,7 +136,7 @@ def run_all(args: argparse.Namespace) -> dict:
             continue
         try:
             summary = run_one(
-                SCENARIOS[scenario_name],
+                scenario_named(scenario_name),
                 router,
                 rate,
                 args.seed,
@@ -166,7 +191,7 @@ def render(run: dict, overhead_md: str, img_dir: Path) -> str:
     ]
     if run["skipped"]:
         parts += skipped_lines(run["skipped"]) + [""]
-    for name, scenario in SCENARIOS.items():
+    for name, scenario in [*SCENARIOS.items(), ("smoke", SMOKE)]:
         rows = [r for r in results if r.scenario == name]
         if not rows:
             continue
@@ -216,12 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         run = json.loads(Path(args.from_json).read_text())
     else:
         run = run_all(args)
-        out = cache_dir() / "results" / time.strftime("peers-%Y%m%d-%H%M%S.json")
+        out = (
+            Path(args.out)
+            if args.out
+            else cache_dir() / "results" / time.strftime("peers-%Y%m%d-%H%M%S.json")
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(run, indent=1))
         print(f"results: {out}")
     overhead_md = run.get("overhead_md", "")
-    if args.overhead and not args.from_json:
+    if args.overhead and not args.from_json and not args.smoke:
         from bench.overhead import run_overhead
 
         overhead_md = run_overhead(install=args.install, progress=args.progress)
