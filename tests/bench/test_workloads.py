@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 
@@ -24,9 +25,9 @@ def _words(body: dict) -> int:
 def test_poisson_arrivals_are_seeded_and_have_the_rate():
     times = poisson_arrivals(50.0, 200.0, random.Random(3))
     assert times == poisson_arrivals(50.0, 200.0, random.Random(3))
-    assert times == sorted(times) and 0 < times[0] and times[-1] < 200.0
+    assert times == sorted(times) and times[0] > 0 and times[-1] < 200.0
     assert len(times) / 200.0 == pytest.approx(50.0, rel=0.05)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # exponential gaps: the standard deviation equals the mean
     assert statistics.pstdev(gaps) == pytest.approx(statistics.fmean(gaps), rel=0.1)
     with pytest.raises(ValueError):
