@@ -25,6 +25,7 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -43,8 +44,8 @@ from bench.peerbench.report import (  # noqa: E402
 from bench.peerbench.results import RunSummary  # noqa: E402
 from bench.peerbench.routers import ALL_ROUTERS, RouterUnavailable  # noqa: E402
 from bench.peerbench.runner import run_one, settle  # noqa: E402
+from bench.peerbench.scenarios import SCENARIOS  # noqa: E402
 from bench.peerbench.stats import fmt  # noqa: E402
-from bench.peerbench.workloads import SCENARIOS  # noqa: E402
 
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 
@@ -229,7 +230,13 @@ def write_docs(generated: str) -> None:
     path.write_text(current)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    # SystemExit unwinds through every run's cleanup: fleets and routers are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(argv)
     if args.list:
         for name, scenario in SCENARIOS.items():

@@ -13,6 +13,7 @@ OpenAI SDK does; a router that is slow on reused connections shows it here.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import gevent.pool
 import requests
 from requests.adapters import HTTPAdapter
 
-from bench.peerbench.results import RequestRecord
+from bench.peerbench.results import UNFINISHED, RequestRecord
 from bench.peerbench.workloads import Planned, Population, poisson_arrivals
 
 __all__ = ["Director", "OraclePicker", "run_load"]
@@ -167,7 +168,7 @@ def run_load(
     duration_s: float,
     seed: int,
     on_done: Callable[[], None] | None = None,
-    grace_s: float = 120.0,
+    grace_s: float = 30.0,
 ) -> tuple[list[RequestRecord], int, int, float]:
     """Send the workload; return (records, offered, skipped, simulated seconds it took).
 
@@ -208,12 +209,15 @@ def run_load(
 
         clients = max(1, population.idle_count())
         greenlets = [gevent.spawn(loop) for _ in range(clients)]
-        gevent.joinall(greenlets, timeout=duration_s * scale + grace_s * scale)
-        offered = len(records)
+        gevent.joinall(greenlets, timeout=duration_s * scale)
     gevent.joinall(greenlets, timeout=grace_s * scale)
+    if rate <= 0:
+        offered = len(records) + sum(1 for g in greenlets if not g.dead)
     unfinished = [g for g in greenlets if not g.dead]
     gevent.killall(unfinished, block=True, timeout=5)
-    records.extend(RequestRecord(-1) for _ in unfinished if rate > 0)
+    # A request still open after the grace period is cut: it counts as failed, and its
+    # TTFT as infinite, so a router that builds a backlog cannot hide it from the p90.
+    records.extend(RequestRecord(UNFINISHED, ttft=math.inf) for _ in unfinished)
     took = (max(last_done[0], started) - started) / scale
     return records, offered, skipped, took
 

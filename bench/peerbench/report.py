@@ -71,7 +71,7 @@ def verdicts(scenario: str, rows: list[RunSummary]) -> list[str]:
     out: list[str] = []
     for rate, runs in sorted(_by_rate(rows).items(), key=lambda item: _order(item[0])):
         label = f"rate {rate_label(rate)}"
-        if scenario == "kv-pressure":
+        if scenario.startswith("kv-pressure"):
             out += _kv_verdict(label, runs)
         elif scenario in ("shared-system", "single-shot"):
             out += _peer_gap_verdict(label, runs)

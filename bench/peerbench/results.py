@@ -10,11 +10,12 @@ from bench.peerbench.stats import percentile, ratio
 __all__ = ["RequestRecord", "RunSummary", "summarize"]
 
 SHED_STATUS = 429  # what llmlbd answers a shed request; a peer's 429 counts the same
+UNFINISHED = -3  # still open when the run's grace period ended
 
 
 @dataclass
 class RequestRecord:
-    status: int  # HTTP status; -1 connection error or timeout; -2 broken stream
+    status: int  # HTTP status; -1 connection error; -2 broken stream; -3 unfinished
     ttft: float = math.nan  # simulated seconds to the first content token (non-streaming: reply)
     latency: float = math.nan  # simulated seconds to the end of the answer
     itl: list[float] = field(default_factory=list)  # simulated gaps between content events
@@ -71,9 +72,10 @@ def summarize(
     """The run's figures from its requests; *duration_s* is simulated seconds of the run."""
     ok = [r for r in records if r.ok]
     shed = [r for r in records if r.status == SHED_STATUS]
-    ttft = [r.ttft for r in ok]
+    # Unfinished requests wait forever as far as the percentiles can tell.
+    ttft = [r.ttft for r in records if r.ok or r.status == UNFINISHED]
     gaps = [gap for r in ok for gap in r.itl]
-    critical_ok = [r.ttft for r in ok if r.critical]
+    critical_ok = [r.ttft for r in records if r.critical and r.status in (200, UNFINISHED)]
     return RunSummary(
         router=router,
         scenario=scenario,

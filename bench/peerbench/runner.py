@@ -20,8 +20,9 @@ from bench.peerbench.loadgen import Director, run_load, warm_up
 from bench.peerbench.procstat import session_cpu_seconds, session_rss_bytes
 from bench.peerbench.results import RunSummary, summarize
 from bench.peerbench.routers import RouterUnavailable, sim_options_for, start_router
+from bench.peerbench.scenarios import Scenario
 from bench.peerbench.stats import ratio
-from bench.peerbench.workloads import MODEL, Scenario
+from bench.peerbench.workloads import MODEL
 from tests.simfleet import SimFleet
 
 __all__ = ["run_one"]

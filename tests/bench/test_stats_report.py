@@ -157,3 +157,11 @@ def test_overhead_table_gives_ratios_to_direct_and_to_vllm_router():
     assert "| 0.09 | 0.20 |" in llmlbd  # 1000 / 11000 and 1000 / 5000
     direct = next(line for line in lines if "| direct |" in line)
     assert "| 1.00 | 2.20 |" in direct
+
+
+def test_unfinished_requests_fail_and_push_the_p90_to_infinity():
+    records = [RequestRecord(200, ttft=0.1) for _ in range(8)]
+    records += [RequestRecord(-3, ttft=math.inf), RequestRecord(-3, ttft=math.inf)]
+    summary = summarize("r", "s", 1.0, records, offered=10, skipped=0, duration_s=10.0)
+    assert summary.failed == 2 and summary.completed == 8
+    assert summary.ttft_p50 == 0.1 and summary.ttft_p90 == math.inf

@@ -8,9 +8,9 @@ import statistics
 
 import pytest
 
+from bench.peerbench.scenarios import SCENARIOS
 from bench.peerbench.workloads import (
     CRITICALITY_HEADER,
-    SCENARIOS,
     ChatPopulation,
     SingleShotPopulation,
     lognormal_int,
@@ -152,7 +152,14 @@ def test_warmup_sends_each_users_first_turn_once():
 
 
 def test_every_scenario_is_named_and_runnable():
-    assert list(SCENARIOS) == ["kv-pressure", "shared-system", "single-shot", "tiers", "embeddings"]
+    assert list(SCENARIOS) == [
+        "kv-pressure",
+        "kv-pressure-closed",
+        "shared-system",
+        "single-shot",
+        "tiers",
+        "embeddings",
+    ]
     for name, scenario in SCENARIOS.items():
         assert scenario.name == name and scenario.rates and scenario.servers
         population = scenario.population(1)
