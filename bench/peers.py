@@ -37,6 +37,7 @@ from bench.peerbench.install import cache_dir, ensure_bench_requirements  # noqa
 from bench.peerbench.report import (  # noqa: E402
     plot_scenario,
     rate_label,
+    reason_lines,
     scenario_table,
     skipped_lines,
     verdicts,
@@ -209,6 +210,10 @@ def render(run: dict, overhead_md: str, img_dir: Path) -> str:
             f"![{scenario.title}](img/{image.name})",
             "",
         ]
+        reasons = reason_lines(rows)
+        if reasons:
+            parts += ["llmlbd's decision reasons (its request log, warm-up included):", ""]
+            parts += reasons + [""]
         lines = verdicts(name, rows)
         if lines:
             parts += ["Targets:", ""] + [f"- {line}" for line in lines] + [""]

@@ -222,7 +222,7 @@ def run_load(
     return records, offered, skipped, took
 
 
-def warm_up(population: Population, director: Director, concurrency: int = 8) -> int:
+def warm_up(population: Population, director: Director, concurrency: int = 64) -> int:
     """Send the population's warm-up requests (first turns), a few at a time; not measured."""
     pool = gevent.pool.Pool(concurrency)
     planned = population.warmup()

@@ -8,7 +8,14 @@ from pathlib import Path
 from bench.peerbench.results import RunSummary
 from bench.peerbench.stats import fmt, relative_gap
 
-__all__ = ["plot_scenario", "rate_label", "scenario_table", "skipped_lines", "verdicts"]
+__all__ = [
+    "plot_scenario",
+    "rate_label",
+    "reason_lines",
+    "scenario_table",
+    "skipped_lines",
+    "verdicts",
+]
 
 PEER_PREFIXES = ("vllm-router", "sglang-router", "litellm", "nginx")
 
@@ -49,6 +56,16 @@ def scenario_table(rows: list[RunSummary], tiers: bool = False) -> str:
             cells += [fmt(row.critical_ttft_p90), str(row.critical_shed)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def reason_lines(rows: list[RunSummary]) -> list[str]:
+    """llmlbd's own account of its decisions (its request log), one line per run."""
+    out = []
+    for row in sorted(rows, key=lambda r: _order(r.rate)):
+        if row.reasons:
+            counts = ", ".join(f"{reason} {n}" for reason, n in row.reasons.items())
+            out.append(f"- {row.router} at {rate_label(row.rate)}: {counts}")
+    return out
 
 
 def skipped_lines(skipped: dict[str, str]) -> list[str]:

@@ -50,6 +50,7 @@ class RunSummary:
     cpu_s_per_1000: float = math.nan
     rss_mb: float = math.nan
     spread: list[int] = field(default_factory=list)  # requests per server, as the servers count
+    reasons: dict[str, int] = field(default_factory=dict)  # llmlbd's decision reasons
     note: str = ""
 
     def to_dict(self) -> dict:

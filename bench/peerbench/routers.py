@@ -60,6 +60,7 @@ class Running:
     url: str | None  # None: the oracle (the load generator routes)
     headers: dict[str, str] = field(default_factory=dict)
     session: int | None = None  # the process session whose CPU and RSS are the router's
+    log_path: Path | None = None  # llmlbd's JSON log: its request log explains its decisions
     stop_hooks: list = field(default_factory=list)
 
     def stop(self) -> None:
@@ -116,7 +117,9 @@ def _llmlbd(label, policy, backends, models, install) -> Running:
         server = LLMLBD(config, workers=2, name="peers-llmlbd")
     except Exception as exc:
         raise RouterUnavailable(f"llmlbd did not start: {exc}") from None
-    return Running(label, server.url, {}, server.proc.pid, [lambda: server.stop(15)])
+    return Running(
+        label, server.url, {}, server.proc.pid, [lambda: server.stop(15)], server.proc.log_path
+    )
 
 
 def _vllm_router(label, policy, backends, models, install) -> Running:

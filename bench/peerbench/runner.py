@@ -10,8 +10,11 @@ measured part; its RSS is read at the end.
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from collections import Counter
+from pathlib import Path
 
 import requests
 
@@ -94,7 +97,21 @@ def run_one(
     summary.rss_mb = rss / 1e6
     if dead:
         summary.note = f"server(s) exited: {', '.join(dead)}"
+    if running.log_path is not None:
+        summary.reasons = decision_reasons(running.log_path)
     return summary
+
+
+def decision_reasons(log_path: Path) -> dict[str, int]:
+    """How often each decision reason appears in llmlbd's request log (warm-up included)."""
+    reasons: Counter[str] = Counter()
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"request_done"' in line:
+            try:
+                reasons[str(json.loads(line).get("reason"))] += 1
+            except ValueError:
+                continue
+    return dict(reasons.most_common())
 
 
 def _alive(session: int) -> bool:

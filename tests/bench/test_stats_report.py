@@ -165,3 +165,23 @@ def test_unfinished_requests_fail_and_push_the_p90_to_infinity():
     summary = summarize("r", "s", 1.0, records, offered=10, skipped=0, duration_s=10.0)
     assert summary.failed == 2 and summary.completed == 8
     assert summary.ttft_p50 == 0.1 and summary.ttft_p90 == math.inf
+
+
+def test_llmlbd_decision_reasons_are_counted_from_its_request_log(tmp_path):
+    from bench.peerbench.report import reason_lines
+    from bench.peerbench.runner import decision_reasons
+
+    log = tmp_path / "llmlbd.log"
+    log.write_text(
+        '{"event": "worker_ready", "pid": 1}\n'
+        '{"reason": "hit", "event": "request_done"}\n'
+        '{"reason": "miss", "event": "request_done"}\n'
+        '{"reason": "hit", "event": "request_done"}\n'
+        "not json but mentions request_done\n"
+    )
+    reasons = decision_reasons(log)
+    assert reasons == {"hit": 2, "miss": 1} and list(reasons) == ["hit", "miss"]
+    row = RunSummary("llmlbd prefix_cache", "kv-pressure", 2.0, reasons=reasons)
+    assert reason_lines([row, RunSummary("oracle", "kv-pressure", 2.0)]) == [
+        "- llmlbd prefix_cache at 2: hit 2, miss 1"
+    ]
