@@ -122,6 +122,7 @@ def run_all(args: argparse.Namespace) -> dict:
     runs = plan(args)
     results: list[RunSummary] = []
     skipped: dict[str, str] = {}
+    broken: list[str] = []
     bar = None
     if args.progress:
         from tqdm import tqdm
@@ -137,19 +138,15 @@ def run_all(args: argparse.Namespace) -> dict:
                 bar.update(1)
             continue
         try:
-            summary = run_one(
-                scenario_named(scenario_name),
-                router,
-                rate,
-                args.seed,
-                duration_s=args.duration or None,
-                install=args.install,
-            )
+            summary = _run_with_retry(args, scenario_name, router, rate, bar)
             results.append(summary)
             _echo(bar, _line(summary))
         except RouterUnavailable as exc:
             skipped[router] = str(exc)
             _echo(bar, f"SKIPPED {router}: {exc}")
+        except Exception as exc:  # a run that broke twice is reported, the others go on
+            broken.append(f"{scenario_name} / {router} / {rate_label(rate)}: {exc}")
+            _echo(bar, f"BROKEN {broken[-1]}")
         loads.append(os.getloadavg()[0])
         settle()
         if bar is not None:
@@ -163,7 +160,29 @@ def run_all(args: argparse.Namespace) -> dict:
         "command": "python bench/peers.py " + " ".join(sys.argv[1:]),
         "results": [r.to_dict() for r in results],
         "skipped": skipped,
+        "broken": broken,
     }
+
+
+def _run_with_retry(args, scenario_name: str, router: str, rate: float, bar) -> RunSummary:
+    """One run; a second try when the first breaks. On a machine shared with other test
+    suites a free port can be taken between finding it and binding it."""
+    for attempt in (1, 2):
+        try:
+            return run_one(
+                scenario_named(scenario_name),
+                router,
+                rate,
+                args.seed,
+                duration_s=args.duration or None,
+                install=args.install,
+            )
+        except Exception as exc:
+            if attempt == 2:
+                raise
+            _echo(bar, f"retrying {scenario_name} / {router} / {rate_label(rate)} after: {exc}")
+            settle(3)
+    raise AssertionError("unreachable")
 
 
 def _line(s: RunSummary) -> str:
@@ -193,6 +212,8 @@ def render(run: dict, overhead_md: str, img_dir: Path) -> str:
     ]
     if run["skipped"]:
         parts += skipped_lines(run["skipped"]) + [""]
+    for line in run.get("broken", []):
+        parts.append(f"- run broken twice, not in the tables: {line}")
     for name, scenario in [*SCENARIOS.items(), ("smoke", SMOKE)]:
         rows = [r for r in results if r.scenario == name]
         if not rows:
