@@ -113,7 +113,7 @@ def _load(app: SimApp) -> Any:
     running, waiting = len(engine.running), len(engine.waiting)
     if app.config.get_load_format == "object":
         return {"load": running + waiting}
-    tokens = engine.kv.used_blocks * app.config.block_size
+    tokens = engine.kv.used_blocks * engine.kv.block_size
     return [{"dp_rank": 0, "num_reqs": running, "num_waiting_reqs": waiting, "num_tokens": tokens}]
 
 
@@ -129,15 +129,15 @@ def _model_info(app: SimApp) -> dict:
 
 
 def _server_info(app: SimApp) -> dict:
-    config = app.config
+    config, kv = app.config, app.engine.kv
     return {
         "model_path": _model_path(app),
         "tokenizer_path": _model_path(app),
         "served_model_name": config.model,
-        "max_total_num_tokens": config.num_gpu_blocks * config.block_size,
+        "max_total_num_tokens": kv.num_blocks * kv.block_size,
         "max_running_requests": config.max_num_seqs,
         "context_length": config.max_model_len,
-        "page_size": config.block_size,
+        "page_size": kv.block_size,
         "dp_size": 1,
         "tp_size": 1,
         "version": "0.33.0-sim",
