@@ -30,6 +30,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import gevent  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -49,6 +51,7 @@ from bench.peerbench.scenarios import SCENARIOS  # noqa: E402
 from bench.peerbench.stats import fmt  # noqa: E402
 
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
+STOPPING: list[int] = []  # exit codes of the signals received
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,6 +134,8 @@ def run_all(args: argparse.Namespace) -> dict:
     started = time.time()
     loads = []
     for scenario_name, router, rate in runs:
+        if STOPPING:
+            raise SystemExit(STOPPING[0])
         if bar is not None:
             bar.set_description(f"{scenario_name} {router} @ {rate_label(rate)}")
         if router in skipped:
@@ -256,13 +261,22 @@ def write_docs(generated: str) -> None:
     path.write_text(current)
 
 
-def _exit_on_sigterm(signum, frame) -> None:
-    # SystemExit unwinds through every run's cleanup: fleets and routers are stopped.
-    raise SystemExit(128 + signum)
+def _exit_on_signals() -> None:
+    """SIGTERM and SIGINT raise SystemExit in the main greenlet, so that it unwinds through
+    every run's cleanup (fleets and routers stopped). gevent runs signal handlers in a
+    greenlet of their own, where an exception would reach nobody."""
+    main = gevent.getcurrent()
+
+    def stop(code: int) -> None:
+        STOPPING.append(code)  # checked between runs, in case a library swallows the exit
+        gevent.kill(main, SystemExit(code))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop, 128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _exit_on_signals()
     args = parse_args(argv)
     if args.list:
         for name, scenario in SCENARIOS.items():

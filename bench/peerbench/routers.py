@@ -93,7 +93,7 @@ def start_router(
 
 
 def _proc_running(label: str, proc: Proc, url: str, headers: dict | None = None) -> Running:
-    return Running(label, url, headers or {}, proc.pid, [lambda: proc.stop(10)])
+    return Running(label, url, headers or {}, session=proc.pid, stop_hooks=[lambda: proc.stop(10)])
 
 
 def _check_started(proc: Proc, ready) -> None:
@@ -118,7 +118,11 @@ def _llmlbd(label, policy, backends, models, install) -> Running:
     except Exception as exc:
         raise RouterUnavailable(f"llmlbd did not start: {exc}") from None
     return Running(
-        label, server.url, {}, server.proc.pid, [lambda: server.stop(15)], server.proc.log_path
+        label,
+        server.url,
+        session=server.proc.pid,
+        stop_hooks=[lambda: server.stop(15)],
+        log_path=server.proc.log_path,
     )
 
 
