@@ -64,7 +64,11 @@ def reason_lines(rows: list[RunSummary]) -> list[str]:
     for row in sorted(rows, key=lambda r: _order(r.rate)):
         if row.reasons:
             counts = ", ".join(f"{reason} {n}" for reason, n in row.reasons.items())
-            out.append(f"- {row.router} at {rate_label(row.rate)}: {counts}")
+            line = f"- {row.router} at {rate_label(row.rate)}: {counts}"
+            if len(row.router_ttfb_ms) == 2:
+                p50, p90 = row.router_ttfb_ms
+                line += f"; time to the backend's first byte p50 {fmt(p50, 0)} / p90 {fmt(p90, 0)} ms (wall)"
+            out.append(line)
     return out
 
 

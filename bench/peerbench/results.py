@@ -51,6 +51,7 @@ class RunSummary:
     rss_mb: float = math.nan
     spread: list[int] = field(default_factory=list)  # requests per server, as the servers count
     reasons: dict[str, int] = field(default_factory=dict)  # llmlbd's decision reasons
+    router_ttfb_ms: list[float] = field(default_factory=list)  # llmlbd's own ttfb p50, p90
     note: str = ""
 
     def to_dict(self) -> dict:

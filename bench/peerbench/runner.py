@@ -24,7 +24,7 @@ from bench.peerbench.procstat import session_cpu_seconds, session_rss_bytes
 from bench.peerbench.results import RunSummary, summarize
 from bench.peerbench.routers import RouterUnavailable, sim_options_for, start_router
 from bench.peerbench.scenarios import Scenario
-from bench.peerbench.stats import ratio
+from bench.peerbench.stats import percentile, ratio
 from bench.peerbench.workloads import MODEL
 from tests.simfleet import SimFleet
 
@@ -98,20 +98,26 @@ def run_one(
     if dead:
         summary.note = f"server(s) exited: {', '.join(dead)}"
     if running.log_path is not None:
-        summary.reasons = decision_reasons(running.log_path)
+        summary.reasons, ttfb = request_log(running.log_path)
+        summary.router_ttfb_ms = [percentile(ttfb, 0.5), percentile(ttfb, 0.9)]
     return summary
 
 
-def decision_reasons(log_path: Path) -> dict[str, int]:
-    """How often each decision reason appears in llmlbd's request log (warm-up included)."""
+def request_log(log_path: Path) -> tuple[dict[str, int], list[float]]:
+    """From llmlbd's request log (warm-up included): how often each decision reason came up,
+    and each request's ttfb_ms (wall ms from its arrival to the backend's first byte)."""
     reasons: Counter[str] = Counter()
+    ttfb: list[float] = []
     for line in log_path.read_text(errors="replace").splitlines():
         if '"request_done"' in line:
             try:
-                reasons[str(json.loads(line).get("reason"))] += 1
+                entry = json.loads(line)
             except ValueError:
                 continue
-    return dict(reasons.most_common())
+            reasons[str(entry.get("reason"))] += 1
+            if isinstance(entry.get("ttfb_ms"), (int, float)):
+                ttfb.append(float(entry["ttfb_ms"]))
+    return dict(reasons.most_common()), ttfb
 
 
 def _alive(session: int) -> bool:

@@ -169,19 +169,23 @@ def test_unfinished_requests_fail_and_push_the_p90_to_infinity():
 
 def test_llmlbd_decision_reasons_are_counted_from_its_request_log(tmp_path):
     from bench.peerbench.report import reason_lines
-    from bench.peerbench.runner import decision_reasons
+    from bench.peerbench.runner import request_log
 
     log = tmp_path / "llmlbd.log"
     log.write_text(
         '{"event": "worker_ready", "pid": 1}\n'
-        '{"reason": "hit", "event": "request_done"}\n'
-        '{"reason": "miss", "event": "request_done"}\n'
-        '{"reason": "hit", "event": "request_done"}\n'
+        '{"reason": "hit", "event": "request_done", "ttfb_ms": 10.0}\n'
+        '{"reason": "miss", "event": "request_done", "ttfb_ms": 30.0}\n'
+        '{"reason": "hit", "event": "request_done", "ttfb_ms": 20.0}\n'
         "not json but mentions request_done\n"
     )
-    reasons = decision_reasons(log)
+    reasons, ttfb = request_log(log)
     assert reasons == {"hit": 2, "miss": 1} and list(reasons) == ["hit", "miss"]
-    row = RunSummary("llmlbd prefix_cache", "kv-pressure", 2.0, reasons=reasons)
+    assert ttfb == [10.0, 30.0, 20.0]
+    row = RunSummary(
+        "llmlbd prefix_cache", "kv-pressure", 2.0, reasons=reasons, router_ttfb_ms=[20.0, 30.0]
+    )
     assert reason_lines([row, RunSummary("oracle", "kv-pressure", 2.0)]) == [
-        "- llmlbd prefix_cache at 2: hit 2, miss 1"
+        "- llmlbd prefix_cache at 2: hit 2, miss 1; time to the backend's first byte "
+        "p50 20 / p90 30 ms (wall)"
     ]
