@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["session_cpu_seconds", "session_rss_bytes", "session_pids"]
+__all__ = ["session_cpu_by_program", "session_cpu_seconds", "session_rss_bytes", "session_pids"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -45,6 +45,29 @@ def session_cpu_seconds(session: int) -> float:
             # utime, stime, cutime, cstime are stat fields 14-17
             total += sum(int(x) for x in fields[11:15])
     return total / _TICKS
+
+
+def _program(pid: int) -> str:
+    """A short name: the module of `python -m MODULE`, else the executable's base name."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if "-m" in words[:-1]:
+        return words[words.index("-m") + 1]
+    return Path(words[0]).name if words else "?"
+
+
+def session_cpu_by_program(session: int) -> dict[str, float]:
+    """CPU seconds of the session's live processes, summed by program (see _program)."""
+    totals: dict[str, float] = {}
+    for pid in session_pids(session):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            name = _program(pid)
+            totals[name] = totals.get(name, 0.0) + sum(int(x) for x in fields[11:15]) / _TICKS
+    return totals
 
 
 def session_rss_bytes(session: int) -> int:

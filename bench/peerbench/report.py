@@ -68,6 +68,9 @@ def reason_lines(rows: list[RunSummary]) -> list[str]:
             if len(row.router_ttfb_ms) == 2:
                 p50, p90 = row.router_ttfb_ms
                 line += f"; time to the backend's first byte p50 {fmt(p50, 0)} / p90 {fmt(p90, 0)} ms (wall)"
+            if row.cpu_split:
+                parts = ", ".join(f"{name} {seconds:g}" for name, seconds in row.cpu_split.items())
+                line += f"; CPU s per 1k requests by process: {parts}"
             out.append(line)
     return out
 

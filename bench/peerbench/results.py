@@ -52,6 +52,7 @@ class RunSummary:
     spread: list[int] = field(default_factory=list)  # requests per server, as the servers count
     reasons: dict[str, int] = field(default_factory=dict)  # llmlbd's decision reasons
     router_ttfb_ms: list[float] = field(default_factory=list)  # llmlbd's own ttfb p50, p90
+    cpu_split: dict[str, float] = field(default_factory=dict)  # CPU s per 1k requests by program
     note: str = ""
 
     def to_dict(self) -> dict:

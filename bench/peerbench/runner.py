@@ -20,7 +20,11 @@ import requests
 
 from bench.peerbench.install import cache_dir
 from bench.peerbench.loadgen import Director, run_load, warm_up
-from bench.peerbench.procstat import session_cpu_seconds, session_rss_bytes
+from bench.peerbench.procstat import (
+    session_cpu_by_program,
+    session_cpu_seconds,
+    session_rss_bytes,
+)
 from bench.peerbench.results import RunSummary, summarize
 from bench.peerbench.routers import RouterUnavailable, sim_options_for, start_router
 from bench.peerbench.scenarios import Scenario
@@ -74,11 +78,13 @@ def run_one(
                 warm_up(population, director)
             before = _counters(fleet.urls)
             cpu_before = session_cpu_seconds(running.session) if running.session else math.nan
+            split_before = session_cpu_by_program(running.session) if running.session else {}
             records, offered, skipped, took = run_load(
                 population, director, rate, duration, seed, on_done=on_done
             )
             cpu = session_cpu_seconds(running.session) - cpu_before if running.session else math.nan
             rss = session_rss_bytes(running.session) if running.session else math.nan
+            split = session_cpu_by_program(running.session) if running.session else {}
             after = _counters(fleet.urls)
             dead = [p.name for p in fleet.procs if p.popen.poll() is not None]
             if running.session and not _alive(running.session):
@@ -95,6 +101,11 @@ def run_one(
     summary.spread = [a["requests_total"] - b["requests_total"] for a, b in zip(after, before)]
     summary.cpu_s_per_1000 = ratio(cpu * 1000, len(records)) if records else math.nan
     summary.rss_mb = rss / 1e6
+    summary.cpu_split = {
+        name: round((seconds - split_before.get(name, 0.0)) * 1000 / len(records), 2)
+        for name, seconds in split.items()
+        if records
+    }
     if dead:
         summary.note = f"server(s) exited: {', '.join(dead)}"
     if running.log_path is not None:
