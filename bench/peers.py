@@ -153,7 +153,7 @@ def run_all(args: argparse.Namespace) -> dict:
             broken.append(f"{scenario_name} / {router} / {rate_label(rate)}: {exc}")
             _echo(bar, f"BROKEN {broken[-1]}")
         loads.append(os.getloadavg()[0])
-        settle()
+        settle(0.5)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -73,7 +73,7 @@ SCENARIOS: dict[str, Scenario] = {
             "each user stays on one server. Each user's first turn is sent before measuring.",
             (_L4,) * 4,
             rates=(2.0, 5.0),
-            duration_s=16.0,
+            duration_s=14.0,
             time_scale=0.5,
             kv_bound=True,
             warm_up=True,
@@ -92,9 +92,8 @@ SCENARIOS: dict[str, Scenario] = {
             workload="kv-pressure",
             routers=(
                 "llmlbd prefix_cache",
-                "vllm-router cache_aware",
+                "vllm-router consistent_hash",
                 "sglang-router cache_aware",
-                "nginx least_conn",
                 "oracle",
             ),
         ),
@@ -111,12 +110,9 @@ SCENARIOS: dict[str, Scenario] = {
             kv_bound=True,
             routers=(
                 "llmlbd prefix_cache",
-                "llmlbd global_least_request",
                 "vllm-router cache_aware",
                 "vllm-router power_of_two",
                 "sglang-router cache_aware",
-                "nginx least_conn",
-                "oracle",
             ),
         ),
         Scenario(
@@ -132,10 +128,7 @@ SCENARIOS: dict[str, Scenario] = {
             time_scale=0.5,
             routers=(
                 "llmlbd global_least_request",
-                "llmlbd prefix_cache",
                 "vllm-router power_of_two",
-                "vllm-router round_robin",
-                "sglang-router cache_aware",
                 "litellm least-busy",
                 "nginx least_conn",
             ),
@@ -159,9 +152,7 @@ SCENARIOS: dict[str, Scenario] = {
             sim_options=(("max_num_seqs", 4), ("lora", "lora-a,lora-b"), ("max_loras", 1)),
             routers=(
                 "llmlbd least_busy",
-                "llmlbd global_least_request",
                 "vllm-router power_of_two",
-                "sglang-router cache_aware",
                 "litellm least-busy",
                 "nginx least_conn",
             ),
@@ -178,7 +169,6 @@ SCENARIOS: dict[str, Scenario] = {
             routers=(
                 "llmlbd global_least_request",
                 "vllm-router round_robin",
-                "sglang-router cache_aware",
                 "litellm least-busy",
                 "nginx least_conn",
             ),
