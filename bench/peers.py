@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.peerbench.install import cache_dir, ensure_bench_requirements  # noqa: E402
 from bench.peerbench.report import (  # noqa: E402
+    failure_lines,
     plot_scenario,
     rate_label,
     reason_lines,
@@ -236,6 +237,9 @@ def render(run: dict, overhead_md: str, img_dir: Path) -> str:
             f"![{scenario.title}](img/{image.name})",
             "",
         ]
+        failures = failure_lines(rows)
+        if failures:
+            parts += ["Failed requests:", ""] + failures + [""]
         reasons = reason_lines(rows)
         if reasons:
             parts += ["llmlbd's decision reasons (its request log, warm-up included):", ""]

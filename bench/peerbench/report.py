@@ -9,6 +9,7 @@ from bench.peerbench.results import RunSummary
 from bench.peerbench.stats import fmt, relative_gap
 
 __all__ = [
+    "failure_lines",
     "plot_scenario",
     "rate_label",
     "reason_lines",
@@ -72,6 +73,18 @@ def reason_lines(rows: list[RunSummary]) -> list[str]:
                 parts = ", ".join(f"{name} {seconds:g}" for name, seconds in row.cpu_split.items())
                 line += f"; CPU s per 1k requests by process: {parts}"
             out.append(line)
+    return out
+
+
+def failure_lines(rows: list[RunSummary]) -> list[str]:
+    """Why the failed requests failed, for the runs that had any."""
+    out = []
+    for row in sorted(rows, key=lambda r: _order(r.rate)):
+        if row.failures:
+            counts = ", ".join(f"{n} {why}" for why, n in sorted(row.failures.items()))
+            out.append(f"- {row.router} at {rate_label(row.rate)}: {counts}")
+        if row.note:
+            out.append(f"- {row.router} at {rate_label(row.rate)}: {row.note}")
     return out
 
 

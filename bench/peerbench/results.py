@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from bench.peerbench.stats import percentile, ratio
@@ -53,6 +54,7 @@ class RunSummary:
     reasons: dict[str, int] = field(default_factory=dict)  # llmlbd's decision reasons
     router_ttfb_ms: list[float] = field(default_factory=list)  # llmlbd's own ttfb p50, p90
     cpu_split: dict[str, float] = field(default_factory=dict)  # CPU s per 1k requests by program
+    failures: dict[str, int] = field(default_factory=dict)  # why the failed ones failed
     note: str = ""
 
     def to_dict(self) -> dict:
@@ -97,4 +99,12 @@ def summarize(
         critical_ttft_p90=percentile(critical_ok, 0.9),
         output_tok_s=ratio(sum(r.output_tokens for r in ok), duration_s),
         completed_per_s=ratio(len(ok), duration_s),
+        failures=dict(
+            Counter(_failure(r.status) for r in records if not r.ok and r.status != SHED_STATUS)
+        ),
     )
+
+
+def _failure(status: int) -> str:
+    names = {-1: "connection error", -2: "stream cut", UNFINISHED: "unfinished"}
+    return names.get(status, f"HTTP {status}")

@@ -189,3 +189,15 @@ def test_llmlbd_decision_reasons_are_counted_from_its_request_log(tmp_path):
         "- llmlbd prefix_cache at 2: hit 2, miss 1; time to the backend's first byte "
         "p50 20 / p90 30 ms (wall)"
     ]
+
+
+def test_failures_are_broken_down_by_cause():
+    from bench.peerbench.report import failure_lines
+
+    records = [RequestRecord(200, ttft=0.1), RequestRecord(429), RequestRecord(-3, ttft=math.inf)]
+    records += [RequestRecord(503), RequestRecord(503), RequestRecord(-1)]
+    summary = summarize("nginx least_conn", "s", 4.0, records, 6, 0, 1.0)
+    assert summary.failures == {"unfinished": 1, "HTTP 503": 2, "connection error": 1}
+    assert failure_lines([summary]) == [
+        "- nginx least_conn at 4: 2 HTTP 503, 1 connection error, 1 unfinished"
+    ]
