@@ -163,7 +163,7 @@ SCENARIOS: dict[str, Scenario] = {
             "POST /v1/embeddings with 5-30-word inputs: the servers answer at once, so "
             "the router's own cost decides. 4 servers.",
             ({},) * 4,
-            rates=(200.0,),
+            rates=(100.0,),
             duration_s=10.0,
             time_scale=1.0,
             routers=(
