@@ -239,7 +239,7 @@ def render(run: dict, overhead_md: str, img_dir: Path) -> str:
         ]
         failures = failure_lines(rows)
         if failures:
-            parts += ["Failed requests:", ""] + failures + [""]
+            parts += ["Failed requests and notes:", ""] + failures + [""]
         reasons = reason_lines(rows)
         if reasons:
             parts += ["llmlbd's decision reasons (its request log, warm-up included):", ""]

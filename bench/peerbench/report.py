@@ -159,7 +159,7 @@ def _peer_gap_verdict(label: str, runs: dict[str, RunSummary]) -> list[str]:
             gap = relative_gap(ours.ttft_p90, best.ttft_p90)
             out.append(
                 f"{label}: {name} TTFT p90 {fmt(ours.ttft_p90)} s vs best peer {best.router} "
-                f"{fmt(best.ttft_p90)} s ({fmt(gap * 100, 0, ' %')} ; target no worse than "
+                f"{fmt(best.ttft_p90)} s ({fmt(gap * 100, 0, ' %')} worse; target at most "
                 f"5 %) -> {_met(gap <= 0.05)}"
             )
     return out
