@@ -213,7 +213,7 @@ def run_overhead(
         f"--connections {connections}"
     )
     parts = [
-        "### Proxy overhead",
+        "#### Proxy overhead",
         "",
         f"Command: `{command}` (also run by `bench/peers.py`). Two zero-delay backends "
         f"(`bench/peerbench/zero_backend.py`, 16-token answers), wrk with 1 thread and "

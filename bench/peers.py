@@ -227,7 +227,7 @@ def render(run: dict, overhead_md: str, img_dir: Path) -> str:
         image = img_dir / f"peers-{name}.png"
         plot_scenario(scenario.title, rows, image, scenario.kv_bound)
         parts += [
-            f"### {scenario.title}",
+            f"#### {scenario.title}",
             "",
             scenario.about + f" Time scale {scenario.time_scale:g}; "
             f"{scenario.duration_s:g} simulated seconds of arrivals per run.",
