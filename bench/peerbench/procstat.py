@@ -56,7 +56,8 @@ def _program(pid: int) -> str:
     words = [a.decode(errors="replace") for a in argv if a]
     if "-m" in words[:-1]:
         return words[words.index("-m") + 1]
-    return Path(words[0]).name if words else "?"
+    # Some programs (redis-server) rewrite their title into argv[0], spaces and all.
+    return Path(words[0].split()[0]).name if words else "?"
 
 
 def session_cpu_by_program(session: int) -> dict[str, float]:

@@ -19,6 +19,8 @@ __all__ = [
 ]
 
 PEER_PREFIXES = ("vllm-router", "sglang-router", "litellm", "nginx")
+# Process names as runs before procstat read redis-server's rewritten title recorded them.
+_PROGRAMS = {"redis.sock": "redis-server", "llmlbd": "llmlbd (gunicorn master + workers)"}
 
 
 def rate_label(rate: float) -> str:
@@ -51,7 +53,8 @@ def scenario_table(rows: list[RunSummary], tiers: bool = False) -> str:
             fmt(row.hit_rate * 100, 1, " %"),
             fmt(row.cpu_s_per_1000, 1),
             fmt(row.rss_mb, 0),
-            " ".join(str(n) for n in row.spread) or "-",
+            # the servers count inference requests only (embeddings show as "-")
+            " ".join(str(n) for n in row.spread) if sum(row.spread) else "-",
         ]
         if tiers:
             cells += [fmt(row.critical_ttft_p90), str(row.critical_shed)]
@@ -70,7 +73,10 @@ def reason_lines(rows: list[RunSummary]) -> list[str]:
                 p50, p90 = row.router_ttfb_ms
                 line += f"; time to the backend's first byte p50 {fmt(p50, 0)} / p90 {fmt(p90, 0)} ms (wall)"
             if row.cpu_split:
-                parts = ", ".join(f"{name} {seconds:g}" for name, seconds in row.cpu_split.items())
+                parts = ", ".join(
+                    f"{_PROGRAMS.get(name, name)} {seconds:g}"
+                    for name, seconds in row.cpu_split.items()
+                )
                 line += f"; CPU s per 1k requests by process: {parts}"
             out.append(line)
     return out
