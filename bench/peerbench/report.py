@@ -202,7 +202,7 @@ def plot_scenario(title: str, rows: list[RunSummary], path: Path, kv_bound: bool
     import matplotlib.pyplot as plt
 
     panels = [
-        ("TTFT p90 (s)", lambda r: r.ttft_p90),
+        ("TTFT p90 (s, log scale)", lambda r: r.ttft_p90),
         ("output tokens/s", lambda r: r.output_tok_s),
         ("prefix-cache hit rate (%)", lambda r: r.hit_rate * 100)
         if kv_bound
@@ -210,17 +210,20 @@ def plot_scenario(title: str, rows: list[RunSummary], path: Path, kv_bound: bool
     ]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     routers = list(dict.fromkeys(r.router for r in rows))
+    colors = plt.get_cmap("tab20").colors  # eleven routers: the default cycle has ten
     for axis, (name, value) in zip(axes, panels):
-        for router in routers:
+        for index, router in enumerate(routers):
             points = sorted((r.rate, value(r)) for r in rows if r.router == router and r.rate > 0)
             if points:
                 style = (
                     "--" if router == "oracle" else ("-" if router.startswith("llmlbd") else ":")
                 )
-                axis.plot(*zip(*points), style, marker="o", label=router)
+                color = colors[(index * 2 + index * 2 // len(colors)) % len(colors)]
+                axis.plot(*zip(*points), style, marker="o", label=router, color=color)
         axis.set_xlabel("offered rate (req/s, simulated)")
         axis.set_title(name)
         axis.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # one saturated router would flatten every other line
     axes[0].legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
