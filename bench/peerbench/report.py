@@ -71,7 +71,10 @@ def reason_lines(rows: list[RunSummary]) -> list[str]:
             line = f"- {row.router} at {rate_label(row.rate)}: {counts}"
             if len(row.router_ttfb_ms) == 2:
                 p50, p90 = row.router_ttfb_ms
-                line += f"; time to the backend's first byte p50 {fmt(p50, 0)} / p90 {fmt(p90, 0)} ms (wall)"
+                line += (
+                    f"; ttfb_ms (arrival to the backend's first body byte, prefill included) "
+                    f"p50 {fmt(p50, 0)} / p90 {fmt(p90, 0)} ms (wall)"
+                )
             if row.cpu_split:
                 parts = ", ".join(
                     f"{_PROGRAMS.get(name, name)} {seconds:g}"

@@ -116,7 +116,8 @@ def run_one(
 
 def request_log(log_path: Path) -> tuple[dict[str, int], list[float]]:
     """From llmlbd's request log (warm-up included): how often each decision reason came up,
-    and each request's ttfb_ms (wall ms from its arrival to the backend's first byte)."""
+    and each request's ttfb_ms (wall ms from its arrival to the backend's first body byte,
+    which a streaming vLLM sends with the first token: prefill included)."""
     reasons: Counter[str] = Counter()
     ttfb: list[float] = []
     for line in log_path.read_text(errors="replace").splitlines():

@@ -186,8 +186,8 @@ def test_llmlbd_decision_reasons_are_counted_from_its_request_log(tmp_path):
         "llmlbd prefix_cache", "kv-pressure", 2.0, reasons=reasons, router_ttfb_ms=[20.0, 30.0]
     )
     assert reason_lines([row, RunSummary("oracle", "kv-pressure", 2.0)]) == [
-        "- llmlbd prefix_cache at 2: hit 2, miss 1; time to the backend's first byte "
-        "p50 20 / p90 30 ms (wall)"
+        "- llmlbd prefix_cache at 2: hit 2, miss 1; ttfb_ms (arrival to the backend's first "
+        "body byte, prefill included) p50 20 / p90 30 ms (wall)"
     ]
 
 
