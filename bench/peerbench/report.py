@@ -130,15 +130,20 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**MISSED**"
 
 
+def _best_other(runs: dict[str, RunSummary], ours: RunSummary, key) -> RunSummary | None:
+    """The router other than *ours* (and the oracle, which is no router) with the lowest key."""
+    others = [r for name, r in runs.items() if name not in (ours.router, "oracle")]
+    return min(others, key=lambda r: _nan_last(key(r))) if others else None
+
+
 def _kv_verdict(label: str, runs: dict[str, RunSummary]) -> list[str]:
     ours = runs.get("llmlbd prefix_cache")
     if ours is None:
         return []
-    others = [r for name, r in runs.items() if name != ours.router and name != "oracle"]
     out = []
-    if others:
-        best_p90 = min(others, key=lambda r: _nan_last(r.ttft_p90))
-        best_tput = max(others, key=lambda r: r.completed_per_s)
+    best_p90 = _best_other(runs, ours, lambda r: r.ttft_p90)
+    best_tput = _best_other(runs, ours, lambda r: -r.completed_per_s)
+    if best_p90 is not None and best_tput is not None:
         out.append(
             f"{label}: TTFT p90 {fmt(ours.ttft_p90)} s, best other {best_p90.router} "
             f"{fmt(best_p90.ttft_p90)} s -> "
@@ -178,13 +183,12 @@ def _tiers_verdict(label: str, runs: dict[str, RunSummary]) -> list[str]:
     ours = runs.get("llmlbd least_busy")
     if ours is None:
         return []
-    others = [r for name, r in runs.items() if name != ours.router and name != "oracle"]
     out = [
         f"{label}: llmlbd least_busy shed {ours.shed} requests, {ours.critical_shed} of them "
         f"critical -> {_met(ours.critical_shed == 0)}"
     ]
-    if others:
-        best = min(others, key=lambda r: _nan_last(r.critical_ttft_p90))
+    best = _best_other(runs, ours, lambda r: r.critical_ttft_p90)
+    if best is not None:
         out.append(
             f"{label}: critical TTFT p90 {fmt(ours.critical_ttft_p90)} s, best other "
             f"{best.router} {fmt(best.critical_ttft_p90)} s -> "
