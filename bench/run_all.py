@@ -5,7 +5,10 @@ Each benchmark is a script of its own in this folder (run it alone with
 settings so that nothing else competes for the 2 cores while one measures.
 docs/benchmarks.md records the figures and the command behind each section.
 
-Run: .venv/bin/python bench/run_all.py [--only proxy,collector,...]
+Run: .venv/bin/python bench/run_all.py [--only proxy,collector,...] [--peers]
+
+--peers adds the side-by-side run against other routers (bench/peers.py, about
+25 minutes; its own docs section), which is not in the default set.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ BENCHMARKS = {
     "least_busy": ["least_busy_bench.py"],
     "sim": ["sim_capacity.py"],
 }
+OPTIONAL = {"peers": ["peers.py"]}
 
 
 def main() -> int:
@@ -32,16 +36,22 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default=",".join(BENCHMARKS),
-        help=f"comma-separated subset of: {', '.join(BENCHMARKS)}",
+        help=f"comma-separated subset of: {', '.join({**BENCHMARKS, **OPTIONAL})}",
+    )
+    parser.add_argument(
+        "--peers", action="store_true", help="also run bench/peers.py (llmlbd vs other routers)"
     )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if args.peers and "peers" not in chosen:
+        chosen.append("peers")
+    known = {**BENCHMARKS, **OPTIONAL}
+    unknown = [name for name in chosen if name not in known]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     failed = []
     for index, name in enumerate(chosen, 1):
-        script, *extra = BENCHMARKS[name]
+        script, *extra = known[name]
         command = [sys.executable, str(HERE / script), *extra]
         print(f"\n=== [{index}/{len(chosen)}] {name}: {' '.join(command[1:])}", flush=True)
         started = time.monotonic()

@@ -17,6 +17,7 @@ from llmlbd.sim.errors import SimHTTPError
 from llmlbd.sim.faults import FAULT_HEADER, Fault, HealthSwitch, parse_fault
 from llmlbd.sim.kvcache import prompt_hashes
 from llmlbd.sim.metrics import CONTENT_TYPE, SimMetrics
+from llmlbd.sim.peer_api import peer_routes
 from llmlbd.sim.protocol import (
     parse_inference,
     prompt_ids_of,
@@ -81,6 +82,7 @@ class SimApp:
             ),
             ("POST", "/debug/faults"): lambda environ: debug.faults(self, read_json(environ)),
         }
+        self.routes.update(peer_routes(self))
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -201,6 +202,20 @@ def _fault(ctx, param, value: str | None) -> str:
     help="Tokenize with this Hugging Face tokenizer directory (tokenizer.json, chat template "
     "in tokenizer_config.json) instead of the built-in stand-in; needs llmlbd[precise].",
 )
+@click.option(
+    "--get-load-format",
+    type=click.Choice(["object", "array"]),
+    default="object",
+    help='Shape of GET /get_load: {"load": N} (vllm-router) or SGLang\'s per-rank list '
+    "(sglang-router).",
+)
+@click.option(
+    "--model-path",
+    default="",
+    help="Directory reported as model_path in /get_server_info (sglang-router loads its "
+    "tokenizer from there instead of asking the HuggingFace hub); a tiny tokenizer is written "
+    "there unless it holds one. Default: the --tokenizer directory, else the model name.",
+)
 @click.option("--list-profiles", is_flag=True, help="Print the GPU profiles and exit.")
 @click.pass_context
 def sim_command(ctx: click.Context, **options) -> None:
@@ -269,8 +284,14 @@ def sim_command(ctx: click.Context, **options) -> None:
         refuse_connections=options["refuse_connections"],
         health_flap_s=options["health_flap_s"],
         kv_events=options["kv_events_config"],
+        get_load_format=options["get_load_format"],
         tokenizer_dir=options["tokenizer_dir"],
+        model_path=options["model_path"],
     )
+    if config.model_path and not (Path(config.model_path) / "tokenizer.json").exists():
+        from llmlbd.sim.peer_api import write_tokenizer_dir
+
+        write_tokenizer_dir(config.model_path)
     ctx.exit(serve(config))
 
 

@@ -35,6 +35,8 @@ class SimConfig:
     health_flap_s: float = 0.0
     kv_events: Any = None  # kv_events.KVEventsConfig when --kv-events-config enables events
     tokenizer_dir: str | None = None  # a Hugging Face tokenizer directory (--tokenizer)
+    get_load_format: str = "object"  # /get_load shape: "object" or "array" (peer_api.py)
+    model_path: str = ""  # reported as model_path (--model-path); peer_api.py
 
     def __post_init__(self) -> None:
         # A profile sets the engine's limits; explicit flags win.
