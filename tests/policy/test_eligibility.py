@@ -29,6 +29,7 @@ from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
 from llmlbd.state.prefix import PrefixIndex, PrefixParams
 from llmlbd.state.snapshot import read_pool
+from tests.state.least_request import acquire_least
 
 NAME = "b1"
 
@@ -120,7 +121,7 @@ def script_answers(client, keys: PoolKeys, case: Case) -> dict[str, str | None]:
     r = leases.acquire(request_id, NAME, model=case.model, cap=case.cap)
     answers["acquire_backend"] = outcome(r.backend, r.reason)
     request_id = f"r{next(calls)}"
-    r = leases.acquire_least_request(request_id, [NAME], [1.0], model=case.model, cap=case.cap)
+    r = acquire_least(leases, request_id, [NAME], [1.0], model=case.model, cap=case.cap)
     answers["acquire_least_request"] = outcome(r.backend, r.reason)
     for mode in ("bounded", "weighted"):
         index = PrefixIndex(leases, PrefixParams(mode=mode, min_match_blocks=1))
