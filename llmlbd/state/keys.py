@@ -95,6 +95,11 @@ class PoolKeys:
         return f"{self._base}:backend:{name}"
 
     @property
+    def metrics_version(self) -> str:
+        """STRING counter of collector publishes: tells workers their metrics copy is old."""
+        return f"{self._base}:metrics_version"
+
+    @property
     def collectors(self) -> str:
         """ZSET collector id -> heartbeat deadline (ms)."""
         return f"{self._base}:collectors"
