@@ -55,12 +55,14 @@ local function next_score(above)
   return best
 end
 
--- The tied backends at `score` are numbered 0..total-1 across the ZSETs.
+-- The tied backends at `score` are numbered 0..total-1 across the ZSETs. By rank, not
+-- by LIMIT offset: a skip list walks an offset one by one, but finds a rank in O(log n).
 local function tied_at(score, offset)
   for _, zset in ipairs(zsets) do
     local c = redis.call('ZCOUNT', zset, score, score)
     if offset < c then
-      return redis.call('ZRANGEBYSCORE', zset, score, score, 'LIMIT', offset, 1)[1]
+      local rank = redis.call('ZCOUNT', zset, '-inf', '(' .. score) + offset
+      return redis.call('ZRANGE', zset, rank, rank)[1]
     end
     offset = offset - c
   end
