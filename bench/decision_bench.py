@@ -248,6 +248,7 @@ def main() -> None:
     opts = parser.parse_args()
     _import_tree(Path(opts.tree))
     from llmlbd.embedded import EmbeddedRedis
+    from tests.harness import free_port
 
     sizes = [int(s) for s in opts.sizes.split(",") if s] or (
         [8, 512] if opts.quick else [8, 64, 512, 2048]
@@ -255,7 +256,7 @@ def main() -> None:
     decisions = opts.decisions or (200 if opts.quick else 500)
     rows = []
     with EmbeddedRedis(
-        runtime_dir=tempfile.mkdtemp(prefix="decision-bench-"), port=_free_port()
+        runtime_dir=tempfile.mkdtemp(prefix="decision-bench-"), port=free_port()
     ) as server:
         for policy in opts.policies.split(","):
             for count in sizes:
@@ -275,14 +276,6 @@ def main() -> None:
     print(text)
     if not opts.no_write:
         write_section(text)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":
