@@ -63,7 +63,8 @@ class PoolSnapshot:
     The metrics hashes are re-read at most every *refresh_ms* and only when the
     collector published since (the pool's `metrics_version`): they are scrape-old
     anyway. In-flight counts and the drained set are read on every call, in the
-    same single round trip (snapshot_live.lua). Metric ages are computed on
+    same single round trip (snapshot_live.lua); a re-read takes a second one. Metric
+    ages are computed on
     Redis's clock at each call, so staleness rules see the true age.
     """
 
@@ -79,20 +80,21 @@ class PoolSnapshot:
 
     def read(self, backends: Sequence[Backend]) -> list[BackendState]:
         k = self.keys
+        live = [k.inflight, k.drained, k.metrics_version]
+        reply = self.scripts.snapshot_live(keys=live, args=[self._version])
         now = time.monotonic()
         unknown = any(b.name not in self._metrics for b in backends)
-        due = unknown or now - self._checked_at >= self.refresh_s
-        metric_keys = [k.backend(b.name) for b in backends] if due else []
-        reply = self.scripts.snapshot_live(
-            keys=[k.inflight, k.drained, k.metrics_version, *metric_keys],
-            args=["" if unknown else self._version],
-        )
-        now_ms, inflight = int(reply[0]), _pairs(reply[1])
-        drained = set(map(reply_text, reply[2]))
-        if due:
+        stale = now - self._checked_at >= self.refresh_s and reply_text(reply[3]) != self._version
+        if unknown or stale:
+            # A second round trip, at most once per refresh (or for a new member): passing
+            # every hash's key on each call would itself cost O(pool size).
             self._checked_at = now
-        if len(reply) > 4:
+            reply = self.scripts.snapshot_live(
+                keys=live + [k.backend(b.name) for b in backends], args=[""]
+            )
             self._metrics.update((b.name, _pairs(flat)) for b, flat in zip(backends, reply[4:]))
             self._version = reply_text(reply[3])
             self.metrics_reads += 1
+        now_ms, inflight = int(reply[0]), _pairs(reply[1])
+        drained = set(map(reply_text, reply[2]))
         return _states(backends, now_ms, inflight, drained, self._metrics)
