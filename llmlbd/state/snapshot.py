@@ -63,9 +63,9 @@ class PoolSnapshot:
     The metrics hashes are re-read at most every *refresh_ms* and only when the
     collector published since (the pool's `metrics_version`): they are scrape-old
     anyway. In-flight counts and the drained set are read on every call, in the
-    same single round trip (snapshot_live.lua); a re-read takes a second one. Metric
-    ages are computed on
-    Redis's clock at each call, so staleness rules see the true age.
+    same single round trip (snapshot_live.lua); a re-read takes a second one.
+    Metric ages are computed on Redis's clock at each call, so staleness rules see
+    the true age.
     """
 
     def __init__(self, client: Any, keys: PoolKeys, refresh_ms: int) -> None:
