@@ -213,8 +213,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def ratios(rows: list[dict[str, Any]]) -> str:
     """p99 and Redis CPU at the largest pool over the smallest, per policy and replicas."""
     lines = [
-        "| policy | replicas | p99 ratio | Redis CPU ratio | target 1.5x |",
-        "|---|---:|---:|---:|---|",
+        "| policy | replicas | p99 ratio | Redis CPU ratio | script time ratio | target 1.5x |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     cells = {(r["policy"], r["replicas"], r["backends"]): r for r in rows}
     sizes = sorted({r["backends"] for r in rows})
