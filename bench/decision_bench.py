@@ -16,9 +16,10 @@ Reported per cell:
 * Redis CPU per decision (ms): the server's used_cpu_sys + used_cpu_user
   delta over the cell, divided by the decisions (each one pick + release);
 * script time per decision (ms): INFO commandstats usec of EVALSHA/EVAL
-  (every Redis call of a decision is a script), which unlike the CPU figure
+  (every Redis call of a decision is a script). Unlike the CPU figure it
   leaves out the server's idle cost (cron, connections) that a slow decision
-  rate spreads over fewer decisions;
+  rate spreads over fewer decisions, but it is wall time: on a loaded host it
+  includes the server being descheduled mid-script;
 * the host's 1-minute load average at the end of the cell (the machine is
   shared: latencies include waiting for a core, Redis CPU does not).
 
