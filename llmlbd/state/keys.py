@@ -54,10 +54,40 @@ class PoolKeys:
         """HASH backend name -> JSON {url, weight}: runtime pool membership."""
         return f"{self._base}:members"
 
+    # ordered index of eligible backends (lua/_lib.lua; docs/redis-keys.md) -----
+    @property
+    def index_weights(self) -> str:
+        """HASH member -> weight, plus `#digest` and `#min_weight`: the index's membership."""
+        return f"{self._base}:lr:weights"
+
+    @property
+    def index_placed(self) -> str:
+        """HASH eligible backend -> the model list it is indexed under (`*`: unknown)."""
+        return f"{self._base}:lr:placed"
+
+    @property
+    def index_all(self) -> str:
+        """ZSET eligible backend -> in-flight / weight."""
+        return f"{self._base}:lr:all"
+
+    @property
+    def index_any_model(self) -> str:
+        """ZSET eligible backend whose model list is unknown -> in-flight / weight."""
+        return f"{self._base}:lr:any"
+
+    def index_model(self, model: str) -> str:
+        """ZSET eligible backend serving *model* -> in-flight / weight (all of them when '')."""
+        return f"{self._base}:lr:model:{model}" if model else self.index_all
+
     # collector state ---------------------------------------------------------
     def backend(self, name: str) -> str:
         """HASH of one backend's scraped metrics and health (fields in backend_fields)."""
         return f"{self._base}:backend:{name}"
+
+    @property
+    def metrics_version(self) -> str:
+        """STRING counter of collector publishes: tells workers their metrics copy is old."""
+        return f"{self._base}:metrics_version"
 
     @property
     def collectors(self) -> str:

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmlbd.state import ordered_index
 from llmlbd.state.keys import PoolKeys
+from llmlbd.state.ordered_index import Membership
 from llmlbd.state.scripts import ScriptSet, reply_text
 
 __all__ = ["Reservation", "Leases", "new_worker_id", "reap"]
@@ -58,25 +60,28 @@ class Leases:
     def acquire_least_request(
         self,
         request_id: str,
-        names: Sequence[str],
-        weights: Sequence[float],
+        members: Membership,
+        seed: int,
         model: str = "",
         cap: int = 0,
+        exclude: Sequence[str] = (),
     ) -> Reservation:
-        """Pick the least-loaded eligible name and reserve it (names pre-shuffled for ties)."""
+        """Reserve the least-loaded eligible member not in *exclude* (O(log n), see
+        ordered_index); *seed* drives the random tie-break."""
         k = self.keys
-        keys = [k.inflight, k.leases, k.workers, k.drained, *(k.backend(n) for n in names)]
-        args = [
-            request_id,
-            self.worker_id,
-            self.ttl_ms,
-            cap,
-            model,
-            len(names),
-            *names,
-            *(repr(float(w)) for w in weights),
-        ]
-        return Reservation.from_reply(self.scripts.acquire_least_request(keys=keys, args=args))
+        keys = [k.inflight, k.leases, k.workers, k.drained, *ordered_index.index_keys(k, model)]
+        args = [request_id, self.worker_id, self.ttl_ms, cap, model, members.digest, seed]
+        args += exclude
+        reservation = Reservation(None, 0, "resync")
+        # The index follows another membership (or Redis lost it): rebuild, try again. A
+        # worker whose view differs (mid-rollout) may rebuild it back: a few rounds at most.
+        for _ in range(3):
+            reply = self.scripts.acquire_least_request(keys=keys, args=args)
+            reservation = Reservation.from_reply(reply)
+            if reservation.reason != "resync":
+                return reservation
+            ordered_index.sync(self.client, k, members)
+        return Reservation(None, 0, "none")
 
     def acquire(self, request_id: str, name: str, model: str = "", cap: int = 0) -> Reservation:
         """Reserve *name*, chosen by the caller, unless it is down, drained or full."""

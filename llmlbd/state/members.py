@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from llmlbd.state.keys import PoolKeys
+from llmlbd.state.scripts import ScriptSet
 from llmlbd.state.types import Backend
 
 __all__ = [
@@ -121,7 +122,12 @@ def change_members(
 
 
 def set_drained(client: Any, keys: PoolKeys, name: str, drained: bool) -> bool:
-    """Drain (or undrain) *name* for every worker and replica; True when that changed anything."""
-    if drained:
-        return bool(client.sadd(keys.drained, name))
-    return bool(client.srem(keys.drained, name))
+    """Drain (or undrain) *name* for every worker and replica; True when that changed anything.
+
+    One script changes the drained set and moves the backend out of (or back into)
+    the ordered index together (llmlbd.state.ordered_index).
+    """
+    reply = ScriptSet(client).index_drain(
+        keys=[keys.drained, keys.inflight], args=[name, "1" if drained else "0"]
+    )
+    return bool(reply)

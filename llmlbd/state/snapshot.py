@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,26 +12,23 @@ from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
 from llmlbd.state.types import Backend, BackendState
 
-__all__ = ["read_pool"]
+__all__ = ["read_pool", "PoolSnapshot"]
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     return {reply_text(flat[i]): reply_text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[BackendState]:
-    """Every backend with its in-flight count, drained flag, metrics and their age.
-
-    Metric age uses Redis's clock (TIME), the clock the collector's
-    `scraped_at` is compared with, so no host's clock skew matters.
-    """
-    reply = ScriptSet(client).snapshot(
-        keys=[keys.inflight, keys.drained, *(keys.backend(b.name) for b in backends)]
-    )
-    now_ms, inflight, drained = int(reply[0]), _pairs(reply[1]), set(map(reply_text, reply[2]))
-    hashes = [_pairs(flat) for flat in reply[3:]]
+def _states(
+    backends: Sequence[Backend],
+    now_ms: int,
+    inflight: dict[str, str],
+    drained: set[str],
+    metrics_of: dict[str, dict[str, str]],
+) -> list[BackendState]:
     states = []
-    for backend, metrics in zip(backends, hashes):
+    for backend in backends:
+        metrics = metrics_of.get(backend.name, {})
         scraped_at = metrics.get(F.SCRAPED_AT)
         age = now_ms - int(float(scraped_at)) if scraped_at else None
         states.append(
@@ -42,3 +41,60 @@ def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[
             )
         )
     return states
+
+
+def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[BackendState]:
+    """Every backend with its in-flight count, drained flag, metrics and their age.
+
+    Metric age uses Redis's clock (TIME), the clock the collector's
+    `scraped_at` is compared with, so no host's clock skew matters.
+    """
+    reply = ScriptSet(client).snapshot(
+        keys=[keys.inflight, keys.drained, *(keys.backend(b.name) for b in backends)]
+    )
+    now_ms, inflight, drained = int(reply[0]), _pairs(reply[1]), set(map(reply_text, reply[2]))
+    metrics_of = {b.name: _pairs(flat) for b, flat in zip(backends, reply[3:])}
+    return _states(backends, now_ms, inflight, drained, metrics_of)
+
+
+class PoolSnapshot:
+    """One worker's copy of the pool's metrics, with exact in-flight counts and drains.
+
+    The metrics hashes are re-read at most every *refresh_ms* and only when the
+    collector published since (the pool's `metrics_version`): they are scrape-old
+    anyway. In-flight counts and the drained set are read on every call, in the
+    same single round trip (snapshot_live.lua); a re-read takes a second one.
+    Metric ages are computed on Redis's clock at each call, so staleness rules see
+    the true age.
+    """
+
+    def __init__(self, client: Any, keys: PoolKeys, refresh_ms: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.refresh_s = refresh_ms / 1000
+        self.scripts = ScriptSet(client)
+        self._version = ""
+        self._checked_at = -math.inf  # monotonic: a per-worker rate limit, not an age
+        self._metrics: dict[str, dict[str, str]] = {}
+        self.metrics_reads = 0  # how many calls re-read the metrics (observability, tests)
+
+    def read(self, backends: Sequence[Backend]) -> list[BackendState]:
+        k = self.keys
+        live = [k.inflight, k.drained, k.metrics_version]
+        reply = self.scripts.snapshot_live(keys=live, args=[self._version])
+        now = time.monotonic()
+        unknown = any(b.name not in self._metrics for b in backends)
+        stale = now - self._checked_at >= self.refresh_s and reply_text(reply[3]) != self._version
+        if unknown or stale:
+            # A second round trip, at most once per refresh (or for a new member): passing
+            # every hash's key on each call would itself cost O(pool size).
+            self._checked_at = now
+            reply = self.scripts.snapshot_live(
+                keys=live + [k.backend(b.name) for b in backends], args=[""]
+            )
+            self._metrics.update((b.name, _pairs(flat)) for b, flat in zip(backends, reply[4:]))
+            self._version = reply_text(reply[3])
+            self.metrics_reads += 1
+        now_ms, inflight = int(reply[0]), _pairs(reply[1])
+        drained = set(map(reply_text, reply[2]))
+        return _states(backends, now_ms, inflight, drained, self._metrics)

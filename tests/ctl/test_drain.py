@@ -8,6 +8,7 @@ import time
 
 from llmlbd import exits
 from llmlbd.state.leases import Leases
+from tests.state.least_request import acquire_least
 
 
 def hold(client, keys, backend, count, worker="h1:1:x"):
@@ -33,9 +34,7 @@ class TestDrain:
         """After drain, the lease scripts never pick NAME; after undrain they do again."""
         ctl("drain", "a")
         leases = Leases(redis_client, keys, "h1:1:x", 5000)
-        picks = {
-            leases.acquire_least_request(f"r{i}", ["a", "b"], [1, 1]).backend for i in range(10)
-        }
+        picks = {acquire_least(leases, f"r{i}", ["a", "b"], [1, 1]).backend for i in range(10)}
         assert picks == {"b"}
         assert leases.acquire("one", "a").reason == "drained"
         assert ctl("undrain", "a").exit_code == exits.OK

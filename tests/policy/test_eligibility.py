@@ -4,7 +4,9 @@ Each case is one backend's shared state and one request. It runs through
 llmlbd.policy.eligibility (built from the healthy, serves_model and
 below_cap filters), through those filters as a pipeline, and through every
 Lua script that applies ``ineligible()`` and the cap (acquire_backend,
-acquire_least_request, acquire_prefix in both modes) against a real Redis.
+acquire_least_request, acquire_prefix in both modes) against a real Redis;
+the ordered index those scripts keep (placement by ``ineligible()`` with no
+model) must hold the backend exactly when it is neither drained nor down.
 The answers must be identical. Scripts that choose among candidates report
 only the pool's combined reason (llmlbd.policy.outcomes.combined_reason),
 so for them "drained" and "down" both read "none".
@@ -27,8 +29,10 @@ from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
+from llmlbd.state.ordered_index import read_index
 from llmlbd.state.prefix import PrefixIndex, PrefixParams
 from llmlbd.state.snapshot import read_pool
+from tests.state.least_request import acquire_least
 
 NAME = "b1"
 
@@ -120,7 +124,7 @@ def script_answers(client, keys: PoolKeys, case: Case) -> dict[str, str | None]:
     r = leases.acquire(request_id, NAME, model=case.model, cap=case.cap)
     answers["acquire_backend"] = outcome(r.backend, r.reason)
     request_id = f"r{next(calls)}"
-    r = leases.acquire_least_request(request_id, [NAME], [1.0], model=case.model, cap=case.cap)
+    r = acquire_least(leases, request_id, [NAME], [1.0], model=case.model, cap=case.cap)
     answers["acquire_least_request"] = outcome(r.backend, r.reason)
     for mode in ("bounded", "weighted"):
         index = PrefixIndex(leases, PrefixParams(mode=mode, min_match_blocks=1))
@@ -149,6 +153,15 @@ def test_one_rule_everywhere(case: Case, redis_client) -> None:
         "acquire_prefix_bounded": pooled,
         "acquire_prefix_weighted": pooled,
     }
+    # The ordered index holds exactly the backends the rule lets serve some model: drained
+    # and down ones are out; a model list or the cap only filters at pick time.
+    index = read_index(redis_client, keys)
+    in_model_index = NAME in index.get(keys.index_model(case.model), {}) or NAME in index.get(
+        keys.index_any_model, {}
+    )
+    assert (NAME in index.get(keys.index_all, {})) == (case.expected not in ("drained", "down"))
+    if case.model and case.expected not in ("drained", "down"):
+        assert in_model_index == (case.expected != "model")
     # Nothing leaked: the count is the one the case wrote.
     assert int(redis_client.hget(keys.inflight, NAME) or 0) == case.inflight
 

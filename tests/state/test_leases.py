@@ -13,6 +13,7 @@ from redis.crc import key_slot
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases, reap
+from tests.state.least_request import acquire_least
 
 NAMES = ["a", "b", "c"]
 
@@ -37,27 +38,35 @@ class TestAcquire:
     def test_picks_the_least_loaded(self, leases, redis_client, keys):
         """With a: 2, b: 0, c: 1 in flight, the next request goes to b."""
         redis_client.hset(keys.inflight, mapping={"a": 2, "c": 1})
-        reservation = leases.acquire_least_request("r1", NAMES, [1, 1, 1])
+        reservation = acquire_least(leases, "r1", NAMES, [1, 1, 1])
         assert reservation.backend == "b" and reservation.inflight == 1
 
     def test_weight_divides_the_load(self, leases, redis_client, keys):
         """a (weight 4) with 3 in flight is less loaded than b (weight 1) with 1."""
         redis_client.hset(keys.inflight, mapping={"a": 3, "b": 1})
-        assert leases.acquire_least_request("r1", ["a", "b"], [4, 1]).backend == "a"
+        assert acquire_least(leases, "r1", ["a", "b"], [4, 1]).backend == "a"
 
-    def test_ties_are_broken_by_candidate_order(self, leases):
-        """The script takes the first minimum, so the caller's shuffle decides ties."""
-        assert leases.acquire_least_request("r1", ["c", "a", "b"], [1, 1, 1]).backend == "c"
+    def test_ties_are_broken_at_random(self, leases):
+        """Among equally loaded backends the seed decides: every one gets picked, and the
+        same seed on the same state picks the same backend."""
+        picked = collections.Counter()
+        for i in range(90):
+            picked[acquire_least(leases, f"r{i}", NAMES, [1, 1, 1]).backend] += 1
+            leases.release(f"r{i}")
+        assert set(picked) == set(NAMES) and min(picked.values()) >= 10
+        first = acquire_least(leases, "s1", NAMES, [1, 1, 1], seed=7).backend
+        leases.release("s1")
+        assert acquire_least(leases, "s2", NAMES, [1, 1, 1], seed=7).backend == first
 
     def test_balances_exactly(self, leases, redis_client, keys):
         """30 acquires over 3 backends leave exactly 10 on each."""
         for i in range(30):
-            leases.acquire_least_request(f"r{i}", random.sample(NAMES, 3), [1, 1, 1])
+            acquire_least(leases, f"r{i}", random.sample(NAMES, 3), [1, 1, 1])
         assert counts(redis_client, keys) == {"a": 10, "b": 10, "c": 10}
 
     def test_cap_refuses_when_every_backend_is_full(self, leases):
         """maxRequestCount: a cap of 1 admits one request per backend, then says 'cap'."""
-        got = [leases.acquire_least_request(f"r{i}", NAMES, [1, 1, 1], cap=1) for i in range(4)]
+        got = [acquire_least(leases, f"r{i}", NAMES, [1, 1, 1], cap=1) for i in range(4)]
         assert sorted(r.backend for r in got[:3]) == NAMES
         assert got[3].backend is None and got[3].reason == "cap"
 
@@ -65,28 +74,26 @@ class TestAcquire:
         redis_client.sadd(keys.drained, "a")
         redis_client.hset(keys.backend("b"), "health", "down")
         for i in range(3):
-            assert leases.acquire_least_request(f"r{i}", NAMES, [1, 1, 1]).backend == "c"
+            assert acquire_least(leases, f"r{i}", NAMES, [1, 1, 1]).backend == "c"
 
     def test_no_eligible_backend(self, leases, redis_client, keys):
         redis_client.sadd(keys.drained, *NAMES)
-        assert leases.acquire_least_request("r1", NAMES, [1, 1, 1]).reason == "none"
+        assert acquire_least(leases, "r1", NAMES, [1, 1, 1]).reason == "none"
 
     def test_model_filter_uses_the_collected_model_list(self, leases, redis_client, keys):
         """A backend whose known models lack the model is skipped; unknown lists pass."""
         redis_client.hset(keys.backend("a"), "models", "llama,llama-lora")
         redis_client.hset(keys.backend("b"), "models", "qwen")
         picked = {
-            leases.acquire_least_request(f"r{i}", ["a", "b"], [1, 1], model="llama-lora").backend
+            acquire_least(leases, f"r{i}", ["a", "b"], [1, 1], model="llama-lora").backend
             for i in range(4)
         }
         assert picked == {"a"}
-        assert (
-            leases.acquire_least_request("x", ["a", "b"], [1, 1], model="mistral").reason == "model"
-        )
+        assert acquire_least(leases, "x", ["a", "b"], [1, 1], model="mistral").reason == "model"
 
     def test_a_request_id_is_never_counted_twice(self, leases, redis_client, keys):
-        leases.acquire_least_request("r1", NAMES, [1, 1, 1])
-        assert leases.acquire_least_request("r1", NAMES, [1, 1, 1]).reason == "duplicate"
+        acquire_least(leases, "r1", NAMES, [1, 1, 1])
+        assert acquire_least(leases, "r1", NAMES, [1, 1, 1]).reason == "duplicate"
         assert sum(counts(redis_client, keys).values()) == 1
 
     def test_acquire_chosen_backend_rechecks_eligibility(self, leases, redis_client, keys):
@@ -199,7 +206,7 @@ def test_counts_always_equal_live_leases(redis_url, ops):
     for op, who, n in ops:
         request_id = f"r{n}"
         if op == "acquire" and who not in dead:
-            r = workers[who].acquire_least_request(request_id, NAMES, [1, 1, 1])
+            r = acquire_least(workers[who], request_id, NAMES, [1, 1, 1])
             if r.backend:
                 live[request_id] = workers[who].worker_id
         elif op == "release":

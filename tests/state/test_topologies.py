@@ -18,6 +18,7 @@ from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases, reap
 from llmlbd.state.snapshot import read_pool
 from tests.harness import free_port, wait_until
+from tests.state.least_request import acquire_least
 
 pytestmark = pytest.mark.cluster
 
@@ -126,8 +127,7 @@ def test_lease_scripts_and_snapshot_run_on_redis_cluster(cluster_url):
         leases = Leases(client, keys, f"host:{pool}:x", ttl_ms=5000)
         leases.heartbeat()
         picked = [
-            leases.acquire_least_request(f"r{i}", ["a", "b", "c"], [1, 1, 1]).backend
-            for i in range(6)
+            acquire_least(leases, f"r{i}", ["a", "b", "c"], [1, 1, 1]).backend for i in range(6)
         ]
         assert sorted(picked) == ["a", "a", "b", "b", "c", "c"]
         client.sadd(keys.drained, "a")
@@ -189,7 +189,7 @@ def test_leases_through_sentinel(sentinel_setup):
             time.sleep(0.2)
     keys = PoolKeys("sentinel")
     leases = Leases(client, keys, "h:1:s", ttl_ms=5000)
-    assert leases.acquire_least_request("r1", ["a", "b"], [1, 1]).backend in ("a", "b")
+    assert acquire_least(leases, "r1", ["a", "b"], [1, 1]).backend in ("a", "b")
     assert leases.release("r1")
     assert client.hgetall(keys.inflight) == {}
     client.close()

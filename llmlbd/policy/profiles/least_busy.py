@@ -3,7 +3,11 @@
 One request, in order:
 
 1. Snapshot the pool in one round trip (in-flight counts, drained set, every
-   backend's metrics hash and its age on the Redis clock).
+   backend's metrics hash and its age on the Redis clock). The metrics come
+   from this worker's copy (state.snapshot.PoolSnapshot), re-read at most
+   every ``stale_after_ms / 4`` and only when the collector published since,
+   so a decision does not read 2,048 hashes; in-flight counts and drains are
+   exact on every call.
 2. Pre-filters: ``healthy`` (not down, not drained), ``serves_model``,
    ``below_cap`` (lb_config.maxRequestCount), ``fresh_metrics`` (stale or
    silent backends are dropped only when fresher ones exist).
@@ -52,7 +56,7 @@ from llmlbd.policy.framework import BackendState, Decision, Filter, FilterResult
 from llmlbd.policy.outcomes import combined_reason, no_route
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
-from llmlbd.state.snapshot import read_pool
+from llmlbd.state.snapshot import PoolSnapshot, read_pool
 
 __all__ = ["LeastBusy", "build_tree"]
 
@@ -96,6 +100,9 @@ class LeastBusy:
             FreshMetrics(ctx.stale_after_ms),
         ]
         self.tree = build_tree(cfg, ctx.rng)
+        # The metrics are scrape-old anyway: a copy a quarter of the staleness bound old at
+        # most keeps the fresh_metrics rule meaningful and costs Redis little per decision.
+        self.snapshot = PoolSnapshot(ctx.client, ctx.keys, refresh_ms=ctx.stale_after_ms // 4)
         _warn_ignored(cfg)
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
@@ -104,7 +111,7 @@ class LeastBusy:
         backends = ctx.candidates(exclude)
         if not backends:
             raise no_route("none" if exclude else "empty", request)
-        states = read_pool(ctx.client, ctx.keys, backends)
+        states = self.snapshot.read(backends)
         routed, criticality = self.routed(request)
         details: dict[str, Any] = {
             "criticality": criticality.level,

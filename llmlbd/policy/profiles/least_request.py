@@ -2,15 +2,20 @@
 
 Filter (healthy, not drained, serves the model), pick (least in-flight per
 unit of weight, random among ties) and reserve all happen in one Lua script,
-so two workers can never both see the same idle backend.
+so two workers can never both see the same idle backend. The script picks
+from the ordered index (llmlbd.state.ordered_index), so a decision costs
+O(log n) whatever the pool size; the worker passes only its membership's
+digest, a random seed and the backends excluded for this request.
 """
 
 from __future__ import annotations
 
+from llmlbd.config.loader import Backend
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.outcomes import no_route
 from llmlbd.request import RoutingRequest
+from llmlbd.state.ordered_index import Membership
 
 __all__ = ["GlobalLeastRequest"]
 
@@ -21,19 +26,29 @@ class GlobalLeastRequest:
     def __init__(self, ctx: PolicyContext) -> None:
         self.ctx = ctx
         self.cap = ctx.lb_config.maxRequestCount
+        self._members_of: list[Backend] | None = None
+        self._members = Membership.of((), ())
+
+    def members(self) -> Membership:
+        """The membership digest, recomputed only when the pool's member list changed."""
+        backends = self.ctx.backends
+        if backends is not self._members_of:
+            self._members = Membership.of([b.name for b in backends], [b.weight for b in backends])
+            self._members_of = backends
+        return self._members
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert ctx.leases is not None
-        candidates = ctx.candidates_or_raise(request, exclude)
-        # Shuffled so that the script's "first minimum wins" is a uniform random tie-break.
-        ctx.rng.shuffle(candidates)
+        if not ctx.backends:
+            raise no_route("empty", request)
         reservation = ctx.leases.acquire_least_request(
             request.request_id,
-            [b.name for b in candidates],
-            [b.weight for b in candidates],
+            self.members(),
+            seed=ctx.rng.getrandbits(31),
             model=request.model,
             cap=self.cap,
+            exclude=sorted(exclude),
         )
         if reservation.backend is None:
             raise no_route(reservation.reason, request)

@@ -20,6 +20,74 @@ local function ineligible(drained_key, metrics_key, name, model)
   return nil
 end
 
+-- The ordered index (docs/redis-keys.md, "Ordered index"): every eligible member
+-- (not drained, not down) is scored by in-flight / weight in `lr:all` and in either
+-- `lr:any` (model list unknown: serves every model) or one `lr:model:<m>` ZSET per
+-- model it serves, so "least loaded backend serving M" is O(log n). `lr:placed`
+-- records which ZSETs a backend is in, `lr:weights` the members and their weights.
+-- Scripts derive these keys from the pool's base `llmlb:{pool}`: every one carries the
+-- pool's hash tag, so they share the slot of the keys the script declares (Cluster).
+local function pool_base(key, suffix)
+  return string.sub(key, 1, #key - #suffix)
+end
+
+local function index_zsets(base, placement)
+  local zsets = {base .. ':lr:all'}
+  if placement == '*' then
+    zsets[2] = base .. ':lr:any'
+  else
+    for m in string.gmatch(placement, '[^,]+') do zsets[#zsets + 1] = base .. ':lr:model:' .. m end
+  end
+  return zsets
+end
+
+-- Score a placed backend by its current in-flight count (after any change to it).
+local function index_score(base, name)
+  local placement = redis.call('HGET', base .. ':lr:placed', name)
+  if not placement then return end
+  local weight = tonumber(redis.call('HGET', base .. ':lr:weights', name)) or 1
+  local count = tonumber(redis.call('HGET', base .. ':inflight', name) or '0')
+  local score = string.format('%.17g', count / weight)
+  for _, zset in ipairs(index_zsets(base, placement)) do redis.call('ZADD', zset, score, name) end
+end
+
+-- Put a backend where its eligibility says (or take it out): after a drain, a health
+-- or model-list change, a membership change. The rule is `ineligible` with no model.
+local function index_place(base, name)
+  local want = nil
+  if redis.call('HEXISTS', base .. ':lr:weights', name) == 1
+      and not ineligible(base .. ':drained', base .. ':backend:' .. name, name, '') then
+    local models = redis.call('HGET', base .. ':backend:' .. name, 'models')
+    want = (models and models ~= '') and models or '*'
+  end
+  local placed_key = base .. ':lr:placed'
+  local had = redis.call('HGET', placed_key, name)
+  if had == want then return end
+  if had then
+    for _, zset in ipairs(index_zsets(base, had)) do redis.call('ZREM', zset, name) end
+    redis.call('HDEL', placed_key, name)
+  end
+  if want then
+    redis.call('HSET', placed_key, name, want)
+    index_score(base, name)
+  end
+end
+
+-- Rebuild the whole index from the members in `lr:weights`, the drained set and the
+-- metrics hashes (after a membership change, or to heal drift). O(pool size).
+local function index_rebuild(base)
+  local placed_key = base .. ':lr:placed'
+  local placed = redis.call('HGETALL', placed_key)
+  for i = 2, #placed, 2 do
+    for _, zset in ipairs(index_zsets(base, placed[i])) do redis.call('DEL', zset) end
+  end
+  redis.call('DEL', placed_key, base .. ':lr:all', base .. ':lr:any')
+  local names = redis.call('HKEYS', base .. ':lr:weights')
+  for _, name in ipairs(names) do
+    if string.sub(name, 1, 1) ~= '#' then index_place(base, name) end
+  end
+end
+
 -- Reserve one in-flight slot on backend for request_id, owned by worker.
 -- The worker's heartbeat deadline is pushed forward too, so a lease never
 -- belongs to a worker the reaper does not know.
@@ -28,5 +96,7 @@ local function reserve(inflight_key, leases_key, workers_key, backend, request_i
     return nil  -- request id already holds a lease: never count it twice
   end
   redis.call('ZADD', workers_key, 'GT', now + ttl_ms, worker)  -- GT still adds a new member
-  return redis.call('HINCRBY', inflight_key, backend, 1)
+  local count = redis.call('HINCRBY', inflight_key, backend, 1)
+  index_score(pool_base(inflight_key, ':inflight'), backend)
+  return count
 end

@@ -1,35 +1,112 @@
 -- Pick the eligible backend with the fewest requests in flight (per unit of
--- weight) and reserve a slot on it, atomically.
+-- weight), random among ties, and reserve a slot on it, atomically, in O(log n):
+-- the candidates come from the ordered index (_lib.lua), not from a walk of the pool.
 -- KEYS[1] inflight HASH   KEYS[2] leases HASH   KEYS[3] workers ZSET   KEYS[4] drained SET
--- KEYS[5..4+n] metrics HASH of each candidate, in the order of ARGV's names
+-- KEYS[5] lr:weights HASH (members; field '#digest')
+-- KEYS[6] the ZSET to pick from: lr:all (no model asked) or lr:model:<model>
+-- KEYS[7] lr:any ZSET (model list unknown: serves every model)   KEYS[8] lr:all ZSET
 -- ARGV[1] request id   ARGV[2] worker id   ARGV[3] lease ttl (ms)
--- ARGV[4] per-backend cap (0: none)   ARGV[5] model ('' for any)   ARGV[6] n
--- ARGV[7..6+n] candidate names, shuffled by the caller so that ties go to a random one
--- ARGV[7+n..6+2n] candidate weights
+-- ARGV[4] per-backend cap (0: none)   ARGV[5] model ('' for any)
+-- ARGV[6] digest of the caller's membership (names and weights)
+-- ARGV[7] random seed (integer) for the tie-break   ARGV[8..] names excluded for this request
 -- return {backend, in-flight after reserving}, or {false, reason} with reason
---   'cap' (every eligible backend at the cap), 'model' (no candidate serves the model),
---   'none' (every candidate down or drained), 'duplicate' (request id already leased)
+--   'cap' (every eligible backend at the cap), 'model' (no eligible backend serves the
+--   model), 'none' (every member down, drained or excluded), 'duplicate' (request id
+--   already leased), 'resync' (the index was built from another membership, or lost:
+--   the caller runs index_sync.lua and tries again)
 local request_id, worker, ttl, cap, model = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local n = tonumber(ARGV[6])
-local best, best_score
-local saw_eligible, saw_model_miss = false, false
-for i = 1, n do
-  local name = ARGV[6 + i]
-  local why = ineligible(KEYS[4], KEYS[4 + i], name, model)
-  if why == 'model' then
-    saw_model_miss = true
-  elseif not why then
-    saw_eligible = true
-    local count = tonumber(redis.call('HGET', KEYS[1], name) or '0')
-    if cap == 0 or count < cap then
-      local score = count / tonumber(ARGV[6 + n + i])
-      if not best_score or score < best_score then best, best_score = name, score end
+if redis.call('HGET', KEYS[5], '#digest') ~= ARGV[6] then return {false, 'resync'} end
+local base = pool_base(KEYS[1], ':inflight')
+math.randomseed(tonumber(ARGV[7]))
+local excluded = {}
+for i = 8, #ARGV do excluded[ARGV[i]] = true end
+local zsets = {KEYS[6]}
+if model ~= '' then zsets[2] = KEYS[7] end
+
+local saw_cap, saw_usable = false, false
+-- May this indexed backend take the request? A backend found ineligible here was
+-- changed behind the index's back (a direct write): it is re-placed, then skipped.
+local function usable(name)
+  if excluded[name] then return false end
+  if ineligible(KEYS[4], base .. ':backend:' .. name, name, model) then
+    index_place(base, name)
+    return false
+  end
+  saw_usable = true
+  if cap > 0 and tonumber(redis.call('HGET', KEYS[1], name) or '0') >= cap then
+    saw_cap = true
+    return false
+  end
+  return true
+end
+
+-- The lowest score above `above` (exclusive; nil: the lowest of all), as Redis prints it.
+local function next_score(above)
+  local best
+  for _, zset in ipairs(zsets) do
+    local r
+    if above then
+      r = redis.call('ZRANGEBYSCORE', zset, '(' .. above, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    else
+      r = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
     end
+    if r[2] and (best == nil or tonumber(r[2]) < tonumber(best)) then best = r[2] end
+  end
+  return best
+end
+
+-- The tied backends at `score` are numbered 0..total-1 across the ZSETs. By rank, not
+-- by LIMIT offset: a skip list walks an offset one by one, but finds a rank in O(log n).
+local function tied_at(score, offset)
+  for _, zset in ipairs(zsets) do
+    local c = redis.call('ZCOUNT', zset, score, score)
+    if offset < c then
+      local rank = redis.call('ZCOUNT', zset, '-inf', '(' .. score) + offset
+      return redis.call('ZRANGE', zset, rank, rank)[1]
+    end
+    offset = offset - c
   end
 end
+
+-- A uniformly random usable backend among those tied at `score`, or nil. Random probes
+-- first (O(log n) each, enough when few are unusable), then the whole tie group.
+local PROBES, SMALL = 8, 16
+local function pick_among(score)
+  local total = 0
+  for _, zset in ipairs(zsets) do total = total + redis.call('ZCOUNT', zset, score, score) end
+  if total > SMALL then
+    for _ = 1, PROBES do
+      local name = tied_at(score, math.random(total) - 1)
+      if usable(name) then return name end
+    end
+  end
+  local ok = {}
+  for _, zset in ipairs(zsets) do
+    for _, name in ipairs(redis.call('ZRANGEBYSCORE', zset, score, score)) do
+      if usable(name) then ok[#ok + 1] = name end
+    end
+  end
+  if #ok > 0 then return ok[math.random(#ok)] end
+end
+
+-- A backend of weight w is under the cap only while its score is below cap / w: past
+-- cap / (lightest weight) nobody is (with uniform weights: right after the first group).
+local score_limit = math.huge
+if cap > 0 then score_limit = cap / (tonumber(redis.call('HGET', KEYS[5], '#min_weight')) or 1) end
+local best
+local score = next_score(nil)
+while score and not best and tonumber(score) < score_limit do
+  best = pick_among(score)
+  if not best then score = next_score(score) end
+end
+if not best and score and tonumber(score) >= score_limit then saw_cap = true end
 if not best then
-  if saw_eligible then return {false, 'cap'} end
-  if saw_model_miss then return {false, 'model'} end
+  if saw_cap then return {false, 'cap'} end
+  if saw_usable then return {false, 'none'} end
+  if model ~= '' and redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7]) == 0
+      and redis.call('ZCARD', KEYS[8]) > 0 then
+    return {false, 'model'}
+  end
   return {false, 'none'}
 end
 local count = reserve(KEYS[1], KEYS[2], KEYS[3], best, request_id, worker, ttl, now_ms())

@@ -8,6 +8,8 @@
 -- ARGV[4] age (ms) of the model list at send time, or '': sets models_at = now - age
 -- ARGV[5] n, the number of field/value pairs that follow
 -- ARGV[6 .. 5+2n] field, value pairs to set;  ARGV[6+2n ..] fields to delete
+-- A change of health or model list moves the backend in the ordered index (_lib.lua);
+-- the pool's metrics_version STRING counts publishes (snapshot_live.lua's watermark).
 -- return 1 when written, 0 when the caller is not the owner (nothing written)
 local entry = redis.call('HGET', KEYS[1], ARGV[2])
 if not entry or string.match(entry, '^(%S+)') ~= ARGV[1] then return 0 end
@@ -27,4 +29,7 @@ if #set > 0 then redis.call('HSET', KEYS[2], unpack(set)) end
 if #ARGV >= 6 + 2 * n then
   redis.call('HDEL', KEYS[2], unpack(ARGV, 6 + 2 * n))
 end
+local base = pool_base(KEYS[1], ':scrape_owners')
+index_place(base, ARGV[2])
+redis.call('INCR', base .. ':metrics_version')
 return 1

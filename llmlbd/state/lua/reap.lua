@@ -2,6 +2,8 @@
 -- KEYS[1] inflight HASH   KEYS[2] leases HASH   KEYS[3] workers ZSET
 -- ARGV[1] a worker id to declare dead now ('' for none)
 -- ARGV[2] '1' to recount even when no worker died (periodic reconciliation)
+-- The ordered index (_lib.lua) follows the new counts; a recount also rebuilds it from
+-- its members (heals drift and direct writes to drained/health).
 -- return {leases reaped, workers declared dead}
 local now = now_ms()
 if ARGV[1] ~= '' then redis.call('ZADD', KEYS[3], 0, ARGV[1]) end
@@ -26,4 +28,11 @@ for i = 1, #current, 2 do
   if not counts[current[i]] then redis.call('HDEL', KEYS[1], current[i]) end
 end
 for backend, count in pairs(counts) do redis.call('HSET', KEYS[1], backend, count) end
+local base = pool_base(KEYS[1], ':inflight')
+if ARGV[2] == '1' then
+  index_rebuild(base)
+else
+  for i = 1, #current, 2 do index_score(base, current[i]) end  -- counts that went down
+  for backend, _ in pairs(counts) do index_score(base, backend) end  -- and drift repaired
+end
 return {reaped, #dead}

@@ -9,4 +9,5 @@ local backend = string.match(lease, '^(%S+)')
 if redis.call('HINCRBY', KEYS[1], backend, -1) <= 0 then
   redis.call('HDEL', KEYS[1], backend)  -- absent means 0; never leave a negative count
 end
+index_score(pool_base(KEYS[1], ':inflight'), backend)  -- keep the ordered index in step
 return 1

@@ -1,0 +1,295 @@
+"""Decision cost against pool size: latency and Redis CPU per decision, per policy.
+
+    python bench/decision_bench.py                  # 8, 64, 512, 2,048 backends; ~10 min on 2 busy cores
+    python bench/decision_bench.py --quick          # 8 and 512 backends, fewer decisions
+    python bench/decision_bench.py --tree /work/main --no-write   # the same, another checkout
+
+Starts a dedicated Redis-compatible server on a free port. For each pool size,
+policy and replica count it seeds the pool (every backend up, serving the
+model, fresh metrics), then runs *replicas* client processes at once, each
+one a real policy object (llmlbd.policy.registry, the worker's code) making
+decisions back to back: ``pick`` (which reserves the lease) then ``release``.
+Reported per cell:
+
+* decision latency p50 / p99 (ms): the ``pick`` call as the proxy makes it,
+  over every replica's decisions;
+* Redis CPU per decision (ms): the server's used_cpu_sys + used_cpu_user
+  delta over the cell, divided by the decisions (each one pick + release);
+* script time per decision (ms): INFO commandstats usec of EVALSHA/EVAL
+  (every Redis call of a decision is a script). Unlike the CPU figure it
+  leaves out the server's idle cost (cron, connections) that a slow decision
+  rate spreads over fewer decisions, but it is wall time: on a loaded host it
+  includes the server being descheduled mid-script;
+* the host's 1-minute load average at the end of the cell (the machine is
+  shared: latencies include waiting for a core, Redis CPU does not).
+
+``--tree`` imports llmlbd from another checkout (e.g. main, for the figures
+before a change). Results are printed as Markdown and written to the
+``## Decision cost`` section of docs/benchmarks.md unless --no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## Decision cost"
+POLICIES = ("global_least_request", "least_busy", "prefix_cache")
+MODEL = "sim-llama"
+
+
+def _import_tree(tree: Path) -> None:
+    sys.path.insert(0, str(tree))
+
+
+def seed_pool(url: str, pool: str, count: int) -> None:
+    """Every backend up, serving MODEL, with fresh idle metrics; nothing in flight."""
+    import redis
+
+    from llmlbd.state.keys import PoolKeys
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushall()
+    keys = PoolKeys(pool)
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        pipe.hset(
+            keys.backend(f"b{i}"),
+            mapping={
+                "url": f"http://127.0.0.1:{20000 + i}",
+                "health": "up",
+                "models": MODEL,
+                "scraped_at": now_ms,
+                "waiting": 0,
+                "running": 0,
+                "kv_usage": 0.1,
+                "num_gpu_blocks": 10000,
+                "block_size": 16,
+            },
+        )
+    pipe.execute()
+    client.close()
+
+
+def _policy(url: str, pool: str, policy: str, count: int, worker: str) -> Any:
+    import redis
+
+    from llmlbd.config.loader import config_from_dict
+    from llmlbd.policy.context import PolicyContext
+    from llmlbd.policy.registry import load_policy_class
+    from llmlbd.state.keys import PoolKeys
+    from llmlbd.state.leases import Leases
+
+    cfg = config_from_dict(
+        {
+            "lb_policy": policy,
+            "backends": [
+                {"name": f"b{i}", "url": f"http://127.0.0.1:{20000 + i}"} for i in range(count)
+            ],
+        }
+    )
+    client = redis.Redis.from_url(url, decode_responses=True)
+    keys = PoolKeys(pool)
+    leases = Leases(client, keys, worker, 60_000)
+    leases.heartbeat()
+    # The metrics are seeded once per cell: a long staleness bound keeps them usable.
+    ctx = PolicyContext(
+        cfg.backends,
+        cfg.lb_config,
+        keys,
+        leases,
+        client,
+        stale_after_ms=600_000,
+        rng=random.Random(worker),
+    )
+    return load_policy_class(policy)(ctx)
+
+
+def _request(i: int, worker: str) -> Any:
+    from llmlbd.request import RoutingRequest
+
+    # Distinct conversations: prefix_cache sees a miss-then-hit mix, not one hot prefix.
+    text = f"conversation {i % 97} of {worker}: " + "tell me about load balancing. " * 20
+    body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+    return RoutingRequest(f"{worker}-{i}", "POST", "/v1/chat/completions", body, model=MODEL)
+
+
+def replica(args: tuple[str, str, str, str, int, int, int, Any, Any]) -> list[float]:
+    tree, url, pool, policy, count, warmup, decisions, ready, start = args
+    _import_tree(Path(tree))
+    worker = f"bench:{os.getpid()}:{random.getrandbits(24):06x}"
+    chooser = _policy(url, pool, policy, count, worker)
+    leases = chooser.ctx.leases
+    latencies: list[float] = []
+    for i in range(warmup + decisions):
+        if i == warmup:  # warm (scripts loaded, index built): measure from here, all at once
+            ready.put(worker)
+            start.wait()
+        request = _request(i, worker)
+        began = time.perf_counter()
+        decision = chooser.pick(request, frozenset())
+        took = time.perf_counter() - began
+        leases.release(decision.request_id)
+        if i >= warmup:
+            latencies.append(took * 1000)
+    return latencies
+
+
+def redis_cpu_s(url: str) -> tuple[float, float]:
+    """(the server's CPU seconds, seconds spent running scripts) so far."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    cpu = client.info("cpu")
+    stats = client.info("commandstats")
+    client.close()
+    scripts = sum(float(stats.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in ("evalsha", "eval"))
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), scripts / 1e6
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_cell(
+    tree: str, url: str, policy: str, count: int, replicas: int, decisions: int
+) -> dict[str, Any]:
+    pool = "bench"
+    seed_pool(url, pool, count)
+    ctx = multiprocessing.get_context("spawn")
+    manager = ctx.Manager()
+    ready, start = manager.Queue(), manager.Event()
+    warmup = max(5, decisions // 10)
+    with ctx.Pool(replicas) as workers:
+        job = workers.map_async(
+            replica, [(tree, url, pool, policy, count, warmup, decisions, ready, start)] * replicas
+        )
+        for _ in range(replicas):
+            ready.get(timeout=600)
+        before = redis_cpu_s(url)
+        start.set()
+        results = job.get()
+        after = redis_cpu_s(url)
+    manager.shutdown()
+    latencies = [x for r in results for x in r]
+    total = decisions * replicas
+    return {
+        "policy": policy,
+        "backends": count,
+        "replicas": replicas,
+        "p50": statistics.median(latencies),
+        "p99": percentile(latencies, 0.99),
+        "cpu_ms": (after[0] - before[0]) * 1000 / total,
+        "script_ms": (after[1] - before[1]) * 1000 / total,
+        "load": os.getloadavg()[0],
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| policy | backends | replicas | p50 (ms) | p99 (ms) | Redis CPU / decision (ms) "
+        "| scripts / decision (ms) | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['policy']} | {r['backends']:,} | {r['replicas']} | {r['p50']:.2f} | "
+            f"{r['p99']:.2f} | {r['cpu_ms']:.3f} | {r['script_ms']:.3f} | {r['load']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict[str, Any]]) -> str:
+    """p99 and Redis CPU at the largest pool over the smallest, per policy and replicas."""
+    lines = [
+        "| policy | replicas | p99 ratio | Redis CPU ratio | script time ratio | target 1.5x |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    cells = {(r["policy"], r["replicas"], r["backends"]): r for r in rows}
+    sizes = sorted({r["backends"] for r in rows})
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        for replicas in sorted({r["replicas"] for r in rows}):
+            small, large = (
+                cells.get((policy, replicas, sizes[0])),
+                cells.get((policy, replicas, sizes[-1])),
+            )
+            if not small or not large:
+                continue
+            p99 = large["p99"] / small["p99"]
+            cpu = large["cpu_ms"] / small["cpu_ms"]
+            script = large["script_ms"] / small["script_ms"]
+            met = "met" if p99 <= 1.5 and cpu <= 1.5 else "missed"
+            lines.append(
+                f"| {policy} | {replicas} | {p99:.2f} | {cpu:.2f} | {script:.2f} | {met} |"
+            )
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    doc = path.read_text()
+    start = doc.find(SECTION)
+    if start < 0:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    else:
+        end = doc.find("\n## ", start + len(SECTION))
+        doc = doc[:start] + text + ("\n" + doc[end:] if end >= 0 else "\n")
+    path.write_text(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", default="")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--replicas", default="1,3")
+    parser.add_argument("--decisions", type=int, default=0, help="per replica and cell")
+    parser.add_argument("--tree", default=str(ROOT), help="checkout whose llmlbd is measured")
+    parser.add_argument("--no-write", action="store_true")
+    opts = parser.parse_args()
+    _import_tree(Path(opts.tree))
+    from llmlbd.embedded import EmbeddedRedis
+    from tests.harness import free_port
+
+    sizes = [int(s) for s in opts.sizes.split(",") if s] or (
+        [8, 512] if opts.quick else [8, 64, 512, 2048]
+    )
+    decisions = opts.decisions or (200 if opts.quick else 500)
+    rows = []
+    with EmbeddedRedis(
+        runtime_dir=tempfile.mkdtemp(prefix="decision-bench-"), port=free_port()
+    ) as server:
+        for policy in opts.policies.split(","):
+            for count in sizes:
+                for replicas in (int(r) for r in opts.replicas.split(",")):
+                    row = run_cell(opts.tree, server.url, policy, count, replicas, decisions)
+                    rows.append(row)
+                    print(table([row]).splitlines()[-1], flush=True)
+    command = "python bench/decision_bench.py " + " ".join(sys.argv[1:])
+    text = (
+        f"{SECTION}\n\n`{command.strip()}` ({decisions} decisions per replica and cell, each "
+        "a `pick` then a `release`; a dedicated Redis; 2 shared cores).\n\n"
+        + table(rows)
+        + "\n\nLargest pool over smallest (the issue's target: within 1.5x):\n\n"
+        + ratios(rows)
+        + "\n"
+    )
+    print(text)
+    if not opts.no_write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()

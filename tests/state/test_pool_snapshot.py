@@ -1,0 +1,63 @@
+"""PoolSnapshot: exact in-flight counts and drains on every call, metrics re-read only
+when the collector published since and the refresh interval passed."""
+
+from __future__ import annotations
+
+import time
+
+from llmlbd.state.keys import PoolKeys
+from llmlbd.state.members import set_drained
+from llmlbd.state.scripts import ScriptSet
+from llmlbd.state.snapshot import PoolSnapshot, read_pool
+from llmlbd.state.types import Backend
+
+BACKENDS = [Backend(f"b{i}", f"http://127.0.0.1:{9000 + i}") for i in range(3)]
+
+
+def publish(client, keys: PoolKeys, name: str, **fields: str) -> None:
+    client.hset(keys.scrape_owners, name, "col 99999999999999")
+    pairs = [x for kv in fields.items() for x in kv]
+    ScriptSet(client).collector_publish(
+        keys=[keys.scrape_owners, keys.backend(name)],
+        args=["col", name, "0", "", len(fields), *pairs],
+    )
+
+
+def test_counts_exact_metrics_refreshed_on_publish(redis_client):
+    keys = PoolKeys("snap")
+    for b in BACKENDS:
+        publish(redis_client, keys, b.name, waiting="1")
+    snapshot = PoolSnapshot(redis_client, keys, refresh_ms=200)
+    first = snapshot.read(BACKENDS)
+    assert [s.metrics["waiting"] for s in first] == ["1", "1", "1"]
+    assert snapshot.metrics_reads == 1
+
+    # In-flight and drains are exact at once; a metric changed without a publish is not
+    # seen (only the collector writes metrics), nor is a publish within the interval.
+    redis_client.hset(keys.inflight, "b1", 4)
+    set_drained(redis_client, keys, "b2", True)
+    publish(redis_client, keys, "b0", waiting="9")
+    second = snapshot.read(BACKENDS)
+    assert [s.inflight for s in second] == [0, 4, 0]
+    assert [s.drained for s in second] == [False, False, True]
+    assert second[0].metrics["waiting"] == "1" and snapshot.metrics_reads == 1
+
+    time.sleep(0.25)
+    third = snapshot.read(BACKENDS)
+    assert third[0].metrics["waiting"] == "9" and snapshot.metrics_reads == 2
+    # Nothing published since: the interval passing alone reads no hash.
+    time.sleep(0.25)
+    snapshot.read(BACKENDS)
+    assert snapshot.metrics_reads == 2
+    # The same answer a full read gives, metric ages included (Redis clock).
+    full = read_pool(redis_client, keys, BACKENDS)
+    assert [s.metrics for s in snapshot.read(BACKENDS)] == [s.metrics for s in full]
+
+
+def test_a_new_member_is_read_at_once(redis_client):
+    keys = PoolKeys("snap2")
+    snapshot = PoolSnapshot(redis_client, keys, refresh_ms=60_000)
+    snapshot.read(BACKENDS[:2])
+    publish(redis_client, keys, "b2", waiting="5")
+    states = snapshot.read(BACKENDS)
+    assert states[2].metrics["waiting"] == "5"
