@@ -68,6 +68,11 @@ class Router:
                 decision = self.policy.pick(request, exclude)
             except REDIS_ERRORS as exc:
                 self._redis_failed("pick", exc)
+                # A timed-out acquire may still run once Redis wakes up (a slow or
+                # paused server executes what sat in its socket): release it then,
+                # or that slot stays counted under this live worker forever.
+                # A release of a lease that never landed is a no-op.
+                self.pending_releases.add(request.request_id)
             except LLMLBError:
                 self.breaker.success()
                 raise
