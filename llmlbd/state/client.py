@@ -82,7 +82,14 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
     common: dict[str, Any] = dict(
         socket_timeout=timeout,
         socket_connect_timeout=r.connect_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
+        # One retry on a broken connection (a pooled socket that died with a
+        # restarted Redis), never on a timeout: the timed-out command may still
+        # run, and running an acquire script twice counted the request once and
+        # answered the client 503 (the second run finds its own lease).
+        retry=Retry(
+            ExponentialBackoff(cap=0.05, base=0.005), 1, supported_errors=(redis.ConnectionError,)
+        ),
+        retry_on_timeout=False,
         decode_responses=decode_responses,
         health_check_interval=0,
     )
