@@ -305,3 +305,67 @@ def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: 
 
 
 LEASE_BOUND_S = LEASE_TTL_S
+
+
+def backend_garbage(world: World, clients: int = 6, seconds: float = 4.0):
+    """A backend joins the pool (as `llmlbctl backend add` does) and answers garbage."""
+    from llmlbd.config.loader import Backend
+    from llmlbd.state.keys import PoolKeys
+    from llmlbd.state.members import change_members
+    from tests.fakeserver import ScriptedServer
+
+    garbage = ScriptedServer(
+        then=b"SSH-2.0-OpenSSH_9.6 not http at all\r\n\r\n", close_after_each=True
+    )
+    world.extra.append(garbage)
+    seed = [Backend(n, u) for n, u in zip(world.fleet.names, world.fleet.urls)]
+    key = PoolKeys("default").members
+    load = Load(world.url, clients).start()
+    load.wait_for(clients)
+    with world.client() as admin:
+        change_members(
+            admin, key, seed, lambda m: {**m, "garbage": Backend("garbage", garbage.url)}
+        )
+    added = time.monotonic()
+    report = Report(
+        "backend answers garbage",
+        clients,
+        [],
+        "retried on another backend before the first byte; 502 `backend_failed` only if every "
+        "attempt failed",
+    )
+    report.on_failed_part = lambda o: o.status == 502
+    report.documented = lambda o: o.error_code == "backend_failed"
+    wait_until(
+        lambda: any(r.startswith(b"POST") for r in garbage.requests),
+        timeout=15,
+        message="a request was sent to the garbage backend",
+    )
+    report.recover_s = time.monotonic() - added
+    _pad(load, seconds)
+    with world.client() as admin:
+        change_members(admin, key, seed, lambda m: {k: v for k, v in m.items() if k != "garbage"})
+    return _finish(world, load, report)
+
+
+def backend_down(world: World, clients: int = 6, seconds: float = 4.0, index: int = 2):
+    """SIGKILL a sim between requests: new requests to it are refused and retried elsewhere."""
+    victim = world.fleet.names[index]
+    load = Load(world.url, clients).start()
+    load.wait_for(clients)
+    killed = time.monotonic()
+    world.kill_backend(index)
+    report = Report(
+        f"backend SIGKILLed, then requests sent ({victim})",
+        clients,
+        [],
+        "in flight on it: as mid-stream; later requests: retried on another backend",
+    )
+    report.on_failed_part = lambda o: o.backend == victim and in_flight_at(killed)(o)
+    report.documented = broken_stream("upstream_error")
+    _pad(load, seconds)
+    report.recover_s = 0.0
+    report = _finish(world, load, report)
+    world.restart_backend(index)
+    world.wait_collected()
+    return report

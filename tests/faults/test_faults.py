@@ -1,0 +1,101 @@
+"""Every fault of docs/reliability.md under a steady mixed load, against real processes.
+
+One world (Redis, `llmlbd start` with 2 workers and its collector, 3 sims)
+serves every test whose fault it survives; each scenario heals what it broke.
+Each test asserts the scenario's report has no problem: every request not on
+the failed part completed, the failed-part requests got the documented error,
+none was slower than the bound, and the in-flight counts went back to 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.faults import scenarios
+from tests.faults.load import Load
+from tests.faults.world import World, alive, children_of
+from tests.harness import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def world():
+    with World() as started:
+        yield started
+
+
+def check(report: scenarios.Report) -> None:
+    assert report.results, "no load ran"
+    problems = report.problems()
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_redis_flushall(world):
+    check(scenarios.redis_flushall(world))
+
+
+def test_redis_slow_debug_sleep(world):
+    check(scenarios.redis_debug_sleep(world))
+
+
+def test_redis_paused_process(world):
+    check(scenarios.redis_paused(world))
+
+
+def test_redis_killed_and_restarted(world):
+    check(scenarios.redis_killed(world))
+
+
+def test_collector_killed(world):
+    check(scenarios.collector_killed(world))
+
+
+def test_backend_answers_garbage(world):
+    check(scenarios.backend_garbage(world))
+
+
+def test_backend_accepts_and_never_answers(world):
+    report = scenarios.backend_silent(world)
+    check(report)
+
+
+def test_backend_killed_mid_stream(world):
+    report = scenarios.backend_killed(world)
+    check(report)
+
+
+def test_backend_killed_before_streams(world):
+    check(scenarios.backend_down(world))
+
+
+def test_worker_killed_mid_stream(world):
+    check(scenarios.worker_killed(world))
+
+
+def test_master_killed_takes_every_child_with_it():
+    """SIGKILL the gunicorn master under load: workers, collector all die; no client hangs."""
+    with World(backends=2) as doomed:
+        master = doomed.master_pid()
+        family = children_of(master)
+        assert doomed.collector_pid() in family and len(doomed.worker_pids()) == 2
+        load = Load(doomed.url, clients=4).start()
+        load.wait_for(4)
+        killed = time.monotonic()
+        os.kill(master, signal.SIGKILL)
+        wait_until(
+            lambda: not [pid for pid in family if alive(pid)],
+            timeout=15,
+            message=f"every child of the killed master gone (left: {family})",
+        )
+        gone_after = time.monotonic() - killed
+        results = load.stop()
+        assert gone_after < 15
+        # Nothing hangs: every request ended, in flight ones cut off, later ones refused.
+        assert all(o.duration < scenarios.BASE_BOUND_S for o in results)
+        for outcome in results:
+            assert outcome.ok or scenarios.cut_off(outcome), outcome.describe()
