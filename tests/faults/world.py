@@ -161,16 +161,8 @@ class World:
 
     def restart_backend(self, index: int) -> None:
         """Start backend *index* again on its port after it was killed."""
-        proc = Proc(
-            python_module(
-                "llmlbd.sim",
-                "--port",
-                str(self.fleet.ports[index]),
-                "--name",
-                self.fleet.names[index],
-            ),  # fmt: skip
-            name=self.fleet.names[index],
-        )
+        name, port = self.fleet.names[index], str(self.fleet.ports[index])
+        proc = Proc(python_module("llmlbd.sim", "--port", port, "--name", name), name=name)
         self.fleet.procs[index] = proc
         wait_for_http(self.fleet.urls[index] + "/health", process=proc.popen)
 
