@@ -134,7 +134,7 @@ REDIS_BOUND_S = BASE_BOUND_S + 4 * REDIS_TIMEOUT_S
 
 def redis_killed(world: World, clients: int = 6, seconds: float = 4.0, down_s: float = 1.5):
     load = Load(world.url, clients).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     world.redis.kill()
     degraded = _readyz_saw_degraded(world, down_s)
     world.redis.start()
@@ -153,7 +153,7 @@ def redis_paused(world: World, clients: int = 6, seconds: float = 4.0, pause_s: 
     assert world.redis.process is not None
     pid = world.redis.process.pid
     load = Load(world.url, clients).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     os.kill(pid, signal.SIGSTOP)
     try:
         degraded = _readyz_saw_degraded(world, pause_s)
@@ -171,7 +171,7 @@ def redis_paused(world: World, clients: int = 6, seconds: float = 4.0, pause_s: 
 
 def redis_debug_sleep(world: World, clients: int = 6, seconds: float = 4.0, sleep_s: float = 1.5):
     load = Load(world.url, clients).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     with world.client() as admin:
         admin.execute_command("DEBUG", "SLEEP", str(sleep_s))  # blocks the whole server
     ended = time.monotonic()
@@ -184,7 +184,7 @@ def redis_debug_sleep(world: World, clients: int = 6, seconds: float = 4.0, slee
 
 def redis_flushall(world: World, clients: int = 6, seconds: float = 4.0):
     load = Load(world.url, clients).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     with world.client() as admin:
         admin.flushall()
     flushed = time.monotonic()
@@ -193,6 +193,12 @@ def redis_flushall(world: World, clients: int = 6, seconds: float = 4.0):
     report.recover_s = time.monotonic() - flushed
     _pad(load, seconds)
     return _finish(world, load, report)
+
+
+def _warm(load: Load, seconds: float) -> None:
+    """Let the load flow for a quarter of the run before the fault hits."""
+    load.wait_for(load.clients)
+    time.sleep(seconds / 4)
 
 
 def _pad(load: Load, seconds: float) -> None:
@@ -211,7 +217,7 @@ def backend_killed(world: World, clients: int = 6, seconds: float = 4.0, index: 
     """SIGKILL one sim while streams run on it; it comes back on its port afterwards."""
     victim = world.fleet.names[index]
     load = Load(world.url, clients, max_tokens=64).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     wait_until(lambda: world.inflight().get(victim), timeout=10, message=f"{victim} busy")
     killed = time.monotonic()
     world.kill_backend(index)
@@ -236,7 +242,7 @@ def worker_killed(world: World, clients: int = 6, seconds: float = 4.0):
     """SIGKILL one gunicorn worker mid-stream; gunicorn starts another, the reaper frees its leases."""
     pids = world.worker_pids()
     load = Load(world.url, clients, max_tokens=64).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     killed = time.monotonic()
     os.kill(pids[0], signal.SIGKILL)
     report = Report(
@@ -265,7 +271,7 @@ def collector_killed(world: World, clients: int = 6, seconds: float = 4.0):
     pid = world.collector_pid()
     assert pid is not None, "no collector child"
     load = Load(world.url, clients).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     wait_until(
@@ -285,7 +291,7 @@ def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: 
 
     victim, url = world.fleet.names[index], world.fleet.urls[index]
     load = Load(world.url, clients).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     requests.post(f"{url}/debug/faults", json={"fault": "stall-first-byte=60"}, timeout=5)
     silenced = time.monotonic()
     report = Report(
@@ -321,7 +327,7 @@ def backend_garbage(world: World, clients: int = 6, seconds: float = 4.0):
     seed = [Backend(n, u) for n, u in zip(world.fleet.names, world.fleet.urls)]
     key = PoolKeys("default").members
     load = Load(world.url, clients).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     with world.client() as admin:
         change_members(
             admin, key, seed, lambda m: {**m, "garbage": Backend("garbage", garbage.url)}
@@ -352,7 +358,7 @@ def backend_down(world: World, clients: int = 6, seconds: float = 4.0, index: in
     """SIGKILL a sim between requests: new requests to it are refused and retried elsewhere."""
     victim = world.fleet.names[index]
     load = Load(world.url, clients).start()
-    load.wait_for(clients)
+    _warm(load, seconds)
     killed = time.monotonic()
     world.kill_backend(index)
     report = Report(

@@ -169,7 +169,7 @@ class World:
     def kill_backend(self, index: int) -> None:
         proc = self.fleet.procs[index]
         os.kill(proc.pid, signal.SIGKILL)
-        proc.popen.wait(5)
+        proc.stop(5)  # reaps it and closes its log
 
     def stop(self) -> None:
         for thing in self.extra:
