@@ -17,8 +17,8 @@ import pytest
 
 from tests.faults import scenarios
 from tests.faults.load import Load
-from tests.faults.world import World, alive, children_of
-from tests.harness import wait_until
+from tests.faults.world import World, alive, children_of, cmdline
+from tests.harness import LLMLBD, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -99,3 +99,27 @@ def test_master_killed_takes_every_child_with_it():
         assert all(o.duration < scenarios.BASE_BOUND_S for o in results)
         for outcome in results:
             assert outcome.ok or scenarios.cut_off(outcome), outcome.describe()
+
+
+def test_master_killed_takes_embedded_redis_demo_sims_and_collector_with_it():
+    """`llmlbd start` with no Redis and no backends runs everything itself: all of it dies."""
+    proxy = LLMLBD({"demo": {"backends": 2, "base_port": free_port()}}, workers=2, name="demo")
+    try:
+        master = proxy.proc.pid
+        wait_until(
+            lambda: len(children_of(master)) >= 2 + 3,
+            timeout=30,
+            message="workers, embedded Redis, demo sims and collector running",
+        )
+        family = children_of(master)
+        commands = " | ".join(cmdline(pid) for pid in family)
+        for part in ("redis-server", "llmlbd.sim", "collector"):
+            assert part in commands, commands
+        os.kill(master, signal.SIGKILL)
+        wait_until(
+            lambda: not [pid for pid in family if alive(pid)],
+            timeout=15,
+            message="every child of the killed master gone",
+        )
+    finally:
+        proxy.stop()
