@@ -28,20 +28,6 @@ from tests.faults.world import World  # noqa: E402
 DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- faults-table:begin -->", "<!-- faults-table:end -->"
 
-# In the order they run: the shared world's faults first, each healing what it broke.
-SHARED = [
-    scenarios.redis_killed,
-    scenarios.redis_paused,
-    scenarios.redis_debug_sleep,
-    scenarios.redis_flushall,
-    scenarios.collector_killed,
-    scenarios.backend_garbage,
-    scenarios.backend_silent,
-    scenarios.backend_down,
-    scenarios.backend_killed,
-    scenarios.worker_killed,
-]
-
 
 def table(reports: list[scenarios.Report]) -> str:
     rows = [report.row() for report in reports]
@@ -66,7 +52,7 @@ def main() -> int:
 
     reports: list[scenarios.Report] = []
     with World() as world:
-        for scenario in SHARED:
+        for scenario in scenarios.SHARED_WORLD:
             started = time.monotonic()
             report = scenario(world, clients=args.clients, seconds=args.seconds)
             reports.append(report)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.faults.load import Load, Outcome
-from tests.faults.world import LEASE_TTL_S, READ_TIMEOUT_S, REDIS_TIMEOUT_S, World, alive
+from tests.faults.world import POOL, READ_TIMEOUT_S, REDIS_TIMEOUT_S, World, alive
 from tests.harness import wait_until
 
 # A request's own time on a loaded 2-core machine, before any fault adds to it.
@@ -234,10 +234,9 @@ def backend_killed(world: World, clients: int = 6, seconds: float = 4.0, index: 
     report.documented = broken_stream("upstream_error")
     _pad(load, seconds / 2)
     world.restart_backend(index)
-    _pad(load, seconds)
-    report = _finish(world, load, report)
     report.recover_s = time.monotonic() - killed
-    return report
+    _pad(load, seconds)
+    return _finish(world, load, report)
 
 
 def worker_killed(world: World, clients: int = 6, seconds: float = 4.0):
@@ -262,11 +261,9 @@ def worker_killed(world: World, clients: int = 6, seconds: float = 4.0):
         timeout=30,
         message="gunicorn replaced the worker",
     )
-    _pad(load, seconds)
-    report.bound_s = BASE_BOUND_S
-    report = _finish(world, load, report)
     report.recover_s = time.monotonic() - killed
-    return report
+    _pad(load, seconds)
+    return _finish(world, load, report)
 
 
 def collector_killed(world: World, clients: int = 6, seconds: float = 4.0):
@@ -310,9 +307,6 @@ def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: 
     report = _finish(world, load, report)
     report.recover_s = READ_TIMEOUT_S
     return report
-
-
-LEASE_BOUND_S = LEASE_TTL_S
 
 
 def backend_garbage(world: World, clients: int = 6, seconds: float = 4.0):
@@ -371,9 +365,31 @@ def backend_down(world: World, clients: int = 6, seconds: float = 4.0, index: in
     )
     report.on_failed_part = lambda o: o.backend == victim and in_flight_at(killed)(o)
     report.documented = broken_stream("upstream_error")
+    with world.client() as admin:
+        wait_until(
+            lambda: admin.hget(f"llmlb:{{{POOL}}}:backend:{victim}", "health") == "down",
+            timeout=15,
+            message=f"the collector marked {victim} down",
+        )
+    report.recover_s = time.monotonic() - killed
     _pad(load, seconds)
-    report.recover_s = 0.0
     report = _finish(world, load, report)
     world.restart_backend(index)
     world.wait_collected()
     return report
+
+
+# Every fault the shared world survives, in the order they run: each heals what it broke,
+# and the ones that kill a process come last.
+SHARED_WORLD = [
+    redis_killed,
+    redis_paused,
+    redis_debug_sleep,
+    redis_flushall,
+    collector_killed,
+    backend_garbage,
+    backend_silent,
+    backend_down,
+    backend_killed,
+    worker_killed,
+]

@@ -35,46 +35,9 @@ def check(report: scenarios.Report) -> None:
     assert not problems, "\n".join(problems[:20])
 
 
-def test_redis_flushall(world):
-    check(scenarios.redis_flushall(world))
-
-
-def test_redis_slow_debug_sleep(world):
-    check(scenarios.redis_debug_sleep(world))
-
-
-def test_redis_paused_process(world):
-    check(scenarios.redis_paused(world))
-
-
-def test_redis_killed_and_restarted(world):
-    check(scenarios.redis_killed(world))
-
-
-def test_collector_killed(world):
-    check(scenarios.collector_killed(world))
-
-
-def test_backend_answers_garbage(world):
-    check(scenarios.backend_garbage(world))
-
-
-def test_backend_accepts_and_never_answers(world):
-    report = scenarios.backend_silent(world)
-    check(report)
-
-
-def test_backend_killed_mid_stream(world):
-    report = scenarios.backend_killed(world)
-    check(report)
-
-
-def test_backend_killed_before_streams(world):
-    check(scenarios.backend_down(world))
-
-
-def test_worker_killed_mid_stream(world):
-    check(scenarios.worker_killed(world))
+@pytest.mark.parametrize("scenario", scenarios.SHARED_WORLD, ids=lambda s: s.__name__)
+def test_fault_under_load(world, scenario):
+    check(scenario(world))
 
 
 def test_master_killed_takes_every_child_with_it():
