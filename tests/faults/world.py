@@ -20,6 +20,7 @@ import redis
 import requests
 
 from llmlbd.embedded import EmbeddedRedis
+from llmlbd.state import backend_fields as F
 from tests.harness import LLMLBD, Proc, free_port, python_module, wait_for_http, wait_until
 from tests.simfleet import SimFleet
 
@@ -129,6 +130,15 @@ class World:
                 )
 
         wait_until(published, timeout=timeout, message="collector published every backend")
+
+    def wait_health(self, name: str, health: str, timeout: float = 15.0) -> None:
+        """Until the collector published *health* ("up" or "down") for backend *name*."""
+        with self.client() as client:
+            wait_until(
+                lambda: client.hget(f"llmlb:{{{POOL}}}:backend:{name}", F.HEALTH) == health,
+                timeout=timeout,
+                message=f"the collector marked {name} {health}",
+            )
 
     def wait_no_inflight(self, timeout: float = LEASE_TTL_S + 10) -> float:
         """Until the in-flight hash sums to 0; returns how long that took."""
