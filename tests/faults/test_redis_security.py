@@ -1,5 +1,7 @@
 """llmlbd against a Redis that enforces the documented ACL user, and against a TLS-only Redis.
 
+Both run the proxy (2 workers), its collector and `llmlbctl status` for real.
+
 The ACL rules come from docs/redis-acl.md itself, so the page is what is
 tested: the proxy, its collector and `llmlbctl status` work as that user,
 `ACL LOG` records no refusal, and a command outside the set is refused.
@@ -11,6 +13,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -43,7 +46,7 @@ def proxy_config(redis_section: dict, fleet: SimFleet) -> dict:
     }
 
 
-def full_cycle(proxy: LLMLBD, published: callable) -> None:  # type: ignore[valid-type]
+def full_cycle(proxy: LLMLBD, published: Callable[[], bool]) -> None:
     """The collector publishes, a plain and a streamed request complete, /readyz is 200."""
     wait_until(published, timeout=30, message="the collector published every backend")
     for stream in (False, True):
@@ -52,13 +55,28 @@ def full_cycle(proxy: LLMLBD, published: callable) -> None:  # type: ignore[vali
     wait_until(lambda: proxy_ready(proxy), timeout=10, message="/readyz 200")
 
 
+def ctl_status(config: dict, tmp_path) -> subprocess.CompletedProcess:
+    """`llmlbctl status` with *config*, in its own process; asserts it succeeded."""
+    config_path = tmp_path / "ctl.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    status = subprocess.run(
+        [sys.executable, "-m", "llmlbd.ctl", "--config", str(config_path), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(ROOT),
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    return status
+
+
 def proxy_ready(proxy: LLMLBD) -> bool:
     import requests
 
     return requests.get(f"{proxy.url}/readyz", timeout=2).status_code == 200
 
 
-def backends_published(client: redis.Redis, names: list[str]) -> callable:  # type: ignore[valid-type]
+def backends_published(client: redis.Redis, names: list[str]) -> Callable[[], bool]:
     return lambda: all(client.exists(f"llmlb:{{{POOL}}}:backend:{name}") for name in names)
 
 
@@ -75,16 +93,7 @@ def test_least_privilege_acl_user_runs_everything_and_nothing_more(tmp_path):
         config = proxy_config(section, fleet)
         with LLMLBD(config, workers=2, name="acl") as proxy:
             full_cycle(proxy, backends_published(admin, fleet.names))
-            config_path = tmp_path / "ctl.yaml"
-            config_path.write_text(yaml.safe_dump(config))
-            status = subprocess.run(
-                [sys.executable, "-m", "llmlbd.ctl", "--config", str(config_path), "status"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd=str(ROOT),
-            )
-            assert status.returncode == 0, status.stdout + status.stderr
+            status = ctl_status(config, tmp_path)
             assert "sim-0" in status.stdout and "sim-1" in status.stdout, status.stdout
         refusals = admin.execute_command("ACL", "LOG")
         assert not refusals, f"llmlbd needed a command the documented rules refuse: {refusals}"
@@ -124,8 +133,10 @@ def test_tls_only_redis_with_client_certs(tmp_path):
             "tls_cert_file": certs.client_cert,
             "tls_key_file": certs.client_key,
         }
-        with LLMLBD(proxy_config(section, fleet), workers=2, name="tls") as proxy:
+        config = proxy_config(section, fleet)
+        with LLMLBD(config, workers=2, name="tls") as proxy:
             full_cycle(proxy, backends_published(admin, fleet.names))
+            assert "sim-1" in ctl_status(config, tmp_path).stdout
         # TLS is enforced: without a client certificate, or without TLS, Redis refuses.
         no_cert = redis.Redis.from_url(url, ssl_ca_certs=certs.ca, socket_timeout=5)
         with pytest.raises(redis.exceptions.ConnectionError):
