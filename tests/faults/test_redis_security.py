@@ -19,7 +19,9 @@ import pytest
 import redis
 import yaml
 
+from llmlbd.config.loader import config_from_dict
 from llmlbd.embedded import EmbeddedRedis
+from llmlbd.state.client import connect
 from tests.faults.certs import make_certs
 from tests.faults.load import send
 from tests.faults.world import POOL
@@ -144,6 +146,11 @@ def test_tls_only_redis_with_client_certs(tmp_path):
         plain = redis.Redis(host="127.0.0.1", port=tls_port, socket_timeout=2)
         with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
             plain.ping()
+        # A redis:// URL with tls_* keys speaks TLS too (the keys alone turn it on).
+        plain_url_config = config_from_dict(
+            {**config, "redis": {**section, "url": f"redis://127.0.0.1:{tls_port}/0"}}
+        )
+        assert connect(plain_url_config).ping()
         good = redis.Redis.from_url(
             url, ssl_ca_certs=certs.ca, ssl_certfile=certs.client_cert,
             ssl_keyfile=certs.client_key,
