@@ -118,6 +118,8 @@ class Load:
             outcome = send(self.url, stream, self.max_tokens, self.timeout)
             with self._lock:
                 self.results.append(outcome)
+            if outcome.exception:
+                time.sleep(0.05)  # as a real client backs off: no tight loop on a dead port
             stream = not stream
 
     def start(self) -> Load:

@@ -1,5 +1,5 @@
 """Process faults under load: backends killed, silent or answering garbage; a worker and the
-collector SIGKILLed."""
+collector and the master SIGKILLed."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.faults.report import (
     pad,
     warm,
 )
-from tests.faults.world import READ_TIMEOUT_S, World, alive
+from tests.faults.world import READ_TIMEOUT_S, World, alive, children_of
 from tests.harness import wait_until
 
 
@@ -185,3 +185,37 @@ def backend_down(world: World, clients: int = 6, seconds: float = 4.0, index: in
 
 # Every fault the shared world survives, in the order they run: each heals what it broke,
 # and the ones that kill a process come last.
+
+
+def master_killed(world: World, clients: int = 6, seconds: float = 4.0):
+    """SIGKILL the gunicorn master: every child dies with it, no client hangs, and a new
+    `llmlbd start` on the same Redis reaps the dead workers' leases."""
+    master = world.master_pid()
+    family = children_of(master)
+    assert world.collector_pid() in family and len(world.worker_pids()) == world.workers
+    load = Load(world.url, clients, max_tokens=64).start()
+    warm(load, seconds)
+    killed = time.monotonic()
+    os.kill(master, signal.SIGKILL)
+    report = Report(
+        "master SIGKILLed",
+        clients,
+        [],
+        "every request in flight or sent later: cut off or refused (the whole proxy is the "
+        "failed part); every child dies with the master",
+    )
+    report.on_failed_part = lambda o: o.started + o.duration >= killed
+    report.documented = cut_off
+    wait_until(
+        lambda: not [pid for pid in family if alive(pid)],
+        timeout=15,
+        message="every child of the killed master gone",
+    )
+    report.recover_s = time.monotonic() - killed
+    report.results = load.stop()
+    world.restart_proxy()
+    try:
+        world.wait_no_inflight()
+    except AssertionError:
+        report.leaked = world.inflight()
+    return report

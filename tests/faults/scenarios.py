@@ -12,6 +12,7 @@ from tests.faults.process_faults import (
     backend_killed,
     backend_silent,
     collector_killed,
+    master_killed,
     worker_killed,
 )
 from tests.faults.redis_faults import redis_debug_sleep, redis_flushall, redis_killed, redis_paused
@@ -30,4 +31,5 @@ SHARED_WORLD = [
     backend_down,
     backend_killed,
     worker_killed,
+    master_killed,
 ]

@@ -169,6 +169,12 @@ class World:
         assert self.proxy is not None
         return [pid for pid in self.proxy.worker_pids() if alive(pid)]
 
+    def restart_proxy(self) -> None:
+        """A new `llmlbd start` (new port) on the same Redis and backends."""
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.proxy = LLMLBD(self.config(), workers=self.workers, name="faults")
+
     def restart_backend(self, index: int) -> None:
         """Start backend *index* again on its port after it was killed."""
         name, port = self.fleet.names[index], str(self.fleet.ports[index])
