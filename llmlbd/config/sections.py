@@ -62,6 +62,9 @@ class RedisSection:
     username: str | None
     password: str | None
     db: int
+    tls_ca_file: str | None
+    tls_cert_file: str | None
+    tls_key_file: str | None
     socket_timeout_s: float
     connect_timeout_s: float
     max_connections: int

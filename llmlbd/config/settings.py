@@ -203,6 +203,21 @@ SETTINGS: list[Setting] = [
     Setting("redis.password", None, v.optional_string, "Password (prefer an env file)."),
     Setting("redis.db", 0, v.non_negative_int, "Database number (standalone and sentinel)."),
     Setting(
+        "redis.tls_ca_file",
+        None,
+        v.optional_string,
+        "PEM file of the CA that signed the Redis server's certificate. Setting any "
+        "`tls_*` key turns TLS on (as a rediss:// URL does); unset with TLS on: the "
+        "system's CAs.",
+    ),
+    Setting(
+        "redis.tls_cert_file",
+        None,
+        v.optional_string,
+        "PEM client certificate, for a Redis that requires one (`tls-auth-clients yes`).",
+    ),
+    Setting("redis.tls_key_file", None, v.optional_string, "PEM private key of `tls_cert_file`."),
+    Setting(
         "redis.socket_timeout_s",
         0.5,
         v.positive_float,

@@ -27,6 +27,11 @@ __all__ = ["Router", "REDIS_ERRORS"]
 
 log = structlog.get_logger("llmlbd.router")
 
+# How long a timed-out acquire is still released by maintain(): longer than a
+# Redis stall the breaker rides out, short enough that a retry of the same
+# request id after recovery is not cut short for long.
+UNSURE_FOR_S = 10.0
+
 
 class Router:
     def __init__(
@@ -44,6 +49,8 @@ class Router:
         self.breaker = breaker
         self.reap_every_s = reap_every_s
         self.pending_releases: set[str] = set()
+        # Acquires that timed out: request id -> when to stop releasing it (monotonic).
+        self.unsure_acquires: dict[str, float] = {}
         self._last_reap = 0.0
         # Optional callbacks for metrics: redis_error(op), fallback().
         self.observer = observer
@@ -68,6 +75,12 @@ class Router:
                 decision = self.policy.pick(request, exclude)
             except REDIS_ERRORS as exc:
                 self._redis_failed("pick", exc)
+                # A timed-out acquire may still run once Redis wakes up (a slow or
+                # paused server executes what sat in its socket, in no set order
+                # with newer connections): keep releasing it for a while, or that
+                # slot stays counted under this live worker forever. Releasing a
+                # lease that never landed is a no-op.
+                self.unsure_acquires[request.request_id] = time.monotonic() + UNSURE_FOR_S
             except LLMLBError:
                 self.breaker.success()
                 raise
@@ -105,6 +118,10 @@ class Router:
             for request_id in list(self.pending_releases):
                 self.leases.release(request_id)
                 self.pending_releases.discard(request_id)
+            now = time.monotonic()
+            for request_id, until in list(self.unsure_acquires.items()):
+                if self.leases.release(request_id) or now > until:
+                    del self.unsure_acquires[request_id]
             now = time.monotonic()
             if now - self._last_reap >= self.reap_every_s:
                 self._last_reap = now

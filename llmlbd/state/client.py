@@ -20,6 +20,7 @@ from llmlbd.embedded import EMBEDDED_URL_ENV
 
 __all__ = [
     "connect",
+    "tls_options",
     "EMBEDDED_URL_ENV",
     "resolved_url",
     "REDIS_ERRORS",
@@ -50,6 +51,31 @@ def resolved_url(config: Any) -> str | None:
     return target.url
 
 
+def tls_options(r: Any, url: str | None) -> dict[str, Any]:
+    """redis-py TLS arguments from redis.tls_* (empty when TLS is off).
+
+    A rediss:// URL or any tls_* key turns TLS on; the server's certificate is
+    always verified (against tls_ca_file, else the system's CAs) because a
+    load balancer's routing state is worth a man in the middle's while.
+    """
+    files = (r.tls_ca_file, r.tls_cert_file, r.tls_key_file)
+    if (url or "").startswith("unix://"):
+        return {}  # the embedded server's socket: TLS has nothing to protect there
+    if not any(files) and not (url or "").startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required"}
+    if r.tls_ca_file:
+        options["ssl_ca_certs"] = r.tls_ca_file
+    if r.tls_cert_file:
+        options["ssl_certfile"] = r.tls_cert_file
+        options["ssl_keyfile"] = r.tls_key_file
+    if not (url or "").startswith("rediss://"):
+        # A redis:// URL (or Sentinel/Cluster hosts) with tls_* keys: the
+        # connection class must be told, the URL scheme does not say it.
+        options["ssl"] = True
+    return options
+
+
 def connect(config: Any, url: str | None = None, decode_responses: bool = True) -> Any:
     """Return a redis-py client (standalone, Sentinel master or Cluster) for *config*."""
     r = config.redis
@@ -57,7 +83,14 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
     common: dict[str, Any] = dict(
         socket_timeout=timeout,
         socket_connect_timeout=r.connect_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
+        # One retry on a broken connection (a pooled socket that died with a
+        # restarted Redis), never on a timeout: the timed-out command may still
+        # run, and running an acquire script twice counted the request once and
+        # answered the client 503 (the second run finds its own lease).
+        retry=Retry(
+            ExponentialBackoff(cap=0.05, base=0.005), 1, supported_errors=(redis.ConnectionError,)
+        ),
+        retry_on_timeout=False,
         decode_responses=decode_responses,
         health_check_interval=0,
     )
@@ -67,6 +100,7 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
         common["password"] = r.password
     target = config.redis_target()
     url = url or resolved_url(config)
+    common.update(tls_options(r, url))
     if target.mode == "sentinel":
         from redis.sentinel import Sentinel
 
@@ -84,6 +118,8 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
         from redis.cluster import RedisCluster
 
         return RedisCluster.from_url(url, **common)
+    if common.pop("ssl", False):
+        common["connection_class"] = redis.SSLConnection
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=r.max_connections, timeout=timeout, **common
     )

@@ -1,0 +1,221 @@
+"""Process faults under load: backends killed, silent or answering garbage; a worker and the
+collector and the master SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.faults.load import Load
+from tests.faults.report import (
+    BASE_BOUND_S,
+    Report,
+    broken_stream,
+    cut_off,
+    finish,
+    in_flight_at,
+    pad,
+    warm,
+)
+from tests.faults.world import READ_TIMEOUT_S, World, alive, children_of
+from tests.harness import wait_until
+
+
+def backend_killed(world: World, clients: int = 6, seconds: float = 4.0, index: int = 0):
+    """SIGKILL one sim while streams run on it; it comes back on its port afterwards."""
+    victim = world.fleet.names[index]
+    load = Load(world.url, clients, max_tokens=64).start()
+    warm(load, seconds)
+    wait_until(lambda: world.inflight().get(victim), timeout=10, message=f"{victim} busy")
+    killed = time.monotonic()
+    world.kill_backend(index)
+    report = Report(
+        f"backend SIGKILLed mid-stream ({victim})",
+        clients,
+        [],
+        "streams already answering: 200 ending in the SSE error event `upstream_error`; "
+        "requests not yet answered: retried on another backend",
+    )
+    report.on_failed_part = lambda o: o.backend == victim and in_flight_at(killed)(o)
+    report.documented = broken_stream("upstream_error")
+    pad(load, seconds / 2)
+    restarted = time.monotonic()
+    world.restart_backend(index)
+    world.wait_health(victim, "up")
+    report.recover_s = time.monotonic() - restarted
+    pad(load, seconds)
+    return finish(world, load, report)
+
+
+def worker_killed(world: World, clients: int = 6, seconds: float = 4.0):
+    """SIGKILL one gunicorn worker mid-stream; gunicorn starts another, the reaper frees its leases."""
+    pids = world.worker_pids()
+    load = Load(world.url, clients, max_tokens=64).start()
+    warm(load, seconds)
+    killed = time.monotonic()
+    os.kill(pids[0], signal.SIGKILL)
+    report = Report(
+        "proxy worker SIGKILLed mid-stream",
+        clients,
+        [],
+        "its own requests: the connection closes (reset, or a stream without [DONE])",
+    )
+    report.on_failed_part = in_flight_at(killed)
+    report.documented = cut_off
+    assert world.proxy is not None
+    proxy = world.proxy
+    wait_until(
+        lambda: len([p for p in proxy.worker_pids() if p not in pids and alive(p)]) >= 1,
+        timeout=30,
+        message="gunicorn replaced the worker",
+    )
+    report.recover_s = time.monotonic() - killed
+    pad(load, seconds)
+    return finish(world, load, report)
+
+
+def collector_killed(world: World, clients: int = 6, seconds: float = 4.0):
+    pid = world.collector_pid()
+    assert pid is not None, "no collector child"
+    load = Load(world.url, clients).start()
+    warm(load, seconds)
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    wait_until(
+        lambda: world.collector_pid() not in (None, pid),
+        timeout=30,
+        message="llmlbd restarted the collector",
+    )
+    report = Report("collector SIGKILLed", clients, [], "none: routing uses the last metrics")
+    report.recover_s = time.monotonic() - killed
+    pad(load, seconds)
+    return finish(world, load, report)
+
+
+def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: int = 1):
+    """One sim accepts requests and never answers them (its /health still says 200)."""
+    import requests
+
+    victim, url = world.fleet.names[index], world.fleet.urls[index]
+    load = Load(world.url, clients).start()
+    warm(load, seconds)
+    requests.post(f"{url}/debug/faults", json={"fault": "stall-first-byte=60"}, timeout=5)
+    silenced = time.monotonic()
+    report = Report(
+        f"backend accepts, never answers ({victim})",
+        clients,
+        [],
+        f"after server.read_timeout_s ({READ_TIMEOUT_S:g} s): 504 `upstream_timeout`",
+    )
+    report.on_failed_part = lambda o: o.started >= silenced - 1 and o.status == 504
+    report.documented = lambda o: o.status == 504 and o.error_code == "upstream_timeout"
+    report.bound_s = BASE_BOUND_S + READ_TIMEOUT_S
+    pad(load, seconds)
+    requests.post(f"{url}/debug/faults", json={"fault": ""}, timeout=5)
+    report = finish(world, load, report)
+    report.recover_s = READ_TIMEOUT_S
+    return report
+
+
+def backend_garbage(world: World, clients: int = 6, seconds: float = 4.0):
+    """A backend joins the pool (as `llmlbctl backend add` does) and answers garbage."""
+    from llmlbd.config.loader import Backend
+    from llmlbd.state.keys import PoolKeys
+    from llmlbd.state.members import change_members
+    from tests.fakeserver import ScriptedServer
+
+    garbage = ScriptedServer(
+        then=b"SSH-2.0-OpenSSH_9.6 not http at all\r\n\r\n", close_after_each=True
+    )
+    world.extra.append(garbage)
+    seed = [Backend(n, u) for n, u in zip(world.fleet.names, world.fleet.urls)]
+    key = PoolKeys("default").members
+    load = Load(world.url, clients).start()
+    warm(load, seconds)
+    with world.client() as admin:
+        change_members(
+            admin, key, seed, lambda m: {**m, "garbage": Backend("garbage", garbage.url)}
+        )
+    added = time.monotonic()
+    report = Report(
+        "backend answers garbage",
+        clients,
+        [],
+        "retried on another backend before the first byte; 502 `backend_failed` only if every "
+        "attempt failed",
+    )
+    report.on_failed_part = lambda o: o.status == 502
+    report.documented = lambda o: o.error_code == "backend_failed"
+    wait_until(
+        lambda: any(r.startswith(b"POST") for r in garbage.requests),
+        timeout=15,
+        message="a request was sent to the garbage backend",
+    )
+    report.recover_s = time.monotonic() - added
+    pad(load, seconds)
+    with world.client() as admin:
+        change_members(admin, key, seed, lambda m: {k: v for k, v in m.items() if k != "garbage"})
+    return finish(world, load, report)
+
+
+def backend_down(world: World, clients: int = 6, seconds: float = 4.0, index: int = 2):
+    """SIGKILL a sim between requests: new requests to it are refused and retried elsewhere."""
+    victim = world.fleet.names[index]
+    load = Load(world.url, clients).start()
+    warm(load, seconds)
+    killed = time.monotonic()
+    world.kill_backend(index)
+    report = Report(
+        f"backend SIGKILLed, then requests sent ({victim})",
+        clients,
+        [],
+        "in flight on it: as mid-stream; later requests: retried on another backend",
+    )
+    report.on_failed_part = lambda o: o.backend == victim and in_flight_at(killed)(o)
+    report.documented = broken_stream("upstream_error")
+    world.wait_health(victim, "down")
+    report.recover_s = time.monotonic() - killed
+    pad(load, seconds)
+    report = finish(world, load, report)
+    world.restart_backend(index)
+    world.wait_collected()
+    return report
+
+
+# Every fault the shared world survives, in the order they run: each heals what it broke,
+# and the ones that kill a process come last.
+
+
+def master_killed(world: World, clients: int = 6, seconds: float = 4.0):
+    """SIGKILL the gunicorn master: every child dies with it, no client hangs, and a new
+    `llmlbd start` on the same Redis reaps the dead workers' leases."""
+    master = world.master_pid()
+    family = children_of(master)
+    assert world.collector_pid() in family and len(world.worker_pids()) == world.workers
+    load = Load(world.url, clients, max_tokens=64).start()
+    warm(load, seconds)
+    killed = time.monotonic()
+    os.kill(master, signal.SIGKILL)
+    report = Report(
+        "master SIGKILLed",
+        clients,
+        [],
+        "every request in flight or sent later: cut off or refused (the whole proxy is the "
+        "failed part); every child dies with the master",
+    )
+    report.on_failed_part = lambda o: o.started + o.duration >= killed
+    report.documented = cut_off
+    wait_until(
+        lambda: not [pid for pid in family if alive(pid)],
+        timeout=15,
+        message="every child of the killed master gone",
+    )
+    report.recover_s = time.monotonic() - killed
+    report.results = load.stop()
+    world.restart_proxy()
+    try:
+        world.wait_no_inflight()
+    except AssertionError:
+        report.leaked = world.inflight()
+    return report
