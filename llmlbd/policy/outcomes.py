@@ -10,13 +10,19 @@ the model means the model is not served; else none can serve.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from llmlbd.errors import LLMLBError, ModelNotFound, NoBackend, OverCapacity
 from llmlbd.request import RoutingRequest
 
-__all__ = ["no_route", "combined_reason", "error_outcome", "no_route_outcome"]
+__all__ = [
+    "no_route",
+    "combined_reason",
+    "error_outcome",
+    "no_route_outcome",
+    "refuse_empty_pool",
+]
 
 
 def combined_reason(reasons: Iterable[str]) -> str:
@@ -41,6 +47,18 @@ def no_route(reason: str, request: RoutingRequest) -> LLMLBError:
     if reason == "empty":
         return NoBackend("no backend is configured")
     return NoBackend("no healthy backend is available (all down or drained)")
+
+
+def refuse_empty_pool(
+    names: Iterable[str], exclude: Collection[str], request: RoutingRequest
+) -> None:
+    """Raise `no_route`'s error when the pool (backend *names*) is empty ("empty") or
+    every backend is excluded for this attempt ("none")."""
+    names = list(names)
+    if not names:
+        raise no_route("empty", request)
+    if all(name in exclude for name in names):
+        raise no_route("none", request)
 
 
 def error_outcome(error: LLMLBError) -> dict[str, Any]:

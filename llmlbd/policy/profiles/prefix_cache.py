@@ -17,7 +17,7 @@ from llmlbd.config.lb_prefix_cache import SCORERS, scorer_weights
 from llmlbd.policy import prompt
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
-from llmlbd.policy.outcomes import no_route
+from llmlbd.policy.outcomes import no_route, refuse_empty_pool
 from llmlbd.request import RoutingRequest
 from llmlbd.state.prefix import PrefixIndex, PrefixParams
 
@@ -72,10 +72,7 @@ class PrefixCache:
     def pick_approximate(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert self.index is not None
-        if not ctx.backends:
-            raise no_route("empty", request)
-        if all(backend.name in exclude for backend in ctx.backends):
-            raise no_route("none", request)
+        refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
         levels = self.levels(request)
         # Every backend of the pool goes in (entries of names not in it are stale), shuffled
         # so that the script's "first best wins" is a uniform random tie-break.

@@ -22,7 +22,7 @@ from llmlbd.kvblocks.prompt_blocks import BlockHashes, PromptBlocks, TokenizeErr
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.explain import index_answer
 from llmlbd.policy.framework import Decision
-from llmlbd.policy.outcomes import no_route
+from llmlbd.policy.outcomes import no_route, refuse_empty_pool
 from llmlbd.request import RoutingRequest
 from llmlbd.state.precise import PreciseIndex, PreciseParams
 
@@ -76,10 +76,7 @@ class PrecisePrefix:
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert self.index is not None
-        if not ctx.backends:
-            raise no_route("empty", request)
-        if all(backend.name in exclude for backend in ctx.backends):
-            raise no_route("none", request)
+        refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
         try:
             blocks = self.block_hashes(request, exclude)
         except TokenizeError as exc:
