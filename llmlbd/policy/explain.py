@@ -36,14 +36,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from llmlbd.config.loader import Backend
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.eligibility import REASONS, ineligible
-from llmlbd.policy.outcomes import combined_reason, no_route
+from llmlbd.policy.outcomes import combined_reason, no_route_outcome
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 from llmlbd.state.types import BackendState
 
-__all__ = ["explain", "generic_explain", "FILTERS", "EXACT_POLICIES"]
+__all__ = ["explain", "generic_explain", "index_answer", "FILTERS", "EXACT_POLICIES"]
 
 # The filters of every acquire script, in the order the script applies them.
 FILTERS = REASONS
@@ -77,9 +78,38 @@ def _request_summary(request: RoutingRequest) -> dict[str, Any]:
     }
 
 
-def _no_route(reason: str, request: RoutingRequest) -> dict[str, Any]:
-    error = no_route(reason, request)
-    return {"status": error.status, "code": error.code, "message": error.message}
+def index_answer(
+    result: dict[str, Any],
+    answer: dict[str, Any],
+    request: RoutingRequest,
+    backends: Sequence[Backend],
+    last_field: str,
+) -> dict[str, Any]:
+    """Fill *result* from a prefix index's dry run *answer* (state's explain_reply).
+
+    No choice: the client's error as "outcome". Else one candidate per backend
+    (score: matched blocks; *last_field*: the index's own column) and the
+    choice's "prefix_match". Returns *result*.
+    """
+    if answer["choice"] is None:
+        result["outcome"] = no_route_outcome(answer["reason"], request)
+        return result
+    rows = {row["name"]: row for row in answer["candidates"]}
+    result["candidates"] = [
+        {
+            "name": b.name,
+            "url": b.url,
+            "weight": b.weight,
+            "removed_by": None if rows[b.name]["status"] == "ok" else rows[b.name]["status"],
+            "score": rows[b.name]["matched_blocks"],
+            "load": rows[b.name]["load"],
+            "kv_usage": rows[b.name]["kv_usage"],
+            last_field: rows[b.name][last_field],
+        }
+        for b in backends
+    ]
+    result["prefix_match"] = rows[answer["choice"]]["matched_blocks"]
+    return result
 
 
 def generic_explain(
@@ -134,11 +164,11 @@ def generic_explain(
         "outcome": {"status": 200},
     }
     if not states:
-        result["outcome"] = _no_route("empty", request)
+        result["outcome"] = no_route_outcome("empty", request)
         result["note"] = "the pool has no backend"
         return result
     if not kept:
-        result["outcome"] = _no_route(combined_reason(removed.values()), request)
+        result["outcome"] = no_route_outcome(combined_reason(removed.values()), request)
         result["note"] = "every backend was filtered out"
         return result
 

@@ -10,12 +10,19 @@ the model means the model is not served; else none can serve.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from llmlbd.errors import LLMLBError, ModelNotFound, NoBackend, OverCapacity
 from llmlbd.request import RoutingRequest
 
-__all__ = ["no_route", "combined_reason"]
+__all__ = [
+    "no_route",
+    "combined_reason",
+    "error_outcome",
+    "no_route_outcome",
+    "refuse_empty_pool",
+]
 
 
 def combined_reason(reasons: Iterable[str]) -> str:
@@ -40,3 +47,25 @@ def no_route(reason: str, request: RoutingRequest) -> LLMLBError:
     if reason == "empty":
         return NoBackend("no backend is configured")
     return NoBackend("no healthy backend is available (all down or drained)")
+
+
+def refuse_empty_pool(
+    names: Iterable[str], exclude: Collection[str], request: RoutingRequest
+) -> None:
+    """Raise `no_route`'s error when the pool (backend *names*) is empty ("empty") or
+    every backend is excluded for this attempt ("none")."""
+    names = list(names)
+    if not names:
+        raise no_route("empty", request)
+    if all(name in exclude for name in names):
+        raise no_route("none", request)
+
+
+def error_outcome(error: LLMLBError) -> dict[str, Any]:
+    """*error* as explain's "outcome": {"status", "code", "message"}."""
+    return {"status": error.status, "code": error.code, "message": error.message}
+
+
+def no_route_outcome(reason: str, request: RoutingRequest) -> dict[str, Any]:
+    """explain's "outcome" for the error `no_route` gives for *reason*."""
+    return error_outcome(no_route(reason, request))

@@ -14,7 +14,7 @@ from typing import Any
 
 from llmlbd.state.kv_index import TIERS
 from llmlbd.state.leases import Leases
-from llmlbd.state.scripts import reply_text
+from llmlbd.state.scripts import explain_reply, reply_text
 
 __all__ = ["PreciseParams", "PreciseReservation", "PreciseIndex"]
 
@@ -123,19 +123,4 @@ class PreciseIndex:
         reply = self._call(
             "explain", names, weights, [False] * len(names), hashes, model, cap, True
         )
-        if not reply[0]:
-            return {"choice": None, "reason": reply_text(reply[1]), "candidates": []}
-        rows = []
-        for row in reply[2]:
-            name, status, matched, load, kv, live = (reply_text(x) for x in row)
-            rows.append(
-                {
-                    "name": name,
-                    "status": status,
-                    "matched_blocks": int(matched),
-                    "load": float(load) if load else None,
-                    "kv_usage": float(kv) if kv else None,
-                    "index_live": live == "1",
-                }
-            )
-        return {"choice": reply_text(reply[0]), "reason": reply_text(reply[1]), "candidates": rows}
+        return explain_reply(reply, "index_live", lambda live: live == "1")

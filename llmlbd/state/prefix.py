@@ -24,7 +24,7 @@ from typing import Any
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
-from llmlbd.state.scripts import reply_text
+from llmlbd.state.scripts import explain_reply, reply_text
 
 __all__ = ["PrefixParams", "PrefixReservation", "PrefixIndex", "BRANCH_FIELD", "holders"]
 
@@ -152,22 +152,9 @@ class PrefixIndex:
             "explain", names, weights, [False] * len(names), blocks, model, cap, [], dry=True
         )
         reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
-        if not reply[0]:
-            return {"choice": None, "reason": reply_text(reply[1]), "candidates": []}
-        rows = []
-        for row in reply[2]:
-            name, status, matched, load, kv, occupancy = (reply_text(x) for x in row)
-            rows.append(
-                {
-                    "name": name,
-                    "status": status,
-                    "matched_blocks": int(matched),
-                    "load": float(load) if load else None,
-                    "kv_usage": float(kv) if kv else None,
-                    "index_occupancy": float(occupancy) if occupancy else None,
-                }
-            )
-        return {"choice": reply_text(reply[0]), "reason": reply_text(reply[1]), "candidates": rows}
+        return explain_reply(
+            reply, "index_occupancy", lambda occupancy: float(occupancy) if occupancy else None
+        )
 
     def acquire(
         self,

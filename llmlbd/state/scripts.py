@@ -8,16 +8,41 @@ object runs EVALSHA and reloads the script when the server answers NOSCRIPT
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["script_source", "ScriptSet", "reply_text"]
+__all__ = ["script_source", "ScriptSet", "reply_text", "explain_reply"]
 
 
 def reply_text(value: Any) -> str:
     """One element of a script's reply as text, whether the client decodes replies or not."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def explain_reply(reply: Any, last_field: str, parse_last: Callable[[str], Any]) -> dict[str, Any]:
+    """An index script's dry-run reply as {"choice", "reason", "candidates"}.
+
+    Each candidate row is ``name, status, matched, load, kv, <last>``; the last
+    column, which differs per index, is stored as *last_field* after *parse_last*.
+    """
+    if not reply[0]:
+        return {"choice": None, "reason": reply_text(reply[1]), "candidates": []}
+    rows = []
+    for row in reply[2]:
+        name, status, matched, load, kv, last = (reply_text(x) for x in row)
+        rows.append(
+            {
+                "name": name,
+                "status": status,
+                "matched_blocks": int(matched),
+                "load": float(load) if load else None,
+                "kv_usage": float(kv) if kv else None,
+                last_field: parse_last(last),
+            }
+        )
+    return {"choice": reply_text(reply[0]), "reason": reply_text(reply[1]), "candidates": rows}
 
 
 def _read(name: str) -> str:

@@ -53,7 +53,7 @@ from llmlbd.policy.filters.low_queue import LowQueue
 from llmlbd.policy.filters.serves_model import ServesModel
 from llmlbd.policy.filters.sheddable_capacity import SheddableCapacity
 from llmlbd.policy.framework import BackendState, Decision, Filter, FilterResult
-from llmlbd.policy.outcomes import combined_reason, no_route
+from llmlbd.policy.outcomes import combined_reason, error_outcome, no_route, no_route_outcome
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 from llmlbd.state.snapshot import PoolSnapshot, read_pool
@@ -216,12 +216,7 @@ class LeastBusy:
             ),
         }
         if not states:
-            error = no_route("empty", request)
-            result["outcome"] = {
-                "status": error.status,
-                "code": error.code,
-                "message": error.message,
-            }
+            result["outcome"] = no_route_outcome("empty", request)
             return result
         evaluation = self.evaluate(routed, states)
         removed_by: dict[str, str] = {}
@@ -254,12 +249,7 @@ class LeastBusy:
             {"name": step["filter"], "removed": list(step["removed"])} for step in evaluation.trace
         ]
         if evaluation.error is not None:
-            error = evaluation.error
-            result["outcome"] = {
-                "status": error.status,
-                "code": error.code,
-                "message": error.message,
-            }
+            result["outcome"] = error_outcome(evaluation.error)
             return result
         ties = [s.name for s in evaluation.survivors]
         result.update(choice=ties[0], ties=ties, reason=_reason(criticality, evaluation.trace))

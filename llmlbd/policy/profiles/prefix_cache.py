@@ -17,7 +17,7 @@ from llmlbd.config.lb_prefix_cache import SCORERS, scorer_weights
 from llmlbd.policy import prompt
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
-from llmlbd.policy.outcomes import no_route
+from llmlbd.policy.outcomes import no_route, refuse_empty_pool
 from llmlbd.request import RoutingRequest
 from llmlbd.state.prefix import PrefixIndex, PrefixParams
 
@@ -72,10 +72,7 @@ class PrefixCache:
     def pick_approximate(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert self.index is not None
-        if not ctx.backends:
-            raise no_route("empty", request)
-        if all(backend.name in exclude for backend in ctx.backends):
-            raise no_route("none", request)
+        refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
         levels = self.levels(request)
         # Every backend of the pool goes in (entries of names not in it are stale), shuffled
         # so that the script's "first best wins" is a uniform random tie-break.
@@ -122,7 +119,8 @@ class PrefixCache:
         The same script runs in dry-run mode, so the answer is exact except for
         the random tie-break (candidates are not shuffled here).
         """
-        from llmlbd.policy.outcomes import no_route as error_for
+        from llmlbd.policy.explain import index_answer
+        from llmlbd.policy.outcomes import no_route_outcome
 
         ctx = self.ctx
         assert self.index is not None
@@ -149,12 +147,7 @@ class PrefixCache:
             "the first candidate here but to a random one in the proxy",
         }
         if not names:
-            error = error_for("empty", request)
-            result["outcome"] = {
-                "status": error.status,
-                "code": error.code,
-                "message": error.message,
-            }
+            result["outcome"] = no_route_outcome("empty", request)
             return result
         answer = self.index.explain(
             names,
@@ -164,33 +157,7 @@ class PrefixCache:
             model=request.model,
             cap=self.cap,
         )
-        if answer["choice"] is None:
-            error = error_for(answer["reason"], request)
-            result["outcome"] = {
-                "status": error.status,
-                "code": error.code,
-                "message": error.message,
-            }
-            return result
-        by_name = {row["name"]: row for row in answer["candidates"]}
-        result["candidates"] = [
-            {
-                "name": b.name,
-                "url": b.url,
-                "weight": b.weight,
-                "removed_by": None
-                if by_name[b.name]["status"] == "ok"
-                else by_name[b.name]["status"],
-                "score": by_name[b.name]["matched_blocks"],
-                "load": by_name[b.name]["load"],
-                "kv_usage": by_name[b.name]["kv_usage"],
-                "index_occupancy": by_name[b.name]["index_occupancy"],
-            }
-            for b in ctx.backends
-        ]
-        result.update(
-            choice=answer["choice"],
-            reason=answer["reason"],
-            prefix_match=by_name[answer["choice"]]["matched_blocks"],
-        )
+        index_answer(result, answer, request, ctx.backends, "index_occupancy")
+        if answer["choice"] is not None:
+            result.update(choice=answer["choice"], reason=answer["reason"])
         return result

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from llmlbd.kvblocks.prompt_blocks import BlockHashes, PromptBlocks, TokenizeError
 from llmlbd.policy.context import PolicyContext
+from llmlbd.policy.explain import index_answer
 from llmlbd.policy.framework import Decision
-from llmlbd.policy.outcomes import no_route
+from llmlbd.policy.outcomes import no_route, refuse_empty_pool
 from llmlbd.request import RoutingRequest
 from llmlbd.state.precise import PreciseIndex, PreciseParams
 
@@ -75,10 +76,7 @@ class PrecisePrefix:
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert self.index is not None
-        if not ctx.backends:
-            raise no_route("empty", request)
-        if all(backend.name in exclude for backend in ctx.backends):
-            raise no_route("none", request)
+        refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
         try:
             blocks = self.block_hashes(request, exclude)
         except TokenizeError as exc:
@@ -162,29 +160,9 @@ class PrecisePrefix:
             "note": "dry run of acquire_precise.lua; ties go to the first candidate here but "
             "to a random one in the proxy",
         }
+        index_answer(result, answer, request, backends, "index_live")
         if answer["choice"] is None:
-            error = no_route(answer["reason"], request)
-            result["outcome"] = {
-                "status": error.status,
-                "code": error.code,
-                "message": error.message,
-            }
             return result
-        rows = {row["name"]: row for row in answer["candidates"]}
-        result["candidates"] = [
-            {
-                "name": b.name,
-                "url": b.url,
-                "weight": b.weight,
-                "removed_by": None if rows[b.name]["status"] == "ok" else rows[b.name]["status"],
-                "score": rows[b.name]["matched_blocks"],
-                "load": rows[b.name]["load"],
-                "kv_usage": rows[b.name]["kv_usage"],
-                "index_live": rows[b.name]["index_live"],
-            }
-            for b in backends
-        ]
-        result["prefix_match"] = rows[answer["choice"]]["matched_blocks"]
         if not any(row["index_live"] for row in answer["candidates"]):
             result["note"] = (
                 "no backend has a live KV-event stream: the proxy would use the approximate index"

@@ -21,7 +21,7 @@ from typing import Any
 from llmlbd.config.loader import Backend
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
-from llmlbd.policy.outcomes import no_route
+from llmlbd.policy.outcomes import no_route, no_route_outcome, refuse_empty_pool
 from llmlbd.request import RoutingRequest
 from llmlbd.state.scripts import reply_text
 
@@ -130,10 +130,7 @@ class SessionAffinity:
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
-        if not ctx.backends:
-            raise no_route("empty", request)
-        if all(backend.name in exclude for backend in ctx.backends):
-            raise no_route("none", request)
+        refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
         reply, session, names = self._call(request, exclude, dry=False)
         if not reply[0]:
             raise no_route(reply_text(reply[1]), request)
@@ -151,21 +148,11 @@ class SessionAffinity:
         """Where *request* would go now and why, read-only (a dry run of the same script)."""
         result: dict[str, Any] = {"policy": self.name, "exact": True, "ties": [], "choice": None}
         if not self.ctx.backends:
-            error = no_route("empty", request)
-            result["outcome"] = {
-                "status": error.status,
-                "code": error.code,
-                "message": error.message,
-            }
+            result["outcome"] = no_route_outcome("empty", request)
             return result
         reply, session, names = self._call(request, frozenset(), dry=True)
         if not reply[0]:
-            error = no_route(reply_text(reply[1]), request)
-            result["outcome"] = {
-                "status": error.status,
-                "code": error.code,
-                "message": error.message,
-            }
+            result["outcome"] = no_route_outcome(reply_text(reply[1]), request)
             return result
         rows = {reply_text(r[0]): r for r in reply[3]}
         current = reply_text(reply[2])

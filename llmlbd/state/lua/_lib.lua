@@ -100,3 +100,51 @@ local function reserve(inflight_key, leases_key, workers_key, backend, request_i
   index_score(pool_base(inflight_key, ':inflight'), backend)
   return count
 end
+
+-- The two prefix indexes' choice among candidates 1..n (acquire_prefix, acquire_precise).
+-- The least load of a pickable candidate, or nil and why none is: 'cap' when an eligible
+-- one was refused at the cap, else 'model' when one lacked the model, else 'none'.
+local function least_pickable_load(n, pickable, load, saw_eligible, saw_model_miss)
+  local min_load
+  for i = 1, n do
+    if pickable[i] and (min_load == nil or load[i] < min_load) then min_load = load[i] end
+  end
+  if min_load ~= nil then return min_load end
+  if saw_eligible then return nil, 'cap' end
+  if saw_model_miss then return nil, 'model' end
+  return nil, 'none'
+end
+
+-- Bounded load: the longest match (blocks[i], nil for none) of at least min_match among
+-- pickable candidates whose load is within bound and whose fresh KV use (kv[i], nil when
+-- unknown) is at most max_kv; equal matches: the least loaded. Returns it and its blocks,
+-- or nil.
+local function bounded_pick(n, pickable, blocks, load, kv, min_match, bound, max_kv)
+  local chosen, best_match
+  for i = 1, n do
+    local b = blocks[i] or 0
+    if pickable[i] and b >= min_match and b > 0 and load[i] <= bound and (kv[i] == nil or kv[i] <= max_kv) then
+      if best_match == nil or b > best_match or (b == best_match and load[i] < load[chosen]) then
+        chosen, best_match = i, b
+      end
+    end
+  end
+  return chosen, best_match
+end
+
+-- The least loaded pickable candidate, preferring one whose fresh KV use is at most
+-- max_kv; equal loads: the lower occupancy[i] when occupancy is given, else the first.
+local function least_loaded(n, pickable, load, kv, max_kv, occupancy)
+  for pass = 1, 2 do
+    local chosen
+    for i = 1, n do
+      if pickable[i] and (pass == 2 or kv[i] == nil or kv[i] <= max_kv) and (chosen == nil
+          or load[i] < load[chosen]
+          or (occupancy and load[i] == load[chosen] and occupancy[i] < occupancy[chosen])) then
+        chosen = i
+      end
+    end
+    if chosen then return chosen end
+  end
+  return nil
+end

@@ -66,15 +66,8 @@ for i = 1, n do
   end
 end
 
-local min_load
-for i = 1, n do
-  if pickable[i] and (min_load == nil or load[i] < min_load) then min_load = load[i] end
-end
-if min_load == nil then
-  if saw_eligible then return {false, 'cap'} end
-  if saw_model_miss then return {false, 'model'} end
-  return {false, 'none'}
-end
+local min_load, refused = least_pickable_load(n, pickable, load, saw_eligible, saw_model_miss)
+if min_load == nil then return {false, refused} end
 if live_count == 0 and not dry then return {false, 'no_index'} end
 
 local best_blocks, best_name = 0, ''
@@ -85,26 +78,14 @@ end
 -- Bounded load: the longest match among backends whose load is within max(min + gap,
 -- min x ratio) and whose fresh KV use is under the limit; equal matches: the least loaded.
 local bound = math.max(min_load + gap, min_load * ratio)
-local chosen, reason
-for i = 1, n do
-  local b = matched[i] or 0
-  if pickable[i] and b >= min_match and b > 0 and load[i] <= bound and (kv[i] == nil or kv[i] <= max_kv) then
-    if chosen == nil or b > matched[chosen] or (b == matched[chosen] and load[i] < load[chosen]) then chosen = i end
-  end
-end
+local chosen = bounded_pick(n, pickable, matched, load, kv, min_match, bound, max_kv)
+local reason
 if chosen then
   reason = 'affinity'
 else
   reason = (best_blocks >= min_match and best_blocks > 0) and 'overloaded' or 'miss'
   -- Least load, preferring a backend whose KV cache is not full (fresh metrics).
-  for pass = 1, 2 do
-    for i = 1, n do
-      if pickable[i] and (pass == 2 or kv[i] == nil or kv[i] <= max_kv) and (chosen == nil or load[i] < load[chosen]) then
-        chosen = i
-      end
-    end
-    if chosen then break end
-  end
+  chosen = least_loaded(n, pickable, load, kv, max_kv)
 end
 
 local name = ARGV[H + chosen]

@@ -145,15 +145,8 @@ for i = 1, n do
   if usable[i] then occupancy[i] = redis.call('ZCARD', KEYS[4 + n + i]) / entries_cap[i] end
 end
 
-local min_load
-for i = 1, n do
-  if pickable[i] and (min_load == nil or load[i] < min_load) then min_load = load[i] end
-end
-if min_load == nil then
-  if saw_eligible then return {false, 'cap'} end
-  if saw_model_miss then return {false, 'model'} end
-  return {false, 'none'}
-end
+local min_load, refused = least_pickable_load(n, pickable, load, saw_eligible, saw_model_miss)
+if min_load == nil then return {false, refused} end
 
 local chosen, reason
 if mode == 'weighted' then
@@ -187,15 +180,10 @@ else
   -- Bounded load: follow the longest match among backends whose load is within
   -- max(min + gap, min x ratio) and whose KV use (when fresh) is under the limit.
   local bound = math.max(min_load + gap, min_load * ratio)
+  local match_blocks = {}
+  for i = 1, n do match_blocks[i] = blocks_of(matched[i]) end
   local best_match
-  for i = 1, n do
-    local b = blocks_of(matched[i])
-    if pickable[i] and b >= min_match and b > 0 and load[i] <= bound and (kv[i] == nil or kv[i] <= max_kv) then
-      if best_match == nil or b > best_match or (b == best_match and load[i] < load[chosen]) then
-        chosen, best_match = i, b
-      end
-    end
-  end
+  chosen, best_match = bounded_pick(n, pickable, match_blocks, load, kv, min_match, bound, max_kv)
   if chosen and branches > 0 and best_match == best_blocks then
     chosen, reason = nil, 'shared_prefix'
   elseif chosen then
@@ -206,15 +194,7 @@ else
   if not chosen then
     -- Least load, then the emptiest index; preferring backends whose KV cache is not full
     -- (fresh metrics).
-    for pass = 1, 2 do
-      for i = 1, n do
-        if pickable[i] and (pass == 2 or kv[i] == nil or kv[i] <= max_kv) and (chosen == nil
-            or load[i] < load[chosen] or (load[i] == load[chosen] and occupancy[i] < occupancy[chosen])) then
-          chosen = i
-        end
-      end
-      if chosen then break end
-    end
+    chosen = least_loaded(n, pickable, load, kv, max_kv, occupancy)
   end
 end
 
