@@ -65,13 +65,18 @@ class PoolSnapshot:
     anyway. In-flight counts and the drained set are read on every call, in the
     same single round trip (snapshot_live.lua); a re-read takes a second one.
     Metric ages are computed on Redis's clock at each call, so staleness rules see
-    the true age.
+    the true age of what this copy holds. When a held metric is older than
+    *stale_after_ms* but the collector has published since, the copy is re-read at
+    once: the copy's own lag must never make fresh metrics look stale.
     """
 
-    def __init__(self, client: Any, keys: PoolKeys, refresh_ms: int) -> None:
+    def __init__(
+        self, client: Any, keys: PoolKeys, refresh_ms: int, stale_after_ms: int | None = None
+    ) -> None:
         self.client = client
         self.keys = keys
         self.refresh_s = refresh_ms / 1000
+        self.stale_after_ms = stale_after_ms
         self.scripts = ScriptSet(client)
         self._version = ""
         self._checked_at = -math.inf  # monotonic: a per-worker rate limit, not an age
@@ -84,8 +89,9 @@ class PoolSnapshot:
         reply = self.scripts.snapshot_live(keys=live, args=[self._version])
         now = time.monotonic()
         unknown = any(b.name not in self._metrics for b in backends)
-        stale = now - self._checked_at >= self.refresh_s and reply_text(reply[3]) != self._version
-        if unknown or stale:
+        published = reply_text(reply[3]) != self._version
+        due = now - self._checked_at >= self.refresh_s
+        if unknown or (published and (due or self._holds_stale(int(reply[0])))):
             # A second round trip, at most once per refresh (or for a new member): passing
             # every hash's key on each call would itself cost O(pool size).
             self._checked_at = now
@@ -98,3 +104,14 @@ class PoolSnapshot:
         now_ms, inflight = int(reply[0]), _pairs(reply[1])
         drained = set(map(reply_text, reply[2]))
         return _states(backends, now_ms, inflight, drained, self._metrics)
+
+    def _holds_stale(self, now_ms: int) -> bool:
+        """Whether a metric this copy holds would be judged stale at *now_ms*."""
+        if self.stale_after_ms is None:
+            return False
+        edge = now_ms - self.stale_after_ms
+        for metrics in self._metrics.values():
+            scraped = metrics.get(F.SCRAPED_AT)
+            if scraped and scraped.isdigit() and int(scraped) <= edge:
+                return True
+        return False

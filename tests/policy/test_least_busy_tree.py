@@ -78,6 +78,7 @@ class Pool:
             fields["scraped_at"] = str(self.now_ms() - int(spec["age_ms"]))
         if fields:
             self.client.hset(key, mapping=fields)
+            self.client.incr(self.keys.metrics_version)  # as the collector's publish does
         self.client.hset(self.keys.inflight, name, int(spec.get("inflight", 0)))
         if spec.get("drained"):
             self.client.sadd(self.keys.drained, name)

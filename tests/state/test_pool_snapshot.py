@@ -61,3 +61,29 @@ def test_a_new_member_is_read_at_once(redis_client):
     publish(redis_client, keys, "b2", waiting="5")
     states = snapshot.read(BACKENDS)
     assert states[2].metrics["waiting"] == "5"
+
+
+def publish_aged(client, keys: PoolKeys, name: str, age_ms: int) -> None:
+    """What the collector sends: metrics *age_ms* old (scraped_at = Redis now - age)."""
+    client.hset(keys.scrape_owners, name, "col 99999999999999")
+    ScriptSet(client).collector_publish(
+        keys=[keys.scrape_owners, keys.backend(name)],
+        args=["col", name, str(age_ms), "", 1, "waiting", "0"],
+    )
+
+
+def test_the_copys_lag_never_makes_fresh_metrics_look_stale(redis_client):
+    """A held metric past stale_after is re-read at once when the collector published since,
+    however long the refresh interval: what Redis holds may be fresh."""
+    keys = PoolKeys("snap3")
+    publish_aged(redis_client, keys, "b0", age_ms=150)
+    snapshot = PoolSnapshot(redis_client, keys, refresh_ms=60_000, stale_after_ms=200)
+    held = snapshot.read(BACKENDS[:1])[0].metrics["scraped_at"]
+    time.sleep(0.1)  # the copy's scraped_at is now past stale_after
+    publish_aged(redis_client, keys, "b0", age_ms=0)
+    fresh = snapshot.read(BACKENDS[:1])[0].metrics["scraped_at"]
+    assert int(fresh) > int(held) and snapshot.metrics_reads == 2
+    # Without a publish since, nothing is re-read: a dead collector's metrics age on.
+    time.sleep(0.25)
+    snapshot.read(BACKENDS[:1])
+    assert snapshot.metrics_reads == 2

@@ -102,7 +102,12 @@ class LeastBusy:
         self.tree = build_tree(cfg, ctx.rng)
         # The metrics are scrape-old anyway: a copy a quarter of the staleness bound old at
         # most keeps the fresh_metrics rule meaningful and costs Redis little per decision.
-        self.snapshot = PoolSnapshot(ctx.client, ctx.keys, refresh_ms=ctx.stale_after_ms // 4)
+        self.snapshot = PoolSnapshot(
+            ctx.client,
+            ctx.keys,
+            refresh_ms=ctx.stale_after_ms // 4,
+            stale_after_ms=ctx.stale_after_ms,
+        )
         _warn_ignored(cfg)
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
