@@ -49,7 +49,9 @@ class TestPublish:
         """The real vLLM page lands in the backend hash, with models, health and a fresh scraped_at."""
         server = page_server(page("vllm_v1_0.33.txt"), models=page("vllm_models.json"))
         run_collector([("a", server.url)])
-        h = wait_fields(redis_client, "a", lambda h: F.SCRAPED_AT in h and F.MODELS in h)
+        h = wait_fields(
+            redis_client, "a", lambda h: F.SCRAPED_AT in h and F.MODELS in h and F.HEALTH in h
+        )
         assert h[F.WAITING] == "3" and h[F.RUNNING] == "24" and h[F.KV_USAGE] == "0.413721"
         assert h[F.BLOCK_SIZE] == "16" and h[F.NUM_GPU_BLOCKS] == "28042"
         assert h[F.LORA_RUNNING] == "sql-lora,food-review-1" and h[F.MAX_LORA] == "2"
