@@ -34,18 +34,16 @@ from pathlib import Path
 import gevent
 import prefix_bench
 import redis
-import requests
 import yaml
 
+from bench.peerbench.workloads import WORDS
 from llmlbd.config.loader import config_from_dict
 from llmlbd.embedded import EmbeddedRedis
 from llmlbd.kvblocks.local import LocalTokenizer
 from llmlbd.kvblocks.prompt_blocks import PromptBlocks
 from llmlbd.kvblocks.remote import RemoteTokenizer
-from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.registry import load_policy_class
 from llmlbd.state.keys import PoolKeys
-from llmlbd.state.leases import Leases
 from tests.harness import Proc, free_port, python_module, wait_until
 from tests.kvblocks.events import backends_config, event_fleet
 
@@ -109,20 +107,9 @@ def run_one(
         if label == "precise" and args.tokenizer_dir:
             lb = {**lb, "tokenizer": args.tokenizer_dir}
         cfg = config_from_dict({"lb_policy": name, "backends": backends, "lb_config": lb})
-        leases = Leases(client, keys, f"bench-{os.getpid()}", 600_000)
-        ctx = PolicyContext(
-            cfg.backends,
-            cfg.lb_config,
-            keys,
-            leases,
-            client,
-            stale_after_ms=cfg.collector.stale_after_ms,
-            rng=random.Random(seed),
-        )
-        session = requests.Session()
-        session.mount(
-            "http://", requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=512)
-        )
+        ctx = prefix_bench.bench_context(cfg, client, keys, seed)
+        leases = ctx.leases
+        session = prefix_bench.bench_session()
         urls = dict(zip(fleet.names, fleet.urls))
         policy = (
             prefix_bench.Oracle(ctx, urls, session)
@@ -147,7 +134,7 @@ def tokenize_cost(args: argparse.Namespace, turns: int = 6) -> dict[str, float]:
     if local is None:
         from tests.kvblocks.conftest import build_tokenizer_dir
 
-        directory = build_tokenizer_dir(Path(tempfile.mkdtemp()) / "tok", prefix_bench.WORDS, 2048)
+        directory = build_tokenizer_dir(Path(tempfile.mkdtemp()) / "tok", WORDS, 2048)
         local = LocalTokenizer(str(directory))
     rng = random.Random(3)
     chats = []
@@ -309,9 +296,7 @@ def main() -> int:
 
         # Trained on the workload's words: about a token per word, like a real vocabulary.
         args.tokenizer_dir = str(
-            build_tokenizer_dir(
-                Path(tempfile.mkdtemp()) / "tokenizer", prefix_bench.WORDS, vocab_size=2048
-            )
+            build_tokenizer_dir(Path(tempfile.mkdtemp()) / "tokenizer", WORDS, vocab_size=2048)
         )
     cost = tokenize_cost(args)
     print(f"tokenize + hash per request: {cost}", flush=True)

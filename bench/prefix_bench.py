@@ -238,19 +238,9 @@ def run_one(
                 "lb_config": lb,
             }
         )
-        leases = Leases(client, keys, f"bench-{os.getpid()}", 600_000)
-        ctx = PolicyContext(
-            cfg.backends,
-            cfg.lb_config,
-            keys,
-            leases,
-            client,
-            stale_after_ms=cfg.collector.stale_after_ms,
-            rng=random.Random(seed),
-        )
-        session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=512)
-        session.mount("http://", adapter)
+        ctx = bench_context(cfg, client, keys, seed)
+        leases = ctx.leases
+        session = bench_session()
         urls = dict(zip(fleet.names, fleet.urls))
         policy = (
             Oracle(ctx, urls, session)
@@ -266,6 +256,28 @@ def run_one(
         fleet.stop()
         client.close()
     return result
+
+
+def bench_context(cfg, client, keys: PoolKeys, seed: int) -> PolicyContext:
+    """The policy context a benchmark run decides with: real leases on the run's Redis."""
+    leases = Leases(client, keys, f"bench-{os.getpid()}", 600_000)
+    return PolicyContext(
+        cfg.backends,
+        cfg.lb_config,
+        keys,
+        leases,
+        client,
+        stale_after_ms=cfg.collector.stale_after_ms,
+        rng=random.Random(seed),
+    )
+
+
+def bench_session() -> requests.Session:
+    """One HTTP session for a run's many concurrent requests to the fleet."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=512)
+    session.mount("http://", adapter)
+    return session
 
 
 def drive(policy, result: RunResult, args, fleet, session, urls, leases, seed: int) -> None:
