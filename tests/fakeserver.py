@@ -277,6 +277,8 @@ class Stub:
             request = json.loads(raw) if raw else {}
         except ValueError:
             request = {}
+        if not isinstance(request, dict):  # valid JSON but not an object ("0", "[]")
+            request = {}
         if environ["PATH_INFO"] == "/tokenize":
             self.inflight -= 1
             return self._json(start_response, 200, {"tokens": [1, 2, 3], "count": 3})
