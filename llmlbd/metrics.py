@@ -18,6 +18,7 @@ __all__ = [
     "UPSTREAM_TTFB_SECONDS",
     "UPSTREAM_SECONDS",
     "RETRIES",
+    "OUTLIER_EVENTS",
     "FALLBACKS",
     "REDIS_ERRORS",
     "REDIS_SECONDS",
@@ -55,6 +56,13 @@ UPSTREAM_SECONDS = Histogram(
     "From forwarding to the end of the backend's response.",
     ["backend"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+OUTLIER_EVENTS = Counter(
+    "llmlbd_outlier_events_total",
+    "Backends ejected after consecutive failures (event=ejected, kind=the last failure) "
+    "and brought back by a successful probe (event=returned), counted by the worker "
+    "whose release decided it.",
+    ["backend", "event", "kind"],
 )
 RETRIES = Counter(
     "llmlbd_retries_total",
@@ -123,6 +131,9 @@ class Observer:
     def fallback(self) -> None:
         FALLBACKS.inc()
 
+    def outlier(self, event: str, backend: str, kind: str) -> None:
+        OUTLIER_EVENTS.labels(backend, event, kind).inc()
+
     def decided(self, details: dict[str, Any]) -> None:
         """What a policy reported about its choice (Decision.details)."""
         if "prompt_blocks" in details:
@@ -133,7 +144,10 @@ class Observer:
 # Gauges PoolCollector exposes (name -> help), read from Redis at scrape time.
 POOL_GAUGES = {
     "llmlbd_backend_inflight": "Requests in flight per backend, across every replica.",
-    "llmlbd_backend_usable": "1 when the backend takes new requests (not drained, not down).",
+    "llmlbd_backend_usable": "1 when the backend takes new requests (not drained, not down, "
+    "not ejected).",
+    "llmlbd_backend_ejected": "1 while the backend is ejected as an outlier (cool-down or "
+    "probe running).",
     "llmlbd_backend_metrics_age_seconds": "Age of the collector's metrics for the backend.",
 }
 
@@ -157,13 +171,15 @@ class PoolCollector:
             states = read_pool(self.client, self.keys, self.backends)
         except Exception:
             return
-        inflight, usable, age = (
+        inflight, usable, ejected, age = (
             GaugeMetricFamily(name, doc, labels=["backend"]) for name, doc in POOL_GAUGES.items()
         )
         for state in states:
             inflight.add_metric([state.name], state.inflight)
             down = state.metrics.get("health") == "down"
-            usable.add_metric([state.name], 0 if state.drained or down else 1)
+            out = state.ejected_until_ms is not None
+            usable.add_metric([state.name], 0 if state.drained or down or out else 1)
+            ejected.add_metric([state.name], 1 if out else 0)
             if state.metrics_age_ms is not None:
                 age.add_metric([state.name], state.metrics_age_ms / 1000)
-        yield from (inflight, usable, age)
+        yield from (inflight, usable, ejected, age)

@@ -43,6 +43,10 @@ class ServerSection:
     connect_timeout_s: float
     read_timeout_s: float
     max_retries: int
+    eject_after_failures: int
+    eject_cooldown_s: float
+    eject_max_cooldown_s: float
+    eject_probe_s: float
     upstream_pool_size: int
     graceful_timeout_s: float
     backend_header: bool

@@ -141,6 +141,38 @@ SETTINGS: list[Setting] = [
         "Other backends tried when one fails before sending any response byte.",
     ),
     Setting(
+        "server.eject_after_failures",
+        5,
+        v.non_negative_int,
+        "Outlier ejection: consecutive failed requests (connection refused or reset, a 5xx, "
+        "a read timeout) after which every worker and replica stops sending to a backend "
+        "for a cool-down; 0 turns ejection off.",
+        "requests",
+    ),
+    Setting(
+        "server.eject_cooldown_s",
+        5.0,
+        v.positive_float,
+        "First cool-down of an ejected backend; it doubles with each ejection in a row "
+        "(a failed probe) up to `eject_max_cooldown_s`.",
+        "s",
+    ),
+    Setting(
+        "server.eject_max_cooldown_s",
+        300.0,
+        v.positive_float,
+        "Longest cool-down of an ejected backend.",
+        "s",
+    ),
+    Setting(
+        "server.eject_probe_s",
+        30.0,
+        v.positive_float,
+        "After a cool-down one request probes the backend; if its outcome is not known "
+        "within this long, another request may probe.",
+        "s",
+    ),
+    Setting(
         "server.upstream_pool_size",
         256,
         v.positive_int,

@@ -8,12 +8,13 @@ import click
 
 from llmlbd.ctl.context import Ctl, pass_ctl
 from llmlbd.ctl.members import SOURCES
-from llmlbd.ctl.output import emit, fmt_age, fmt_list, fmt_num, json_option, table
-from llmlbd.ctl.pool import replica_of
+from llmlbd.ctl.output import emit, fmt_age, fmt_list, fmt_num, fmt_outlier, json_option, table
+from llmlbd.ctl.pool import outlier_column, replica_of
 from llmlbd.exits import NOT_FOUND
 from llmlbd.state import backend_fields as F
 from llmlbd.state import inspection as state_reads
 from llmlbd.state.members import effective_backends
+from llmlbd.state.outlier import outlier_view
 from llmlbd.state.prefix_usage import prefix_usage
 from llmlbd.state.types import ClaimRecord, parse_ms
 
@@ -65,6 +66,7 @@ def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
     scraped_at = metrics.get(F.SCRAPED_AT)
     models_at = metrics.get(F.MODELS_AT)
     claim = ClaimRecord.parse(owner or "")
+    ejected, records = outlier_view(client, keys)
     return {
         "name": name,
         "member": member is not None,
@@ -72,6 +74,7 @@ def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
         "url": member.url if member else metrics.get(F.URL),
         "weight": member.weight if member else None,
         "drained": record.drained,
+        "outlier": outlier_column(name, now, ejected, records),
         "inflight": record.inflight or 0,
         "leases": len(leases),
         "leases_by_worker": by_worker,
@@ -96,7 +99,9 @@ def _render_backend(data: dict[str, Any]) -> str:
     lines = [
         f"backend {data['name']}  {data['url'] or '(no URL known)'}  weight {fmt_num(data['weight'])}"
         + ("" if data["member"] else "  NOT A MEMBER (leftover state)"),
-        f"drained: {'yes' if data['drained'] else 'no'}   in flight: {data['inflight']} "
+        f"drained: {'yes' if data['drained'] else 'no'}   "
+        f"outlier: {fmt_outlier(data['outlier']) or 'no failure since the last success'}   "
+        f"in flight: {data['inflight']} "
         f"({data['leases']} leases, {data['leases_of_dead_workers']} held by dead workers)",
         f"metrics age: {fmt_age(data['metrics_age_ms']) if data['metrics_age_ms'] is not None else 'never scraped'}"
         f" (stale after {fmt_age(data['stale_after_ms'])})   models age: {fmt_age(data['models_age_ms'])}",

@@ -18,6 +18,7 @@ __all__ = [
     "emit",
     "table",
     "fmt_age",
+    "fmt_outlier",
     "fmt_pct",
     "fmt_num",
     "fmt_list",
@@ -68,6 +69,23 @@ def _numeric(cell: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def fmt_outlier(outlier: dict[str, Any] | None) -> str:
+    """A backend's outlier state in a few words: EJECTED 4s (connect, 2nd), PROBING, …"""
+    if outlier is None:
+        return ""
+    state = outlier["state"]
+    if state == "streak":
+        return f"{outlier['failures']} failed"
+    if state == "half_open":
+        return "half-open"
+    if state == "probing":
+        return "PROBING"
+    return (
+        f"EJECTED {fmt_age(outlier['remaining_ms'])} "
+        f"({outlier['last_failure']}, x{outlier['ejections_in_a_row']})"
+    )
 
 
 def fmt_age(ms: float | None) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from llmlbd.policy.filters.healthy import why_not
 from llmlbd.state import backend_fields as F
 from llmlbd.state.inspection import heartbeat_deadlines, pool_counters, redis_info, redis_now_ms
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.members import effective_backends
+from llmlbd.state.outlier import OutlierRecord, outlier_view
 from llmlbd.state.snapshot import read_pool
 from llmlbd.state.types import Backend, ClaimRecord
 
@@ -22,6 +24,7 @@ __all__ = [
     "pool_status",
     "replica_of",
     "serving",
+    "outlier_column",
 ]
 
 
@@ -45,15 +48,42 @@ def heartbeats(client: Any, key: str, now_ms: int) -> dict[str, list[dict[str, A
 
 
 def serving(row: dict[str, Any]) -> bool:
-    """Would an acquire script consider this backend? (not drained, not down)"""
-    return not row["drained"] and row["health"] != F.HEALTH_DOWN
+    """Would an acquire script consider this backend? (not drained, down or ejected)"""
+    return row["unavailable"] is None
+
+
+def outlier_column(
+    name: str, now_ms: int, ejected: dict[str, int], records: dict[str, OutlierRecord]
+) -> dict[str, Any] | None:
+    """A backend's outlier state for status and inspect, or None when nothing failed."""
+    record = records.get(name)
+    until = ejected.get(name)
+    if record is None and until is None:
+        return None
+    state = "streak"
+    if until is not None:
+        state = (
+            "half_open"
+            if until <= now_ms
+            else ("probing" if record and record.probe else "ejected")
+        )
+    return {
+        "state": state,
+        "remaining_ms": max(0, until - now_ms) if until is not None else None,
+        "failures": record.streak if record else 0,
+        "ejections_in_a_row": record.level if record else 0,
+        "last_failure": record.kind if record else None,
+        "probe": record.probe if record else None,
+    }
 
 
 def backend_rows(
     client: Any, keys: PoolKeys, backends: Sequence[Backend], stale_after_ms: int
 ) -> list[dict[str, Any]]:
-    """One dict per backend: health, drained, load, engine metrics and their age."""
+    """One dict per backend: health, drained, ejection, load, engine metrics and their age."""
     rows = []
+    ejected, records = outlier_view(client, keys)
+    now = redis_now_ms(client)
     for state in read_pool(client, keys, backends):
         age = state.metrics_age_ms
         rows.append(
@@ -63,6 +93,8 @@ def backend_rows(
                 "weight": state.backend.weight,
                 "health": state.metrics.get(F.HEALTH) or F.HEALTH_UNKNOWN,
                 "drained": state.drained,
+                "unavailable": why_not(state),
+                "outlier": outlier_column(state.name, now, ejected, records),
                 "inflight": state.inflight,
                 "waiting": state.metric(F.WAITING),
                 "running": state.metric(F.RUNNING),

@@ -9,7 +9,16 @@ import click
 from llmlbd import exits
 from llmlbd.ctl.context import Ctl, pass_ctl
 from llmlbd.ctl.members import SOURCES
-from llmlbd.ctl.output import emit, fmt_age, fmt_list, fmt_num, fmt_pct, json_option, table
+from llmlbd.ctl.output import (
+    emit,
+    fmt_age,
+    fmt_list,
+    fmt_num,
+    fmt_outlier,
+    fmt_pct,
+    json_option,
+    table,
+)
 from llmlbd.ctl.pool import pool_status
 
 __all__ = ["status_command", "render_status"]
@@ -35,6 +44,7 @@ def render_status(data: dict[str, Any]) -> str:
                 row["name"],
                 row["health"],
                 "DRAINED" if row["drained"] else "",
+                fmt_outlier(row["outlier"]),
                 row["inflight"],
                 fmt_num(row["waiting"]),
                 fmt_num(row["running"]),
@@ -51,6 +61,7 @@ def render_status(data: dict[str, Any]) -> str:
                     "BACKEND",
                     "HEALTH",
                     "DRAINED",
+                    "OUTLIER",
                     "INFLIGHT",
                     "WAITING",
                     "RUNNING",
@@ -90,7 +101,8 @@ def render_status(data: dict[str, Any]) -> str:
     if data["serving"] == 0:
         lines.append("")
         lines.append(
-            "NO BACKEND CAN TAKE REQUESTS (every backend is down or drained): clients get 503"
+            "NO BACKEND CAN TAKE REQUESTS (every backend is down, drained or ejected): "
+            "clients get 503"
         )
     return "\n".join(lines)
 
@@ -99,10 +111,11 @@ def render_status(data: dict[str, Any]) -> str:
 @json_option
 @pass_ctl
 def status_command(ctl: Ctl, as_json: bool) -> None:
-    """Show the pool: backends (health, drained, load, KV use, metrics age, models),
+    """Show the pool: backends (health, drained, outlier ejection, load, KV use, metrics
+    age, models),
     the policy, live proxy workers and replicas, collectors, Redis role and latency.
 
-    Exits 4 when no backend can take requests (all down or drained).
+    Exits 4 when no backend can take requests (all down, drained or ejected).
     """
     data = pool_status(ctl)
     emit(data, as_json, render_status)

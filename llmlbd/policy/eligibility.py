@@ -1,7 +1,7 @@
 """Who may take a request: THE eligibility rule, written once, from the filters.
 
 A backend is eligible for a request when it is not drained, not marked down
-(healthy), serves the model or its model list is unknown (serves_model), and
+and not ejected as an outlier (healthy), serves the model or its model list is unknown (serves_model), and
 has a free slot under ``lb_config.maxRequestCount`` (below_cap), checked in
 that order so that the first reason is reported. Unknown health and stale
 metrics do not make a backend ineligible: only evidence removes it.
@@ -20,7 +20,7 @@ from llmlbd.state.types import BackendState
 __all__ = ["REASONS", "ineligible"]
 
 # Every reason, in the order the checks run (and the scripts' order).
-REASONS = ("drained", "down", "model", "cap")
+REASONS = ("drained", "down", "ejected", "model", "cap")
 
 
 def ineligible(state: BackendState, model: str, cap: int) -> str | None:

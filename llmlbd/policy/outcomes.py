@@ -1,7 +1,7 @@
 """Every "no backend" outcome becomes the client's error here, and only here.
 
 The reasons are those of the acquire scripts: "cap" (429), "model" (404
-model_not_found), "none" (503: all down or drained) and "empty" (503: no
+model_not_found), "none" (503: all down, drained or ejected) and "empty" (503: no
 backend configured). When several backends were refused for different
 reasons, `combined_reason` decides in the scripts' order: a backend at the
 cap means the pool serves the request but is full; else a backend without
@@ -46,7 +46,7 @@ def no_route(reason: str, request: RoutingRequest) -> LLMLBError:
         return ModelNotFound(f"the model '{request.model}' does not exist on any backend")
     if reason == "empty":
         return NoBackend("no backend is configured")
-    return NoBackend("no healthy backend is available (all down or drained)")
+    return NoBackend("no healthy backend is available (all down, drained or ejected)")
 
 
 def refuse_empty_pool(

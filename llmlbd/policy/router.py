@@ -21,6 +21,7 @@ from llmlbd.state.breaker import Breaker
 from llmlbd.state.client import REDIS_ERRORS
 from llmlbd.state.health import unavailable
 from llmlbd.state.leases import Leases
+from llmlbd.state.outlier import Released
 
 # REDIS_ERRORS is re-exported for llmlbd.server, which imports it from here.
 __all__ = ["Router", "REDIS_ERRORS"]
@@ -96,20 +97,47 @@ class Router:
             self.observer.fallback()
         return self.fallback.pick(request, exclude)
 
-    def release(self, decision: Decision) -> None:
-        """Give the slot back, exactly once; never raises."""
+    def release(self, decision: Decision, outcome: str = "") -> None:
+        """Give the slot back, exactly once, recording how the backend did (*outcome*: "ok",
+        a kind of state.outlier.FAILURES, or "" when it was not the backend's doing);
+        never raises. A release retried by maintain() records no outcome."""
         if decision.local:
             self.fallback.release(decision.request_id)
             return
         started = time.perf_counter()
         try:
-            self.leases.release(decision.request_id)
+            released = self.leases.release(decision.request_id, outcome)
         except REDIS_ERRORS as exc:
             self._redis_failed("release", exc)
             self.pending_releases.add(decision.request_id)
         else:
             if self.observer:
                 self.observer.redis_call("release", time.perf_counter() - started)
+            if released.event:
+                self._outlier_event(released, decision.request_id)
+
+    def _outlier_event(self, released: Released, request_id: str) -> None:
+        """One log line per ejection and per return, from the worker whose release caused it."""
+        if released.event == "ejected":
+            log.warning(
+                "backend_ejected",
+                backend=released.backend,
+                kind=released.kind,
+                failures=released.streak,
+                ejections_in_a_row=released.level,
+                cooldown_s=released.cooldown_ms / 1000,
+                request_id=request_id,
+            )
+        else:
+            log.info(
+                "backend_returned",
+                backend=released.backend,
+                after_ejections=released.level,
+                last_failure=released.kind,
+                probe_request_id=request_id,
+            )
+        if self.observer:
+            self.observer.outlier(released.event, released.backend, released.kind)
 
     def maintain(self) -> None:
         """Heartbeat, retry failed releases, reap dead workers' leases, refresh health."""

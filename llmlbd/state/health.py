@@ -18,14 +18,16 @@ __all__ = ["unavailable", "previous_health"]
 
 
 def unavailable(client: Any, keys: PoolKeys, names: Sequence[str]) -> set[str]:
-    """The backends among *names* (plus any other) that are drained or marked down."""
+    """The backends among *names* (plus any other) that are drained, marked down or ejected
+    (in a cool-down or half-open: the fallback cannot run a probe, so it avoids both)."""
     pipe = client.pipeline(transaction=False)
     pipe.smembers(keys.drained)
+    pipe.zrange(keys.ejected, 0, -1)
     for name in names:
         pipe.hget(keys.backend(name), F.HEALTH)
-    drained, *health = pipe.execute()
+    drained, ejected, *health = pipe.execute()
     down = {name for name, state in zip(names, health) if state == F.HEALTH_DOWN}
-    return {reply_text(name) for name in drained} | down
+    return {reply_text(name) for name in (*drained, *ejected)} | down
 
 
 def previous_health(

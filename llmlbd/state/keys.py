@@ -45,6 +45,18 @@ class PoolKeys:
         return f"{self._base}:drained"
 
     @property
+    def ejected(self) -> str:
+        """ZSET outlier backend -> until when (ms, Redis clock) it takes no request; a member
+        whose time has passed is half-open (lua/_lib.lua; docs/reliability.md)."""
+        return f"{self._base}:ejected"
+
+    @property
+    def outlier(self) -> str:
+        """HASH backend -> "streak level kind window_ms probe": its consecutive failures,
+        ejections in a row, last failure kind, probe window and probe request id."""
+        return f"{self._base}:outlier"
+
+    @property
     def rr_counter(self) -> str:
         """STRING counter shared by round_robin across workers and replicas."""
         return f"{self._base}:rr"

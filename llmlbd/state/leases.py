@@ -21,6 +21,7 @@ from typing import Any
 from llmlbd.state import ordered_index
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.ordered_index import Membership
+from llmlbd.state.outlier import DEFAULT_OUTLIER, OutlierParams, Released
 from llmlbd.state.scripts import ScriptSet, reply_text
 
 __all__ = ["Reservation", "Leases", "new_worker_id", "reap"]
@@ -50,11 +51,19 @@ class Reservation:
 class Leases:
     """The lease scripts of one pool, bound to one client and one worker id."""
 
-    def __init__(self, client: Any, keys: PoolKeys, worker_id: str, ttl_ms: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: PoolKeys,
+        worker_id: str,
+        ttl_ms: int,
+        outlier: OutlierParams = DEFAULT_OUTLIER,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.worker_id = worker_id
         self.ttl_ms = ttl_ms
+        self.outlier = outlier
         self.scripts = ScriptSet(client)
 
     def acquire_least_request(
@@ -84,16 +93,20 @@ class Leases:
         return Reservation(None, 0, "none")
 
     def acquire(self, request_id: str, name: str, model: str = "", cap: int = 0) -> Reservation:
-        """Reserve *name*, chosen by the caller, unless it is down, drained or full."""
+        """Reserve *name*, chosen by the caller, unless it is down, drained, ejected or full
+        (a request id that holds a lease already gets that lease, whatever *name*)."""
         k = self.keys
         keys = [k.inflight, k.leases, k.workers, k.drained, k.backend(name)]
         args = [request_id, self.worker_id, self.ttl_ms, cap, model, name]
         return Reservation.from_reply(self.scripts.acquire_backend(keys=keys, args=args))
 
-    def release(self, request_id: str) -> bool:
-        """Give the request's slot back; False if it had none (already released or reaped)."""
+    def release(self, request_id: str, outcome: str = "") -> Released:
+        """Give the request's slot back and record *outcome* for outlier ejection ("ok", a
+        kind of outlier.FAILURES, or "" for none); falsy if it had no slot (already
+        released or reaped)."""
         k = self.keys
-        return bool(self.scripts.release(keys=[k.inflight, k.leases], args=[request_id]))
+        args = [request_id, outcome, *self.outlier.args()]
+        return Released.from_reply(self.scripts.release(keys=[k.inflight, k.leases], args=args))
 
     def heartbeat(self) -> int:
         """Keep this worker's leases alive for another TTL; returns the deadline (ms)."""

@@ -10,7 +10,7 @@ from typing import Any
 from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
-from llmlbd.state.types import Backend, BackendState
+from llmlbd.state.types import Backend, BackendState, parse_ms
 
 __all__ = ["read_pool", "PoolSnapshot"]
 
@@ -25,6 +25,7 @@ def _states(
     inflight: dict[str, str],
     drained: set[str],
     metrics_of: dict[str, dict[str, str]],
+    ejected: dict[str, str],
 ) -> list[BackendState]:
     states = []
     for backend in backends:
@@ -38,13 +39,14 @@ def _states(
                 drained=backend.name in drained,
                 metrics=metrics,
                 metrics_age_ms=age,
+                ejected_until_ms=parse_ms(ejected.get(backend.name)),
             )
         )
     return states
 
 
 def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[BackendState]:
-    """Every backend with its in-flight count, drained flag, metrics and their age.
+    """Every backend with its in-flight count, drained flag, ejection, metrics and their age.
 
     Metric age uses Redis's clock (TIME), the clock the collector's
     `scraped_at` is compared with, so no host's clock skew matters.
@@ -53,8 +55,8 @@ def read_pool(client: Any, keys: PoolKeys, backends: Sequence[Backend]) -> list[
         keys=[keys.inflight, keys.drained, *(keys.backend(b.name) for b in backends)]
     )
     now_ms, inflight, drained = int(reply[0]), _pairs(reply[1]), set(map(reply_text, reply[2]))
-    metrics_of = {b.name: _pairs(flat) for b, flat in zip(backends, reply[3:])}
-    return _states(backends, now_ms, inflight, drained, metrics_of)
+    metrics_of = {b.name: _pairs(flat) for b, flat in zip(backends, reply[4:])}
+    return _states(backends, now_ms, inflight, drained, metrics_of, _pairs(reply[3]))
 
 
 class PoolSnapshot:
@@ -63,7 +65,8 @@ class PoolSnapshot:
     The metrics hashes are re-read at most every *refresh_ms* and only when the
     collector published since (the pool's `metrics_version`): they are scrape-old
     anyway. In-flight counts and the drained set are read on every call, in the
-    same single round trip (snapshot_live.lua); a re-read takes a second one.
+    same single round trip (snapshot_live.lua), with the running outlier ejections; a
+    re-read takes a second one.
     Metric ages are computed on Redis's clock at each call, so staleness rules see
     the true age of what this copy holds. When a held metric is older than
     *stale_after_ms* but the collector has published since, the copy is re-read at
@@ -98,12 +101,12 @@ class PoolSnapshot:
             reply = self.scripts.snapshot_live(
                 keys=live + [k.backend(b.name) for b in backends], args=[""]
             )
-            self._metrics.update((b.name, _pairs(flat)) for b, flat in zip(backends, reply[4:]))
+            self._metrics.update((b.name, _pairs(flat)) for b, flat in zip(backends, reply[5:]))
             self._version = reply_text(reply[3])
             self.metrics_reads += 1
         now_ms, inflight = int(reply[0]), _pairs(reply[1])
         drained = set(map(reply_text, reply[2]))
-        return _states(backends, now_ms, inflight, drained, self._metrics)
+        return _states(backends, now_ms, inflight, drained, self._metrics, _pairs(reply[4]))
 
     def _holds_stale(self, now_ms: int) -> bool:
         """Whether a metric this copy holds would be judged stale at *now_ms*."""

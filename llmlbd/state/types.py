@@ -29,6 +29,8 @@ class BackendState:
     metrics: dict[str, str] = field(default_factory=dict)
     # Milliseconds since the metrics were scraped; None when never scraped.
     metrics_age_ms: int | None = None
+    # Outlier ejection: until when (ms, Redis clock) it takes no request; None when it may.
+    ejected_until_ms: int | None = None
 
     @property
     def name(self) -> str:

@@ -48,6 +48,7 @@ class Case:
     inflight: int = 0
     cap: int = 0
     stale: bool = False  # metrics scraped long ago
+    ejected_for_ms: int | None = None  # an outlier ejection ending this far from now
 
 
 CASES = [
@@ -71,6 +72,12 @@ CASES = [
     Case("down_at_cap", "down", health=F.HEALTH_DOWN, inflight=3, cap=3),
     Case("stale_metrics", None, health="up", models="m", model="m", stale=True),
     Case("stale_down", "down", health=F.HEALTH_DOWN, stale=True),
+    Case("ejected", "ejected", health="up", ejected_for_ms=60_000),
+    Case("ejected_health_unknown", "ejected", ejected_for_ms=60_000),
+    Case("drained_and_ejected", "drained", drained=True, ejected_for_ms=60_000),
+    Case("down_and_ejected", "down", health=F.HEALTH_DOWN, ejected_for_ms=60_000),
+    Case("ejected_wrong_model", "ejected", models="x", model="m", ejected_for_ms=60_000),
+    Case("ejected_at_cap", "ejected", inflight=3, cap=3, ejected_for_ms=60_000),
 ]
 
 
@@ -88,6 +95,8 @@ def seed(client, keys: PoolKeys, case: Case) -> None:
     now_ms = int(now_s) * 1000 + int(micros) // 1000
     fields[F.SCRAPED_AT] = str(now_ms - (600_000 if case.stale else 10))
     client.hset(keys.backend(NAME), mapping=fields)
+    if case.ejected_for_ms is not None:
+        client.zadd(keys.ejected, {NAME: now_ms + case.ejected_for_ms})
 
 
 def python_filters(state, case: Case) -> str | None:
@@ -159,8 +168,9 @@ def test_one_rule_everywhere(case: Case, redis_client) -> None:
     in_model_index = NAME in index.get(keys.index_model(case.model), {}) or NAME in index.get(
         keys.index_any_model, {}
     )
-    assert (NAME in index.get(keys.index_all, {})) == (case.expected not in ("drained", "down"))
-    if case.model and case.expected not in ("drained", "down"):
+    out = ("drained", "down", "ejected")
+    assert (NAME in index.get(keys.index_all, {})) == (case.expected not in out)
+    if case.model and case.expected not in out:
         assert in_model_index == (case.expected != "model")
     # Nothing leaked: the count is the one the case wrote.
     assert int(redis_client.hget(keys.inflight, NAME) or 0) == case.inflight

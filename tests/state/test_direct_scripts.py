@@ -58,7 +58,7 @@ def test_a_flushed_script_is_loaded_again(redis_client):
     leases = _leases(redis_client, "flush", direct=True)
     assert _acquire(leases, "r1").backend in NAMES
     redis_client.script_flush()
-    assert leases.release("r1") is True
+    assert leases.release("r1").released is True
 
 
 def test_a_script_error_is_a_response_error_and_the_connection_stays_usable(redis_client):

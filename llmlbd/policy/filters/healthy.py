@@ -1,8 +1,9 @@
-"""healthy: drop backends that are drained or that the collector marked down.
+"""healthy: drop backends that are drained, marked down by the collector, or ejected.
 
-Formula: keep ``b`` iff ``b ∉ drained`` and ``health(b) != "down"``. A backend
-whose health is "unknown" (or never checked) is kept: only evidence removes
-it. Runs first, before any metric is looked at.
+Formula: keep ``b`` iff ``b ∉ drained``, ``health(b) != "down"`` and ``b`` is not
+in an outlier cool-down (or waiting on its probe; docs/reliability.md). A
+backend whose health is "unknown" (or never checked) is kept: only evidence
+removes it. Runs first, before any metric is looked at.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ class Healthy:
 
 
 def why_not(state: BackendState) -> str | None:
-    """ "drained", "down", or None when the backend may serve."""
+    """ "drained", "down", "ejected", or None when the backend may serve."""
     if state.drained:
         return "drained"
     if state.metrics.get(F.HEALTH) == F.HEALTH_DOWN:
         return "down"
+    if state.ejected_until_ms is not None:
+        return "ejected"
     return None

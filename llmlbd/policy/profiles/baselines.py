@@ -41,7 +41,8 @@ class _InOrder:
             )
             if reservation.backend is not None:
                 return Decision(
-                    backend,
+                    # The lease this request id already held, if it held one.
+                    ctx.by_name.get(reservation.backend, backend),
                     request.request_id,
                     self.name,
                     reason=self.name,

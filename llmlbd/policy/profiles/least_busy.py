@@ -141,15 +141,14 @@ class LeastBusy:
                     details["refused"] = refused
                     details["survivors"] = [s.name for s in evaluation.survivors]
                     return Decision(
-                        choice.backend,
+                        # The lease this request id already held, if it held one.
+                        ctx.by_name.get(reservation.backend, choice.backend),
                         request.request_id,
                         self.name,
                         reason=_reason(criticality, evaluation.trace),
                         inflight=reservation.inflight,
                         details=details,
                     )
-                if reservation.reason == "duplicate":
-                    raise no_route("duplicate", request)
                 refused[choice.name] = reservation.reason
                 survivors = [s for s in survivors if s.name != choice.name]
             if not [s for s in states if s.name not in refused]:

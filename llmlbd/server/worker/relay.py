@@ -19,6 +19,7 @@ from llmlbd.policy.framework import Decision
 from llmlbd.request import RoutingRequest
 from llmlbd.server.responses import sse_error_event
 from llmlbd.server.worker.forward import BodyError, Response, response_headers
+from llmlbd.state.outlier import backend_outcome
 
 if TYPE_CHECKING:
     from llmlbd.server.worker.wsgi import ProxyApp
@@ -110,7 +111,9 @@ class ProxiedResponse:
             metrics.INFLIGHT.dec()
             self.app.active -= 1
             assert self.app.runtime is not None
-            self.app.runtime.router.release(self.decision)
+            self.app.runtime.router.release(
+                self.decision, backend_outcome(self.upstream.status, self.outcome)
+            )
             metrics.upstream_seconds_by(self.decision.backend.name).observe(
                 time.perf_counter() - self.sent_at
             )

@@ -21,6 +21,7 @@ from llmlbd.state.client import connect
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
 from llmlbd.state.members import read_members
+from llmlbd.state.outlier import OutlierParams
 
 __all__ = ["WorkerRuntime"]
 
@@ -51,7 +52,13 @@ class WorkerRuntime:
     def build(cls, config: Config, worker_id: str) -> WorkerRuntime:
         client = connect(config)
         keys = PoolKeys(config.server.pool)
-        leases = Leases(client, keys, worker_id, int(config.server.lease_ttl_s * 1000))
+        leases = Leases(
+            client,
+            keys,
+            worker_id,
+            int(config.server.lease_ttl_s * 1000),
+            OutlierParams.from_server(config.server),
+        )
         if direct_scripts.supports(client):
             # The lease scripts run on every request: skip redis-py's per-command layers.
             leases.scripts = direct_scripts.DirectScripts(client)  # type: ignore[assignment]

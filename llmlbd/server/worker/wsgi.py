@@ -375,14 +375,14 @@ class ProxyApp:
                     backend, request.method, target, headers, body if body else None
                 )
             except ConnectFailure as exc:
-                router.release(decision)
+                router.release(decision, "connect")
                 self.cooldown[backend.name] = time.monotonic() + COOLDOWN_S
                 failures.append(f"{backend.name}: {exc}")
                 metrics.RETRIES.labels(backend.name, "connect").inc()
                 exclude.add(backend.name)
                 continue
             except UpstreamReadTimeout:
-                router.release(decision)
+                router.release(decision, "timeout")
                 self._log_request(
                     request, decision, 504, 0, sent_at, None, "upstream_timeout", holding=1
                 )
@@ -398,7 +398,7 @@ class ProxyApp:
             if upstream.status in RETRY_STATUSES and attempt + 1 < attempts:
                 failures.append(f"{backend.name}: HTTP {upstream.status}")
                 upstream.discard()
-                router.release(decision)
+                router.release(decision, "status")
                 metrics.RETRIES.labels(backend.name, f"status_{upstream.status}").inc()
                 exclude.add(backend.name)
                 continue

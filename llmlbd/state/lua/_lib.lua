@@ -7,12 +7,33 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The same clock, read once per script run (one decision, one instant).
+local _now
+local function clock()
+  if not _now then _now = now_ms() end
+  return _now
+end
+
+-- The pool's base key `llmlb:{pool}` from one of its keys and that key's suffix.
+local function pool_base(key, suffix)
+  return string.sub(key, 1, #key - #suffix)
+end
+
+-- Outlier ejection (docs/reliability.md, "Outlier ejection"): `ejected` ZSET backend ->
+-- the Redis time (ms) until which it takes no request. A member whose time has passed is
+-- half-open: eligible again, and the next request reserved on it is its probe.
+local function ejected(base, name)
+  local until_ms = redis.call('ZSCORE', base .. ':ejected', name)
+  return until_ms and tonumber(until_ms) > clock()
+end
+
 -- Why a backend cannot take this request, or nil when it can.
 -- metrics_key: the backend's metrics HASH; model: requested model or ''.
 local function ineligible(drained_key, metrics_key, name, model)
   if redis.call('SISMEMBER', drained_key, name) == 1 then return 'drained' end
   local fields = redis.call('HMGET', metrics_key, 'health', 'models')
   if fields[1] == 'down' then return 'down' end
+  if ejected(pool_base(drained_key, ':drained'), name) then return 'ejected' end
   local models = fields[2]
   if model ~= '' and models and models ~= '' then
     if not string.find(',' .. models .. ',', ',' .. model .. ',', 1, true) then return 'model' end
@@ -21,16 +42,12 @@ local function ineligible(drained_key, metrics_key, name, model)
 end
 
 -- The ordered index (docs/redis-keys.md, "Ordered index"): every eligible member
--- (not drained, not down) is scored by in-flight / weight in `lr:all` and in either
+-- (not drained, not down, not ejected) is scored by in-flight / weight in `lr:all` and in either
 -- `lr:any` (model list unknown: serves every model) or one `lr:model:<m>` ZSET per
 -- model it serves, so "least loaded backend serving M" is O(log n). `lr:placed`
 -- records which ZSETs a backend is in, `lr:weights` the members and their weights.
 -- Scripts derive these keys from the pool's base `llmlb:{pool}`: every one carries the
 -- pool's hash tag, so they share the slot of the keys the script declares (Cluster).
-local function pool_base(key, suffix)
-  return string.sub(key, 1, #key - #suffix)
-end
-
 local function index_zsets(base, placement)
   local zsets = {base .. ':lr:all'}
   if placement == '*' then
@@ -88,17 +105,59 @@ local function index_rebuild(base)
   end
 end
 
--- Reserve one in-flight slot on backend for request_id, owned by worker.
+-- A backend's outlier record: `outlier` HASH backend -> "streak level kind window_ms probe"
+-- (consecutive failed requests, ejections in a row, the last failure's kind, how long
+-- a probe may run, the probe's request id or '-'); absent: nothing failed since the
+-- last success.
+local function outlier_get(base, name)
+  local text = redis.call('HGET', base .. ':outlier', name)
+  if not text then return nil end
+  local streak, level, kind, window, probe = string.match(text, '^(%S+) (%S+) (%S+) (%S+) (.*)$')
+  return {streak = tonumber(streak) or 0, level = tonumber(level) or 0, kind = kind or '-',
+          window = tonumber(window) or 0, probe = probe or '-'}
+end
+
+local function outlier_put(base, name, r)
+  redis.call('HSET', base .. ':outlier', name,
+             r.streak .. ' ' .. r.level .. ' ' .. r.kind .. ' ' .. r.window .. ' ' .. r.probe)
+end
+
+-- Half-open backends (cool-down over, no probe out) go back into the ordered index.
+local function outlier_due(base)
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', base .. ':ejected', '-inf', clock(), 'LIMIT', 0, 8)) do
+    index_place(base, name)
+  end
+end
+
+-- A request just reserved on a half-open backend is its probe: no other request goes
+-- there until the probe's outcome (release.lua) or until its window passes.
+local function claim_probe(base, name, request_id)
+  if not redis.call('ZSCORE', base .. ':ejected', name) then return end
+  local r = outlier_get(base, name) or {streak = 0, level = 1, kind = '-', window = 30000}
+  r.probe = request_id
+  outlier_put(base, name, r)
+  redis.call('ZADD', base .. ':ejected', clock() + r.window, name)
+  index_place(base, name)
+end
+
+-- Reserve one in-flight slot on backend for request_id, owned by worker. Idempotent: a
+-- request id that already holds a lease gets that lease back (its backend, counted
+-- once), whatever backend the caller picked. Returns the in-flight count and the backend.
 -- The worker's heartbeat deadline is pushed forward too, so a lease never
 -- belongs to a worker the reaper does not know.
 local function reserve(inflight_key, leases_key, workers_key, backend, request_id, worker, ttl_ms, now)
-  if redis.call('HSETNX', leases_key, request_id, backend .. ' ' .. worker .. ' ' .. now) == 0 then
-    return nil  -- request id already holds a lease: never count it twice
+  local held = redis.call('HGET', leases_key, request_id)
+  if held then
+    local on = string.match(held, '^(%S+)')
+    return tonumber(redis.call('HGET', inflight_key, on) or '0'), on
   end
+  redis.call('HSET', leases_key, request_id, backend .. ' ' .. worker .. ' ' .. now)
   redis.call('ZADD', workers_key, 'GT', now + ttl_ms, worker)  -- GT still adds a new member
   local count = redis.call('HINCRBY', inflight_key, backend, 1)
-  index_score(pool_base(inflight_key, ':inflight'), backend)
-  return count
+  local base = pool_base(inflight_key, ':inflight')
+  index_score(base, backend)
+  claim_probe(base, backend, request_id)
+  return count, backend
 end
 
 -- The two prefix indexes' choice among candidates 1..n (acquire_prefix, acquire_precise).

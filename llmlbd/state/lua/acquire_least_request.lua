@@ -9,14 +9,15 @@
 -- ARGV[4] per-backend cap (0: none)   ARGV[5] model ('' for any)
 -- ARGV[6] digest of the caller's membership (names and weights)
 -- ARGV[7] random seed (integer) for the tie-break   ARGV[8..] names excluded for this request
--- return {backend, in-flight after reserving}, or {false, reason} with reason
+-- return {backend, in-flight after reserving} (a request id that holds a lease already:
+--   that lease's), or {false, reason} with reason
 --   'cap' (every eligible backend at the cap), 'model' (no eligible backend serves the
---   model), 'none' (every member down, drained or excluded), 'duplicate' (request id
---   already leased), 'resync' (the index was built from another membership, or lost:
+--   model), 'none' (every member down, drained, ejected or excluded), 'resync' (the index was built from another membership, or lost:
 --   the caller runs index_sync.lua and tries again)
 local request_id, worker, ttl, cap, model = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 if redis.call('HGET', KEYS[5], '#digest') ~= ARGV[6] then return {false, 'resync'} end
 local base = pool_base(KEYS[1], ':inflight')
+outlier_due(base)  -- half-open backends whose cool-down ended are pickable again
 math.randomseed(tonumber(ARGV[7]))
 local excluded = {}
 for i = 8, #ARGV do excluded[ARGV[i]] = true end
@@ -109,6 +110,5 @@ if not best then
   end
   return {false, 'none'}
 end
-local count = reserve(KEYS[1], KEYS[2], KEYS[3], best, request_id, worker, ttl, now_ms())
-if not count then return {false, 'duplicate'} end
-return {best, count}
+local count, held = reserve(KEYS[1], KEYS[2], KEYS[3], best, request_id, worker, ttl, clock())
+return {held, count}

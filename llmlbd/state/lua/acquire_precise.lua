@@ -14,9 +14,10 @@
 -- ARGV[13+2n+i] '1' if excluded for this attempt   ARGV[14+3n..] the prompt's block hashes
 -- return {backend, in-flight, reason, matched blocks, longest match of any usable backend,
 --   that backend or '', backends with a live index} or {false, reason}: 'cap', 'model',
---   'none', 'duplicate' (as acquire_least_request) or 'no_index' (no usable backend has a
+--   'none' or 'no_index' (no usable backend has a
 --   live index: the caller routes with the approximate index instead). A dry run returns
 --   {backend or false, reason, {name, status, matched, load, KV use or '', live} per candidate}.
+--   A request id that holds a lease already gets {its backend, in-flight, 'held', 0, ...}.
 local H = 13
 local request_id, worker, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cap, model, n = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
@@ -97,6 +98,6 @@ if dry then
   end
   return {name, reason, rows}
 end
-local count = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
-if not count then return {false, 'duplicate'} end
+local count, held = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
+if held ~= name then return {held, count, 'held', 0, 0, '', 0, {}} end  -- its lease, as it was
 return {name, count, reason, matched[chosen] or 0, best_blocks, best_name, live_count}

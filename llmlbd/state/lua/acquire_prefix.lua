@@ -22,8 +22,9 @@
 --   evicted_by [backend of eviction k] k = 1..e
 -- return {backend, in-flight, reason, matched blocks of the chosen backend, longest match
 --   of any usable backend (blocks), that backend or '', fields healed, {evicted: backend,
---   hash, backend, hash, ...}}, or {false, reason} with reason 'cap', 'model', 'none' or
---   'duplicate' (as acquire_least_request). A dry run returns {backend or false, reason,
+--   hash, backend, hash, ...}}, or {false, reason} with reason 'cap', 'model' or 'none'; a
+--   request id that holds a lease already gets {its backend, in-flight, 'held', 0, 0, '',
+--   0, {}} and nothing is recorded. A dry run returns {backend or false, reason,
 --   {name, status, matched blocks, load, KV use or '', index occupancy} per candidate}.
 -- Reasons: 'affinity' (longest match within the load bound), 'shared_prefix' (the match
 --   ends where other prompts already branched off: a new conversation on a common system
@@ -61,6 +62,8 @@ for i = 1, n do
     heal[name] = true
   elseif why == 'model' then
     saw_model_miss = true
+  elseif why == 'ejected' then
+    heal[name] = false  -- an outlier in its cool-down: not pickable, its entries kept
   else
     usable[i] = true
     local f = redis.call('HMGET', KEYS[4 + i], 'scraped_at', 'waiting', 'running', 'kv_usage',
@@ -205,6 +208,7 @@ if dry then
     local status = 'ok'
     if candidates[i].excluded then status = 'excluded'
     elseif heal[names[i]] then status = 'unavailable'
+    elseif heal[names[i]] == false then status = 'ejected'
     elseif not usable[i] then status = 'model'
     elseif not pickable[i] then status = 'cap' end
     rows[#rows + 1] = {names[i], status, blocks_of(matched[i]), tostring(load[i] or ''),
@@ -212,8 +216,8 @@ if dry then
   end
   return {name, reason, rows}
 end
-local count = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
-if not count then return {false, 'duplicate'} end
+local count, held = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
+if held ~= name then return {held, count, 'held', 0, 0, '', 0, {}} end  -- its lease, as it was
 
 -- Record (or refresh) every level for the chosen backend.
 local owned = KEYS[4 + n + chosen]

@@ -18,7 +18,8 @@
 -- return {backend, in-flight, reason} with reason 'sticky' (the session's backend),
 --   'ring' (a new session: first backend on its ring within the bound), 'moved' (its backend
 --   is down, drained, excluded or over the bound: the next one on the ring), 'no_session'
---   (least loaded); or {false, reason}: 'cap', 'model', 'none', 'duplicate'.
+--   (least loaded); or {false, reason}: 'cap', 'model', 'none'. A request id that holds a
+--   lease already gets that lease's backend (and the session follows it).
 local request_id, worker, lease_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cap, model, n = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local factor, session_ttl, has_session = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
@@ -91,7 +92,7 @@ if dry then
   end
   return {name, reason, current or '', rows}
 end
-local count = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
-if not count then return {false, 'duplicate'} end
+local count
+count, name = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
 if has_session then redis.call('SET', KEYS[5], name, 'PX', session_ttl) end
 return {name, count, reason}
