@@ -18,6 +18,9 @@ Three faces, one module:
     x-stub-interval   seconds between SSE chunks (default 0)
     x-stub-status     answer with this status and an error body
     x-stub-abort-after  close the connection after this many SSE chunks
+  and for the whole process, until changed: GET /stub/fail?status=503 makes every
+  later inference request answer that status (health, models and /stub/* still
+  answer 200), GET /stub/fail?status=0 ends it.
 """
 
 from __future__ import annotations
@@ -201,9 +204,16 @@ class Stub:
         self.inflight = 0
         self.served = 0
         self.seen_bodies: list[bytes] = []
+        self.fail_status = 0  # every inference request answers this status while non-zero
 
     def __call__(self, environ, start_response):
         path = environ["PATH_INFO"]
+        if path == "/stub/fail":
+            query = dict(
+                p.split("=", 1) for p in environ.get("QUERY_STRING", "").split("&") if "=" in p
+            )
+            self.fail_status = int(query.get("status", "0"))
+            return self._json(start_response, 200, {"fail_status": self.fail_status})
         if path == "/health":
             start_response("200 OK", [("Content-Length", "0")])
             return [b""]
@@ -265,7 +275,7 @@ class Stub:
         delay = float(environ.get("HTTP_X_STUB_DELAY", 0))
         if delay:
             gevent.sleep(delay)
-        status = environ.get("HTTP_X_STUB_STATUS")
+        status = environ.get("HTTP_X_STUB_STATUS") or self.fail_status
         if status:
             self.inflight -= 1
             return self._json(
