@@ -92,7 +92,7 @@ class TestExplainCommand:
         data = json.loads(result.stdout)
         assert data["choice"] == "c" and data["explained_by"] == "generic" and data["exact"]
         removed = {f["name"]: f["removed"] for f in data["filters"]}
-        assert removed == {"drained": ["a"], "down": ["b"], "model": [], "cap": []}
+        assert removed == {"drained": ["a"], "down": ["b"], "ejected": [], "model": [], "cap": []}
         assert data["request"]["model"] == "m1"
         assert data["outcome"] == {"status": 200}
         # Explain reserves nothing.

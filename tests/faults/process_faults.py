@@ -118,6 +118,55 @@ def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: 
     return report
 
 
+def backend_failing(world: World, clients: int = 6, seconds: float = 4.0, index: int = 0):
+    """One sim resets every request it reads while its /health still says 200: only the
+    requests' outcomes can find it. Ejected for every worker, then back after a probe."""
+    import requests
+
+    from llmlbd.state.keys import PoolKeys
+    from llmlbd.state.outlier import outlier_view
+
+    victim, url = world.fleet.names[index], world.fleet.urls[index]
+    keys = PoolKeys("default")
+    load = Load(world.url, clients).start()
+    warm(load, seconds)
+    requests.post(f"{url}/debug/faults", json={"fault": "refuse"}, timeout=5)
+    broken = time.monotonic()
+    report = Report(
+        f"backend resets every request, health up ({victim})",
+        clients,
+        [],
+        "nothing fails: each attempt on it is retried on another backend before the first "
+        "byte; after `server.eject_after_failures` such attempts it is ejected (no request "
+        "goes there) until a probe after the cool-down succeeds",
+    )
+    try:
+        with world.client() as admin:
+            wait_until(
+                lambda: victim in outlier_view(admin, keys)[0],
+                timeout=15,
+                message=f"{victim} ejected",
+            )
+            report.recover_s = time.monotonic() - broken
+            pad(load, seconds / 2)
+            requests.post(f"{url}/debug/faults", json={"fault": ""}, timeout=5)
+            try:
+                # Back once the cool-down (server.eject_cooldown_s) is over and a probe
+                # request succeeded.
+                wait_until(
+                    lambda: victim not in outlier_view(admin, keys)[0],
+                    timeout=30,
+                    message=f"{victim} back after its probe",
+                )
+            except TimeoutError as exc:
+                report.broken.append(str(exc))
+        pad(load, seconds)
+    except BaseException:
+        load.stop()
+        raise
+    return finish(world, load, report)
+
+
 def backend_garbage(world: World, clients: int = 6, seconds: float = 4.0):
     """A backend joins the pool (as `llmlbctl backend add` does) and answers garbage."""
     from llmlbd.config.loader import Backend

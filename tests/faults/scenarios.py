@@ -8,6 +8,7 @@ broke, waits until the in-flight counts are back to 0 and returns a
 
 from tests.faults.process_faults import (
     backend_down,
+    backend_failing,
     backend_garbage,
     backend_killed,
     backend_silent,
@@ -26,6 +27,7 @@ SHARED_WORLD = [
     redis_debug_sleep,
     redis_flushall,
     collector_killed,
+    backend_failing,
     backend_garbage,
     backend_silent,
     backend_down,

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from llmlbd.config.loader import Backend
+from llmlbd.state.health import unavailable
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
 from llmlbd.state.ordered_index import read_index
@@ -95,6 +96,8 @@ def test_consecutive_failures_eject_everywhere_at_once(leases, redis_client, key
     assert a.ejected_until_ms is not None
     snapshot = PoolSnapshot(redis_client, keys, refresh_ms=60_000)
     assert [s.ejected_until_ms is not None for s in snapshot.read(backends)] == [1, 0, 0]
+    # The workers' fallback (Redis away) avoids it too, from the last view it read.
+    assert unavailable(redis_client, keys, NAMES) == {"a"}
     # Nothing leaked: the ejection did not touch the counts.
     assert int(redis_client.hget(keys.inflight, "a") or 0) == 0
 
@@ -195,3 +198,36 @@ def test_every_acquire_script_takes_a_half_open_backend_as_one_probe(
     assert take("other") != "a"
     ejected, records = outlier_view(redis_client, keys)
     assert records["a"].probe == "probe" and "a" in ejected
+
+
+def test_health_checks_clear_an_ejection_only_after_seeing_the_backend_down(
+    leases, redis_client, keys
+):
+    """The collector's publish: `up` -> `up` leaves the ejection (that backend's health
+    check passes while its requests fail); `down` -> `up` (restarted) clears it. A publish
+    after the cool-down puts a half-open backend back into the index."""
+    from llmlbd.state import backend_fields as F
+    from llmlbd.state.collectors import CollectorLeases
+
+    collector = CollectorLeases(redis_client, keys, "col-1", 60_000)
+    assert collector.claim(NAMES) == set(NAMES)
+    for name in NAMES:
+        collector.publish(name, {F.HEALTH: F.HEALTH_UP})
+    acquire_least(leases, "sync", NAMES, [1, 1, 1])
+    leases.release("sync")
+    fail_on(leases, "a", 3)
+    collector.publish("a", {F.HEALTH: F.HEALTH_UP})
+    assert "a" in outlier_view(redis_client, keys)[0]
+    assert "a" not in index_all(redis_client, keys)
+    wait_until_due(redis_client, keys, "a")
+    collector.publish("a", {F.HEALTH: F.HEALTH_UP})
+    assert "a" in index_all(redis_client, keys)  # half-open: pickable, still recorded
+    assert "a" in outlier_view(redis_client, keys)[0]
+
+    fail_on(leases, "b", 3)
+    collector.publish("b", {F.HEALTH: F.HEALTH_DOWN})
+    assert "b" in outlier_view(redis_client, keys)[0]
+    collector.publish("b", {F.HEALTH: F.HEALTH_UP})
+    ejected, records = outlier_view(redis_client, keys)
+    assert "b" not in ejected and "b" not in records
+    assert "b" in index_all(redis_client, keys)
