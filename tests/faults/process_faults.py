@@ -93,15 +93,28 @@ def collector_killed(world: World, clients: int = 6, seconds: float = 4.0):
     return finish(world, load, report)
 
 
-def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: int = 1):
-    """One sim accepts requests and never answers them (its /health still says 200)."""
+def sim_fault(world: World, index: int, spec: str) -> None:
+    """Give sim *index* the server-wide fault *spec* ('' heals it; its /health stays 200)."""
     import requests
 
-    victim, url = world.fleet.names[index], world.fleet.urls[index]
+    requests.post(f"{world.fleet.urls[index]}/debug/faults", json={"fault": spec}, timeout=5)
+
+
+def faulted_under_load(
+    world: World, clients: int, seconds: float, index: int, spec: str
+) -> tuple[str, Load, float]:
+    """Start the load, let it flow, then fault sim *index*: (its name, the load, when)."""
     load = Load(world.url, clients).start()
     warm(load, seconds)
-    requests.post(f"{url}/debug/faults", json={"fault": "stall-first-byte=60"}, timeout=5)
-    silenced = time.monotonic()
+    sim_fault(world, index, spec)
+    return world.fleet.names[index], load, time.monotonic()
+
+
+def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: int = 1):
+    """One sim accepts requests and never answers them (its /health still says 200)."""
+    victim, load, silenced = faulted_under_load(
+        world, clients, seconds, index, "stall-first-byte=60"
+    )
     report = Report(
         f"backend accepts, never answers ({victim})",
         clients,
@@ -112,7 +125,7 @@ def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: 
     report.documented = lambda o: o.status == 504 and o.error_code == "upstream_timeout"
     report.bound_s = BASE_BOUND_S + READ_TIMEOUT_S
     pad(load, seconds)
-    requests.post(f"{url}/debug/faults", json={"fault": ""}, timeout=5)
+    sim_fault(world, index, "")
     report = finish(world, load, report)
     report.recover_s = READ_TIMEOUT_S
     return report
@@ -121,17 +134,11 @@ def backend_silent(world: World, clients: int = 6, seconds: float = 4.0, index: 
 def backend_failing(world: World, clients: int = 6, seconds: float = 4.0, index: int = 0):
     """One sim resets every request it reads while its /health still says 200: only the
     requests' outcomes can find it. Ejected for every worker, then back after a probe."""
-    import requests
-
     from llmlbd.state.keys import PoolKeys
     from llmlbd.state.outlier import outlier_view
 
-    victim, url = world.fleet.names[index], world.fleet.urls[index]
     keys = PoolKeys("default")
-    load = Load(world.url, clients).start()
-    warm(load, seconds)
-    requests.post(f"{url}/debug/faults", json={"fault": "refuse"}, timeout=5)
-    broken = time.monotonic()
+    victim, load, broken = faulted_under_load(world, clients, seconds, index, "refuse")
     report = Report(
         f"backend resets every request, health up ({victim})",
         clients,
@@ -149,7 +156,7 @@ def backend_failing(world: World, clients: int = 6, seconds: float = 4.0, index:
             )
             report.recover_s = time.monotonic() - broken
             pad(load, seconds / 2)
-            requests.post(f"{url}/debug/faults", json={"fault": ""}, timeout=5)
+            sim_fault(world, index, "")
             try:
                 # Back once the cool-down (server.eject_cooldown_s) is over and a probe
                 # request succeeded.
