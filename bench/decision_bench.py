@@ -31,6 +31,7 @@ before a change). Results are printed as Markdown and written to the
 from __future__ import annotations
 
 import argparse
+import inspect
 import multiprocessing
 import os
 import random
@@ -131,6 +132,9 @@ def replica(args: tuple[str, str, str, str, int, int, int, Any, Any]) -> list[fl
     worker = f"bench:{os.getpid()}:{random.getrandbits(24):06x}"
     chooser = _policy(url, pool, policy, count, worker)
     leases = chooser.ctx.leases
+    # The proxy reports each request's outcome with its release (outlier ejection);
+    # a tree from before that (--tree) takes only the request id.
+    outcome = ("ok",) if "outcome" in inspect.signature(leases.release).parameters else ()
     latencies: list[float] = []
     for i in range(warmup + decisions):
         if i == warmup:  # warm (scripts loaded, index built): measure from here, all at once
@@ -140,7 +144,7 @@ def replica(args: tuple[str, str, str, str, int, int, int, Any, Any]) -> list[fl
         began = time.perf_counter()
         decision = chooser.pick(request, frozenset())
         took = time.perf_counter() - began
-        leases.release(decision.request_id)
+        leases.release(decision.request_id, *outcome)
         if i >= warmup:
             latencies.append(took * 1000)
     return latencies
