@@ -51,6 +51,9 @@ class Observer:
     def fallback(self) -> None:
         self.events.append("fallback")
 
+    def outlier(self, event: str, backend: str, kind: str) -> None:
+        self.events.append(f"{event}:{backend}:{kind}")
+
 
 @pytest.fixture
 def server():
@@ -177,3 +180,24 @@ def test_a_pick_probes_after_the_reset_period(router, server) -> None:
     probe = router.pick(request(4))  # the probe succeeds: global again
     assert not probe.local and router.breaker.state == "closed"
     router.release(probe)
+
+
+def test_release_outcomes_eject_a_backend_once_and_the_fallback_avoids_it(router, admin) -> None:
+    """Failed outcomes reported through Router.release count toward the shared ejection
+    (default threshold 5); the worker that decided it reports it once; the pool then
+    routes elsewhere, and the local fallback's view of the pool leaves it out too."""
+    failures = 0
+    for i in range(40):
+        decision = router.pick(request(i))
+        if decision.backend.name == "a":
+            failures += 1
+            router.release(decision, "connect")
+        else:
+            router.release(decision, "ok")
+        if failures == 5:
+            break
+    events = router.observer.events
+    assert [e for e in events if e.startswith("ejected")] == ["ejected:a:connect"]
+    assert {router.pick(request(100 + i)).backend.name for i in range(6)} == {"b"}
+    router.maintain()
+    assert router.fallback.unavailable == {"a"}

@@ -146,12 +146,10 @@ end
 -- The worker's heartbeat deadline is pushed forward too, so a lease never
 -- belongs to a worker the reaper does not know.
 local function reserve(inflight_key, leases_key, workers_key, backend, request_id, worker, ttl_ms, now)
-  local held = redis.call('HGET', leases_key, request_id)
-  if held then
-    local on = string.match(held, '^(%S+)')
+  if redis.call('HSETNX', leases_key, request_id, backend .. ' ' .. worker .. ' ' .. now) == 0 then
+    local on = string.match(redis.call('HGET', leases_key, request_id), '^(%S+)')
     return tonumber(redis.call('HGET', inflight_key, on) or '0'), on
   end
-  redis.call('HSET', leases_key, request_id, backend .. ' ' .. worker .. ' ' .. now)
   redis.call('ZADD', workers_key, 'GT', now + ttl_ms, worker)  -- GT still adds a new member
   local count = redis.call('HINCRBY', inflight_key, backend, 1)
   local base = pool_base(inflight_key, ':inflight')
