@@ -107,6 +107,18 @@ class TestAcquire:
         # Released, the id is new again: it is counted where the caller asks.
         assert leases.acquire("r1", other).backend == other
 
+    def test_the_prefix_script_returns_the_held_lease_and_records_nothing(
+        self, leases, redis_client, keys
+    ):
+        from llmlbd.state.prefix import PrefixIndex, PrefixParams
+
+        index = PrefixIndex(leases, PrefixParams(min_match_blocks=1))
+        assert leases.acquire("r1", "c").backend == "c"
+        held = index.acquire("r1", NAMES, [1.0] * 3, [False] * 3, ["h1"], [1])
+        assert (held.backend, held.inflight, held.reason) == ("c", 1, "held")
+        assert counts(redis_client, keys) == {"c": 1}
+        assert not redis_client.exists(keys.prefix("h1"))
+
     def test_acquire_chosen_backend_rechecks_eligibility(self, leases, redis_client, keys):
         assert leases.acquire("r1", "a").backend == "a"
         redis_client.sadd(keys.drained, "a")

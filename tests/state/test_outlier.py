@@ -231,3 +231,14 @@ def test_health_checks_clear_an_ejection_only_after_seeing_the_backend_down(
     ejected, records = outlier_view(redis_client, keys)
     assert "b" not in ejected and "b" not in records
     assert "b" in index_all(redis_client, keys)
+
+
+def test_a_removed_member_takes_its_outlier_state_with_it(leases, redis_client, keys):
+    acquire_least(leases, "sync", NAMES, [1, 1, 1])
+    leases.release("sync")
+    fail_on(leases, "a", 3)
+    fail_on(leases, "b", 1, tag="b")
+    assert set(outlier_view(redis_client, keys)[1]) == {"a", "b"}
+    acquire_least(leases, "after", ["b", "c"], [1, 1])  # a new membership: resync
+    ejected, records = outlier_view(redis_client, keys)
+    assert ejected == {} and set(records) == {"b"}
