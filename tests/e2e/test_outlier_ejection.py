@@ -111,6 +111,8 @@ def test_both_replicas_eject_a_failing_backend_and_take_it_back(redis_server, tm
             rows = {row["name"]: row for row in json.loads(status.stdout)["backends"]}
             assert rows["stub-0"]["outlier"]["state"] in ("ejected", "half_open", "probing")
             assert rows["stub-0"]["unavailable"] in ("ejected", None)
+            # The line follows the release script that ejected it: give the worker a moment.
+            wait_until(lambda: '"backend_ejected"' in a.log() + b.log(), timeout=10)
             logs = a.log() + b.log()
             assert logs.count('"backend_ejected"') == 1, logs[-3000:]
 
@@ -123,6 +125,7 @@ def test_both_replicas_eject_a_failing_backend_and_take_it_back(redis_server, tm
                 after += 1
                 assert after < 300, "stub-0 was never probed"
             wait_until(lambda: outlier_view(client, keys) == ({}, {}), timeout=10)
+            wait_until(lambda: '"backend_returned"' in a.log() + b.log(), timeout=10)
             logs = a.log() + b.log()
             assert logs.count('"backend_returned"') == 1, logs[-3000:]
             ejected_line = next(
