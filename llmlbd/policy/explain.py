@@ -3,7 +3,7 @@
 A policy may define ``explain(request) -> dict``: where *request* would go
 now and why, computed from the shared state without reserving anything.
 When it has none, `generic_explain` answers from a pool snapshot with the
-filters every acquire script applies (drained, down, model not served, at
+filters every acquire script applies (drained, down, ejected, model not served, at
 the cap) and then, per policy: least in-flight per unit of weight
 (global_least_request, exact: the same rule as acquire_least_request.lua),
 the next backend in the shared rotation (round_robin) or any eligible

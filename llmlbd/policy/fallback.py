@@ -26,7 +26,7 @@ class LocalLeastRequest:
         self.ctx = ctx
         self.inflight: Counter[str] = Counter()
         self.held: dict[str, str] = {}
-        # Backends known (from Redis, while it answered) to be down or drained.
+        # Backends known (from Redis, while it answered) to be down, drained or ejected.
         self.unavailable: set[str] = set()
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:

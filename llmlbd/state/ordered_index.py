@@ -1,6 +1,6 @@
 """The ordered index of eligible backends: one decision in O(log n), not O(pool size).
 
-Every eligible member (not drained, not down) is scored by in-flight / weight
+Every eligible member (not drained, not down, not ejected) is scored by in-flight / weight
 in ZSETs per pool and model (see lua/_lib.lua and docs/redis-keys.md). The
 scripts that change in-flight counts, health, model lists or the drained set
 keep it in step atomically. Membership lives partly in each worker's config
