@@ -108,8 +108,12 @@ class Config:
         return PoolMap(self.pools)
 
     def all_backends(self) -> list[Backend]:
-        """Every pool's seed backends (a backend listed in two pools appears twice)."""
-        return [backend for pool in self.pools for backend in pool.backends]
+        """Every pool's seed backends, each name once: a name is one server in every pool."""
+        seen: dict[str, Backend] = {}
+        for pool in self.pools:
+            for backend in pool.backends:
+                seen.setdefault(backend.name, backend)
+        return list(seen.values())
 
     @property
     def uses_demo_backends(self) -> bool:
@@ -364,6 +368,7 @@ def _load_pools(
     pools: list[PoolSpec] = []
     names: dict[str, str] = {}
     models_seen: dict[str, str] = {}
+    servers: dict[str, tuple[str, str]] = {}  # backend name -> (url, where first listed)
     default_at: str | None = None
     for index, item in enumerate(raw):
         path = f"pools[{index}]"
@@ -431,6 +436,15 @@ def _load_pools(
                 in_pool=True,
             )
         backends = _load_backends(item.get("backends"), where, f"{path}.backends")
+        for position, backend in enumerate(backends):
+            other = servers.setdefault(backend.name, (backend.url, f"{path} ({name})"))
+            if other[0] != backend.url:
+                raise where.error(
+                    f"{path}.backends[{position}].url",
+                    f"backend {backend.name!r} is {other[0]} in {other[1]}: a name is one "
+                    "server in every pool (logs, metrics, llmlbctl and the connection pools "
+                    "key on it); give this one another name",
+                )
         pools.append(
             PoolSpec(
                 name,

@@ -30,7 +30,7 @@ pools:
   - name: rest
     default: true
     lb_policy: round_robin
-    backends: [{name: a1, url: "http://10.0.2.1:8000"}]
+    backends: [{name: a1, url: "http://10.0.0.1:8000"}, "http://10.0.2.1:8000"]
 """
 
 
@@ -89,15 +89,20 @@ class TestShape:
         assert [b.name for b in chat.backends] == ["a1", "a2"]
         assert chat.backends[1].weight == 2
         assert embed.backends[0].name == "10.0.1.1:8000"
-        # The same backend name in two pools is two backends: keys are per pool.
-        assert rest.backends[0].url == "http://10.0.2.1:8000"
+        # One server may serve two pools (same name, same URL); its state is per pool.
+        assert rest.backends[0] == chat.backends[0]
         # Keys that apply to every policy are inherited; the pool's own override.
         assert chat.lb_config.maxRequestCount == 16 and chat.lb_config.blockChars == 32
         # least_busy's key reaches the least_busy pool, not the others (default there).
         assert embed.lb_config.queueThresholdCritical == 7
         assert chat.lb_config.queueThresholdCritical != 7
         assert rest.default and not chat.default
-        assert len(config.all_backends()) == 4
+        assert [b.name for b in config.all_backends()] == [
+            "a1",
+            "a2",
+            "10.0.1.1:8000",
+            "10.0.2.1:8000",
+        ]
 
     def test_effective_config_reloads_as_the_same_pools(self, tmp_path):
         """config show / the collector's effective-config.yaml is itself a valid config."""
@@ -214,6 +219,15 @@ class TestErrors:
         message = error_of(tmp_path, text)
         assert expected in message, message
         assert message.startswith(str(tmp_path / "llmlbd.yaml"))
+
+    def test_one_name_is_one_server_across_pools(self, tmp_path):
+        text = TWO_POOLS.replace(
+            '[{name: a1, url: "http://10.0.0.1:8000"}', '[{name: a1, url: "http://10.0.0.9:8000"}'
+        )
+        assert (
+            ":20: pools[2].backends[0].url: backend 'a1' is http://10.0.0.1:8000 in pools[0] "
+            "(chat): a name is one server in every pool"
+        ) in error_of(tmp_path, text)
 
     def test_two_defaults(self, tmp_path):
         text = TWO_POOLS.replace('    models: ["*-embed*", llama-guard]', "    default: true")
