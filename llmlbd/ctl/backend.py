@@ -51,9 +51,22 @@ def _render_list(data: dict[str, Any]) -> str:
 @json_option
 @pass_ctl
 def backend_list(ctl: Ctl, as_json: bool) -> None:
-    """The pool's members and where the list comes from (Redis or the config's seed)."""
-    backends, source = effective_backends(ctl.client, ctl.keys, ctl.config.backends)
-    emit(_members_json(backends, source), as_json, _render_list)
+    """The pool's members and where the list comes from (Redis or the config's seed).
+    With several pools and no --pool, every pool's (JSON: {"pools": {NAME: ...}})."""
+    found = {}
+    for pool in ctl.view_pools():
+        backends, source = effective_backends(ctl.client, ctl.use(pool).keys, pool.backends)
+        found[pool.name] = _members_json(backends, source)
+    if len(found) == 1:
+        emit(next(iter(found.values())), as_json, _render_list)
+    else:
+        emit({"pools": found}, as_json, _render_pools)
+
+
+def _render_pools(data: dict[str, Any]) -> str:
+    return "\n\n".join(
+        f"pool {name}: " + _render_list(members) for name, members in data["pools"].items()
+    )
 
 
 @backend_group.command("add")
@@ -110,7 +123,7 @@ def backend_add(
         return members
 
     try:
-        members = change_members(ctl.client, ctl.keys.members, ctl.config.backends, change)
+        members = change_members(ctl.client, ctl.keys.members, ctl.pool.backends, change)
     except MembersError as exc:
         raise RuntimeProblem(str(exc)) from None
     data = {
@@ -152,7 +165,7 @@ def backend_remove(ctl: Ctl, name: str, as_json: bool) -> None:
         return members
 
     try:
-        members = change_members(ctl.client, ctl.keys.members, ctl.config.backends, change)
+        members = change_members(ctl.client, ctl.keys.members, ctl.pool.backends, change)
     except MembersError as exc:
         raise RuntimeProblem(str(exc)) from None
     inflight = inflight_of(ctl.client, ctl.keys, name)
