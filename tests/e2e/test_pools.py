@@ -1,0 +1,190 @@
+"""Several pools in one llmlbd: a real `llmlbd start`, its collectors and llmlbctl, in front
+of stub backends, on a real Redis and on a real 3-master Redis Cluster."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+import redis
+import requests
+
+from llmlbd.state.keys import PoolKeys
+from tests.harness import LLMLBD, StubBackends, wait_until
+from tests.state.test_topologies import cluster_url  # noqa: F401 (the 3-master fixture)
+
+pytestmark = pytest.mark.e2e
+
+CHAT_MODEL, EMBED_MODEL = "chat-small", "embed-large"
+
+
+def body(model: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+
+
+def pools_config(redis_cfg: dict, chat: StubBackends, embed: StubBackends, **top) -> dict:
+    """Two pools with different policies; backend names unique across pools."""
+    return {
+        "redis": redis_cfg,
+        "collector": {"enabled": True, "processes": 2, "metrics_port": 0},
+        "pools": [
+            {
+                "name": "chat",
+                "models": ["chat-*"],
+                "lb_policy": "round_robin",
+                "backends": [{"name": f"chat-{i}", "url": url} for i, url in enumerate(chat.urls)],
+            },
+            {
+                "name": "embed",
+                "models": [EMBED_MODEL],
+                "lb_policy": "global_least_request",
+                "lb_config": {"maxRequestCount": 1},
+                "backends": [
+                    {"name": f"embed-{i}", "url": url} for i, url in enumerate(embed.urls)
+                ],
+            },
+        ],
+        **top,
+    }
+
+
+def llmlbctl(config_path: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llmlbd.ctl", "--config", config_path, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def post(url: str, model: str, delay: float = 0.0) -> requests.Response:
+    headers = {"x-stub-delay": str(delay)} if delay else {}
+    return requests.post(
+        f"{url}/v1/chat/completions", json=body(model), headers=headers, timeout=30
+    )
+
+
+def scraped(client: redis.Redis, pool: str, name: str) -> bool:
+    return client.hget(PoolKeys(pool).backend(name), "health") == "up"
+
+
+def test_two_pools_route_by_model_with_their_own_policy_state_and_collector(redis_server, tmp_path):
+    with (
+        StubBackends(2, model=CHAT_MODEL) as chat,
+        StubBackends(1, model=EMBED_MODEL) as embed,
+    ):
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        client.flushall()
+        config = pools_config({"url": redis_server.url}, chat, embed)
+        with LLMLBD(config, workers=2) as proxy:
+            # The collector processes scrape every pool's backends into that pool's keys.
+            wait_until(
+                lambda: (
+                    all(scraped(client, "chat", f"chat-{i}") for i in range(2))
+                    and scraped(client, "embed", "embed-0")
+                ),
+                timeout=20,
+                message="both pools scraped",
+            )
+            owners = {
+                pool: client.hgetall(PoolKeys(pool).scrape_owners) for pool in ("chat", "embed")
+            }
+            assert set(owners["chat"]) == {"chat-0", "chat-1"}
+            assert set(owners["embed"]) == {"embed-0"}
+
+            # round_robin in the chat pool: one connection-free request after another
+            # alternates between its two backends; nothing reaches the embed pool.
+            served = [post(proxy.url, CHAT_MODEL).headers["x-llmlbd-backend"] for _ in range(6)]
+            assert sorted(served) == ["chat-0"] * 3 + ["chat-1"] * 3
+            assert all(a != b for a, b in itertools.pairwise(served))
+            assert post(proxy.url, EMBED_MODEL).headers["x-llmlbd-backend"] == "embed-0"
+
+            # Each pool's in-flight count and cap live in its own keys: the embed pool's
+            # cap of 1 answers 429 while one request is held, the chat pool (no cap) is
+            # untouched and serves.
+            held = threading.Thread(target=post, args=(proxy.url, EMBED_MODEL, 2.0))
+            held.start()
+            try:
+                wait_until(
+                    lambda: client.hget(PoolKeys("embed").inflight, "embed-0") == "1",
+                    timeout=10,
+                    message="embed request in flight",
+                )
+                capped = post(proxy.url, EMBED_MODEL)
+                assert capped.status_code == 429, capped.text
+                assert capped.json()["error"]["code"] == "max_request_count"
+                assert post(proxy.url, CHAT_MODEL).status_code == 200
+                inflight = client.hgetall(PoolKeys("chat").inflight)
+                assert sum(int(v) for v in inflight.values()) == 0
+            finally:
+                held.join(30)
+            # Released in the pool it was reserved in.
+            wait_until(
+                lambda: int(client.hget(PoolKeys("embed").inflight, "embed-0") or 0) == 0,
+                timeout=5,
+                message="embed request released",
+            )
+            assert client.hlen(PoolKeys("embed").leases) == 0
+            assert client.hlen(PoolKeys("chat").leases) == 0
+            # Every worker heart-beats in every pool (each pool reaps its own leases).
+            for pool in ("chat", "embed"):
+                assert client.zcard(PoolKeys(pool).workers) == 2
+
+            # A model no pool lists, with no default pool: OpenAI-shaped 404.
+            missing = post(proxy.url, "mystery-model")
+            assert missing.status_code == 404
+            error = missing.json()["error"]
+            assert error["code"] == "model_not_found"
+            assert "mystery-model" in error["message"] and "chat, embed" in error["message"]
+
+            # /v1/models is the union of every pool's backends.
+            models = requests.get(f"{proxy.url}/v1/models", timeout=10).json()
+            assert {m["id"] for m in models["data"]} == {CHAT_MODEL, EMBED_MODEL}
+
+            # llmlbctl: views show every pool; actions need --pool.
+            status = llmlbctl(proxy.config_path, "status", "--json")
+            assert status.returncode == 0, status.stderr
+            shown = {p["pool"]: p for p in json.loads(status.stdout)["pools"]}
+            assert set(shown) == {"chat", "embed"}
+            assert (shown["chat"]["policy"], shown["embed"]["policy"]) == (
+                "round_robin",
+                "global_least_request",
+            )
+            assert {b["name"] for b in shown["embed"]["backends"]} == {"embed-0"}
+            assert shown["chat"]["models"] == ["chat-*"]
+
+            refused = llmlbctl(proxy.config_path, "drain", "chat-0")
+            assert refused.returncode == 2
+            assert "2 pools (chat, embed): choose one with --pool" in refused.stderr
+            unknown = llmlbctl(proxy.config_path, "--pool", "nope", "status")
+            assert unknown.returncode == 2 and "no pool named 'nope'" in unknown.stderr
+
+            drained = llmlbctl(proxy.config_path, "--pool", "chat", "drain", "chat-0")
+            assert drained.returncode == 0, drained.stderr
+            assert client.sismember(PoolKeys("chat").drained, "chat-0")
+            assert not client.exists(PoolKeys("embed").drained)
+            assert {post(proxy.url, CHAT_MODEL).headers["x-llmlbd-backend"] for _ in range(4)} == {
+                "chat-1"
+            }
+
+            explained = llmlbctl(
+                proxy.config_path,
+                "explain",
+                "--json",
+                "--body",
+                "-",
+                stdin=json.dumps(body(EMBED_MODEL)),
+            )
+            assert explained.returncode == 0, explained.stderr
+            data = json.loads(explained.stdout)
+            assert (data["pool"], data["policy"], data["choice"]) == (
+                "embed",
+                "global_least_request",
+                "embed-0",
+            )
+        client.close()
