@@ -188,3 +188,85 @@ def test_two_pools_route_by_model_with_their_own_policy_state_and_collector(redi
                 "embed-0",
             )
         client.close()
+
+
+@pytest.mark.cluster
+def test_pools_spread_over_redis_cluster_shards(cluster_url):  # noqa: F811 (fixture)
+    """Each pool's keys share its {pool} hash tag: one slot per pool, so pools whose names
+    hash to different masters put their state (and their script load) on different shards.
+    code, audio and chat hash to the first, second and third master of the fixture."""
+    placement = {"code": 0, "audio": 1, "chat": 2}
+    with (
+        StubBackends(1, model="code-7b") as code,
+        StubBackends(1, model="whisper-1") as audio,
+        StubBackends(2, model="chat-small") as chat,
+    ):
+        config = {
+            "redis": {"url": cluster_url, "mode": "cluster"},
+            "collector": {"enabled": True, "processes": 1, "metrics_port": 0},
+            "pools": [
+                {
+                    "name": "code",
+                    "models": ["code-*"],
+                    "backends": [{"name": "code-0", "url": code.urls[0]}],
+                },
+                {
+                    "name": "audio",
+                    "models": ["whisper-1"],
+                    "lb_policy": "least_busy",
+                    "backends": [{"name": "audio-0", "url": audio.urls[0]}],
+                },
+                {
+                    "name": "chat",
+                    "default": True,
+                    "lb_policy": "prefix_cache",
+                    "backends": [
+                        {"name": f"chat-{i}", "url": url} for i, url in enumerate(chat.urls)
+                    ],
+                },
+            ],
+        }
+        cluster = redis.RedisCluster.from_url(cluster_url, decode_responses=True)
+        try:
+            with LLMLBD(config, workers=1) as proxy:
+                wait_until(
+                    lambda: (
+                        all(
+                            scraped(cluster, pool, name)
+                            for pool, name in (("code", "code-0"), ("audio", "audio-0"))
+                        )
+                        and scraped(cluster, "chat", "chat-1")
+                    ),
+                    timeout=20,
+                    message="every pool scraped",
+                )
+                for model, backends in (
+                    ("code-7b", {"code-0"}),
+                    ("whisper-1", {"audio-0"}),
+                    ("chat-small", {"chat-0", "chat-1"}),  # no pool lists it: the default
+                ):
+                    for _ in range(3):
+                        answer = post(proxy.url, model)
+                        assert answer.status_code == 200, answer.text
+                        assert answer.headers["x-llmlbd-backend"] in backends
+                # Every pool's lease and index keys were written and its leases released.
+                for pool in placement:
+                    assert cluster.hlen(PoolKeys(pool).leases) == 0
+                    assert cluster.zcard(PoolKeys(pool).workers) == 1
+                log = proxy.log()
+                assert "publish_failed" not in log and "Traceback" not in log, log[-3000:]
+            # Which master holds which pool: scan each primary for llmlbd's keys.
+            nodes = sorted(cluster.get_primaries(), key=lambda node: node.port)
+            found: dict[str, set[int]] = {}
+            for node in nodes:
+                direct = redis.Redis(host=node.host, port=node.port, decode_responses=True)
+                for key in direct.scan_iter(match="llmlb:*", count=1000):
+                    found.setdefault(key.split("}", 1)[0] + "}", set()).add(node.port)
+                direct.close()
+            owner = {tag[len("llmlb:{") : -1]: ports for tag, ports in found.items()}
+            assert set(owner) == set(placement)
+            # One shard per pool, and the three pools on three different shards.
+            assert all(len(ports) == 1 for ports in owner.values())
+            assert len({next(iter(ports)) for ports in owner.values()}) == 3
+        finally:
+            cluster.close()
