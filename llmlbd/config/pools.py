@@ -29,10 +29,50 @@ if TYPE_CHECKING:
     from llmlbd.config.loader import Backend
     from llmlbd.config.sections import LbConfigSection
 
-__all__ = ["PoolSpec", "PoolMap", "is_pattern", "POOL_KEYS", "POOL_ONLY_AT_TOP"]
+__all__ = ["PoolSpec", "PoolMap", "is_pattern", "POOL_KEYS", "POOL_KEY_DOCS", "POOL_ONLY_AT_TOP"]
 
-# Keys of one entry of `pools:`.
-POOL_KEYS = ("name", "models", "default", "lb_policy", "lb_config", "backends")
+# Keys of one entry of `pools:` -> (default, accepts, doc); docs/reference/config.md
+# is generated from this table (scripts/gen_config_docs.py).
+POOL_KEY_DOCS: dict[str, tuple[str, str, str]] = {
+    "name": (
+        "required",
+        "1-128 letters, digits and `. _ : @ -`",
+        "The pool's name: its Redis hash tag (`llmlb:{NAME}:...`) and `llmlbctl --pool NAME`. "
+        "Unique.",
+    ),
+    "models": (
+        "`[]`",
+        "list of model names and glob patterns (`*`, `?`, `[...]`)",
+        "The request models routed here. An exact name wins over any pattern; patterns are "
+        "tried in file order; an entry may appear in one pool only.",
+    ),
+    "default": (
+        "`false`",
+        "true / false",
+        "Takes every model no pool lists. At most one pool; without one, such a model gets "
+        "404 `model_not_found`. A request without a model goes to the default pool, else "
+        "to the first.",
+    ),
+    "lb_policy": (
+        "the top-level `lb_policy`",
+        "a policy name, as at the top level",
+        "This pool's policy.",
+    ),
+    "lb_config": (
+        "the top-level `lb_config`",
+        "mapping of `lb_config` keys",
+        "This pool's policy options, over the top-level `lb_config` keys that apply to its "
+        "policy. The Redis keys (`serviceFQDN`, `servicePort`, `username`, `password`, "
+        "`timeout`, `database`) stay at the top level.",
+    ),
+    "backends": (
+        "`[]`",
+        "as the top-level `backends`",
+        "This pool's backends (the seed of its membership). A backend name is one server in "
+        "every pool: the same name in two pools must have the same URL.",
+    ),
+}
+POOL_KEYS = tuple(POOL_KEY_DOCS)
 # lb_config keys that say where Redis is: one Redis serves every pool, so they are
 # only accepted in the top-level lb_config.
 POOL_ONLY_AT_TOP = frozenset(
