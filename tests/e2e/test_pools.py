@@ -14,6 +14,7 @@ import redis
 import requests
 
 from llmlbd.state.keys import PoolKeys
+from llmlbd.state.types import ClaimRecord
 from tests.harness import LLMLBD, StubBackends, wait_until
 from tests.state.test_topologies import cluster_url  # noqa: F401 (the 3-master fixture)
 
@@ -96,6 +97,23 @@ def test_two_pools_route_by_model_with_their_own_policy_state_and_collector(redi
             }
             assert set(owners["chat"]) == {"chat-0", "chat-1"}
             assert set(owners["embed"]) == {"embed-0"}
+            # The two collector processes heart-beat in both pools and split each pool
+            # through its own leases: the chat pool's two backends end up one each.
+            for pool in ("chat", "embed"):
+                assert client.zcard(PoolKeys(pool).collectors) == 2
+            wait_until(
+                lambda: (
+                    len(
+                        {
+                            ClaimRecord.parse(v).collector
+                            for v in client.hgetall(PoolKeys("chat").scrape_owners).values()
+                        }
+                    )
+                    == 2
+                ),
+                timeout=10,
+                message="the chat pool split between the two collector processes",
+            )
 
             # round_robin in the chat pool: one connection-free request after another
             # alternates between its two backends; nothing reaches the embed pool.
