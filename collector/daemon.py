@@ -57,6 +57,13 @@ PARSE_SLOTS = 2
 SCRAPE_SLOTS = 8
 
 
+def _answer_reloads(signals: list[int], log: Any) -> None:
+    """SIGHUP was received: no reload yet, say so once per signal."""
+    while signals:
+        signals.pop()
+        log.warning("reload_unsupported", hint="restart the collector to change its backends")
+
+
 class Shared:
     """What the pools' collectors of one process share (see `CollectorGroup`)."""
 
@@ -347,11 +354,7 @@ class Collector:
             while not self.stop.is_set():
                 self.tick()
                 self._observe_pace()
-                while self._signals:
-                    self._signals.pop()
-                    self.log.warning(
-                        "reload_unsupported", hint="restart the collector to change its backends"
-                    )
+                _answer_reloads(self._signals, self.log)
                 self.stop.wait(CLAIM_EVERY_S)
         finally:
             self.shutdown()
@@ -498,11 +501,7 @@ class CollectorGroup:
                     sum(skipped for _, skipped in totals),
                     sum(len(part.owned) for part in self.parts),
                 )
-                while self._signals:
-                    self._signals.pop()
-                    self.log.warning(
-                        "reload_unsupported", hint="restart the collector to change its backends"
-                    )
+                _answer_reloads(self._signals, self.log)
                 self.stop.wait(CLAIM_EVERY_S)
         finally:
             notify("STOPPING=1")

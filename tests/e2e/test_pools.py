@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -15,6 +13,7 @@ import requests
 
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.types import ClaimRecord
+from tests.e2e.test_membership import llmlbctl
 from tests.harness import LLMLBD, StubBackends, wait_until
 from tests.state.test_topologies import cluster_url  # noqa: F401 (the 3-master fixture)
 
@@ -51,16 +50,6 @@ def pools_config(redis_cfg: dict, chat: StubBackends, embed: StubBackends, **top
         ],
         **top,
     }
-
-
-def llmlbctl(config_path: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "llmlbd.ctl", "--config", config_path, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def post(url: str, model: str, delay: float = 0.0) -> requests.Response:
@@ -190,21 +179,6 @@ def test_two_pools_route_by_model_with_their_own_policy_state_and_collector(redi
                 "chat-1"
             }
 
-            explained = llmlbctl(
-                proxy.config_path,
-                "explain",
-                "--json",
-                "--body",
-                "-",
-                stdin=json.dumps(body(EMBED_MODEL)),
-            )
-            assert explained.returncode == 0, explained.stderr
-            data = json.loads(explained.stdout)
-            assert (data["pool"], data["policy"], data["choice"]) == (
-                "embed",
-                "global_least_request",
-                "embed-0",
-            )
         client.close()
 
 
