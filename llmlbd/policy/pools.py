@@ -44,6 +44,7 @@ class PoolRouters:
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         name, router = self.router_for(request)
+        request.pool = name
         decision = router.pick(request, exclude)
         decision.pool = name
         return decision

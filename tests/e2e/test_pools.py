@@ -126,8 +126,14 @@ def test_two_pools_route_by_model_with_their_own_policy_state_and_collector(redi
                 assert capped.status_code == 429, capped.text
                 assert capped.json()["error"]["code"] == "max_request_count"
                 assert post(proxy.url, CHAT_MODEL).status_code == 200
-                inflight = client.hgetall(PoolKeys("chat").inflight)
-                assert sum(int(v) for v in inflight.values()) == 0
+                # (released when the worker closes the response, just after the client
+                # has it all)
+                wait_until(
+                    lambda: sum(map(int, client.hgetall(PoolKeys("chat").inflight).values())) == 0,
+                    timeout=5,
+                    message="chat request released",
+                )
+                assert client.hget(PoolKeys("embed").inflight, "embed-0") == "1"
             finally:
                 held.join(30)
             # Released in the pool it was reserved in.
@@ -148,6 +154,19 @@ def test_two_pools_route_by_model_with_their_own_policy_state_and_collector(redi
             error = missing.json()["error"]
             assert error["code"] == "model_not_found"
             assert "mystery-model" in error["message"] and "chat, embed" in error["message"]
+
+            # Each request's log line names its pool (the 429 too: refused in that pool).
+            logged = [
+                json.loads(line)
+                for line in proxy.log().splitlines()
+                if line.startswith("{") and '"request_done"' in line
+            ]
+            pools_by_model = {(line["model"], line["pool"]) for line in logged}
+            assert pools_by_model == {
+                (CHAT_MODEL, "chat"),
+                (EMBED_MODEL, "embed"),
+                ("mystery-model", ""),
+            }
 
             # /v1/models is the union of every pool's backends.
             models = requests.get(f"{proxy.url}/v1/models", timeout=10).json()
