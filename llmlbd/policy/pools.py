@@ -11,6 +11,8 @@ is one Redis, so it is up or down for every pool at once.
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmlbd.config.pools import PoolMap
 from llmlbd.errors import ModelNotFound
 from llmlbd.policy.framework import Decision
@@ -49,9 +51,10 @@ class PoolRouters:
         decision.pool = name
         return decision
 
-    def release(self, decision: Decision) -> None:
-        """Give the slot back to the pool that reserved it, exactly once; never raises."""
-        self.routers[decision.pool].release(decision)
+    def release(self, decision: Decision, *args: Any, **kwargs: Any) -> None:
+        """Give the slot back to the pool that reserved it, exactly once; never raises.
+        Whatever else the caller passes (an outcome) goes on to that pool's Router."""
+        self.routers[decision.pool].release(decision, *args, **kwargs)
 
     def maintain(self) -> None:
         """Each pool's heartbeat, retried releases, reaping and health view."""
