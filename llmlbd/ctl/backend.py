@@ -69,6 +69,25 @@ def _render_pools(data: dict[str, Any]) -> str:
     )
 
 
+def _same_server_in_other_pools(ctl: Ctl, name: str, url: str) -> None:
+    """A backend name is one server in every pool (the loader's rule, kept at run time:
+    workers key their connection pools, metrics and logs on it)."""
+    chosen = ctl.pool
+    if not ctl.config.multi_pool:
+        return  # one pool (--pool may name another fleet, configured elsewhere)
+    for pool in ctl.config.pools:
+        if pool.name == chosen.name:
+            continue
+        backends, _ = effective_backends(ctl.client, ctl.use(pool).keys, pool.backends)
+        for other in backends:
+            if other.name == name and other.url != url:
+                raise RuntimeProblem(
+                    f"backend {name} is {other.url} in pool {pool.name}: a name is one "
+                    "server in every pool; use another --name"
+                )
+    ctl.use(chosen)
+
+
 @backend_group.command("add")
 @click.argument("url")
 @click.option("--name", help="Backend name [default: HOST:PORT of the URL].")
@@ -102,6 +121,7 @@ def backend_add(
         raise BadArgument(str(exc)) from None
     new = Backend(name, url, weight)
     outcome = {"action": "added"}
+    _same_server_in_other_pools(ctl, name, url)
 
     def change(members: dict[str, Backend]) -> dict[str, Backend]:
         old = members.get(name)

@@ -132,3 +132,14 @@ def test_explain_uses_the_models_pool_or_answers_the_proxys_404(run, redis_clien
     missing = run("explain", "--body", "-", input=json.dumps({"model": "gpt-9", "prompt": "x"}))
     assert missing.exit_code == 3
     assert "404 model_not_found" in missing.output and "gpt-9" in missing.output
+
+
+def test_backend_add_keeps_a_name_one_server_across_pools(run, redis_client):
+    clash = run("--pool", "embed", "backend", "add", "http://127.0.0.1:9999", "--name", "c1")
+    assert clash.exit_code == 1
+    assert "backend c1 is http://127.0.0.1:9101 in pool chat" in clash.output
+    assert not redis_client.exists(PoolKeys("embed").members)
+    # The same server may join a second pool under its name.
+    same = run("--pool", "embed", "backend", "add", "http://127.0.0.1:9101", "--name", "c1")
+    assert same.exit_code == 0, same.output
+    assert set(redis_client.hkeys(PoolKeys("embed").members)) == {"e1", "c1"}
