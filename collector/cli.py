@@ -110,7 +110,7 @@ def _once(config_path: str | None) -> int:
     settings = Settings.from_config(config.collector)
     metrics = CollectorMetrics()
     result = {}
-    for backend in config.backends:
+    for backend in config.all_backends():
         worker = BackendWorker(backend.name, backend.url, settings, plan, lambda u: None, metrics)
         result[backend.name] = worker.once()
     click.echo(json.dumps(result, indent=2, sort_keys=True))

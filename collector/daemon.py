@@ -37,7 +37,7 @@ from llmlbd.state.collectors import CollectorLeases, new_collector_id
 from llmlbd.state.health import previous_health
 from llmlbd.state.keys import PoolKeys
 
-__all__ = ["Collector", "main", "LEASE_MS", "CLAIM_EVERY_S"]
+__all__ = ["Collector", "CollectorGroup", "Shared", "main", "LEASE_MS", "CLAIM_EVERY_S"]
 
 # A dead collector's backends are taken over within LEASE_MS + CLAIM_EVERY_S
 # (1.5 s, under the 2 s the design asks for); a live one renews four times per
@@ -57,8 +57,31 @@ PARSE_SLOTS = 2
 SCRAPE_SLOTS = 8
 
 
+def _answer_reloads(signals: list[int], log: Any) -> None:
+    """SIGHUP was received: no reload yet, say so once per signal."""
+    while signals:
+        signals.pop()
+        log.warning("reload_unsupported", hint="restart the collector to change its backends")
+
+
+class Shared:
+    """What the pools' collectors of one process share (see `CollectorGroup`)."""
+
+    def __init__(self, metrics: CollectorMetrics) -> None:
+        self.metrics = metrics
+        self.cpu_slots = FairSlots(PARSE_SLOTS)
+        self.scrape_slots = FairSlots(SCRAPE_SLOTS)
+        self.stop = threading.Event()
+
+
 class Collector:
-    """One collector process's state; `run()` blocks until `request_stop()`."""
+    """One collector process's state for one pool; `run()` blocks until `request_stop()`.
+
+    *pool* is the `PoolSpec` to scrape (default: the config's first, the single-pool
+    file's only pool). With *shared*, this collector is one part of a `CollectorGroup`:
+    the group serves the /metrics port, watches freshness and pace, tells systemd, and
+    its parts share the parse and scrape slots and the stop flag.
+    """
 
     def __init__(
         self,
@@ -66,19 +89,24 @@ class Collector:
         client: Any,
         collector_id: str | None = None,
         metrics: CollectorMetrics | None = None,
+        pool: Any = None,
+        shared: Shared | None = None,
     ) -> None:
         from llmlbd.config import ConfigError
 
         self.config = config
         self.client = client
         self.collector_id = collector_id or new_collector_id()
-        self.keys = PoolKeys(config.server.pool)
+        self.pool = pool if pool is not None else config.pools[0]
+        self.grouped = shared is not None
+        shared = shared or Shared(metrics or CollectorMetrics())
+        self.keys = PoolKeys(self.pool.name)
         try:
             self.plan = build_plan(config.collector.metric_map)
         except ValueError as exc:
             raise ConfigError(f"collector.{exc}") from None
         self.settings = Settings.from_config(config.collector)
-        self.metrics = metrics or CollectorMetrics()
+        self.metrics = shared.metrics
         self.leases = CollectorLeases(client, self.keys, self.collector_id, LEASE_MS)
         self.publisher = Publisher(self.leases, self.metrics, self._not_owner)
         self.reaper = Reaper(client, self.keys, self.metrics)
@@ -87,7 +115,7 @@ class Collector:
         self.kv_events = self._kv_event_hub(config)
         self._worker_stops: dict[str, threading.Event] = {}
         self._worker_threads: dict[str, threading.Thread] = {}
-        self._seed = {b.name: b.url for b in config.backends}
+        self._seed = {b.name: b.url for b in self.pool.backends}
         self._members_checked = 0.0
         self._previous: dict[str, tuple[Any, ...]] = {}  # health state left by the last owner
         # Parsing is the only CPU-heavy step. Letting a few threads parse at a
@@ -95,12 +123,15 @@ class Collector:
         # publisher from queueing behind 256 runnable threads when the
         # collector is overloaded: with every thread contending, the claim
         # loop missed its 1.2 s lease and the collector lost its backends.
-        self._cpu_slots = FairSlots(PARSE_SLOTS)
-        self._scrape_slots = FairSlots(SCRAPE_SLOTS)
-        self.metrics.watch_freshness(self._freshness, self.settings.stale_after_s)
-        self.stop = threading.Event()
+        self._cpu_slots = shared.cpu_slots
+        self._scrape_slots = shared.scrape_slots
+        if not self.grouped:
+            self.metrics.watch_freshness(self._freshness, self.settings.stale_after_s)
+        self.stop = shared.stop
         self.ready = threading.Event()
-        self.log = get_logger(collector=self.collector_id)
+        self.log = get_logger(
+            collector=self.collector_id, **({"pool": self.pool.name} if self.grouped else {})
+        )
         self._threads: list[threading.Thread] = []
         self._last_claim = 0.0
         self._claim_failing = False
@@ -111,7 +142,7 @@ class Collector:
 
     def _kv_event_hub(self, config: Any) -> Any:
         """Subscribers to the backends that publish KV events (None when none does)."""
-        sources = {b.name: b.kv_events for b in config.backends if b.kv_events is not None}
+        sources = {b.name: b.kv_events for b in self.pool.backends if b.kv_events is not None}
         if not sources:
             return None
         from collector.kv_hub import KVEventHub
@@ -188,22 +219,15 @@ class Collector:
     def _restore(self, name: str) -> tuple[Any, ...] | None:
         return self._previous.pop(name, None)
 
-    def _freshness(self) -> Iterable[Freshness]:
+    def _freshness(self) -> list[Freshness]:
         owned = self.owned
         return [(name, name in owned, w.last_ok) for name, w in self.workers.items()]
 
     # life cycle --------------------------------------------------------------------
     def start(self) -> None:
-        port = self.config.collector.metrics_port
-        if port:
-            try:
-                self._metrics_server = self._serve_metrics(self.config.collector.metrics_host, port)
-            except AddressInUse as exc:
-                # Routing needs the scraping, not the collector's own metrics: a port
-                # taken by another process (a second llmlbd on the host) must not stop
-                # it, nor send it into a restart loop under `llmlbd start`. One line says so.
-                self.log.error("metrics_port_unavailable", port=port, error=str(exc))
-                port = 0
+        # A taken port must not stop the scraping (routing needs it, not the collector's
+        # own metrics) nor send it into a restart loop under `llmlbd start`: one line says so.
+        port = 0 if self.grouped else self.serve_metrics()
         self._spawn("publisher", self.publisher.run, self.stop)
         self._spawn("reaper", self.reaper.run, self.stop)
         self.follow_members(force=True)
@@ -213,6 +237,18 @@ class Collector:
             pool=self.keys.pool,
             metrics_port=port or None,
         )
+
+    def serve_metrics(self) -> int:
+        """Start the own /metrics server (a group's, once per process); its port or 0."""
+        port = self.config.collector.metrics_port
+        if not port:
+            return 0
+        try:
+            self._metrics_server = self._serve_metrics(self.config.collector.metrics_host, port)
+        except AddressInUse as exc:
+            self.log.error("metrics_port_unavailable", port=port, error=str(exc))
+            return 0
+        return int(port)
 
     def _serve_metrics(self, host: str, port: int) -> Any:
         import errno
@@ -316,24 +352,29 @@ class Collector:
         gc.freeze()
         try:
             while not self.stop.is_set():
-                self.follow_members()
-                self.claim()
-                self._check_ready()
+                self.tick()
                 self._observe_pace()
-                while self._signals:
-                    self._signals.pop()
-                    self.log.warning(
-                        "reload_unsupported", hint="restart the collector to change its backends"
-                    )
+                _answer_reloads(self._signals, self.log)
                 self.stop.wait(CLAIM_EVERY_S)
         finally:
             self.shutdown()
 
-    def _observe_pace(self) -> None:
+    def tick(self) -> None:
+        """One turn of the main loop: membership, ownership claims, readiness."""
+        self.follow_members()
+        self.claim()
+        self._check_ready()
+
+    def totals(self) -> tuple[int, int]:
+        """Scrapes attempted and ticks skipped since start, removed workers included."""
         scrapes, skipped = self._retired
         for worker in list(self.workers.values()):
             scrapes += worker.scrapes
             skipped += worker.skipped
+        return scrapes, skipped
+
+    def _observe_pace(self) -> None:
+        scrapes, skipped = self.totals()
         self.pace.observe(time.monotonic(), scrapes, skipped, len(self.owned))
 
     def _check_ready(self) -> None:
@@ -342,17 +383,27 @@ class Collector:
         if self.owned and not self.publisher.first_write.is_set():
             return
         self.ready.set()
-        notify("READY=1")
+        if not self.grouped:
+            notify("READY=1")
         self.log.info("collector_ready", owned=len(self.owned))
 
     def shutdown(self) -> None:
-        notify("STOPPING=1")
+        if not self.grouped:
+            notify("STOPPING=1")
+        self.halt()
+        self.finish()
+
+    def halt(self) -> None:
+        """Tell every thread to stop (returns at once; `finish` waits for them)."""
         self.stop.set()
         for name, worker in self.workers.items():
             self._worker_stops[name].set()
             worker.wake.set()
         if self.kv_events is not None:
             self.kv_events.stop()
+
+    def finish(self) -> None:
+        """Wait for the threads, give up every owned backend, close the /metrics server."""
         deadline = time.monotonic() + self.settings.timeout_s + 2.0
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -376,6 +427,90 @@ class Collector:
         self._signals.append(signal.SIGHUP)
 
 
+class CollectorGroup:
+    """One collector process for several pools: one `Collector` per pool, one main loop.
+
+    Each part claims its pool's backends through that pool's ownership leases, so
+    several collector processes split every pool between them exactly as they split
+    one. The group serves the process's /metrics (freshness and pace over every pool),
+    handles signals and tells systemd READY=1 once every pool is ready.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        client: Any,
+        collector_id: str | None = None,
+        metrics: CollectorMetrics | None = None,
+    ) -> None:
+        self.collector_id = collector_id or new_collector_id()
+        self.shared = Shared(metrics or CollectorMetrics())
+        self.parts = [
+            Collector(config, client, self.collector_id, pool=pool, shared=self.shared)
+            for pool in config.pools
+        ]
+        self.metrics, self.stop = self.shared.metrics, self.shared.stop
+        settings = self.parts[0].settings
+        self.metrics.watch_freshness(self._freshness, settings.stale_after_s)
+        self.ready = threading.Event()
+        self.log = get_logger(collector=self.collector_id)
+        self.pace = Pace(self.metrics, self.log, settings.interval_s)
+        self._signals: list[int] = []
+
+    def _freshness(self) -> Iterable[Freshness]:
+        # A server listed in two pools is scraped once per pool: report it once, owned
+        # if this process scrapes it for either pool.
+        found: dict[str, Freshness] = {}
+        for part in self.parts:
+            for entry in part._freshness():
+                if entry[0] not in found or (entry[1] and not found[entry[0]][1]):
+                    found[entry[0]] = entry
+        return list(found.values())
+
+    def request_stop(self, *_: Any) -> None:
+        """Signal-handler safe: only sets flags."""
+        self.stop.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self._signals.append(signal.SIGHUP))
+
+    def run(self) -> None:
+        port = self.parts[0].serve_metrics()
+        for part in self.parts:
+            part.start()
+        self.log.info(
+            "collector_group_started",
+            pools=[part.keys.pool for part in self.parts],
+            metrics_port=port or None,
+        )
+        gc.freeze()  # as in Collector.run
+        try:
+            while not self.stop.is_set():
+                for part in self.parts:
+                    part.tick()
+                if not self.ready.is_set() and all(part.ready.is_set() for part in self.parts):
+                    self.ready.set()
+                    notify("READY=1")
+                    self.log.info("collector_ready", pools=len(self.parts))
+                totals = [part.totals() for part in self.parts]
+                self.pace.observe(
+                    time.monotonic(),
+                    sum(scrapes for scrapes, _ in totals),
+                    sum(skipped for _, skipped in totals),
+                    sum(len(part.owned) for part in self.parts),
+                )
+                _answer_reloads(self._signals, self.log)
+                self.stop.wait(CLAIM_EVERY_S)
+        finally:
+            notify("STOPPING=1")
+            for part in self.parts:
+                part.halt()
+            for part in self.parts:
+                part.finish()
+
+
 def main(
     config_path: str | None,
     collector_id: str | None = None,
@@ -394,7 +529,11 @@ def main(
         config.with_overrides(**overrides)
     configure_logs(config.logging.level, config.logging.format)
     client = connect(config)
-    collector = Collector(config, client, collector_id)
+    collector: Collector | CollectorGroup
+    if len(config.pools) == 1:
+        collector = Collector(config, client, collector_id)
+    else:
+        collector = CollectorGroup(config, client, collector_id)
     collector.install_signals()
     collector.run()
     try:

@@ -159,27 +159,31 @@ class PoolCollector:
     backend, drained and health are shared state, so they come from Redis.
     """
 
-    def __init__(self, client: Any, keys: Any, backends: Any) -> None:
-        self.client, self.keys, self.backends = client, keys, backends
+    def __init__(self, client: Any, pools: Any) -> None:
+        """*pools*: (PoolKeys, backends) of every pool; each sample carries its pool."""
+        self.client, self.pools = client, pools
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
         from llmlbd.state.snapshot import read_pool
 
-        try:
-            states = read_pool(self.client, self.keys, self.backends)
-        except Exception:
-            return
         inflight, usable, ejected, age = (
-            GaugeMetricFamily(name, doc, labels=["backend"]) for name, doc in POOL_GAUGES.items()
+            GaugeMetricFamily(name, doc, labels=["pool", "backend"])
+            for name, doc in POOL_GAUGES.items()
         )
-        for state in states:
-            inflight.add_metric([state.name], state.inflight)
-            down = state.metrics.get("health") == "down"
-            out = state.ejected_until_ms is not None
-            usable.add_metric([state.name], 0 if state.drained or down or out else 1)
-            ejected.add_metric([state.name], 1 if out else 0)
-            if state.metrics_age_ms is not None:
-                age.add_metric([state.name], state.metrics_age_ms / 1000)
+        for keys, backends in self.pools:
+            try:
+                states = read_pool(self.client, keys, backends)
+            except Exception:
+                return
+            for state in states:
+                labels = [keys.pool, state.name]
+                inflight.add_metric(labels, state.inflight)
+                down = state.metrics.get("health") == "down"
+                out = state.ejected_until_ms is not None
+                usable.add_metric(labels, 0 if state.drained or down or out else 1)
+                ejected.add_metric(labels, 1 if out else 0)
+                if state.metrics_age_ms is not None:
+                    age.add_metric(labels, state.metrics_age_ms / 1000)
         yield from (inflight, usable, ejected, age)

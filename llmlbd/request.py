@@ -21,4 +21,6 @@ class RoutingRequest:
     criticality: str = ""
     priority: int | None = None
     cache_salt: str = ""
+    # The pool its model selected (llmlbd.policy.pools); "" until then, or when none did.
+    pool: str = ""
     headers: dict[str, str] = field(default_factory=dict)

@@ -19,6 +19,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmlbd.config import validators as v
+from llmlbd.config.pools import POOL_KEY_DOCS
 from llmlbd.config.settings import SECTIONS, SETTINGS
 from llmlbd.policy.registry import ALIASES, POLICIES
 from scripts.generated_file import ROOT, write_or_check
@@ -123,6 +124,23 @@ def render() -> str:
         "backends: the seed of its membership (see `llmlbctl backend`). `name` defaults to "
         "HOST:PORT; `weight` (number > 0, default 1) is relative capacity. Empty: "
         "`llmlbd start` runs `demo.backends` simulated servers. |",
+        "| `pools` | unset | list of pools (below) | Several pools in one file, each with its "
+        "own backends, policy and `lb_config`, chosen by the request's model. Replaces the "
+        "top-level `backends` and `server.pool`; the top-level `lb_policy` and `lb_config` "
+        "become every pool's defaults. Unset: one pool, `server.pool`. |",
+        "",
+        "## `pools[]`",
+        "",
+        "One entry per pool ([../configuration.md](../configuration.md#several-pools-in-one-"
+        "file)). A request goes to the pool listing its model exactly, else to the first "
+        "pattern that matches it, else to the `default` pool.",
+        "",
+        "| Key | Default | Accepts | Description |",
+        "|---|---|---|---|",
+        *(
+            f"| `{key}` | {default} | {accepted} | {doc} |"
+            for key, (default, accepted, doc) in POOL_KEY_DOCS.items()
+        ),
         "",
     ]
     for section, description in SECTIONS.items():

@@ -62,6 +62,14 @@ def check_command(path: str) -> None:
         if target.embedded
         else f"{target.mode} via {target.source}"
     )
+    if config.multi_pool:
+        pools = "; ".join(
+            f"{pool.name}{' (default)' if pool.default else ''}: policy {pool.lb_policy}, "
+            f"{len(pool.backends)} backend(s), models {', '.join(pool.models) or '-'}"
+            for pool in config.pools
+        )
+        click.echo(f"OK: {path}: {len(config.pools)} pools: {pools}; Redis {redis}")
+        return
     backends = (
         f"{len(config.backends)} backend(s)"
         if config.backends
@@ -104,6 +112,8 @@ def show_command(path: str, as_json: bool, explicit: bool) -> None:
             kept["lb_policy"] = data["lb_policy"]
         if config.backends:
             kept["backends"] = data["backends"]
+        if config.multi_pool:
+            kept["pools"] = data["pools"]
         data = kept
     data = redact(data)
     if as_json:

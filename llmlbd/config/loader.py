@@ -12,6 +12,7 @@ import yaml
 from llmlbd.config import validators as v
 from llmlbd.config.kv_events import KVEventsSource, parse_kv_events
 from llmlbd.config.names import canonical_policy_name, policy_names, validate_name
+from llmlbd.config.pools import POOL_KEYS, POOL_ONLY_AT_TOP, PoolMap, PoolSpec
 from llmlbd.config.sections import (
     SECTION_TYPES,
     CollectorSection,
@@ -23,9 +24,17 @@ from llmlbd.config.sections import (
 )
 from llmlbd.config.settings import SECTIONS, SETTINGS, by_path
 
-__all__ = ["Backend", "Config", "ConfigError", "load_config", "config_from_dict"]
+__all__ = [
+    "Backend",
+    "Config",
+    "ConfigError",
+    "PoolMap",
+    "PoolSpec",
+    "load_config",
+    "config_from_dict",
+]
 
-TOP_LEVEL = {*SECTIONS, "backends", "lb_policy", "lb_type"}
+TOP_LEVEL = {*SECTIONS, "backends", "lb_policy", "lb_type", "pools"}
 
 
 class ConfigError(Exception):
@@ -60,8 +69,10 @@ class Config:
         lb_policy: str,
         path: str | None,
         explicit: set[str],
+        pools: list[PoolSpec] | None = None,
     ) -> None:
-        """*sections* maps each name in SECTIONS to its instance of SECTION_TYPES."""
+        """*sections* maps each name in SECTIONS to its instance of SECTION_TYPES; *pools*
+        the file's `pools:` list (None: the single-pool file)."""
         self.server: ServerSection = sections["server"]
         self.redis: RedisSection = sections["redis"]
         self.lb_config: LbConfigSection = sections["lb_config"]
@@ -73,6 +84,41 @@ class Config:
         self.path = path
         # Dotted paths the file set explicitly (the rest are defaults).
         self.explicit = explicit
+        self._pools = pools
+
+    @property
+    def multi_pool(self) -> bool:
+        """Did the file list `pools:`? (False: the single-pool, Higress-shaped file.)"""
+        return self._pools is not None
+
+    @property
+    def pools(self) -> list[PoolSpec]:
+        """Every pool, in file order. The single-pool file is one pool named `server.pool`
+        that takes every model, built from the live top-level values (which `llmlbd start`
+        may still change: demo backends, overrides)."""
+        if self._pools is not None:
+            return self._pools
+        return [
+            PoolSpec(
+                self.server.pool, self.backends, self.lb_policy, self.lb_config, (), default=True
+            )
+        ]
+
+    def pool_map(self) -> PoolMap:
+        return PoolMap(self.pools)
+
+    def all_backends(self) -> list[Backend]:
+        """Every pool's seed backends, each name once: a name is one server in every pool."""
+        seen: dict[str, Backend] = {}
+        for pool in self.pools:
+            for backend in pool.backends:
+                seen.setdefault(backend.name, backend)
+        return list(seen.values())
+
+    @property
+    def uses_demo_backends(self) -> bool:
+        """`llmlbd start` runs simulated backends: a single-pool file without backends."""
+        return not self.multi_pool and not self.backends
 
     def redis_target(self) -> RedisTarget:
         r, lb = self.redis, self.lb_config
@@ -93,21 +139,27 @@ class Config:
         data: dict[str, Any] = {name: asdict(getattr(self, name)) for name in SECTIONS}
         # Keys of other policies would not validate under this one.
         data["lb_config"] = {
-            key: value
-            for key, value in data["lb_config"].items()
-            if not (setting := by_path(f"lb_config.{key}"))
-            or not setting.policies
-            or self.lb_policy in setting.policies
+            key: value for key, value in data["lb_config"].items() if _applies(key, self.lb_policy)
         }
         data["lb_policy"] = self.lb_policy
-        data["backends"] = [
+        if self._pools is None:
+            data["backends"] = _backends_dict(self.backends)
+            return data
+        del data["server"]["pool"]  # each pool names itself
+        data["pools"] = [
             {
-                "name": b.name,
-                "url": b.url,
-                "weight": b.weight,
-                **({"kv_events": vars(b.kv_events)} if b.kv_events else {}),
+                "name": pool.name,
+                "models": list(pool.models),
+                "default": pool.default,
+                "lb_policy": pool.lb_policy,
+                "lb_config": {
+                    key: value
+                    for key, value in asdict(pool.lb_config).items()
+                    if key not in POOL_ONLY_AT_TOP and _applies(key, pool.lb_policy)
+                },
+                "backends": _backends_dict(pool.backends),
             }
-            for b in self.backends
+            for pool in self._pools
         ]
         return data
 
@@ -127,6 +179,24 @@ class Config:
             setattr(getattr(self, setting.section), setting.key, converted)
             self.explicit.add(path)
         return self
+
+
+def _applies(key: str, lb_policy: str) -> bool:
+    """Does lb_config.*key* apply under *lb_policy*? (False: another policy's key.)"""
+    setting = by_path(f"lb_config.{key}")
+    return not setting or not setting.policies or lb_policy in setting.policies
+
+
+def _backends_dict(backends: list[Backend]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": b.name,
+            "url": b.url,
+            "weight": b.weight,
+            **({"kv_events": vars(b.kv_events)} if b.kv_events else {}),
+        }
+        for b in backends
+    ]
 
 
 def _lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
@@ -175,15 +245,15 @@ def _backend_name(url: str) -> str:
     return f"{parts.hostname}:{port}"
 
 
-def _load_backends(raw: Any, where: _Where) -> list[Backend]:
+def _load_backends(raw: Any, where: _Where, base: str = "backends") -> list[Backend]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise where.error("backends", f"expected a list of {{url, name, weight}}, got {raw!r}")
+        raise where.error(base, f"expected a list of {{url, name, weight}}, got {raw!r}")
     backends: list[Backend] = []
     seen: dict[str, str] = {}
     for index, item in enumerate(raw):
-        path = f"backends[{index}]"
+        path = f"{base}[{index}]"
         if isinstance(item, str):
             item = {"url": item}
         if not isinstance(item, dict):
@@ -225,6 +295,169 @@ def _load_backends(raw: Any, where: _Where) -> list[Backend]:
     return backends
 
 
+def _policy(raw: Any, path: str, where: _Where) -> str:
+    try:
+        return canonical_policy_name(raw)
+    except KeyError:
+        raise where.error(
+            path, f"unknown policy {raw!r} (expected one of {', '.join(policy_names())})"
+        ) from None
+
+
+def _apply_section(
+    values: dict[str, Any],
+    section: str,
+    raw: Any,
+    path: str,
+    lb_policy: str,
+    where: _Where,
+    explicit: set[str],
+    in_pool: bool = False,
+) -> None:
+    """Validate the file's mapping *raw* for *section* (found at *path*) into *values*;
+    record what it set in *explicit* (dotted section.key paths)."""
+    if not isinstance(raw, dict):
+        raise where.error(path, f"expected a mapping, got {raw!r}")
+    for key, value in raw.items():
+        key_path = f"{path}.{key}"
+        setting = by_path(f"{section}.{key}")
+        if setting is None:
+            known = sorted(s.key for s in SETTINGS if s.section == section)
+            raise where.error(key_path, f"unknown key (known keys: {', '.join(known)})")
+        if in_pool and setting.key in POOL_ONLY_AT_TOP:
+            raise where.error(
+                key_path, "one Redis serves every pool: set it in the top-level lb_config"
+            )
+        if setting.policies and lb_policy not in setting.policies:
+            raise where.error(
+                key_path, f"applies to lb_policy {' or '.join(setting.policies)}, not {lb_policy}"
+            )
+        if setting.path in explicit:
+            raise where.error(
+                key_path, f"{setting.key} is set twice (once under another accepted spelling)"
+            )
+        try:
+            values[setting.key] = setting.validator(value)
+        except ValueError as exc:
+            raise where.error(key_path, str(exc)) from None
+        explicit.add(setting.path)
+
+
+def _default(section: str, key: str) -> Any:
+    declared = by_path(f"{section}.{key}")
+    assert declared is not None
+    default = declared.default
+    return default if default is None else declared.validator(default)
+
+
+def _load_pools(
+    raw: Any, top: dict[str, Any], top_lb: dict[str, Any], where: _Where
+) -> list[PoolSpec]:
+    """The file's `pools:` list; *top_lb* holds the validated top-level lb_config values,
+    which each pool inherits where they apply to its policy."""
+    if not isinstance(raw, list) or not raw:
+        raise where.error(
+            "pools", "expected a list of pools ({name, models, backends, lb_policy, ...})"
+        )
+    for key in ("backends",):
+        if key in top:
+            raise where.error(key, "with pools:, list each pool's backends under that pool")
+    if isinstance(top.get("server"), dict) and "pool" in top["server"]:
+        raise where.error("server.pool", "with pools:, each pool names itself (pools[].name)")
+    top_policy = _policy(top.get("lb_policy", "global_least_request"), "lb_policy", where)
+    pools: list[PoolSpec] = []
+    names: dict[str, str] = {}
+    models_seen: dict[str, str] = {}
+    servers: dict[str, tuple[str, str]] = {}  # backend name -> (url, where first listed)
+    default_at: str | None = None
+    for index, item in enumerate(raw):
+        path = f"pools[{index}]"
+        if not isinstance(item, dict):
+            raise where.error(path, f"expected a mapping with name, models, backends, got {item!r}")
+        for key in item:
+            if key not in POOL_KEYS:
+                raise where.error(
+                    f"{path}.{key}", f"unknown key (expected one of {', '.join(POOL_KEYS)})"
+                )
+        if "name" not in item:
+            raise where.error(path, "missing required key name")
+        try:
+            name = validate_name("pool name", item["name"])
+        except ValueError as exc:
+            raise where.error(f"{path}.name", str(exc)) from None
+        if name in names:
+            raise where.error(f"{path}.name", f"duplicate pool name {name!r} (also {names[name]})")
+        names[name] = path
+        models = item.get("models", [])
+        if isinstance(models, str):
+            models = [models]
+        if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+            raise where.error(
+                f"{path}.models", f"expected a list of model names or patterns, got {models!r}"
+            )
+        for position, model in enumerate(models):
+            if model in models_seen:
+                raise where.error(
+                    f"{path}.models[{position}]",
+                    f"{model!r} is already routed by {models_seen[model]}",
+                )
+            models_seen[model] = f"{path} ({name})"
+        default = item.get("default", False)
+        if not isinstance(default, bool):
+            raise where.error(f"{path}.default", f"expected true or false, got {default!r}")
+        if default:
+            if default_at is not None:
+                raise where.error(
+                    f"{path}.default", f"only one pool can be the default (also {default_at})"
+                )
+            default_at = f"{path} ({name})"
+        if not models and not default:
+            raise where.error(
+                path, f"pool {name!r} would get no request: give it models or default: true"
+            )
+        lb_policy = (
+            _policy(item["lb_policy"], f"{path}.lb_policy", where)
+            if "lb_policy" in item
+            else top_policy
+        )
+        values = {
+            key: value if _applies(key, lb_policy) else _default("lb_config", key)
+            for key, value in top_lb.items()
+        }
+        if item.get("lb_config") is not None:
+            _apply_section(
+                values,
+                "lb_config",
+                item["lb_config"],
+                f"{path}.lb_config",
+                lb_policy,
+                where,
+                set(),
+                in_pool=True,
+            )
+        backends = _load_backends(item.get("backends"), where, f"{path}.backends")
+        for position, backend in enumerate(backends):
+            other = servers.setdefault(backend.name, (backend.url, f"{path} ({name})"))
+            if other[0] != backend.url:
+                raise where.error(
+                    f"{path}.backends[{position}].url",
+                    f"backend {backend.name!r} is {other[0]} in {other[1]}: a name is one "
+                    "server in every pool (logs, metrics, llmlbctl and the connection pools "
+                    "key on it); give this one another name",
+                )
+        pools.append(
+            PoolSpec(
+                name,
+                backends,
+                lb_policy,
+                SECTION_TYPES["lb_config"](**values),
+                tuple(models),
+                default,
+            )
+        )
+    return pools
+
+
 def config_from_dict(
     data: Any, source: str = "<config>", lines: dict[str, int] | None = None
 ) -> Config:
@@ -245,52 +478,26 @@ def config_from_dict(
     if data.get("lb_type", "endpoint") != "endpoint":
         raise where.error("lb_type", f"only 'endpoint' is supported, got {data['lb_type']!r}")
 
-    lb_policy = data.get("lb_policy", "global_least_request")
-    try:
-        lb_policy = canonical_policy_name(lb_policy)
-    except KeyError:
-        raise where.error(
-            "lb_policy",
-            f"unknown policy {lb_policy!r} (expected one of {', '.join(policy_names())})",
-        ) from None
+    lb_policy = _policy(data.get("lb_policy", "global_least_request"), "lb_policy", where)
 
     explicit: set[str] = set()
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for declared in SETTINGS:
         # Defaults pass their validator too, so that a default has the type of a set value
         # (the preset name "default" of scorerWeights becomes its weights mapping).
-        default = declared.default
-        values[declared.section][declared.key] = (
-            default if default is None else declared.validator(default)
-        )
+        values[declared.section][declared.key] = _default(declared.section, declared.key)
     for section in SECTIONS:
         raw = data.get(section)
-        if raw is None:
-            continue
-        if not isinstance(raw, dict):
-            raise where.error(section, f"expected a mapping, got {raw!r}")
-        for key, value in raw.items():
-            path = f"{section}.{key}"
-            setting = by_path(path)
-            if setting is None:
-                known = sorted(s.key for s in SETTINGS if s.section == section)
-                raise where.error(path, f"unknown key (known keys: {', '.join(known)})")
-            if setting.policies and lb_policy not in setting.policies:
-                raise where.error(
-                    path, f"applies to lb_policy {' or '.join(setting.policies)}, not {lb_policy}"
-                )
-            if setting.path in explicit:
-                raise where.error(
-                    path, f"{setting.key} is set twice (once under another accepted spelling)"
-                )
-            try:
-                values[section][setting.key] = setting.validator(value)
-            except ValueError as exc:
-                raise where.error(path, str(exc)) from None
-            explicit.add(setting.path)
+        if raw is not None:
+            _apply_section(values[section], section, raw, section, lb_policy, where, explicit)
+    pools = None
+    if "pools" in data:
+        pools = _load_pools(data["pools"], data, values["lb_config"], where)
     sections = {name: SECTION_TYPES[name](**vals) for name, vals in values.items()}
     backends = _load_backends(data.get("backends"), where)
-    return Config(sections, backends, lb_policy, None if source == "<config>" else source, explicit)
+    return Config(
+        sections, backends, lb_policy, None if source == "<config>" else source, explicit, pools
+    )
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:

@@ -196,7 +196,8 @@ SETTINGS: list[Setting] = [
         "server.pool",
         "default",
         v.string,
-        "Name of this fleet; replicas that share a pool name share their state.",
+        "Name of this fleet; replicas that share a pool name share their state. With "
+        "`pools:`, each pool names itself instead.",
     ),
     Setting(
         "server.lease_ttl_s",

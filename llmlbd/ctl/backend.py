@@ -51,9 +51,41 @@ def _render_list(data: dict[str, Any]) -> str:
 @json_option
 @pass_ctl
 def backend_list(ctl: Ctl, as_json: bool) -> None:
-    """The pool's members and where the list comes from (Redis or the config's seed)."""
-    backends, source = effective_backends(ctl.client, ctl.keys, ctl.config.backends)
-    emit(_members_json(backends, source), as_json, _render_list)
+    """The pool's members and where the list comes from (Redis or the config's seed).
+    With several pools and no --pool, every pool's (JSON: {"pools": {NAME: ...}})."""
+    found = {}
+    for pool in ctl.view_pools():
+        backends, source = effective_backends(ctl.client, ctl.use(pool).keys, pool.backends)
+        found[pool.name] = _members_json(backends, source)
+    if len(found) == 1:
+        emit(next(iter(found.values())), as_json, _render_list)
+    else:
+        emit({"pools": found}, as_json, _render_pools)
+
+
+def _render_pools(data: dict[str, Any]) -> str:
+    return "\n\n".join(
+        f"pool {name}: " + _render_list(members) for name, members in data["pools"].items()
+    )
+
+
+def _same_server_in_other_pools(ctl: Ctl, name: str, url: str) -> None:
+    """A backend name is one server in every pool (the loader's rule, kept at run time:
+    workers key their connection pools, metrics and logs on it)."""
+    chosen = ctl.pool
+    if not ctl.config.multi_pool:
+        return  # one pool (--pool may name another fleet, configured elsewhere)
+    for pool in ctl.config.pools:
+        if pool.name == chosen.name:
+            continue
+        backends, _ = effective_backends(ctl.client, ctl.use(pool).keys, pool.backends)
+        for other in backends:
+            if other.name == name and other.url != url:
+                raise RuntimeProblem(
+                    f"backend {name} is {other.url} in pool {pool.name}: a name is one "
+                    "server in every pool; use another --name"
+                )
+    ctl.use(chosen)
 
 
 @backend_group.command("add")
@@ -89,6 +121,7 @@ def backend_add(
         raise BadArgument(str(exc)) from None
     new = Backend(name, url, weight)
     outcome = {"action": "added"}
+    _same_server_in_other_pools(ctl, name, url)
 
     def change(members: dict[str, Backend]) -> dict[str, Backend]:
         old = members.get(name)
@@ -110,7 +143,7 @@ def backend_add(
         return members
 
     try:
-        members = change_members(ctl.client, ctl.keys.members, ctl.config.backends, change)
+        members = change_members(ctl.client, ctl.keys.members, ctl.pool.backends, change)
     except MembersError as exc:
         raise RuntimeProblem(str(exc)) from None
     data = {
@@ -152,7 +185,7 @@ def backend_remove(ctl: Ctl, name: str, as_json: bool) -> None:
         return members
 
     try:
-        members = change_members(ctl.client, ctl.keys.members, ctl.config.backends, change)
+        members = change_members(ctl.client, ctl.keys.members, ctl.pool.backends, change)
     except MembersError as exc:
         raise RuntimeProblem(str(exc)) from None
     inflight = inflight_of(ctl.client, ctl.keys, name)

@@ -41,6 +41,7 @@ class Ctl:
         self.config_path = config_path
         self.redis_url_option = redis_url
         self.pool_option = pool
+        self._pool: Any = None
         self._config: Any = None
         self._keys: Any = None
         self._client: Any = None
@@ -61,13 +62,65 @@ class Ctl:
                 raise ConfigProblem(str(exc)) from None
         return self._config
 
+    # pools -------------------------------------------------------------------------------
+    @property
+    def pool(self) -> Any:
+        """The pool (`PoolSpec`) a command works on: --pool, or the config's only pool.
+
+        With several pools and no --pool this is a usage error (exit 2): an action
+        (drain, backend add) must never guess its pool. Views iterate `view_pools()`.
+        """
+        if self._pool is None:
+            if self.pool_option is None and len(self.config.pools) > 1:
+                names = ", ".join(p.name for p in self.config.pools)
+                raise click.UsageError(
+                    f"the config has {len(self.config.pools)} pools ({names}): "
+                    "choose one with --pool"
+                )
+            self._pool = self._named(self.pool_option)
+        return self._pool
+
+    def _named(self, name: str | None) -> Any:
+        import dataclasses
+
+        pools = self.config.pools
+        if name is None:
+            return pools[0]
+        for pool in pools:
+            if pool.name == name:
+                return pool
+        if not self.config.multi_pool:
+            # The single-pool file's backends and policy, under another pool name.
+            return dataclasses.replace(pools[0], name=name)
+        raise ConfigProblem(
+            f"no pool named {name!r} in the config (pools: {', '.join(p.name for p in pools)})"
+        )
+
+    def view_pools(self) -> list[Any]:
+        """The pools a read-only view shows: --pool's, else every pool of the config."""
+        if self.pool_option is not None or len(self.config.pools) == 1:
+            return [self.pool]
+        return list(self.config.pools)
+
+    def pool_for_model(self, model: str) -> Any:
+        """--pool's pool, the only pool, or the one the proxy would send *model* to (None:
+        no pool takes it)."""
+        if self.pool_option is not None or len(self.config.pools) == 1:
+            return self.pool
+        return self.config.pool_map().select(model)
+
+    def use(self, pool: Any) -> Ctl:
+        """Work on *pool* from now on (a view walking every pool); returns self."""
+        self._pool, self._keys = pool, None
+        return self
+
     @property
     def keys(self) -> Any:
         if self._keys is None:
             from llmlbd.state.keys import PoolKeys
 
             try:
-                self._keys = PoolKeys(self.pool_option or self.config.server.pool)
+                self._keys = PoolKeys(self.pool.name)
             except ValueError as exc:
                 raise ConfigProblem(str(exc)) from None
         return self._keys

@@ -24,7 +24,7 @@ __all__ = ["drain_command", "undrain_command"]
 
 
 def _known(ctl: Ctl) -> list[str]:
-    backends, _ = effective_backends(ctl.client, ctl.keys, ctl.config.backends)
+    backends, _ = effective_backends(ctl.client, ctl.keys, ctl.pool.backends)
     return [b.name for b in backends]
 
 

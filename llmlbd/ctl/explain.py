@@ -69,19 +69,21 @@ def _candidate_table(candidates: list[dict[str, Any]]) -> str:
 def render_explain(data: dict[str, Any]) -> str:
     req = data.get("request") or {}
     lines = [
-        f"policy {data.get('policy')}   request {req.get('path', '?')} model "
+        (f"pool {data['pool']}   " if data.get("pool") else "")
+        + f"policy {data.get('policy')}   request {req.get('path', '?')} model "
         f"{req.get('model') or '(none)'}"
         + (f", {req['prompt_chars']} prompt chars" if req.get("prompt_chars") else "")
         + (", stream" if req.get("stream") else "")
     ]
     by = data.get("explained_by")
-    lines.append(
-        "explained by the policy itself"
-        if by == "policy"
-        else "explained by the generic explainer ("
-        + ("exact for this policy" if data.get("exact") else "an approximation")
-        + ")"
-    )
+    if "policy" in data:
+        lines.append(
+            "explained by the policy itself"
+            if by == "policy"
+            else "explained by the generic explainer ("
+            + ("exact for this policy" if data.get("exact") else "an approximation")
+            + ")"
+        )
     candidates = data.get("candidates") or []
     if candidates:
         lines.append("")
@@ -118,6 +120,7 @@ def render_explain(data: dict[str, Any]) -> str:
         lines.append(f"note: {data['note']}")
     # Whatever else a policy's own explain returned.
     known = {
+        "pool",
         "policy",
         "explained_by",
         "exact",
@@ -177,7 +180,8 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 def explain_command(
     ctl: Ctl, body_file: Any, path: str, header_values: tuple[str, ...], as_json: bool
 ) -> None:
-    """Where a request with this body would go now, and why: which filters
+    """Where a request with this body would go now, and why: the pool its model
+    selects (with several pools and no --pool), which filters
     removed which backends, the scores, the prefix match length. Nothing is
     reserved and no request is sent.
 
@@ -200,19 +204,31 @@ def explain_command(
         request = parse_request(f"explain-{uuid.uuid4().hex[:12]}", "POST", path, headers, body)
     except LLMLBError as exc:
         raise BadRequest(f"the client would get {exc.status}: {exc.message}") from None
-    config, client, keys = ctl.config, ctl.client, ctl.keys
-    backends, _ = effective_backends(client, keys, config.backends)
+    pool = ctl.pool_for_model(request.model)
+    if pool is None:  # no pool lists the model and none is the default: the proxy's 404
+        from llmlbd.policy.outcomes import error_outcome
+        from llmlbd.policy.pools import no_pool
+
+        data = {
+            "pool": None,
+            "request": {"path": path, "model": request.model},
+            "outcome": error_outcome(no_pool(request.model, ctl.config.pool_map())),
+        }
+        emit(data, as_json, render_explain)
+        raise SystemExit(exits.NOT_FOUND)
+    config, client, keys = ctl.config, ctl.client, ctl.use(pool).keys
+    backends, _ = effective_backends(client, keys, pool.backends)
     # A Leases object so that policies can be built as in a worker; explain never calls it.
     leases = Leases(client, keys, "llmlbctl-explain", int(config.server.lease_ttl_s * 1000))
     ctx = PolicyContext(
         backends,
-        config.lb_config,
+        pool.lb_config,
         keys,
         leases,
         client,
         stale_after_ms=config.collector.stale_after_ms,
     )
-    data = explain(config.lb_policy, ctx, request)
+    data = {"pool": pool.name, **explain(pool.lb_policy, ctx, request)}
     emit(data, as_json, render_explain)
     if not data.get("choice"):
         status = (data.get("outcome") or {}).get("status")

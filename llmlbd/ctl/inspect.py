@@ -38,7 +38,7 @@ def _age(now_ms: int, stamp: str | None) -> int | None:
 
 def backend_detail(ctl: Ctl, name: str) -> dict[str, Any]:
     client, keys = ctl.client, ctl.keys
-    backends, source = effective_backends(client, keys, ctl.config.backends)
+    backends, source = effective_backends(client, keys, ctl.pool.backends)
     member = next((b for b in backends if b.name == name), None)
     record = state_reads.backend_record(client, keys, name)
     metrics, owner = record.metrics, record.scrape_owner
@@ -155,10 +155,10 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
     from llmlbd.policy.eligibility import ineligible
     from llmlbd.state.snapshot import read_pool
 
-    client, keys, config = ctl.client, ctl.keys, ctl.config
-    backends, source = effective_backends(client, keys, config.backends)
+    client, keys, config, pool = ctl.client, ctl.keys, ctl.config, ctl.pool
+    backends, source = effective_backends(client, keys, pool.backends)
     states = read_pool(client, keys, backends)
-    cap = config.lb_config.maxRequestCount
+    cap = pool.lb_config.maxRequestCount
     stale_after = config.collector.stale_after_ms
     rows = []
     for state in states:
@@ -178,7 +178,7 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
     counters = state_reads.pool_counters(client, keys)
     return {
         "pool": keys.pool,
-        "policy": config.lb_policy,
+        "policy": pool.lb_policy,
         "membership": source,
         "model": model,
         "max_request_count": cap,
@@ -200,17 +200,25 @@ def routing_state(ctl: Ctl, model: str) -> dict[str, Any]:
 
 
 def lease_detail(ctl: Ctl, request_id: str) -> dict[str, Any]:
-    client, keys = ctl.client, ctl.keys
-    lease = state_reads.lease_of(client, keys, request_id)
+    client = ctl.client
+    lease = None
+    pools = ctl.view_pools()  # without --pool: look in every pool
+    for pool in pools:
+        keys = ctl.use(pool).keys
+        lease = state_reads.lease_of(client, keys, request_id)
+        if lease is not None:
+            break
     if lease is None:
+        where = f"pool {pools[0].name}" if len(pools) == 1 else "any pool"
         raise NotFound(
-            f"request {request_id!r} holds no lease in pool {keys.pool} "
+            f"request {request_id!r} holds no lease in {where} "
             "(finished, never reserved, or reaped)"
         )
     now = state_reads.redis_now_ms(client)
     deadline = state_reads.worker_deadline(client, keys, lease.worker)
     return {
         "request_id": request_id,
+        "pool": keys.pool,
         "backend": lease.backend,
         "worker": lease.worker,
         "replica": replica_of(lease.worker),
@@ -260,7 +268,7 @@ def _render_routing(data: dict[str, Any]) -> str:
 def _render_lease(data: dict[str, Any]) -> str:
     alive = "alive" if data["worker_alive"] else "DEAD (the lease will be reaped)"
     return (
-        f"request {data['request_id']} -> backend {data['backend']}\n"
+        f"request {data['request_id']} -> backend {data['backend']} (pool {data['pool']})\n"
         f"held by worker {data['worker']} on {data['replica']} ({alive}) "
         f"for {fmt_age(data['age_ms'])}"
     )
@@ -284,8 +292,13 @@ def inspect_request(ctl: Ctl, request_id: str | None, model: str, as_json: bool)
     """
     if request_id:
         emit(lease_detail(ctl, request_id), as_json, _render_lease)
-    else:
-        emit(routing_state(ctl, model), as_json, _render_routing)
+        return
+    pool = ctl.pool_for_model(model) if model else ctl.pool
+    if pool is None:
+        from llmlbd.policy.pools import no_pool
+
+        raise NotFound(no_pool(model, ctl.config.pool_map()).message)
+    emit(routing_state(ctl.use(pool), model), as_json, _render_routing)
 
 
 # prefix -----------------------------------------------------------------------------------
@@ -333,5 +346,5 @@ def inspect_prefix(ctl: Ctl, sample: int, as_json: bool) -> None:
     measures MEMORY USAGE on a sample. OWNED INDEX is the size of each
     backend's capped index of its prefixes.
     """
-    backends, _ = effective_backends(ctl.client, ctl.keys, ctl.config.backends)
+    backends, _ = effective_backends(ctl.client, ctl.keys, ctl.pool.backends)
     emit(prefix_usage(ctl.client, ctl.keys, backends, sample), as_json, _render_prefix)

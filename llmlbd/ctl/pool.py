@@ -110,9 +110,9 @@ def backend_rows(
 
 def pool_status(ctl: Any) -> dict[str, Any]:
     """Everything `llmlbctl status` shows, as one JSON-ready dict."""
-    client, keys, config = ctl.client, ctl.keys, ctl.config
+    client, keys, config, pool = ctl.client, ctl.keys, ctl.config, ctl.pool
     info = redis_info(client)
-    backends, source = effective_backends(client, keys, config.backends)
+    backends, source = effective_backends(client, keys, pool.backends)
     stale_after = config.collector.stale_after_ms
     rows = backend_rows(client, keys, backends, stale_after)
     counters = pool_counters(client, keys)
@@ -130,7 +130,10 @@ def pool_status(ctl: Any) -> dict[str, Any]:
     names = {row["name"] for row in rows}
     return {
         "pool": keys.pool,
-        "policy": config.lb_policy,
+        "policy": pool.lb_policy,
+        "models": list(pool.models),  # what the proxy routes here ([]: every model)
+        # Takes the models no other pool lists (only meaningful with several pools).
+        "default": pool.default and config.multi_pool,
         "redis": {"url": ctl.describe_redis(), "mode": config.redis.mode, **info},
         "redis_time_ms": now,
         "membership": source,

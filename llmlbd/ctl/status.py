@@ -21,14 +21,18 @@ from llmlbd.ctl.output import (
 )
 from llmlbd.ctl.pool import pool_status
 
-__all__ = ["status_command", "render_status"]
+__all__ = ["status_command", "render_status", "render_pools"]
 
 
 def render_status(data: dict[str, Any]) -> str:
     redis = data["redis"]
+    models = ", ".join(data.get("models") or [])
+    if data.get("default"):
+        models += (", " if models else "") + "every model no other pool takes"
     lines = [
         f"pool {data['pool']}   policy {data['policy']}   "
-        f"backends {data['serving']}/{len(data['backends'])} serving   "
+        + (f"models {models}   " if models else "")
+        + f"backends {data['serving']}/{len(data['backends'])} serving   "
         f"in flight {sum(row['inflight'] for row in data['backends'])} "
         f"({data['leases']} leases)",
         f"redis {redis['url']}  role {redis['role']}  version {redis['version']}  "
@@ -114,10 +118,20 @@ def status_command(ctl: Ctl, as_json: bool) -> None:
     """Show the pool: backends (health, drained, outlier ejection, load, KV use, metrics
     age, models),
     the policy, live proxy workers and replicas, collectors, Redis role and latency.
+    With several pools and no --pool, every pool (JSON: {"pools": [...]}).
 
-    Exits 4 when no backend can take requests (all down, drained or ejected).
+    Exits 4 when no backend of a shown pool can take requests (all down, drained or
+    ejected).
     """
-    data = pool_status(ctl)
-    emit(data, as_json, render_status)
-    if data["serving"] == 0:
+    pools = [pool_status(ctl.use(pool)) for pool in ctl.view_pools()]
+    if len(pools) == 1:
+        emit(pools[0], as_json, render_status)
+    else:
+        emit({"pools": pools}, as_json, render_pools)
+    if any(data["serving"] == 0 for data in pools):
         raise SystemExit(exits.UNHEALTHY)
+
+
+def render_pools(data: dict[str, Any]) -> str:
+    """Several pools (a config with `pools:` and no --pool): one status after the other."""
+    return "\n\n".join(render_status(pool) for pool in data["pools"])

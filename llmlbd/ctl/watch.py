@@ -10,7 +10,7 @@ import click
 
 from llmlbd.ctl.context import Ctl, pass_ctl
 from llmlbd.ctl.pool import pool_status
-from llmlbd.ctl.status import render_status
+from llmlbd.ctl.status import render_pools
 
 __all__ = ["watch_command"]
 
@@ -50,11 +50,12 @@ def watch_command(ctl: Ctl, interval: float, count: int | None, as_json: bool) -
     try:
         while count is None or shown < count:
             try:
-                data = pool_status(ctl)
+                pools = [pool_status(ctl.use(pool)) for pool in ctl.view_pools()]
+                data = pools[0] if len(pools) == 1 else {"pools": pools}
                 text = (
                     json.dumps(data, separators=(",", ":"), default=str)
                     if as_json
-                    else render_status(data)
+                    else render_pools({"pools": pools})
                 )
             except UNREACHABLE as exc:
                 data = None

@@ -35,6 +35,8 @@ class Decision:
     # True when the lease is worker-local (Redis unavailable).
     local: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    # The pool it was made in (set by PoolRouters; its router releases it).
+    pool: str = ""
 
 
 @dataclass

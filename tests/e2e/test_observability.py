@@ -62,8 +62,8 @@ def test_metrics_sum_every_worker_and_logs_one_line_per_request(redis_server):
             )
             # Shared state read from Redis at scrape time: nothing in flight now, both usable.
             assert samples(text, "llmlbd_backend_inflight") == {
-                (("backend", "stub-0"),): 0,
-                (("backend", "stub-1"),): 0,
+                (("backend", "stub-0"), ("pool", "observe")): 0,
+                (("backend", "stub-1"), ("pool", "observe")): 0,
             }
             assert set(samples(text, "llmlbd_backend_usable").values()) == {1}
 

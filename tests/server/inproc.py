@@ -21,7 +21,7 @@ class Proxy:
     """One worker's ProxyApp over *backends* (name -> URL), called as WSGI."""
 
     def __init__(self, redis_url: str, backends: dict[str, str], **server: Any) -> None:
-        self.config = config_from_dict(
+        self._build(
             {
                 "lb_policy": "round_robin",
                 "redis": {"url": redis_url},
@@ -29,6 +29,16 @@ class Proxy:
                 "backends": [{"name": n, "url": u} for n, u in backends.items()],
             }
         )
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any]) -> Proxy:
+        """A proxy over any config (e.g. several pools)."""
+        proxy = cls.__new__(cls)
+        proxy._build(data)
+        return proxy
+
+    def _build(self, data: dict[str, Any]) -> None:
+        self.config = config_from_dict(data)
         self.app = ProxyApp(self.config)
         # What init_worker does, minus its background greenlet: this process runs no hub.
         self.app.runtime = WorkerRuntime.build(self.config, "test-worker")

@@ -29,6 +29,22 @@ def _url(bind: str) -> str:
     return bind if bind.startswith("unix:") else f"http://{bind}"
 
 
+def _pools_fields(config: Any) -> dict[str, Any]:
+    """Log fields naming the policy and backends (per pool with several pools)."""
+    if not config.multi_pool:
+        return {"policy": config.lb_policy, "backends": [b.name for b in config.backends]}
+    return {
+        "pools": {
+            pool.name: {
+                "policy": pool.lb_policy,
+                "models": list(pool.models) + (["(default)"] if pool.default else []),
+                "backends": [b.name for b in pool.backends],
+            }
+            for pool in config.pools
+        }
+    }
+
+
 def ready_line(url: str, models: list[str]) -> str:
     """Where a newcomer sends requests, said once the workers can take them."""
     if url.startswith("unix:"):
@@ -106,7 +122,7 @@ class LLMLBApplication(BaseApplication):
             except ConfigError as exc:
                 log.error("reload_rejected", error=str(exc), keeping=self.config.path)
             else:
-                if not fresh.backends:  # demo backends are started once, by `llmlbd start`
+                if fresh.uses_demo_backends:  # demo backends are started once, by `llmlbd start`
                     fresh.backends = self.config.backends
                 if fresh.redis_target() != self.config.redis_target():
                     log.warning(
@@ -119,8 +135,7 @@ class LLMLBApplication(BaseApplication):
                 log.info(
                     "config_reloaded",
                     path=self.config.path,
-                    policy=fresh.lb_policy,
-                    backends=[b.name for b in fresh.backends],
+                    **_pools_fields(fresh),
                 )
         super().reload()
 
@@ -143,7 +158,7 @@ class LLMLBApplication(BaseApplication):
 
         self.proxy.init_worker(worker.llmlbd_id)
         gevent.spawn(self._close_idle_on_shutdown, worker)
-        log.info("worker_ready", worker_id=worker.llmlbd_id, policy=self.config.lb_policy)
+        log.info("worker_ready", worker_id=worker.llmlbd_id, **_pools_fields(self.config))
         # The first worker gunicorn spawned says it once it can serve (when_ready, in the
         # master, runs before any worker booted); replacements and reloads stay quiet.
         if worker.age == 1 and self.config.logging.format == "console":
@@ -180,8 +195,7 @@ class LLMLBApplication(BaseApplication):
         log.info(
             "llmlbd_ready",
             url=_url(self.config.server.bind),
-            policy=self.config.lb_policy,
-            backends=[b.name for b in self.config.backends],
+            **_pools_fields(self.config),
             workers=self.config.server.workers,
         )
 

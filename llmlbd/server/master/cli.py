@@ -76,7 +76,7 @@ def secrets_in(config: Config) -> list[str]:
         )
         if value
     ]
-    found += [f"backends[{b.name}].api_key" for b in config.backends if b.api_key]
+    found += [f"backends[{b.name}].api_key" for b in config.all_backends() if b.api_key]
     return found
 
 
@@ -209,7 +209,7 @@ def start_command(
             redis_child.start()
             children.append(redis_child)
             os.environ[EMBEDDED_URL_ENV] = redis_child.server.url
-        if not config.backends:
+        if config.uses_demo_backends:
             count, base = config.demo.backends, config.demo.base_port
             urls = [f"http://127.0.0.1:{base + i}" for i in range(count)]
             sims = CommandChild(

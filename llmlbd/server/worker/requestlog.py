@@ -72,6 +72,7 @@ class Finished:
             "path": request.path,
             "model": request.model,
             "stream": request.stream,
+            "pool": request.pool,
             "backend": decision.backend.name if decision else "",
             "policy": decision.policy if decision else "",
             "reason": decision.reason if decision else "",
@@ -169,6 +170,7 @@ class JsonRequestLog:
             f'"method": {_escape(request.method)}, "path": {_escape(request.path)}, '
             f'"model": {_escape(request.model)}, '
             f'"stream": {"true" if request.stream else "false"}, '
+            f'"pool": {self._name(request.pool)}, '
             f'{routed}"status": {int(finished.status)}, "bytes": {int(finished.size)}, '
             f'"ttfb_ms": {"null" if ttfb_s is None else repr(round(ttfb_s * 1000, 2))}, '
             f'"duration_ms": {round(finished.duration_s * 1000, 2)!r}, '

@@ -97,8 +97,8 @@ class ProxyApp:
         self._id_counter = itertools.count()
         self._maintainer: gevent.Greenlet[[], None] | None = None
         self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.models = models_union.ModelsCache(config.backends)
-        self.backends = list(config.backends)
+        self.models = models_union.ModelsCache(config.all_backends())
+        self.backends = config.all_backends()  # every pool's, each backend once
         self.limits = ClientLimits(config.server)
         # Read as each worker boots (load()); SIGHUP boots new workers: the file is re-read.
         self.api_keys = ApiKeys(config.server.api_keys_file)
@@ -276,11 +276,8 @@ class ProxyApp:
         body = generate_latest(registry)
         if self.runtime is not None and self.runtime.router.breaker.state == "closed":
             pool = CollectorRegistry()
-            pool.register(
-                metrics.PoolCollector(
-                    self.runtime.client, self.runtime.router.leases.keys, self.backends
-                )
-            )
+            pools = [(p.router.leases.keys, p.backends) for p in self.runtime.pools.values()]
+            pool.register(metrics.PoolCollector(self.runtime.client, pools))
             body += generate_latest(pool)
         start_response(
             "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))]
