@@ -138,7 +138,7 @@ def test_both_replicas_eject_a_failing_backend_and_take_it_back(redis_server, tm
             assert "stub-0" in picked
 
             metrics = "".join(requests.get(f"{r.url}/metrics", timeout=5).text for r in replicas)
-            assert 'llmlbd_backend_ejected{backend="stub-0"} 0.0' in metrics
+            assert 'llmlbd_backend_ejected{backend="stub-0",pool="eject"} 0.0' in metrics
             assert (
                 'llmlbd_outlier_events_total{backend="stub-0",event="ejected",kind="status"} 1.0'
                 in metrics
@@ -169,7 +169,7 @@ def test_metrics_show_a_running_ejection(redis_server):
                 chat(a.url)
                 assert time.monotonic() < deadline, "stub-1 never ejected"
             metrics = requests.get(f"{a.url}/metrics", timeout=5).text
-            assert 'llmlbd_backend_ejected{backend="stub-1"} 1.0' in metrics
-            assert 'llmlbd_backend_usable{backend="stub-1"} 0.0' in metrics
-            assert 'llmlbd_backend_usable{backend="stub-0"} 1.0' in metrics
+            assert 'llmlbd_backend_ejected{backend="stub-1",pool="eject-metrics"} 1.0' in metrics
+            assert 'llmlbd_backend_usable{backend="stub-1",pool="eject-metrics"} 0.0' in metrics
+            assert 'llmlbd_backend_usable{backend="stub-0",pool="eject-metrics"} 1.0' in metrics
     client.close()
