@@ -158,11 +158,12 @@ class PrefixIndex:
         blocks: Sequence[int],
         model: str = "",
         cap: int = 0,
+        exclude: Sequence[str] = (),
     ) -> dict[str, Any]:
         """What acquire would choose now, read-only: {"choice", "reason", "candidates"}
-        (one candidate per member)."""
+        (one candidate per member). Every member is read: a full recomputation."""
         keys = self.call_keys(model, hashes, [])
-        args = self._args("explain", members, 0, (), blocks, model, cap, [], dry=True)
+        args = self._args("explain", members, 0, exclude, blocks, model, cap, [], dry=True)
         return explain_reply(
             self._call(members, keys, args),
             "index_occupancy",
