@@ -50,6 +50,9 @@ class PrefixParams:
     tokens_per_block: float = 16.0
     mode: str = "bounded"
     weights: tuple[float, float, float, float] = (3.0, 2.0, 2.0, 1.0)  # prefix, queue, kv, inflight
+    # Leading levels named by more backends than this are looked up per candidate rather
+    # than read whole (lua/acquire_prefix.lua, "wide" levels).
+    wide_level_holders: int = 64
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class PrefixIndex:
                     "mode": p.mode,
                     "weights": {"prefix": prefix, "queue": queue, "kv": kv, "inflight": inflight},
                     "dry": dry,
+                    "wide_level_holders": p.wide_level_holders,
                     "level_blocks": list(blocks),
                     "evicted_by": [name for name, _ in evictions],
                 },

@@ -11,6 +11,7 @@ match, least load then emptiest index) and checks the pick is one of them.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections import Counter
@@ -117,9 +118,10 @@ backend_state = st.fixed_dictionaries(
     model=st.sampled_from(["m", "m", ""]),
     branches=st.integers(0, 2),
     tail=st.integers(0, 3),
+    wide=st.sampled_from([0, 1, 2, 64]),
 )
 def test_pick_is_one_a_full_recomputation_allows(
-    redis_client, states, excluded, cap, model, branches, tail
+    redis_client, states, excluded, cap, model, branches, tail, wide
 ):
     redis_client.flushall()
     names = [f"b{i}" for i in range(len(states))]
@@ -129,6 +131,8 @@ def test_pick_is_one_a_full_recomputation_allows(
         [s["weight"] for s in states],
         {"maxRequestCount": cap, "maxLoadGap": 2, "minMatchBlocks": 2},
     )
+    # Levels named by more than *wide* backends are looked up, not read (64: the default).
+    policy.index.params = dataclasses.replace(policy.index.params, wide_level_holders=wide)
     keys, leases = policy.ctx.keys, policy.ctx.leases
     request = chat(PROMPT + f"tail {tail} " * 20, model=model or "m")
     request = RoutingRequest(
@@ -269,3 +273,36 @@ def test_least_load_looks_past_a_long_engine_queue(redis_client):
     # Load 6 is past the bound: the least loaded goes, not the long queue at the head.
     decision = policy.pick(request, frozenset())
     assert (decision.backend.name, decision.reason) == (others[1], "overloaded")
+
+
+@pytest.mark.parametrize("branched", [False, True])
+def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, branched):
+    """Leading levels named by many backends (a shared system prompt) are looked up for
+    the deeper holders only; the decision and its match are the full recomputation's."""
+    policy = idle_pool(redis_client, 6, occupied=0)
+    policy.index.params = dataclasses.replace(policy.index.params, wide_level_holders=2)
+    keys = policy.ctx.keys
+    request = chat(PROMPT)
+    levels = policy.levels(request)
+    seconds, micros = redis_client.time()
+    now = seconds * 1000 + micros // 1000
+    shared, deep = 3, 5  # every backend holds 3 levels (wide), b000 holds 5
+    for i in range(6):
+        name = f"b{i:03d}"
+        for h in levels.hashes[: deep if i == 0 else shared]:
+            redis_client.hset(keys.prefix(h), name, now)
+            redis_client.zadd(keys.prefix_owned_by(name), {h: now})
+    if branched:  # others branched off after b000's match: a shared prefix, not history
+        redis_client.hset(keys.prefix(levels.hashes[deep - 1]), "#", 3)
+    sync(redis_client, keys, policy.ctx.membership)
+    answer = policy.index.explain(policy.ctx.membership, levels.hashes, levels.blocks, "m")
+    decision = policy.pick(request, frozenset())
+    assert decision.reason == answer["reason"]
+    assert decision.backend.name in allowed(answer, policy.params)
+    assert decision.details["best_blocks"] == levels.blocks[deep - 1]
+    if branched:  # by load, then the emptiest index: one holding only the shared levels
+        assert decision.reason == "shared_prefix" and decision.backend.name != "b000"
+        assert decision.details["matched_blocks"] == levels.blocks[shared - 1]
+    else:
+        assert (decision.backend.name, decision.reason) == ("b000", "affinity")
+        assert decision.details["matched_blocks"] == levels.blocks[deep - 1]

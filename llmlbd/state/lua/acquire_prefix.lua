@@ -25,7 +25,8 @@
 --   entries_per_backend (default index size), tokens_per_block (sizes the index from
 --   num_gpu_blocks x block_size), mode ('bounded' or 'weighted'),
 --   weights {prefix, queue, kv, inflight} (weighted mode), dry (true for explain: reads
---   only, reserves and writes nothing),
+--   only, reserves and writes nothing), wide_level_holders (a level named by more
+--   backends is looked up, not read whole, when it leads the prompt),
 --   level_blocks [blocks covered by level j] j = 1..m,
 --   evicted_by [backend of eviction k] k = 1..e
 -- return {backend, in-flight, reason, matched blocks of the chosen backend, longest match
@@ -133,37 +134,64 @@ if cap > 0 then score_limit = cap / (tonumber(redis.call('HGET', KEYS[5], '#min_
 -- Longest prefix per holder. Every level is read, even past the end of the match,
 -- because the chosen backend is written at every level: what points at removed, down,
 -- drained or expired holders is dropped from each key on the way.
-local matched = {}      -- name -> levels held consecutively from the first
-local holders = {}      -- usable backends holding level 1
-local healed = 0
-for j = 1, m do
-  local key = KEYS[L + j]
-  local fields = redis.call('HGETALL', key)
-  for f = 1, #fields, 2 do
-    local name, used = fields[f], tonumber(fields[f + 1]) or 0
-    if string.sub(name, 1, 1) ~= '#' then  -- else: the branch counter, not a holder
-      local c = backend(name)
-      if not c.member or c.why == 'down' or c.why == 'drained' or now - used > ttl then
-        if not dry then redis.call('HDEL', key, name) end
-        healed = healed + 1
-      elseif c.usable and (matched[name] or 0) == j - 1 then
-        matched[name] = j
-        if j == 1 then holders[#holders + 1] = name end
-      end
-    end
-  end
+-- Except levels 1..wide: the leading levels each named by more than WIDE backends (a
+-- system prompt the pool shares). match(wide) reads only the levels after them, and
+-- looks up in them (HGET) just the backends it found there: every backend matching
+-- deeper than `wide` is found so, but those matching `wide` levels or fewer are not.
+-- The decision stands when such a deeper match wins the bounded pick (nothing shallower
+-- can beat it); otherwise match(0) reads every level (see "Cost per decision" in
+-- docs/policies/prefix_cache.md).
+local WIDE = args.wide_level_holders
+local matched, holders, healed = {}, {}, 0
+local function held(j, name)  -- level j's field for name is there and young enough
+  local used = tonumber(redis.call('HGET', KEYS[L + j], name) or '')
+  return used ~= nil and now - used <= ttl
 end
--- A per-backend cap may have dropped a holder's deepest entries from its owned set
--- (their fields go when the evicting worker's next call passes them): trust a level
--- only while the owned set still has it.
-for name, levels in pairs(matched) do
+local function trusted(name, levels)  -- see below: the owned set must still have it
   local owned = base .. ':prefix_owned:' .. name
   while levels > 0 do
     if redis.call('ZSCORE', owned, string.match(KEYS[L + levels], ':prefix:(.*)$')) then break end
     levels = levels - 1
   end
-  matched[name] = levels
+  return levels
 end
+local function match(wide)
+  matched, holders = {}, {}
+  for j = wide + 1, m do
+    local key = KEYS[L + j]
+    local fields = redis.call('HGETALL', key)
+    for f = 1, #fields, 2 do
+      local name, used = fields[f], tonumber(fields[f + 1]) or 0
+      if string.sub(name, 1, 1) ~= '#' then  -- else: the branch counter, not a holder
+        local c = backend(name)
+        if not c.member or c.why == 'down' or c.why == 'drained' or now - used > ttl then
+          if not dry then redis.call('HDEL', key, name) end
+          healed = healed + 1
+        elseif c.usable then
+          local before = matched[name]
+          if before == nil and j == wide + 1 then
+            before = 0
+            while before < wide and held(before + 1, name) do before = before + 1 end
+          end
+          if before == j - 1 then
+            matched[name] = j
+            if j == wide + 1 then holders[#holders + 1] = name end
+          end
+        end
+      end
+    end
+  end
+  -- A per-backend cap may have dropped a holder's deepest entries from its owned set
+  -- (their fields go when the evicting worker's next call passes them): trust a level
+  -- only while the owned set still has it.
+  for name, levels in pairs(matched) do matched[name] = trusted(name, levels) end
+end
+local full = dry or mode == 'weighted'
+local wide = 0
+if not full then
+  while wide < m and redis.call('HLEN', KEYS[L + wide + 1]) > WIDE do wide = wide + 1 end
+end
+match(wide)
 local function blocks_of(levels)
   if levels == nil or levels == 0 then return 0 end
   return level_blocks[levels]
@@ -171,39 +199,42 @@ end
 
 -- The candidates compared one by one, in random order (the first best wins: a uniform
 -- tie-break): the holders, or every member when the whole pool is read.
-local full = dry or mode == 'weighted'
-local names = holders
-if full then
-  names = {}
-  for _, name in ipairs(redis.call('HKEYS', KEYS[5])) do
-    if string.sub(name, 1, 1) ~= '#' then names[#names + 1] = name end
+local names, n, pickable, load, kv, waiting, match_blocks
+local best_blocks, best_name, best_levels, branches
+local function compare()
+  names = holders
+  if full then
+    names = {}
+    for _, name in ipairs(redis.call('HKEYS', KEYS[5])) do
+      if string.sub(name, 1, 1) ~= '#' then names[#names + 1] = name end
+    end
+  end
+  for i = #names, 2, -1 do
+    local r = math.random(i)
+    names[i], names[r] = names[r], names[i]
+  end
+  n = #names
+  pickable, load, kv, waiting, match_blocks = {}, {}, {}, {}, {}
+  for i = 1, n do
+    local c = backend(names[i])
+    pickable[i], load[i], kv[i], waiting[i] = c.pickable, c.load, c.kv, c.waiting
+    match_blocks[i] = blocks_of(matched[names[i]])
+  end
+  -- The longest usable match, whatever its load (for the decision record).
+  best_blocks, best_name, best_levels = 0, '', 0
+  for i = 1, n do
+    if match_blocks[i] > best_blocks then
+      best_blocks, best_name, best_levels = match_blocks[i], names[i], matched[names[i]]
+    end
+  end
+  -- Did other prompts already branch off where this one leaves the index? Then the match
+  -- is a prefix many prompts share (a system prompt), not this conversation's history.
+  branches = 0
+  if best_levels > 0 and best_levels < m then
+    branches = tonumber(redis.call('HGET', KEYS[L + best_levels], '#') or '0')
   end
 end
-for i = #names, 2, -1 do
-  local r = math.random(i)
-  names[i], names[r] = names[r], names[i]
-end
-local n = #names
-local pickable, load, kv, waiting, match_blocks = {}, {}, {}, {}, {}
-for i = 1, n do
-  local c = backend(names[i])
-  pickable[i], load[i], kv[i], waiting[i] = c.pickable, c.load, c.kv, c.waiting
-  match_blocks[i] = blocks_of(matched[names[i]])
-end
-
--- The longest usable match, whatever its load (for the decision record).
-local best_blocks, best_name, best_levels = 0, '', 0
-for i = 1, n do
-  if match_blocks[i] > best_blocks then
-    best_blocks, best_name, best_levels = match_blocks[i], names[i], matched[names[i]]
-  end
-end
--- Did other prompts already branch off where this one leaves the index? Then the match
--- is a prefix many prompts share (a system prompt), not this conversation's history.
-local branches = 0
-if best_levels > 0 and best_levels < m then
-  branches = tonumber(redis.call('HGET', KEYS[L + best_levels], '#') or '0')
-end
+compare()
 
 -- The least load of a pickable backend, or nil and why none is (least_pickable_load's
 -- reasons). From the index: its scores are in-flight / weight and a load is never below
@@ -293,6 +324,17 @@ if full then
   min_load, refused = least_pickable_load(n, pickable, load, saw_eligible, saw_model_miss)
 else
   min_load, refused = least_pool_load()
+  if min_load and wide > 0 then
+    local bound = math.max(min_load + gap, min_load * ratio)
+    local pick = bounded_pick(n, pickable, match_blocks, load, kv, min_match, bound, max_kv)
+    if not (pick and matched[names[pick]] > wide) then
+      -- A match of `wide` levels or fewer may decide: read every level after all.
+      wide = 0
+      match(0)
+      compare()
+      min_load, refused = least_pool_load()
+    end
+  end
 end
 if min_load == nil then
   replace_stale()
@@ -354,6 +396,11 @@ end
 replace_stale()
 
 local name = chosen
+local chosen_levels = matched[name] or 0
+if matched[name] == nil and wide > 0 then  -- not read: it matches `wide` levels or fewer
+  while chosen_levels < wide and held(chosen_levels + 1, name) do chosen_levels = chosen_levels + 1 end
+  chosen_levels = trusted(name, chosen_levels)
+end
 if dry then
   local rows = {}
   for i = 1, n do
@@ -410,4 +457,4 @@ for k = 1, e do
   end
 end
 
-return {name, count, reason, blocks_of(matched[name]), best_blocks, best_name, healed, evicted}
+return {name, count, reason, blocks_of(chosen_levels), best_blocks, best_name, healed, evicted}
