@@ -275,10 +275,11 @@ def test_least_load_looks_past_a_long_engine_queue(redis_client):
     assert (decision.backend.name, decision.reason) == (others[1], "overloaded")
 
 
-@pytest.mark.parametrize("branched", [False, True])
-def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, branched):
+@pytest.mark.parametrize("case", ["history", "branched", "new"])
+def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, case):
     """Leading levels named by many backends (a shared system prompt) are looked up for
-    the deeper holders only; the decision and its match are the full recomputation's."""
+    the deeper holders only, or sampled for a new conversation; the decision and its
+    match are the full recomputation's."""
     policy = idle_pool(redis_client, 6, occupied=0)
     policy.index.params = dataclasses.replace(policy.index.params, wide_level_holders=2)
     keys = policy.ctx.keys
@@ -286,13 +287,14 @@ def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, branched):
     levels = policy.levels(request)
     seconds, micros = redis_client.time()
     now = seconds * 1000 + micros // 1000
-    shared, deep = 3, 5  # every backend holds 3 levels (wide), b000 holds 5
+    # Every backend holds 6 levels (wide); b000 holds 8 unless the conversation is new.
+    shared, deep = 6, (6 if case == "new" else 8)
     for i in range(6):
         name = f"b{i:03d}"
         for h in levels.hashes[: deep if i == 0 else shared]:
             redis_client.hset(keys.prefix(h), name, now)
             redis_client.zadd(keys.prefix_owned_by(name), {h: now})
-    if branched:  # others branched off after b000's match: a shared prefix, not history
+    if case != "history":  # others branched off after the longest match: a shared prefix
         redis_client.hset(keys.prefix(levels.hashes[deep - 1]), "#", 3)
     sync(redis_client, keys, policy.ctx.membership)
     answer = policy.index.explain(policy.ctx.membership, levels.hashes, levels.blocks, "m")
@@ -300,9 +302,11 @@ def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, branched):
     assert decision.reason == answer["reason"]
     assert decision.backend.name in allowed(answer, policy.params)
     assert decision.details["best_blocks"] == levels.blocks[deep - 1]
-    if branched:  # by load, then the emptiest index: one holding only the shared levels
-        assert decision.reason == "shared_prefix" and decision.backend.name != "b000"
-        assert decision.details["matched_blocks"] == levels.blocks[shared - 1]
-    else:
+    if case == "history":
         assert (decision.backend.name, decision.reason) == ("b000", "affinity")
         assert decision.details["matched_blocks"] == levels.blocks[deep - 1]
+    else:  # by load, then the emptiest index
+        assert decision.reason == "shared_prefix"
+        assert decision.details["matched_blocks"] == levels.blocks[shared - 1]
+        if case == "branched":
+            assert decision.backend.name != "b000"

@@ -315,6 +315,49 @@ local function least_loaded_indexed()
   end
 end
 
+-- A new conversation on a prefix the pool shares: no backend read matches deeper than
+-- the wide levels, and prompts already branched off after them. The bounded pick would
+-- then take some in-bound backend holding every wide level, and that match being the
+-- longest and shared, send the request by load (shared_prefix) whichever backend it is:
+-- a random sample of the deepest wide level's fields shows that one exists (and names
+-- the longest match, uniformly among the sampled). Nil when the sample does not show it.
+local shared_wide_pick
+local function shared_wide(bound)
+  if wide == m or blocks_of(wide) < min_match or blocks_of(wide) == 0 then return false end
+  local branched = tonumber(redis.call('HGET', KEYS[L + wide], '#') or '0')
+  if branched == 0 then return false end
+  local pairs_ = redis.call('HRANDFIELD', KEYS[L + wide], 16, 'WITHVALUES')
+  local sample = {}
+  for f = 1, #pairs_, 2 do
+    local name, used = pairs_[f], tonumber(pairs_[f + 1]) or 0
+    local c = string.sub(name, 1, 1) ~= '#' and backend(name)
+    if c and (not c.member or c.why == 'down' or c.why == 'drained' or now - used > ttl) then
+      redis.call('HDEL', KEYS[L + wide], name)  -- healed as a full read would (never dry here)
+      healed = healed + 1
+    elseif c and c.usable then
+      sample[#sample + 1] = name
+    end
+  end
+  for i = #sample, 2, -1 do  -- HRANDFIELD's order is not random
+    local r = math.random(i)
+    sample[i], sample[r] = sample[r], sample[i]
+  end
+  local longest, pick
+  for _, name in ipairs(sample) do
+    local c, levels = backend(name), 0
+    while levels < wide and held(levels + 1, name) do levels = levels + 1 end
+    if trusted(name, levels) == wide then
+      longest = longest or name
+      if not pick and c.pickable and c.load <= bound and kv_fits(c) then pick = name end
+    end
+    if longest and pick then break end
+  end
+  if not (longest and pick) then return false end
+  best_blocks, best_name, best_levels, branches = blocks_of(wide), longest, wide, branched
+  shared_wide_pick = pick
+  return true
+end
+
 local min_load, refused
 if full then
   local saw_model_miss = false
@@ -327,7 +370,7 @@ else
   if min_load and wide > 0 then
     local bound = math.max(min_load + gap, min_load * ratio)
     local pick = bounded_pick(n, pickable, match_blocks, load, kv, min_match, bound, max_kv)
-    if not (pick and matched[names[pick]] > wide) then
+    if not (pick and matched[names[pick]] > wide) and not (best_levels <= wide and shared_wide(bound)) then
       -- A match of `wide` levels or fewer may decide: read every level after all.
       wide = 0
       match(0)
@@ -374,7 +417,7 @@ else
   -- max(min + gap, min x ratio) and whose KV use (when fresh) is under the limit.
   local bound = math.max(min_load + gap, min_load * ratio)
   local pick, best_match = bounded_pick(n, pickable, match_blocks, load, kv, min_match, bound, max_kv)
-  if pick and branches > 0 and best_match == best_blocks then
+  if shared_wide_pick or (pick and branches > 0 and best_match == best_blocks) then
     reason = 'shared_prefix'
   elseif pick then
     chosen, reason = names[pick], 'affinity'
