@@ -4,10 +4,12 @@
 -- level j when its field is there and younger than the key TTL. A backend's match
 -- is the number of consecutive levels, from the first, that it holds.
 -- Cost: only the backends named in the prompt's prefix keys (the holders) are read one
--- by one; the least load of the pool (the load bound) and the least loaded backend (the
+-- by one, and leading levels named by very many backends only where needed (see "wide"
+-- below); the least load of the pool (the load bound) and the least loaded backend (the
 -- fallback) come from the ordered index (_lib.lua, docs/redis-keys.md), walked from its
 -- lowest score and stopped as soon as nothing further can be less loaded. Weighted mode
--- and dry runs read every member instead (min-max normalisation; one row per member).
+-- and dry runs read every member instead (min-max normalisation; one row per member),
+-- which makes a dry run the full recomputation the tests compare a pick with.
 -- KEYS[1] inflight HASH   KEYS[2] leases HASH   KEYS[3] workers ZSET   KEYS[4] drained SET
 -- KEYS[5] lr:weights HASH (members; field '#digest')
 -- KEYS[6] the index ZSET to pick from: lr:all (no model asked) or lr:model:<model>
