@@ -3,6 +3,8 @@
     python bench/decision_bench.py                  # 8, 64, 512, 2,048 backends; ~10 min on 2 busy cores
     python bench/decision_bench.py --quick          # 8 and 512 backends, fewer decisions
     python bench/decision_bench.py --tree /work/main --no-write   # the same, another checkout
+    python bench/decision_bench.py --policies prefix_cache --occupied        # worst cases of
+    python bench/decision_bench.py --policies prefix_cache --shared-prefix   # prefix_cache
 
 Starts a dedicated Redis-compatible server on a free port. For each pool size,
 policy and replica count it seeds the pool (every backend up, serving the
@@ -52,8 +54,10 @@ def _import_tree(tree: Path) -> None:
     sys.path.insert(0, str(tree))
 
 
-def seed_pool(url: str, pool: str, count: int) -> None:
-    """Every backend up, serving MODEL, with fresh idle metrics; nothing in flight."""
+def seed_pool(url: str, pool: str, count: int, occupied: bool = False) -> None:
+    """Every backend up, serving MODEL, with fresh idle metrics; nothing in flight. With
+    *occupied*, every backend's prefix index already holds one entry (prefix_cache's
+    worst case: no empty index to send a miss to, see docs/benchmarks.md)."""
     import redis
 
     from llmlbd.state.keys import PoolKeys
@@ -79,6 +83,9 @@ def seed_pool(url: str, pool: str, count: int) -> None:
                 "block_size": 16,
             },
         )
+        if occupied:
+            pipe.zadd(keys.prefix_owned_by(f"b{i}"), {"seed-entry": now_ms})
+            pipe.pexpire(keys.prefix_owned_by(f"b{i}"), 3_600_000)
     pipe.execute()
     client.close()
 
@@ -117,17 +124,53 @@ def _policy(url: str, pool: str, policy: str, count: int, worker: str) -> Any:
     return load_policy_class(policy)(ctx)
 
 
-def _request(i: int, worker: str) -> Any:
+# --shared-prefix: every conversation starts with this system prompt (~35 blocks).
+SYSTEM = "You are the assistant of a large shop; answer briefly and politely. " * 35
+
+
+def _request(i: int, worker: str, shared: bool = False) -> Any:
     from llmlbd.request import RoutingRequest
 
     # Distinct conversations: prefix_cache sees a miss-then-hit mix, not one hot prefix.
     text = f"conversation {i % 97} of {worker}: " + "tell me about load balancing. " * 20
-    body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+    messages = [{"role": "user", "content": text}]
+    if shared:
+        messages.insert(0, {"role": "system", "content": SYSTEM})
+    body = {"model": MODEL, "messages": messages}
     return RoutingRequest(f"{worker}-{i}", "POST", "/v1/chat/completions", body, model=MODEL)
 
 
-def replica(args: tuple[str, str, str, str, int, int, int, Any, Any]) -> list[float]:
-    tree, url, pool, policy, count, warmup, decisions, ready, start = args
+def seed_shared_prefix(url: str, pool: str, count: int) -> None:
+    """Every backend already holds SYSTEM's levels, and other prompts branched off after
+    it: the state a popular system prompt reaches once it has spread over the pool."""
+    import redis
+
+    from llmlbd.request import RoutingRequest
+    from llmlbd.state.keys import PoolKeys
+
+    chooser = _policy(url, pool, "prefix_cache", count, "bench:seed")
+    body = {"model": MODEL, "messages": [{"role": "system", "content": SYSTEM}]}
+    hashes = chooser.levels(
+        RoutingRequest("seed", "POST", "/v1/chat/completions", body, model=MODEL)
+    ).hashes
+    client = redis.Redis.from_url(url, decode_responses=True)
+    keys = PoolKeys(pool)
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        pipe.zadd(keys.prefix_owned_by(f"b{i}"), {h: now_ms for h in hashes})
+        pipe.pexpire(keys.prefix_owned_by(f"b{i}"), 3_600_000)
+    for h in hashes:
+        pipe.hset(keys.prefix(h), mapping={f"b{i}": now_ms for i in range(count)})
+        pipe.pexpire(keys.prefix(h), 3_600_000)
+    pipe.hset(keys.prefix(hashes[-1]), "#", count)
+    pipe.execute()
+    client.close()
+
+
+def replica(args: tuple[str, str, str, str, int, int, int, bool, Any, Any]) -> list[float]:
+    tree, url, pool, policy, count, warmup, decisions, shared, ready, start = args
     _import_tree(Path(tree))
     worker = f"bench:{os.getpid()}:{random.getrandbits(24):06x}"
     chooser = _policy(url, pool, policy, count, worker)
@@ -140,7 +183,7 @@ def replica(args: tuple[str, str, str, str, int, int, int, Any, Any]) -> list[fl
         if i == warmup:  # warm (scripts loaded, index built): measure from here, all at once
             ready.put(worker)
             start.wait()
-        request = _request(i, worker)
+        request = _request(i, worker, shared)
         began = time.perf_counter()
         decision = chooser.pick(request, frozenset())
         took = time.perf_counter() - began
@@ -168,17 +211,27 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_cell(
-    tree: str, url: str, policy: str, count: int, replicas: int, decisions: int
+    tree: str,
+    url: str,
+    policy: str,
+    count: int,
+    replicas: int,
+    decisions: int,
+    occupied: bool = False,
+    shared: bool = False,
 ) -> dict[str, Any]:
     pool = "bench"
-    seed_pool(url, pool, count)
+    seed_pool(url, pool, count, occupied)
+    if shared:
+        seed_shared_prefix(url, pool, count)
     ctx = multiprocessing.get_context("spawn")
     manager = ctx.Manager()
     ready, start = manager.Queue(), manager.Event()
     warmup = max(5, decisions // 10)
     with ctx.Pool(replicas) as workers:
         job = workers.map_async(
-            replica, [(tree, url, pool, policy, count, warmup, decisions, ready, start)] * replicas
+            replica,
+            [(tree, url, pool, policy, count, warmup, decisions, shared, ready, start)] * replicas,
         )
         for _ in range(replicas):
             ready.get(timeout=600)
@@ -262,6 +315,16 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=0, help="per replica and cell")
     parser.add_argument("--tree", default=str(ROOT), help="checkout whose llmlbd is measured")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--occupied",
+        action="store_true",
+        help="every backend's prefix index starts with one entry (prefix_cache's worst case)",
+    )
+    parser.add_argument(
+        "--shared-prefix",
+        action="store_true",
+        help="prompts start with one system prompt every backend already holds",
+    )
     opts = parser.parse_args()
     _import_tree(Path(opts.tree))
     from llmlbd.embedded import EmbeddedRedis
@@ -278,7 +341,16 @@ def main() -> None:
         for policy in opts.policies.split(","):
             for count in sizes:
                 for replicas in (int(r) for r in opts.replicas.split(",")):
-                    row = run_cell(opts.tree, server.url, policy, count, replicas, decisions)
+                    row = run_cell(
+                        opts.tree,
+                        server.url,
+                        policy,
+                        count,
+                        replicas,
+                        decisions,
+                        opts.occupied,
+                        opts.shared_prefix,
+                    )
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)
     command = "python bench/decision_bench.py " + " ".join(sys.argv[1:])

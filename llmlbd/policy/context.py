@@ -10,6 +10,7 @@ from llmlbd.config.loader import Backend
 from llmlbd.config.sections import LbConfigSection
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
+from llmlbd.state.ordered_index import Membership
 
 if TYPE_CHECKING:
     from llmlbd.request import RoutingRequest
@@ -35,6 +36,11 @@ class PolicyContext:
         """Replace the pool's members (membership changed in Redis)."""
         self.backends = list(backends)
         self.by_name = {backend.name: backend for backend in self.backends}
+        # The ordered index's view of the pool (llmlbd.state.ordered_index): its digest
+        # goes with every acquire that picks from the index.
+        self.membership = Membership.of(
+            [b.name for b in self.backends], [b.weight for b in self.backends]
+        )
 
     def candidates(self, exclude: frozenset[str]) -> list[Backend]:
         return [backend for backend in self.backends if backend.name not in exclude]

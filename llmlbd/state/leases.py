@@ -81,16 +81,11 @@ class Leases:
         keys = [k.inflight, k.leases, k.workers, k.drained, *ordered_index.index_keys(k, model)]
         args = [request_id, self.worker_id, self.ttl_ms, cap, model, members.digest, seed]
         args += exclude
-        reservation = Reservation(None, 0, "resync")
-        # The index follows another membership (or Redis lost it): rebuild, try again. A
-        # worker whose view differs (mid-rollout) may rebuild it back: a few rounds at most.
-        for _ in range(3):
-            reply = self.scripts.acquire_least_request(keys=keys, args=args)
-            reservation = Reservation.from_reply(reply)
-            if reservation.reason != "resync":
-                return reservation
-            ordered_index.sync(self.client, k, members)
-        return Reservation(None, 0, "none")
+
+        def run() -> Any:
+            return self.scripts.acquire_least_request(keys=keys, args=args)
+
+        return Reservation.from_reply(ordered_index.with_resync(run, self.client, k, members))
 
     def acquire(self, request_id: str, name: str, model: str = "", cap: int = 0) -> Reservation:
         """Reserve *name*, chosen by the caller, unless it is down, drained, ejected or full

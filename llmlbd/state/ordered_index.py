@@ -13,14 +13,14 @@ Redis lost (FLUSHALL, restart without persistence).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from llmlbd.state.keys import PoolKeys
-from llmlbd.state.scripts import ScriptSet
+from llmlbd.state.scripts import ScriptSet, reply_text
 
-__all__ = ["Membership", "sync", "index_keys", "read_index"]
+__all__ = ["Membership", "sync", "with_resync", "index_keys", "read_index"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,19 @@ def sync(client: Any, keys: PoolKeys, membership: Membership) -> int:
             keys=[keys.inflight, keys.drained, keys.index_weights], args=args
         )
     )
+
+
+def with_resync(run: Callable[[], Any], client: Any, keys: PoolKeys, membership: Membership) -> Any:
+    """The reply of *run* (an acquire script that answers {false, 'resync'} when the index
+    follows another membership, or is lost): rebuilt from *membership* and retried. A
+    worker whose view differs (mid-rollout) may rebuild it back: a few rounds at most,
+    then {false, 'none'}."""
+    for _ in range(3):
+        reply = run()
+        if reply[0] or reply_text(reply[1]) != "resync":
+            return reply
+        sync(client, keys, membership)
+    return [False, "none"]
 
 
 def index_keys(keys: PoolKeys, model: str) -> list[str]:

@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmlbd.state import ordered_index
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
+from llmlbd.state.ordered_index import Membership
 from llmlbd.state.scripts import explain_reply, reply_text
 
 __all__ = ["PrefixParams", "PrefixReservation", "PrefixIndex", "BRANCH_FIELD", "holders"]
@@ -48,6 +50,9 @@ class PrefixParams:
     tokens_per_block: float = 16.0
     mode: str = "bounded"
     weights: tuple[float, float, float, float] = (3.0, 2.0, 2.0, 1.0)  # prefix, queue, kv, inflight
+    # Leading levels named by more backends than this are looked up per candidate rather
+    # than read whole (lua/acquire_prefix.lua, "wide" levels).
+    wide_level_holders: int = 64
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class PrefixIndex:
         self.pending: deque[tuple[str, str]] = deque(maxlen=EVICTIONS_KEPT)
 
     def call_keys(
-        self, names: Sequence[str], hashes: Sequence[str], evictions: Sequence[tuple[str, str]]
+        self, model: str, hashes: Sequence[str], evictions: Sequence[tuple[str, str]]
     ) -> list[str]:
         k = self.keys
         return [
@@ -87,8 +92,7 @@ class PrefixIndex:
             k.leases,
             k.workers,
             k.drained,
-            *(k.backend(n) for n in names),
-            *(k.prefix_owned_by(n) for n in names),
+            *ordered_index.index_keys(k, model),
             *(k.prefix(h) for h in hashes),
             *(k.prefix(h) for _, h in evictions),
         ]
@@ -96,9 +100,9 @@ class PrefixIndex:
     def _args(
         self,
         request_id: str,
-        names: Sequence[str],
-        weights: Sequence[float],
-        excluded: Sequence[bool],
+        members: Membership,
+        seed: int,
+        exclude: Sequence[str],
         blocks: Sequence[int],
         model: str,
         cap: int,
@@ -115,6 +119,9 @@ class PrefixIndex:
                     "lease_ttl_ms": self.leases.ttl_ms,
                     "cap": cap,
                     "model": model,
+                    "digest": members.digest,
+                    "seed": seed,
+                    "excluded": list(exclude),
                     "prefix_ttl_ms": p.ttl_ms,
                     "stale_after_ms": p.stale_after_ms,
                     "min_match_blocks": p.min_match_blocks,
@@ -126,10 +133,7 @@ class PrefixIndex:
                     "mode": p.mode,
                     "weights": {"prefix": prefix, "queue": queue, "kv": kv, "inflight": inflight},
                     "dry": dry,
-                    "candidates": [
-                        {"name": name, "weight": float(weight), "excluded": bool(x)}
-                        for name, weight, x in zip(names, weights, excluded)
-                    ],
+                    "wide_level_holders": p.wide_level_holders,
                     "level_blocks": list(blocks),
                     "evicted_by": [name for name, _ in evictions],
                 },
@@ -137,46 +141,61 @@ class PrefixIndex:
             )
         ]
 
+    def _call(self, members: Membership, keys: list[str], args: list[Any]) -> Any:
+        """Run the script; rebuild the ordered index when it follows another membership
+        (or Redis lost it), and once more before refusing with 'none' or 'model': a
+        backend made eligible behind the scripts' back (a direct write) is not indexed."""
+
+        def run() -> Any:
+            return self.leases.scripts.acquire_prefix(keys=keys, args=args)
+
+        reply = ordered_index.with_resync(run, self.leases.client, self.keys, members)
+        if not reply[0] and reply_text(reply[1]) in ("none", "model"):
+            ordered_index.sync(self.leases.client, self.keys, members)
+            reply = ordered_index.with_resync(run, self.leases.client, self.keys, members)
+        return reply
+
     def explain(
         self,
-        names: Sequence[str],
-        weights: Sequence[float],
+        members: Membership,
         hashes: Sequence[str],
         blocks: Sequence[int],
         model: str = "",
         cap: int = 0,
+        exclude: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """What acquire would choose now, read-only: {"choice", "reason", "candidates"}."""
-        keys = self.call_keys(names, hashes, [])
-        args = self._args(
-            "explain", names, weights, [False] * len(names), blocks, model, cap, [], dry=True
-        )
-        reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
+        """What acquire would choose now, read-only: {"choice", "reason", "candidates"}
+        (one candidate per member). Every member is read: a full recomputation."""
+        keys = self.call_keys(model, hashes, [])
+        args = self._args("explain", members, 0, exclude, blocks, model, cap, [], dry=True)
         return explain_reply(
-            reply, "index_occupancy", lambda occupancy: float(occupancy) if occupancy else None
+            self._call(members, keys, args),
+            "index_occupancy",
+            lambda occupancy: float(occupancy) if occupancy else None,
         )
 
     def acquire(
         self,
         request_id: str,
-        names: Sequence[str],
-        weights: Sequence[float],
-        excluded: Sequence[bool],
+        members: Membership,
+        seed: int,
+        exclude: Sequence[str],
         hashes: Sequence[str],
         blocks: Sequence[int],
         model: str = "",
         cap: int = 0,
     ) -> PrefixReservation:
-        """Pick and reserve a backend for a prompt whose level hashes are *hashes*."""
+        """Pick and reserve a member of *members* not in *exclude* for a prompt whose
+        level hashes are *hashes*; *seed* drives the random tie-breaks."""
         evictions = [
             self.pending.popleft() for _ in range(min(EVICTIONS_PER_CALL, len(self.pending)))
         ]
-        keys = self.call_keys(names, hashes, evictions)
+        keys = self.call_keys(model, hashes, evictions)
         args = self._args(
-            request_id, names, weights, excluded, blocks, model, cap, evictions, dry=False
+            request_id, members, seed, exclude, blocks, model, cap, evictions, dry=False
         )
         try:
-            reply = self.leases.scripts.acquire_prefix(keys=keys, args=args)
+            reply = self._call(members, keys, args)
         except BaseException:
             self.pending.extendleft(reversed(evictions))  # not applied: keep them for later
             raise

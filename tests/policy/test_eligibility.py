@@ -29,7 +29,7 @@ from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
-from llmlbd.state.ordered_index import read_index
+from llmlbd.state.ordered_index import Membership, read_index
 from llmlbd.state.prefix import PrefixIndex, PrefixParams
 from llmlbd.state.snapshot import read_pool
 from tests.state.least_request import acquire_least
@@ -139,7 +139,14 @@ def script_answers(client, keys: PoolKeys, case: Case) -> dict[str, str | None]:
         index = PrefixIndex(leases, PrefixParams(mode=mode, min_match_blocks=1))
         request_id = f"r{next(calls)}"
         p = index.acquire(
-            request_id, [NAME], [1.0], [False], ["h1"], [1], model=case.model, cap=case.cap
+            request_id,
+            Membership.of([NAME], [1.0]),
+            1,
+            (),
+            ["h1"],
+            [1],
+            model=case.model,
+            cap=case.cap,
         )
         answers[f"acquire_prefix_{mode}"] = outcome(p.backend, p.reason)
     return answers

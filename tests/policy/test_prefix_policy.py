@@ -343,8 +343,10 @@ class TestBoundedMemory:
         policy = make_policy(redis_client, count=3, pool="tenant-a")
         request = chat(next(conversation("slot", 1)))
         keys = policy.index.call_keys(
-            ["b0", "b1", "b2"], policy.levels(request).hashes, [("b1", "abc"), ("gone", "def")]
+            "m", policy.levels(request).hashes, [("b1", "abc"), ("gone", "def")]
         )
+        # ...and so are the per-backend keys the script names from the pool's base key.
+        keys += [policy.ctx.keys.backend("b0"), policy.ctx.keys.prefix_owned_by("b2")]
         assert len({key_slot(key.encode()) for key in keys}) == 1
         assert all("{tenant-a}" in key for key in keys)
 

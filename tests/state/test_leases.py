@@ -110,11 +110,12 @@ class TestAcquire:
     def test_the_prefix_script_returns_the_held_lease_and_records_nothing(
         self, leases, redis_client, keys
     ):
+        from llmlbd.state.ordered_index import Membership
         from llmlbd.state.prefix import PrefixIndex, PrefixParams
 
         index = PrefixIndex(leases, PrefixParams(min_match_blocks=1))
         assert leases.acquire("r1", "c").backend == "c"
-        held = index.acquire("r1", NAMES, [1.0] * 3, [False] * 3, ["h1"], [1])
+        held = index.acquire("r1", Membership.of(NAMES, [1.0] * 3), 7, [], ["h1"], [1])
         assert (held.backend, held.inflight, held.reason) == ("c", 1, "held")
         assert counts(redis_client, keys) == {"c": 1}
         assert not redis_client.exists(keys.prefix("h1"))

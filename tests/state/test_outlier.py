@@ -16,7 +16,7 @@ from llmlbd.config.loader import Backend
 from llmlbd.state.health import unavailable
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
-from llmlbd.state.ordered_index import read_index
+from llmlbd.state.ordered_index import Membership, read_index
 from llmlbd.state.outlier import OutlierParams, outlier_view
 from llmlbd.state.prefix import PrefixIndex, PrefixParams
 from llmlbd.state.snapshot import PoolSnapshot, read_pool
@@ -191,7 +191,7 @@ def test_every_acquire_script_takes_a_half_open_backend_as_one_probe(
         if path == "least_request":
             return acquire_least(leases, request_id, NAMES, [1, 1, 1]).backend
         names = ["a", "b", "c"]
-        r = index.acquire(request_id, names, [1.0] * 3, [False] * 3, ["h1"], [1])
+        r = index.acquire(request_id, Membership.of(names, [1.0] * 3), 7, [], ["h1"], [1])
         return r.backend
 
     assert take("probe") == "a"

@@ -140,6 +140,47 @@ def test_lease_scripts_and_snapshot_run_on_redis_cluster(cluster_url):
     client.close()
 
 
+def test_prefix_cache_runs_on_redis_cluster(cluster_url):
+    """acquire_prefix.lua names backends' keys and the index's ZSETs from the pool's base
+    key (undeclared, same slot) and samples shared levels: all of it runs on a Cluster."""
+    import dataclasses
+    import random
+
+    from llmlbd.policy.context import PolicyContext
+    from llmlbd.policy.profiles.prefix_cache import PrefixCache
+    from tests.policy.test_prefix_policy import chat, conversation
+
+    config = config_from_dict(
+        {
+            "redis": {"url": cluster_url, "mode": "cluster"},
+            "lb_policy": "prefix_cache",
+            "backends": [{"name": n, "url": f"http://{n}:1"} for n in ("a", "b", "c")],
+        }
+    )
+    client = connect(config)
+    keys = PoolKeys("south")
+    leases = Leases(client, keys, "host:south:x", ttl_ms=5000)
+    ctx = PolicyContext(
+        config.backends, config.lb_config, keys, leases, client, rng=random.Random(3)
+    )
+    policy = PrefixCache(ctx)
+    # Levels held by more than one backend are "wide": looked up and sampled, not read.
+    policy.index.params = dataclasses.replace(policy.index.params, wide_level_holders=1)
+    turns = {topic: conversation(topic, 3) for topic in ("x", "y", "z", "w")}
+    first = {}
+    for topic, messages in turns.items():  # new conversations on one system prompt
+        decision = policy.pick(chat(next(messages)), frozenset())
+        first[topic] = decision.backend.name
+        assert leases.release(decision.request_id)
+    assert set(first.values()) == {"a", "b", "c"}  # spread: the prompt is shared
+    for topic, messages in turns.items():  # each conversation's next turn goes home
+        decision = policy.pick(chat(next(messages)), frozenset())
+        assert (decision.backend.name, decision.reason) == (first[topic], "affinity")
+        assert leases.release(decision.request_id)
+    assert policy.explain(chat(next(turns["x"])))["choice"] == first["x"]
+    client.close()
+
+
 @pytest.fixture
 def sentinel_setup():
     directory = Path(tempfile.mkdtemp(prefix="llmlbd-sentinel-"))

@@ -10,12 +10,10 @@ digest, a random seed and the backends excluded for this request.
 
 from __future__ import annotations
 
-from llmlbd.config.loader import Backend
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.outcomes import no_route
 from llmlbd.request import RoutingRequest
-from llmlbd.state.ordered_index import Membership
 
 __all__ = ["GlobalLeastRequest"]
 
@@ -26,16 +24,6 @@ class GlobalLeastRequest:
     def __init__(self, ctx: PolicyContext) -> None:
         self.ctx = ctx
         self.cap = ctx.lb_config.maxRequestCount
-        self._members_of: list[Backend] | None = None
-        self._members = Membership.of((), ())
-
-    def members(self) -> Membership:
-        """The membership digest, recomputed only when the pool's member list changed."""
-        backends = self.ctx.backends
-        if backends is not self._members_of:
-            self._members = Membership.of([b.name for b in backends], [b.weight for b in backends])
-            self._members_of = backends
-        return self._members
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
@@ -44,7 +32,7 @@ class GlobalLeastRequest:
             raise no_route("empty", request)
         reservation = ctx.leases.acquire_least_request(
             request.request_id,
-            self.members(),
+            ctx.membership,
             seed=ctx.rng.getrandbits(31),
             model=request.model,
             cap=self.cap,

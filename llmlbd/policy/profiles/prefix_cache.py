@@ -6,7 +6,10 @@ candidates (healthy, not drained, serves the model, under the in-flight cap),
 finds each backend's longest cached prefix, weighs it against load, picks,
 reserves the in-flight slot and records the prompt's blocks for the chosen
 backend. Entries of removed, down or drained backends are ignored and
-dropped on the way. See docs/policies/prefix_cache.md.
+dropped on the way. Only the backends named in the prompt's prefix keys are read
+one by one: the pool's least load (the load bound) and its least loaded backend
+(the fallback) come from the ordered index (llmlbd.state.ordered_index), so a
+decision does not walk the pool. See docs/policies/prefix_cache.md.
 """
 
 from __future__ import annotations
@@ -74,15 +77,11 @@ class PrefixCache:
         assert self.index is not None
         refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
         levels = self.levels(request)
-        # Every backend of the pool goes in (entries of names not in it are stale), shuffled
-        # so that the script's "first best wins" is a uniform random tie-break.
-        candidates = list(ctx.backends)
-        ctx.rng.shuffle(candidates)
         reservation = self.index.acquire(
             request.request_id,
-            [b.name for b in candidates],
-            [b.weight for b in candidates],
-            [b.name in exclude for b in candidates],
+            ctx.membership,
+            ctx.rng.getrandbits(31),
+            sorted(exclude),
             levels.hashes,
             levels.blocks,
             model=request.model,
@@ -143,15 +142,14 @@ class PrefixCache:
                 if self.params.mode == "bounded"
                 else f"weighted scorers {dict(zip(SCORERS, self.params.weights))}"
             ),
-            "note": "dry run of acquire_prefix.lua: same filters, match and bound; ties go to "
-            "the first candidate here but to a random one in the proxy",
+            "note": "dry run of acquire_prefix.lua: same filters, match and bound, every "
+            "member read; ties go to a random one, not necessarily the proxy's",
         }
         if not names:
             result["outcome"] = no_route_outcome("empty", request)
             return result
         answer = self.index.explain(
-            names,
-            [b.weight for b in ctx.backends],
+            ctx.membership,
             levels.hashes,
             levels.blocks,
             model=request.model,

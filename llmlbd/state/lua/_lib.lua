@@ -205,3 +205,62 @@ local function least_loaded(n, pickable, load, kv, max_kv, occupancy)
   end
   return nil
 end
+
+-- Walking the ordered index (prefix_cache's load bound and fallback). ---------------
+
+-- An iterator over the members of `zsets` (one ZSET, or a model's ZSET and lr:any),
+-- lowest score first: each call returns name, score (number), score as Redis prints it,
+-- or nil at the end. Reads by rank in small batches, so stopping early costs O(log n).
+-- The ZSETs must not change while it runs.
+local function index_walker(zsets)
+  local BATCH = 16
+  local bufs, pos, rank = {}, {}, {}
+  for z = 1, #zsets do bufs[z], pos[z], rank[z] = {}, 1, 0 end
+  local function head(z)
+    if pos[z] > #bufs[z] then
+      bufs[z] = redis.call('ZRANGE', zsets[z], rank[z], rank[z] + BATCH - 1, 'WITHSCORES')
+      pos[z], rank[z] = 1, rank[z] + BATCH
+    end
+    return bufs[z][pos[z] + 1]
+  end
+  return function()
+    local best, best_score
+    for z = 1, #zsets do
+      local raw = head(z)
+      if raw and (best == nil or tonumber(raw) < best_score) then best, best_score = z, tonumber(raw) end
+    end
+    if not best then return nil end
+    local name, raw = bufs[best][pos[best]], bufs[best][pos[best] + 1]
+    pos[best] = pos[best] + 2
+    return name, best_score, raw
+  end
+end
+
+-- The members of `zsets` at score `raw` (as Redis prints it) are numbered 0..total-1
+-- across the ZSETs: how many there are, and member `offset`. By rank, not by LIMIT
+-- offset: a skip list walks an offset one by one, but finds a rank in O(log n).
+local function index_tie_count(zsets, raw)
+  local total = 0
+  for _, zset in ipairs(zsets) do total = total + redis.call('ZCOUNT', zset, raw, raw) end
+  return total
+end
+
+local function index_tied_at(zsets, raw, offset)
+  for _, zset in ipairs(zsets) do
+    local c = redis.call('ZCOUNT', zset, raw, raw)
+    if offset < c then
+      local rank = redis.call('ZCOUNT', zset, '-inf', '(' .. raw) + offset
+      return redis.call('ZRANGE', zset, rank, rank)[1]
+    end
+    offset = offset - c
+  end
+end
+
+-- Is `name` in one of `zsets` at score `raw`?
+local function index_has_at(zsets, name, raw)
+  for _, zset in ipairs(zsets) do
+    local s = redis.call('ZSCORE', zset, name)
+    if s and tonumber(s) == tonumber(raw) then return true end
+  end
+  return false
+end

@@ -56,28 +56,14 @@ local function next_score(above)
   return best
 end
 
--- The tied backends at `score` are numbered 0..total-1 across the ZSETs. By rank, not
--- by LIMIT offset: a skip list walks an offset one by one, but finds a rank in O(log n).
-local function tied_at(score, offset)
-  for _, zset in ipairs(zsets) do
-    local c = redis.call('ZCOUNT', zset, score, score)
-    if offset < c then
-      local rank = redis.call('ZCOUNT', zset, '-inf', '(' .. score) + offset
-      return redis.call('ZRANGE', zset, rank, rank)[1]
-    end
-    offset = offset - c
-  end
-end
-
 -- A uniformly random usable backend among those tied at `score`, or nil. Random probes
 -- first (O(log n) each, enough when few are unusable), then the whole tie group.
 local PROBES, SMALL = 8, 16
 local function pick_among(score)
-  local total = 0
-  for _, zset in ipairs(zsets) do total = total + redis.call('ZCOUNT', zset, score, score) end
+  local total = index_tie_count(zsets, score)
   if total > SMALL then
     for _ = 1, PROBES do
-      local name = tied_at(score, math.random(total) - 1)
+      local name = index_tied_at(zsets, score, math.random(total) - 1)
       if usable(name) then return name end
     end
   end

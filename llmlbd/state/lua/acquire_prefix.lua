@@ -3,29 +3,41 @@
 -- A prefix key is a HASH backend -> last use (ms, Redis clock); a backend holds
 -- level j when its field is there and younger than the key TTL. A backend's match
 -- is the number of consecutive levels, from the first, that it holds.
+-- Cost: only the backends named in the prompt's prefix keys (the holders) are read one
+-- by one, and leading levels named by very many backends only where needed (see "wide"
+-- below); the least load of the pool (the load bound) and the least loaded backend (the
+-- fallback) come from the ordered index (_lib.lua, docs/redis-keys.md), walked from its
+-- lowest score and stopped as soon as nothing further can be less loaded. Weighted mode
+-- and dry runs read every member instead (min-max normalisation; one row per member),
+-- which makes a dry run the full recomputation the tests compare a pick with.
 -- KEYS[1] inflight HASH   KEYS[2] leases HASH   KEYS[3] workers ZSET   KEYS[4] drained SET
--- KEYS[4+i]     metrics HASH of candidate i (i = 1..n)
--- KEYS[4+n+i]   prefix_owned ZSET of candidate i (block hash -> last use ms)
--- KEYS[4+2n+j]  prefix HASH of level j (j = 1..m), shortest prefix first
--- KEYS[4+2n+m+k] prefix HASH of an entry evicted by an earlier call (k = 1..e)
+-- KEYS[5] lr:weights HASH (members; field '#digest')
+-- KEYS[6] the index ZSET to pick from: lr:all (no model asked) or lr:model:<model>
+-- KEYS[7] lr:any ZSET   KEYS[8] lr:all ZSET
+-- KEYS[8+j]   prefix HASH of level j (j = 1..m), shortest prefix first
+-- KEYS[8+m+k] prefix HASH of an entry evicted by an earlier call (k = 1..e)
+-- A member's metrics HASH and prefix_owned ZSET (block hash -> last use ms) are named
+-- from the pool's base key, like the index's model ZSETs (same hash tag, same slot).
 -- ARGV[1] one JSON object (cjson), decoded once:
 --   request_id, worker, lease_ttl_ms, cap (per-backend in-flight cap, 0: none),
---   model ('' for any), prefix_ttl_ms, stale_after_ms (metrics), min_match_blocks,
+--   model ('' for any), digest (of the caller's membership, as acquire_least_request),
+--   seed (integer, for the random tie-breaks), excluded [names] for this attempt (their
+--   entries kept), prefix_ttl_ms, stale_after_ms (metrics), min_match_blocks,
 --   max_load_gap, max_load_ratio, max_kv_usage (0..1, for affinity),
 --   entries_per_backend (default index size), tokens_per_block (sizes the index from
 --   num_gpu_blocks x block_size), mode ('bounded' or 'weighted'),
 --   weights {prefix, queue, kv, inflight} (weighted mode), dry (true for explain: reads
---   only, reserves and writes nothing),
---   candidates [{name, weight, excluded}] i = 1..n, shuffled by the caller so that ties go
---     to a random one; an excluded candidate is ignored for this attempt, its entries kept,
+--   only, reserves and writes nothing), wide_level_holders (a level named by more
+--   backends is looked up, not read whole, when it leads the prompt),
 --   level_blocks [blocks covered by level j] j = 1..m,
 --   evicted_by [backend of eviction k] k = 1..e
 -- return {backend, in-flight, reason, matched blocks of the chosen backend, longest match
 --   of any usable backend (blocks), that backend or '', fields healed, {evicted: backend,
---   hash, backend, hash, ...}}, or {false, reason} with reason 'cap', 'model' or 'none'; a
---   request id that holds a lease already gets {its backend, in-flight, 'held', 0, 0, '',
---   0, {}} and nothing is recorded. A dry run returns {backend or false, reason,
---   {name, status, matched blocks, load, KV use or '', index occupancy} per candidate}.
+--   hash, backend, hash, ...}}, or {false, reason} with reason 'cap', 'model', 'none' or
+--   'resync' (as acquire_least_request); a request id that holds a lease already gets
+--   {its backend, in-flight, 'held', 0, 0, '', 0, {}} and nothing is recorded. A dry run
+--   returns {backend or false, reason, {name, status, matched blocks, load, KV use or '',
+--   index occupancy} per member}.
 -- Reasons: 'affinity' (longest match within the load bound), 'shared_prefix' (the match
 --   ends where other prompts already branched off: a new conversation on a common system
 --   prompt, spread by load and index occupancy), 'overloaded' (a match existed but was out
@@ -35,121 +47,346 @@
 local args = cjson.decode(ARGV[1])
 local request_id, worker, lease_ttl = args.request_id, args.worker, args.lease_ttl_ms
 local cap, model = args.cap, args.model
-local candidates, level_blocks, evicted_by = args.candidates, args.level_blocks, args.evicted_by
-local n, m, e = #candidates, #level_blocks, #evicted_by
+local level_blocks, evicted_by = args.level_blocks, args.evicted_by
+local m, e = #level_blocks, #evicted_by
 local ttl, stale_after = args.prefix_ttl_ms, args.stale_after_ms
 local min_match, gap, ratio = args.min_match_blocks, args.max_load_gap, args.max_load_ratio
 local max_kv, default_entries, tokens_per_block = args.max_kv_usage, args.entries_per_backend, args.tokens_per_block
 local mode = args.mode
 local w_prefix, w_queue, w_kv, w_inflight = args.weights.prefix, args.weights.queue, args.weights.kv, args.weights.inflight
 local dry = args.dry
-local names = {}
-for i = 1, n do names[i] = candidates[i].name end
+if redis.call('HGET', KEYS[5], '#digest') ~= args.digest then return {false, 'resync'} end
+local base = pool_base(KEYS[1], ':inflight')
+outlier_due(base)  -- half-open backends whose cool-down ended are pickable again
+local L = 8  -- the level keys follow KEYS[L]
+math.randomseed(args.seed)
+local excluded = {}
+for _, name in ipairs(args.excluded) do excluded[name] = true end
+local zsets = {KEYS[6]}
+if model ~= '' then zsets[2] = KEYS[7] end
 local now = now_ms()
 
--- Candidates: who may be picked, who may hold entries, and their load.
-local index = {}        -- name -> i
-local usable = {}       -- i -> true: may hold entries (eligible, maybe at the cap or excluded)
-local pickable = {}     -- i -> true: may be picked now
-local heal = {}         -- name -> true: its entries are dropped (down or drained)
-local load, kv, waiting, entries_cap = {}, {}, {}, {}
-local saw_eligible, saw_model_miss = false, false
-for i = 1, n do
-  local name = names[i]
-  index[name] = i
-  local why = ineligible(KEYS[4], KEYS[4 + i], name, model)
-  if why == 'down' or why == 'drained' then
-    heal[name] = true
-  elseif why == 'model' then
-    saw_model_miss = true
-  elseif why == 'ejected' then
-    heal[name] = false  -- an outlier in its cool-down: not pickable, its entries kept
+-- One backend, read once: member (of the pool), why (ineligible's reason), usable (may
+-- hold entries: eligible, maybe at the cap or excluded), pickable (may be picked now),
+-- load, kv (fresh KV use or nil), waiting, entries (its index's size).
+local info = {}
+local saw_eligible = false
+local function backend(name)
+  local c = info[name]
+  if c then return c end
+  c = {}
+  info[name] = c
+  local weight = string.sub(name, 1, 1) ~= '#' and redis.call('HGET', KEYS[5], name)
+  if not weight then return c end
+  c.member = true
+  local metrics = base .. ':backend:' .. name
+  c.why = ineligible(KEYS[4], metrics, name, model)
+  if c.why then return c end
+  c.usable = true
+  local f = redis.call('HMGET', metrics, 'scraped_at', 'waiting', 'running', 'kv_usage',
+                       'num_gpu_blocks', 'block_size')
+  local inflight = tonumber(redis.call('HGET', KEYS[1], name) or '0')
+  local queued = 0
+  local scraped = tonumber(f[1])
+  if scraped and now - scraped <= stale_after then
+    c.waiting = tonumber(f[2])
+    queued = (c.waiting or 0) + (tonumber(f[3]) or 0)
+    c.kv = tonumber(f[4])
+  end
+  -- Requests this fleet of proxies sent, or what the engine reports if it has more
+  -- (other clients): never both, which would count our own requests twice.
+  c.load = math.max(inflight, queued) / tonumber(weight)
+  local blocks, block_size = tonumber(f[5]), tonumber(f[6])
+  if blocks and block_size and blocks > 0 and block_size > 0 then
+    c.entries = math.max(1, math.floor(blocks * block_size / tokens_per_block))
   else
-    usable[i] = true
-    local f = redis.call('HMGET', KEYS[4 + i], 'scraped_at', 'waiting', 'running', 'kv_usage',
-                         'num_gpu_blocks', 'block_size')
-    local inflight = tonumber(redis.call('HGET', KEYS[1], name) or '0')
-    local queued = 0
-    local scraped = tonumber(f[1])
-    if scraped and now - scraped <= stale_after then
-      waiting[i] = tonumber(f[2])
-      queued = (waiting[i] or 0) + (tonumber(f[3]) or 0)
-      kv[i] = tonumber(f[4])
-    end
-    -- Requests this fleet of proxies sent, or what the engine reports if it has more
-    -- (other clients): never both, which would count our own requests twice.
-    load[i] = math.max(inflight, queued) / candidates[i].weight
-    local blocks, block_size = tonumber(f[5]), tonumber(f[6])
-    if blocks and block_size and blocks > 0 and block_size > 0 then
-      entries_cap[i] = math.max(1, math.floor(blocks * block_size / tokens_per_block))
-    else
-      entries_cap[i] = default_entries
-    end
-    if not candidates[i].excluded then
-      saw_eligible = true
-      if cap == 0 or inflight < cap then pickable[i] = true end
-    end
+    c.entries = default_entries
   end
+  if not excluded[name] then
+    saw_eligible = true
+    if cap == 0 or inflight < cap then c.pickable = true end
+  end
+  return c
 end
+-- How full a backend's index is (its share of its estimated KV cache).
+local function occupancy(name)
+  local c = info[name]
+  if c.occupancy == nil then
+    c.occupancy = redis.call('ZCARD', base .. ':prefix_owned:' .. name) / c.entries
+  end
+  return c.occupancy
+end
+local function kv_fits(c) return c.kv == nil or c.kv <= max_kv end
 
--- Longest prefix per usable backend. Every level is read, even past the end of the
--- match, because the chosen backend is written at every level: what points at removed,
--- down, drained or expired holders is dropped from each key on the way.
-local matched = {}      -- i -> levels held consecutively from the first
-local healed = 0
-for j = 1, m do
-  local key = KEYS[4 + 2 * n + j]
-  local fields = redis.call('HGETALL', key)
-  for f = 1, #fields, 2 do
-    local name, used = fields[f], tonumber(fields[f + 1]) or 0
-    local i = index[name]
-    if string.sub(name, 1, 1) == '#' then
-      -- branch counter, not a holder
-    elseif i == nil or heal[name] or now - used > ttl then
-      if not dry then redis.call('HDEL', key, name) end
-      healed = healed + 1
-    elseif usable[i] and (matched[i] or 0) == j - 1 then
-      matched[i] = j
-    end
-  end
+-- Indexed backends found ineligible on the way were changed behind the index's back (a
+-- direct write): re-placed once the walks are done (a walk needs the ZSETs unchanged).
+local stale = {}
+local function replace_stale()
+  if dry then return end
+  for name in pairs(stale) do index_place(base, name) end
+  stale = {}
 end
--- A per-backend cap may have dropped a holder's deepest entries from its owned set
--- (their fields go when the evicting worker's next call passes them): trust a level
--- only while the owned set still has it.
-for i, levels in pairs(matched) do
+local function indexed(name)
+  local c = backend(name)
+  if not c.usable then stale[name] = true end
+  return c
+end
+-- Past score cap / (lightest weight) nobody is under the cap.
+local score_limit = math.huge
+if cap > 0 then score_limit = cap / (tonumber(redis.call('HGET', KEYS[5], '#min_weight')) or 1) end
+
+-- Longest prefix per holder. Every level is read, even past the end of the match,
+-- because the chosen backend is written at every level: what points at removed, down,
+-- drained or expired holders is dropped from each key on the way.
+-- Except levels 1..wide: the leading levels each named by more than WIDE backends (a
+-- system prompt the pool shares). match(wide) reads only the levels after them, and
+-- looks up in them (HGET) just the backends it found there: every backend matching
+-- deeper than `wide` is found so, but those matching `wide` levels or fewer are not.
+-- The decision stands when such a deeper match wins the bounded pick (nothing shallower
+-- can beat it); otherwise match(0) reads every level (see "Cost per decision" in
+-- docs/policies/prefix_cache.md).
+local WIDE = args.wide_level_holders
+local matched, holders, healed = {}, {}, 0
+local function held(j, name)  -- level j's field for name is there and young enough
+  local used = tonumber(redis.call('HGET', KEYS[L + j], name) or '')
+  return used ~= nil and now - used <= ttl
+end
+local function trusted(name, levels)  -- see below: the owned set must still have it
+  local owned = base .. ':prefix_owned:' .. name
   while levels > 0 do
-    local key = KEYS[4 + 2 * n + levels]
-    if redis.call('ZSCORE', KEYS[4 + n + i], string.match(key, ':prefix:(.*)$')) then break end
+    if redis.call('ZSCORE', owned, string.match(KEYS[L + levels], ':prefix:(.*)$')) then break end
     levels = levels - 1
   end
-  matched[i] = levels
+  return levels
 end
+local function match(wide)
+  matched, holders = {}, {}
+  for j = wide + 1, m do
+    local key = KEYS[L + j]
+    local fields = redis.call('HGETALL', key)
+    for f = 1, #fields, 2 do
+      local name, used = fields[f], tonumber(fields[f + 1]) or 0
+      if string.sub(name, 1, 1) ~= '#' then  -- else: the branch counter, not a holder
+        local c = backend(name)
+        if not c.member or c.why == 'down' or c.why == 'drained' or now - used > ttl then
+          if not dry then redis.call('HDEL', key, name) end
+          healed = healed + 1
+        elseif c.usable then
+          local before = matched[name]
+          if before == nil and j == wide + 1 then
+            before = 0
+            while before < wide and held(before + 1, name) do before = before + 1 end
+          end
+          if before == j - 1 then
+            matched[name] = j
+            if j == wide + 1 then holders[#holders + 1] = name end
+          end
+        end
+      end
+    end
+  end
+  -- A per-backend cap may have dropped a holder's deepest entries from its owned set
+  -- (their fields go when the evicting worker's next call passes them): trust a level
+  -- only while the owned set still has it.
+  for name, levels in pairs(matched) do matched[name] = trusted(name, levels) end
+end
+local full = dry or mode == 'weighted'
+local wide = 0
+if not full then
+  while wide < m and redis.call('HLEN', KEYS[L + wide + 1]) > WIDE do wide = wide + 1 end
+end
+match(wide)
 local function blocks_of(levels)
   if levels == nil or levels == 0 then return 0 end
   return level_blocks[levels]
 end
 
--- The longest usable match, whatever its load (for the decision record).
-local best_blocks, best_name, best_levels = 0, '', 0
-for i = 1, n do
-  if usable[i] and blocks_of(matched[i]) > best_blocks then
-    best_blocks, best_name, best_levels = blocks_of(matched[i]), names[i], matched[i]
+-- The candidates compared one by one, in random order (the first best wins: a uniform
+-- tie-break): the holders, or every member when the whole pool is read.
+local names, n, pickable, load, kv, waiting, match_blocks
+local best_blocks, best_name, best_levels, branches
+local function compare()
+  names = holders
+  if full then
+    names = {}
+    for _, name in ipairs(redis.call('HKEYS', KEYS[5])) do
+      if string.sub(name, 1, 1) ~= '#' then names[#names + 1] = name end
+    end
+  end
+  for i = #names, 2, -1 do
+    local r = math.random(i)
+    names[i], names[r] = names[r], names[i]
+  end
+  n = #names
+  pickable, load, kv, waiting, match_blocks = {}, {}, {}, {}, {}
+  for i = 1, n do
+    local c = backend(names[i])
+    pickable[i], load[i], kv[i], waiting[i] = c.pickable, c.load, c.kv, c.waiting
+    match_blocks[i] = blocks_of(matched[names[i]])
+  end
+  -- The longest usable match, whatever its load (for the decision record).
+  best_blocks, best_name, best_levels = 0, '', 0
+  for i = 1, n do
+    if match_blocks[i] > best_blocks then
+      best_blocks, best_name, best_levels = match_blocks[i], names[i], matched[names[i]]
+    end
+  end
+  -- Did other prompts already branch off where this one leaves the index? Then the match
+  -- is a prefix many prompts share (a system prompt), not this conversation's history.
+  branches = 0
+  if best_levels > 0 and best_levels < m then
+    branches = tonumber(redis.call('HGET', KEYS[L + best_levels], '#') or '0')
   end
 end
--- Did other prompts already branch off where this one leaves the index? Then the match
--- is a prefix many prompts share (a system prompt), not this conversation's history.
-local branches = 0
-if best_levels > 0 and best_levels < m then
-  branches = tonumber(redis.call('HGET', KEYS[4 + 2 * n + best_levels], '#') or '0')
-end
--- How full each backend's index is (its share of its estimated KV cache).
-local occupancy = {}
-for i = 1, n do
-  if usable[i] then occupancy[i] = redis.call('ZCARD', KEYS[4 + n + i]) / entries_cap[i] end
+compare()
+
+-- The least load of a pickable backend, or nil and why none is (least_pickable_load's
+-- reasons). From the index: its scores are in-flight / weight and a load is never below
+-- its backend's score, so the walk stops at the first score at or above the least load
+-- found (at once when the head's engine queue is not longer than its in-flight count).
+local function least_pool_load()
+  local best
+  for i = 1, n do
+    if pickable[i] and (best == nil or load[i] < best) then best = load[i] end
+  end
+  local next_entry = index_walker(zsets)
+  while true do
+    local name, score = next_entry()
+    if not name or (best and score >= best) then break end
+    if score >= score_limit and (best or saw_eligible) then break end
+    local c = indexed(name)
+    if c.pickable and (best == nil or c.load < best) then best = c.load end
+  end
+  if best then return best end
+  if saw_eligible then return nil, 'cap' end
+  replace_stale()
+  local model_miss = model ~= '' and redis.call('ZCARD', KEYS[8]) > redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7])
+  for _, c in pairs(info) do
+    if c.why == 'model' then model_miss = true end
+  end
+  return nil, model_miss and 'model' or 'none'
 end
 
-local min_load, refused = least_pickable_load(n, pickable, load, saw_eligible, saw_model_miss)
-if min_load == nil then return {false, refused} end
+-- least_loaded() over the pool, from the index: the least loaded pickable backend,
+-- preferring one whose fresh KV use is at most max_kv; equal loads: the emptiest index;
+-- still equal: a uniformly random one. The walk stops past the least load found. When
+-- that load's best is an empty index (nothing can beat it), the rest of its tie group
+-- is not walked: a random draw among the group and the ties found below it, kept when
+-- it qualifies (rejection sampling: still uniform), a few times before walking on.
+local PROBES = 8
+local function least_loaded_indexed()
+  for pass = 1, 2 do
+    local function fits(c) return c.pickable and (pass == 2 or kv_fits(c)) end
+    local best_load, best_occ, ties, seen, probed = nil, nil, {}, {}, false
+    local function consider(name)
+      local c = info[name]
+      if seen[name] or not fits(c) then return end
+      seen[name] = true
+      local o = occupancy(name)
+      if best_load == nil or c.load < best_load or (c.load == best_load and o < best_occ) then
+        best_load, best_occ, ties = c.load, o, {name}
+      elseif c.load == best_load and o == best_occ then
+        ties[#ties + 1] = name
+      end
+    end
+    local function probe(raw)
+      local outside = {}
+      for _, name in ipairs(ties) do
+        if not index_has_at(zsets, name, raw) then outside[#outside + 1] = name end
+      end
+      local total = #outside + index_tie_count(zsets, raw)
+      for _ = 1, PROBES do
+        local r = math.random(total)
+        local name = outside[r] or index_tied_at(zsets, raw, r - #outside - 1)
+        local c = indexed(name)
+        if fits(c) and c.load == best_load and occupancy(name) == 0 then return name end
+      end
+    end
+    for _, name in ipairs(names) do consider(name) end
+    local next_entry = index_walker(zsets)
+    while true do
+      local name, score, raw = next_entry()
+      if not name or (best_load and score > best_load) or score >= score_limit then break end
+      if not probed and best_load and score == best_load and best_occ == 0 then
+        probed = true
+        local pick = probe(raw)
+        if pick then return pick end
+      end
+      indexed(name)
+      consider(name)
+    end
+    if #ties > 0 then return ties[math.random(#ties)] end
+  end
+end
+
+-- A new conversation on a prefix the pool shares: no backend read matches deeper than
+-- the wide levels, and prompts already branched off after them. The bounded pick would
+-- then take some in-bound backend holding every wide level, and that match being the
+-- longest and shared, send the request by load (shared_prefix) whichever backend it is:
+-- a random sample of the deepest wide level's fields shows that one exists (and names
+-- the longest match, uniformly among the sampled). Nil when the sample does not show it.
+local shared_wide_pick
+local function shared_wide(bound)
+  if wide == m or blocks_of(wide) < min_match or blocks_of(wide) == 0 then return false end
+  local branched = tonumber(redis.call('HGET', KEYS[L + wide], '#') or '0')
+  if branched == 0 then return false end
+  local pairs_ = redis.call('HRANDFIELD', KEYS[L + wide], 16, 'WITHVALUES')
+  local sample = {}
+  for f = 1, #pairs_, 2 do
+    local name, used = pairs_[f], tonumber(pairs_[f + 1]) or 0
+    local c = string.sub(name, 1, 1) ~= '#' and backend(name)
+    if c and (not c.member or c.why == 'down' or c.why == 'drained' or now - used > ttl) then
+      redis.call('HDEL', KEYS[L + wide], name)  -- healed as a full read would (never dry here)
+      healed = healed + 1
+    elseif c and c.usable then
+      sample[#sample + 1] = name
+    end
+  end
+  for i = #sample, 2, -1 do  -- HRANDFIELD's order is not random
+    local r = math.random(i)
+    sample[i], sample[r] = sample[r], sample[i]
+  end
+  local longest, pick
+  for _, name in ipairs(sample) do
+    local c, levels = backend(name), 0
+    while levels < wide and held(levels + 1, name) do levels = levels + 1 end
+    if trusted(name, levels) == wide then
+      longest = longest or name
+      if not pick and c.pickable and c.load <= bound and kv_fits(c) then pick = name end
+    end
+    if longest and pick then break end
+  end
+  if not (longest and pick) then return false end
+  best_blocks, best_name, best_levels, branches = blocks_of(wide), longest, wide, branched
+  shared_wide_pick = pick
+  return true
+end
+
+local min_load, refused
+if full then
+  local saw_model_miss = false
+  for _, c in pairs(info) do
+    if c.why == 'model' then saw_model_miss = true end
+  end
+  min_load, refused = least_pickable_load(n, pickable, load, saw_eligible, saw_model_miss)
+else
+  min_load, refused = least_pool_load()
+  if min_load and wide > 0 then
+    local bound = math.max(min_load + gap, min_load * ratio)
+    local pick = bounded_pick(n, pickable, match_blocks, load, kv, min_match, bound, max_kv)
+    if not (pick and matched[names[pick]] > wide) and not (best_levels <= wide and shared_wide(bound)) then
+      -- A match of `wide` levels or fewer may decide: read every level after all.
+      wide = 0
+      match(0)
+      compare()
+      min_load, refused = least_pool_load()
+    end
+  end
+end
+if min_load == nil then
+  replace_stale()
+  return {false, refused}
+end
 
 local chosen, reason
 if mode == 'weighted' then
@@ -169,13 +406,13 @@ if mode == 'weighted' then
   for i = 1, n do
     if pickable[i] then
       local score = 0
-      if m > 0 and blocks_of(matched[i]) >= min_match then score = w_prefix * (matched[i] or 0) / m end
+      if m > 0 and match_blocks[i] >= min_match then score = w_prefix * (matched[names[i]] or 0) / m end
       if waiting[i] then
         score = score + w_queue * ((q_max == q_min) and 1 or (q_max - waiting[i]) / (q_max - q_min))
       end
       if kv[i] then score = score + w_kv * math.max(0, math.min(1, 1 - kv[i])) end
       score = score + w_inflight * ((l_max == l_min) and 1 or (l_max - load[i]) / (l_max - l_min))
-      if best_score == nil or score > best_score then chosen, best_score = i, score end
+      if best_score == nil or score > best_score then chosen, best_score = names[i], score end
     end
   end
   reason = (blocks_of(matched[chosen]) >= min_match and blocks_of(matched[chosen]) > 0) and 'weighted_hit' or 'weighted'
@@ -183,36 +420,45 @@ else
   -- Bounded load: follow the longest match among backends whose load is within
   -- max(min + gap, min x ratio) and whose KV use (when fresh) is under the limit.
   local bound = math.max(min_load + gap, min_load * ratio)
-  local match_blocks = {}
-  for i = 1, n do match_blocks[i] = blocks_of(matched[i]) end
-  local best_match
-  chosen, best_match = bounded_pick(n, pickable, match_blocks, load, kv, min_match, bound, max_kv)
-  if chosen and branches > 0 and best_match == best_blocks then
-    chosen, reason = nil, 'shared_prefix'
-  elseif chosen then
-    reason = 'affinity'
+  local pick, best_match = bounded_pick(n, pickable, match_blocks, load, kv, min_match, bound, max_kv)
+  if shared_wide_pick or (pick and branches > 0 and best_match == best_blocks) then
+    reason = 'shared_prefix'
+  elseif pick then
+    chosen, reason = names[pick], 'affinity'
   else
     reason = (best_blocks >= min_match and best_blocks > 0) and 'overloaded' or 'miss'
   end
-  if not chosen then
+  if not chosen and full then
     -- Least load, then the emptiest index; preferring backends whose KV cache is not full
     -- (fresh metrics).
-    chosen = least_loaded(n, pickable, load, kv, max_kv, occupancy)
+    local occupancies = {}
+    for i = 1, n do
+      if pickable[i] then occupancies[i] = occupancy(names[i]) end
+    end
+    chosen = names[least_loaded(n, pickable, load, kv, max_kv, occupancies)]
+  elseif not chosen then
+    chosen = least_loaded_indexed()
   end
 end
+replace_stale()
 
-local name = names[chosen]
+local name = chosen
+local chosen_levels = matched[name] or 0
+if matched[name] == nil and wide > 0 then  -- not read: it matches `wide` levels or fewer
+  while chosen_levels < wide and held(chosen_levels + 1, name) do chosen_levels = chosen_levels + 1 end
+  chosen_levels = trusted(name, chosen_levels)
+end
 if dry then
   local rows = {}
   for i = 1, n do
-    local status = 'ok'
-    if candidates[i].excluded then status = 'excluded'
-    elseif heal[names[i]] then status = 'unavailable'
-    elseif heal[names[i]] == false then status = 'ejected'
-    elseif not usable[i] then status = 'model'
-    elseif not pickable[i] then status = 'cap' end
-    rows[#rows + 1] = {names[i], status, blocks_of(matched[i]), tostring(load[i] or ''),
-                       tostring(kv[i] or ''), tostring(occupancy[i] or '')}
+    local c, status = info[names[i]], 'ok'
+    if excluded[names[i]] then status = 'excluded'
+    elseif c.why == 'down' or c.why == 'drained' then status = 'unavailable'
+    elseif c.why == 'ejected' then status = 'ejected'
+    elseif not c.usable then status = 'model'
+    elseif not c.pickable then status = 'cap' end
+    rows[#rows + 1] = {names[i], status, match_blocks[i], tostring(c.load or ''),
+                       tostring(c.kv or ''), c.usable and tostring(occupancy(names[i])) or ''}
   end
   return {name, reason, rows}
 end
@@ -220,13 +466,13 @@ local count, held = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker,
 if held ~= name then return {held, count, 'held', 0, 0, '', 0, {}} end  -- its lease, as it was
 
 -- Record (or refresh) every level for the chosen backend.
-local owned = KEYS[4 + n + chosen]
+local owned = base .. ':prefix_owned:' .. name
 if best_levels > 0 and best_levels < m then
-  redis.call('HINCRBY', KEYS[4 + 2 * n + best_levels], '#', 1)
+  redis.call('HINCRBY', KEYS[L + best_levels], '#', 1)
 end
 local members = {}
 for j = 1, m do
-  local key = KEYS[4 + 2 * n + j]
+  local key = KEYS[L + j]
   redis.call('HSET', key, name, now)
   redis.call('PEXPIRE', key, ttl)
   members[#members + 1] = now
@@ -238,7 +484,7 @@ local evicted = {}
 if m > 0 then
   redis.call('PEXPIRE', owned, ttl)
   redis.call('ZREMRANGEBYSCORE', owned, '-inf', now - ttl)
-  local over = redis.call('ZCARD', owned) - entries_cap[chosen]
+  local over = redis.call('ZCARD', owned) - info[name].entries
   if over > 0 then
     local popped = redis.call('ZPOPMIN', owned, over)
     for p = 1, #popped, 2 do
@@ -251,12 +497,12 @@ end
 -- Entries evicted by earlier calls: drop the field unless the backend took the
 -- prefix again since.
 for k = 1, e do
-  local key = KEYS[4 + 2 * n + m + k]
+  local key = KEYS[L + m + k]
   local holder = evicted_by[k]
-  local i = index[holder]
-  if i == nil or not redis.call('ZSCORE', KEYS[4 + n + i], string.match(key, ':prefix:(.*)$')) then
+  if redis.call('HEXISTS', KEYS[5], holder) == 0
+      or not redis.call('ZSCORE', base .. ':prefix_owned:' .. holder, string.match(key, ':prefix:(.*)$')) then
     healed = healed + redis.call('HDEL', key, holder)
   end
 end
 
-return {name, count, reason, blocks_of(matched[chosen]), best_blocks, best_name, healed, evicted}
+return {name, count, reason, blocks_of(chosen_levels), best_blocks, best_name, healed, evicted}
