@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmlbd.state.client import execute_script_pipeline, script_pipeline
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
 
@@ -84,12 +85,12 @@ class CollectorLeases:
         collector took the backend), or the Exception a script raised. A
         network error raises, since then nothing is known to be written.
         """
-        pipe = self.client.pipeline(transaction=False)
+        pipe = script_pipeline(self.client, self.keys.scrape_owners)
         for write in writes:
             self._publish(write, pipe)
         return [
             r if isinstance(r, Exception) else bool(int(r))
-            for r in pipe.execute(raise_on_error=False)
+            for r in execute_script_pipeline(self.client, pipe)
         ]
 
     def _publish(self, write: FieldWrite, client: Any) -> Any:
