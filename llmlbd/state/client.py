@@ -165,12 +165,13 @@ class _Cluster(redis.RedisCluster):
     """redis-py's cluster client, minus its retry of a command that timed out.
 
     redis-py retries a cluster command on a timeout whatever `retry` says
-    (`ERRORS_ALLOW_RETRY`). A timed-out acquire script may still run (a slow
-    or paused node runs what sat in its socket), and its retry then finds the
-    request's own lease and answers "duplicate": the client got a 503 instead
-    of the local fallback. A broken connection, CLUSTERDOWN and an uncovered
-    slot (a failover under way) are still retried once, after the client
-    re-read the slot map; MOVED and ASK are followed as before.
+    (`ERRORS_ALLOW_RETRY`): on a stalled node a request waited two socket
+    timeouts and a slot-map refresh before the local fallback, and a
+    timed-out acquire that still runs next to its retry counts once and
+    answers "duplicate" (a 503), as the standalone client's comment above
+    says. A broken connection, CLUSTERDOWN and an uncovered slot (a
+    failover under way) are still retried once, after the client re-read
+    the slot map; MOVED and ASK are followed as before.
     """
 
     # A narrower tuple than the base class's, on purpose: TimeoutError is left out.
