@@ -44,12 +44,23 @@ class Replicas:
     """Three llmlbd replicas sharing one Redis deployment, and the sims behind them."""
 
     def __init__(
-        self, topology: ClusterDeployment | SentinelGroup, replicas: int = 3, workers: int = 2
+        self,
+        topology: ClusterDeployment | SentinelGroup,
+        replicas: int = 3,
+        workers: int = 2,
+        fleet: Any = None,
+        collector: bool = True,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ):
+        """*fleet*: started backends with .names, .urls and .stop() (StubBackends), else
+        3 sims started here. *collector*: the first replica runs one."""
         self.topology = topology
         self.count = replicas
         self.workers = workers
-        self.fleet = SimFleet(3)
+        self.own_fleet = fleet is None
+        self.fleet = SimFleet(3) if fleet is None else fleet
+        self.collector = collector
+        self.read_timeout_s = read_timeout_s
         self.proxies: list[LLMLBD] = []
 
     def redis_config(self) -> dict[str, Any]:
@@ -67,7 +78,7 @@ class Replicas:
         return {
             "redis": self.redis_config(),
             "backends": [{"name": n, "url": u} for n, u in zip(self.fleet.names, self.fleet.urls)],
-            "server": {"lease_ttl_s": LEASE_TTL_S, "read_timeout_s": READ_TIMEOUT_S},
+            "server": {"lease_ttl_s": LEASE_TTL_S, "read_timeout_s": self.read_timeout_s},
             "collector": {
                 "enabled": collector,
                 "interval_ms": 200,
@@ -78,14 +89,21 @@ class Replicas:
 
     def start(self) -> Replicas:
         try:
-            self.fleet.start()
+            if self.own_fleet:
+                self.fleet.start()
             self.proxies = [
-                LLMLBD(self.config(i == 0), workers=self.workers, name=f"replica{i}", wait=False)
+                LLMLBD(
+                    self.config(self.collector and i == 0),
+                    workers=self.workers,
+                    name=f"replica{i}",
+                    wait=False,
+                )
                 for i in range(self.count)
             ]
             for proxy in self.proxies:
                 proxy.wait_ready(timeout=60)
-            self.wait_collected()
+            if self.collector:
+                self.wait_collected()
         except BaseException:
             self.stop()
             raise
@@ -160,7 +178,8 @@ class Replicas:
     def stop(self) -> None:
         for proxy in self.proxies:
             proxy.stop()
-        self.fleet.stop()
+        if self.own_fleet:
+            self.fleet.stop()
 
     def __enter__(self) -> Replicas:
         return self.start()
