@@ -2,11 +2,14 @@
 
     python bench/faults.py                       # all faults, 12 clients, 10 s each (~4 min)
     python bench/faults.py --clients 6 --seconds 5 --print-only
+    python bench/faults.py --failover            # Redis failovers, 3 llmlbd replicas (~2 min)
 
 Runs the scenarios of tests/faults/scenarios.py (the same world, load
 driver and checks as the pytest suite) and rewrites the table between the
 ``faults-table`` markers of docs/reliability.md, with the date, the load
-average and the command. Exits 1 when any scenario broke a promise (the
+average and the command. With ``--failover`` it runs tests/faults/failover.py
+instead (a Redis Cluster master kill and a Sentinel master kill and pause,
+each under three llmlbd replicas) into the ``failover-table`` markers. Exits 1 when any scenario broke a promise (the
 problems are printed and listed under the table).
 """
 
@@ -22,24 +25,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.faults import scenarios  # noqa: E402
+from tests.faults import failover, scenarios  # noqa: E402
 from tests.faults.world import World  # noqa: E402
+from tests.topologies import ClusterDeployment, SentinelGroup  # noqa: E402
 
 DOC = ROOT / "docs" / "reliability.md"
-BEGIN, END = "<!-- faults-table:begin -->", "<!-- faults-table:end -->"
+MARKERS = {
+    "faults": ("<!-- faults-table:begin -->", "<!-- faults-table:end -->"),
+    "failover": ("<!-- failover-table:begin -->", "<!-- failover-table:end -->"),
+}
+FAILOVERS = {
+    "cluster_kill": lambda: ClusterDeployment(masters=3, replicas=1),
+    "sentinel_kill": lambda: SentinelGroup(replicas=2, sentinels=3),
+    "sentinel_pause": lambda: SentinelGroup(replicas=2, sentinels=3),
+}
 
 
-def table(reports: list[scenarios.Report]) -> str:
-    rows = [report.row() for report in reports]
+def table(rows: list[dict[str, object]]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def write(text: str) -> None:
+def write(text: str, which: str) -> None:
+    begin, finish = MARKERS[which]
     page = DOC.read_text()
-    start, end = page.index(BEGIN) + len(BEGIN), page.index(END)
+    start, end = page.index(begin) + len(begin), page.index(finish)
     DOC.write_text(page[:start] + "\n" + text + "\n" + page[end:])
 
 
@@ -48,28 +60,45 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--print-only", action="store_true", help="do not touch the doc")
+    parser.add_argument(
+        "--failover", action="store_true", help="Redis failovers under 3 replicas instead"
+    )
     args = parser.parse_args()
 
     reports: list[scenarios.Report] = []
-    with World() as world:
-        for scenario in scenarios.SHARED_WORLD:
+    rows: list[dict[str, object]] = []
+    if args.failover:
+        for fault, topology in FAILOVERS.items():
             started = time.monotonic()
-            report = scenario(world, clients=args.clients, seconds=args.seconds)
+            with topology() as deployment, failover.Replicas(deployment) as replicas:
+                report, timeline = failover.failover_under_load(
+                    replicas, fault, clients=args.clients, seconds=args.seconds
+                )
             reports.append(report)
-            print(f"{time.monotonic() - started:5.1f} s  {report.row()}", flush=True)
+            rows.append({**report.row(), **timeline.row()})
+            print(f"{time.monotonic() - started:5.1f} s  {rows[-1]}", flush=True)
+            print(f"        {timeline.summary()}", flush=True)
+    else:
+        with World() as world:
+            for scenario in scenarios.SHARED_WORLD:
+                started = time.monotonic()
+                report = scenario(world, clients=args.clients, seconds=args.seconds)
+                reports.append(report)
+                rows.append(report.row())
+                print(f"{time.monotonic() - started:5.1f} s  {report.row()}", flush=True)
     load = os.getloadavg()
     problems = [f"{r.fault}: {p}" for r in reports for p in r.problems()]
     for problem in problems:
         print("PROBLEM", problem)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python bench/faults.py" + (
+    command = "python bench/faults.py" + (" --failover" if args.failover else "") + (
         "" if (args.clients, args.seconds) == (12, 10.0) else
         f" --clients {args.clients} --seconds {args.seconds:g}"
     )  # fmt: skip
     text = (
         f"Produced by `{command}` on {when}; load average of the machine "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min, 2 cores, shared).\n\n"
-        + table(reports)
+        + table(rows)
         + "\n\n"
         + (
             "Problems: none."
@@ -80,7 +109,7 @@ def main() -> int:
     if args.print_only:
         print(text)
     else:
-        write(text)
+        write(text, "failover" if args.failover else "faults")
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 1 if problems else 0
 

@@ -4,6 +4,13 @@ The Router runs the configured policy while Redis answers and the local
 least-request fallback while it does not (behind a circuit breaker), and it
 makes release reliable: a release that fails because Redis is down is kept
 and retried by `maintain()`, which a worker calls about once a second.
+
+After a Redis failover the promoted replica may lack the last writes of the
+old master (replication is asynchronous): a release acknowledged there can
+be lost, and the lease of a request that ended stays counted under this
+live worker, which the reaper never touches. So `maintain()` audits: after
+any Redis error, and every `AUDIT_EVERY_S` anyway, it releases every lease
+Redis holds for this worker that no request of the worker holds.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ log = structlog.get_logger("llmlbd.router")
 # Redis stall the breaker rides out, short enough that a retry of the same
 # request id after recovery is not cut short for long.
 UNSURE_FOR_S = 10.0
+# How often maintain() audits this worker's leases when no Redis error asked for it sooner.
+AUDIT_EVERY_S = 60.0
 
 
 class Router:
@@ -52,10 +61,16 @@ class Router:
         # Acquires that timed out: request id -> when to stop releasing it (monotonic).
         self.unsure_acquires: dict[str, float] = {}
         self._last_reap = 0.0
+        # Request ids with a pick under way or a lease held: the audit keeps their leases.
+        self.holding: set[str] = set()
+        self.audit_every_s = AUDIT_EVERY_S
+        self._audit_due = False
+        self._last_audit = time.monotonic()
         # Optional callbacks for metrics: redis_error(op), fallback().
         self.observer = observer
 
     def _redis_failed(self, op: str, exc: Exception) -> None:
+        self._audit_due = True
         opened = self.breaker.failure()
         if self.observer:
             self.observer.redis_error(op)
@@ -71,9 +86,11 @@ class Router:
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         if self.breaker.allow():
             started = time.perf_counter()
+            self.holding.add(request.request_id)
             try:
                 decision = self.policy.pick(request, exclude)
             except REDIS_ERRORS as exc:
+                self.holding.discard(request.request_id)
                 self._redis_failed("pick", exc)
                 # A timed-out acquire may still run once Redis wakes up (a slow or
                 # paused server executes what sat in its socket, in no set order
@@ -82,6 +99,7 @@ class Router:
                 # lease that never landed is a no-op.
                 self.unsure_acquires[request.request_id] = time.monotonic() + UNSURE_FOR_S
             except LLMLBError:
+                self.holding.discard(request.request_id)
                 self.breaker.success()
                 raise
             else:
@@ -101,6 +119,7 @@ class Router:
         if decision.local:
             self.fallback.release(decision.request_id)
             return
+        self.holding.discard(decision.request_id)
         started = time.perf_counter()
         try:
             self.leases.release(decision.request_id)
@@ -127,6 +146,8 @@ class Router:
                 self._last_reap = now
                 self.leases.reap()
             self._refresh_unavailable()
+            if self._audit_due or now - self._last_audit >= self.audit_every_s:
+                self._audit()
         except REDIS_ERRORS as exc:
             self._redis_failed("maintain", exc)
         else:
@@ -134,6 +155,19 @@ class Router:
                 # maintain() itself just proved Redis answers: route globally again now.
                 log.info("redis_recovered")
                 self.breaker.success()
+
+    def _audit(self) -> None:
+        """Release the leases Redis holds for this worker that no request of it holds."""
+        self._audit_due = False
+        self._last_audit = time.monotonic()
+        keep = self.holding | self.pending_releases | set(self.unsure_acquires)
+        released = 0
+        for request_id in self.leases.own() - keep:
+            # A pick that began meanwhile holds its own, new request id: never one of these.
+            if request_id not in self.holding and self.leases.release(request_id):
+                released += 1
+        if released:
+            log.warning("orphan_leases_released", released=released)
 
     def _refresh_unavailable(self) -> None:
         names = [b.name for b in self.fallback.ctx.backends]

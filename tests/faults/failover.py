@@ -13,10 +13,12 @@ decisions and Redis errors counted by each replica's /metrics.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -198,11 +200,27 @@ class Timeline:
     fallback_decisions: float = 0.0
     redis_errors: float = 0.0
     log_lines: dict[str, int] = field(default_factory=dict)  # event -> count over replicas
+    # Per worker: from its first redis_unavailable to its last redis_recovered log line.
+    fallback_s: list[float] = field(default_factory=list)
+    converged_s: float = 0.0  # from the end of the load until no count and no lease is left
 
     def not_ready(self) -> tuple[float, float] | None:
         """(first, last) moment any replica's /readyz was not 200, or None."""
         bad = [t for t, _, status in self.readyz if status != 200]
         return (min(bad), max(bad)) if bad else None
+
+    def row(self) -> dict[str, object]:
+        """The columns bench/faults.py adds to a Report's row."""
+        window = self.not_ready()
+        return {
+            "promoted after (s)": round(self.promoted_s, 1),
+            "/readyz not 200 (s)": "never"
+            if window is None
+            else f"{window[0]:.1f}-{window[1]:.1f}",
+            "workers on the fallback (s)": _span(self.fallback_s),
+            "fallback decisions": int(self.fallback_decisions),
+            "Redis errors": int(self.redis_errors),
+        }
 
     def summary(self) -> str:
         window = self.not_ready()
@@ -212,9 +230,15 @@ class Timeline:
         logs = ", ".join(f"{event} x{count}" for event, count in sorted(self.log_lines.items()))
         return (
             f"promoted after {self.promoted_s:.1f} s; /readyz {ready}; "
+            f"workers on the fallback {_span(self.fallback_s)} s; "
+            f"counts at 0 {self.converged_s:.1f} s after the load; "
             f"{self.fallback_decisions:.0f} fallback decisions, {self.redis_errors:.0f} Redis "
             f"errors; logs: {logs or 'none'}"
         )
+
+
+def _span(values: list[float]) -> str:
+    return "none" if not values else f"{min(values):.1f}-{max(values):.1f}"
 
 
 class ReadyzProbe:
@@ -245,6 +269,26 @@ class ReadyzProbe:
 
 
 EVENTS = ("redis_unavailable", "redis_recovered", "maintain_failed", "retire_failed")
+
+
+def fallback_spans(replicas: Replicas, since_chars: list[int]) -> list[float]:
+    """Per worker, seconds from its first redis_unavailable to its last redis_recovered."""
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for proxy, offset in zip(replicas.proxies, since_chars):
+        for line in proxy.log()[offset:].splitlines():
+            if "redis_unavailable" not in line and "redis_recovered" not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            when = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+            if record["event"] == "redis_unavailable":
+                first.setdefault(record["pid"], when)
+            elif record["event"] == "redis_recovered":
+                last[record["pid"]] = when
+    return [last[pid] - first[pid] for pid in first if pid in last]
 
 
 def count_events(replicas: Replicas, since_chars: list[int]) -> dict[str, int]:
@@ -315,7 +359,7 @@ def failover_under_load(
     )
     report.bound_s = FAILOVER_BOUND_S
     try:
-        replicas.wait_converged()
+        timeline.converged_s = replicas.wait_converged()
     except AssertionError as exc:
         report.leaked = replicas.inflight()
         report.broken.append(str(exc))
@@ -326,6 +370,7 @@ def failover_under_load(
     )
     timeline.redis_errors = replicas.metric("llmlbd_redis_errors_total") - errors_before
     timeline.log_lines = count_events(replicas, offsets)
+    timeline.fallback_s = fallback_spans(replicas, offsets)
     if "Traceback" in timeline.log_lines:
         report.broken.append(f"a replica logged a traceback: {timeline.log_lines}")
     return report, timeline
