@@ -8,9 +8,12 @@ and retried by `maintain()`, which a worker calls about once a second.
 After a Redis failover the promoted replica may lack the last writes of the
 old master (replication is asynchronous): a release acknowledged there can
 be lost, and the lease of a request that ended stays counted under this
-live worker, which the reaper never touches. So `maintain()` audits: after
-any Redis error, and every `AUDIT_EVERY_S` anyway, it releases every lease
-Redis holds for this worker that no request of the worker holds.
+live worker, which the reaper never touches; an acquire can be lost too, and
+an outage longer than the lease TTL lets a reaper drop the leases of this
+live worker. So `maintain()` audits: after any Redis error, and every
+`AUDIT_EVERY_S` anyway, it releases every lease Redis holds for this worker
+that no request of it holds, and takes again the leases its requests hold
+that Redis lost.
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ class Router:
         # Acquires that timed out: request id -> when to stop releasing it (monotonic).
         self.unsure_acquires: dict[str, float] = {}
         self._last_reap = 0.0
-        # Request ids with a pick under way or a lease held: the audit keeps their leases.
-        self.holding: set[str] = set()
+        # Request id -> backend of every lease held ("" while its pick is under way).
+        self.holding: dict[str, str] = {}
         self.audit_every_s = AUDIT_EVERY_S
         self._audit_due = False
         self._last_audit = time.monotonic()
@@ -86,11 +89,11 @@ class Router:
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         if self.breaker.allow():
             started = time.perf_counter()
-            self.holding.add(request.request_id)
+            self.holding[request.request_id] = ""
             try:
                 decision = self.policy.pick(request, exclude)
             except REDIS_ERRORS as exc:
-                self.holding.discard(request.request_id)
+                self.holding.pop(request.request_id, None)
                 self._redis_failed("pick", exc)
                 # A timed-out acquire may still run once Redis wakes up (a slow or
                 # paused server executes what sat in its socket, in no set order
@@ -99,10 +102,11 @@ class Router:
                 # lease that never landed is a no-op.
                 self.unsure_acquires[request.request_id] = time.monotonic() + UNSURE_FOR_S
             except LLMLBError:
-                self.holding.discard(request.request_id)
+                self.holding.pop(request.request_id, None)
                 self.breaker.success()
                 raise
             else:
+                self.holding[decision.request_id] = decision.backend.name
                 if self.breaker.state != "closed":
                     log.info("redis_recovered")
                 self.breaker.success()
@@ -119,7 +123,7 @@ class Router:
         if decision.local:
             self.fallback.release(decision.request_id)
             return
-        self.holding.discard(decision.request_id)
+        self.holding.pop(decision.request_id, None)
         started = time.perf_counter()
         try:
             self.leases.release(decision.request_id)
@@ -157,17 +161,26 @@ class Router:
                 self.breaker.success()
 
     def _audit(self) -> None:
-        """Release the leases Redis holds for this worker that no request of it holds."""
+        """Make Redis hold exactly the leases of this worker's requests: release the leases
+        no request holds, take again those Redis lost (a lost acquire, or a reaper that
+        declared this worker dead while it could not heart-beat)."""
         self._audit_due = False
         self._last_audit = time.monotonic()
-        keep = self.holding | self.pending_releases | set(self.unsure_acquires)
-        released = 0
-        for request_id in self.leases.own() - keep:
+        own = self.leases.own()
+        keep = set(self.holding) | self.pending_releases | set(self.unsure_acquires)
+        released = restored = 0
+        for request_id in own - keep:
             # A pick that began meanwhile holds its own, new request id: never one of these.
             if request_id not in self.holding and self.leases.release(request_id):
                 released += 1
-        if released:
-            log.warning("orphan_leases_released", released=released)
+        for request_id, backend in list(self.holding.items()):
+            # Checked just before the call: a release() that runs later sends its script
+            # after this acquire, so nothing is left behind. A backend now down, drained or
+            # full refuses: that request stays uncounted until it ends, as before.
+            if backend and request_id not in own and self.holding.get(request_id) == backend:
+                restored += bool(self.leases.acquire(request_id, backend).backend)
+        if released or restored:
+            log.warning("leases_repaired", released=released, restored=restored)
 
     def _refresh_unavailable(self) -> None:
         names = [b.name for b in self.fallback.ctx.backends]

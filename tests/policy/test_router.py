@@ -221,3 +221,22 @@ def _answers(client) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def test_the_audit_takes_again_a_lease_redis_lost(router, admin) -> None:
+    """The promoted replica lacks an acquire (or a reaper dropped this live worker's leases
+    during a long outage): the request still runs on its backend, so after a Redis error
+    maintain() takes its lease again, and its release later frees it."""
+    router.maintain()
+    held = router.pick(request(4))
+    router.leases.release(held.request_id)  # Redis lost it; the router still holds it
+    assert counts(admin) == {}
+    router.audit_every_s = 0.0  # as after a Redis error: the next maintain() audits
+    router.maintain()
+    lease = admin.hget(KEYS.leases, held.request_id)
+    assert lease is not None and lease.split(" ")[:2] == [held.backend.name, "host:1:router"]
+    assert counts(admin) == {held.backend.name: 1}
+    router.maintain()  # audits again: nothing more to repair, counted once
+    assert counts(admin) == {held.backend.name: 1}
+    router.release(held)
+    assert counts(admin) == {} and admin.hlen(KEYS.leases) == 0
