@@ -203,6 +203,7 @@ class Timeline:
     # Per worker: from its first redis_unavailable to its last redis_recovered log line.
     fallback_s: list[float] = field(default_factory=list)
     converged_s: float = 0.0  # from the end of the load until no count and no lease is left
+    repaired: dict[str, int] = field(default_factory=dict)  # leases_repaired: released, restored
 
     def not_ready(self) -> tuple[float, float] | None:
         """(first, last) moment any replica's /readyz was not 200, or None."""
@@ -219,6 +220,9 @@ class Timeline:
             else f"{window[0]:.1f}-{window[1]:.1f}",
             "workers on the fallback (s)": _span(self.fallback_s),
             "fallback decisions": int(self.fallback_decisions),
+            "leases released / restored by the audit": (
+                f"{self.repaired.get('released', 0)} / {self.repaired.get('restored', 0)}"
+            ),
             "Redis errors": int(self.redis_errors),
         }
 
@@ -268,7 +272,26 @@ class ReadyzProbe:
         return self.samples
 
 
-EVENTS = ("redis_unavailable", "redis_recovered", "maintain_failed", "retire_failed")
+EVENTS = (
+    "redis_unavailable",
+    "redis_recovered",
+    "leases_repaired",
+    "leases_reaped",
+    "maintain_failed",
+    "retire_failed",
+)
+
+
+def repaired(replicas: Replicas, since_chars: list[int]) -> dict[str, int]:
+    """The released and restored counts of every leases_repaired line, summed."""
+    sums = {"released": 0, "restored": 0}
+    for proxy, offset in zip(replicas.proxies, since_chars):
+        for line in proxy.log()[offset:].splitlines():
+            if '"leases_repaired"' in line:
+                record = json.loads(line)
+                for key in sums:
+                    sums[key] += int(record.get(key, 0))
+    return sums
 
 
 def fallback_spans(replicas: Replicas, since_chars: list[int]) -> list[float]:
@@ -371,6 +394,7 @@ def failover_under_load(
     timeline.redis_errors = replicas.metric("llmlbd_redis_errors_total") - errors_before
     timeline.log_lines = count_events(replicas, offsets)
     timeline.fallback_s = fallback_spans(replicas, offsets)
+    timeline.repaired = repaired(replicas, offsets)
     if "Traceback" in timeline.log_lines:
         report.broken.append(f"a replica logged a traceback: {timeline.log_lines}")
     return report, timeline
