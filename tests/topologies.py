@@ -19,6 +19,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -116,7 +117,34 @@ class RedisNode:
         self.proc.stop(2)
 
 
-class ClusterDeployment:
+D = TypeVar("D", bound="_Deployment")
+
+
+class _Deployment:
+    """Started by start() or a with block; whatever started is stopped if a step fails."""
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self: D) -> D:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self: D) -> D:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ClusterDeployment(_Deployment):
     """*masters* masters sharing the slots, each with *replicas* replicas."""
 
     def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = DOWN_AFTER_MS):
@@ -125,14 +153,6 @@ class ClusterDeployment:
         self.masters = masters
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
-
-    def start(self) -> ClusterDeployment:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start(self) -> None:
         for _ in range(self.masters * (1 + self.replicas)):
@@ -234,14 +254,8 @@ class ClusterDeployment:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> ClusterDeployment:
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class SentinelGroup:
+class SentinelGroup(_Deployment):
     """A master, *replicas* replicas and *sentinels* Sentinels (quorum: a majority)."""
 
     def __init__(
@@ -258,14 +272,6 @@ class SentinelGroup:
         self.down_after_ms = down_after_ms
         self.servers: list[RedisNode] = []
         self.sentinels: list[RedisNode] = []
-
-    def start(self) -> SentinelGroup:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _start(self) -> None:
         master = RedisNode(self.directory, free_port())
@@ -350,9 +356,3 @@ class SentinelGroup:
     def stop(self) -> None:
         for node in self.sentinels + self.servers:
             node.stop()
-
-    def __enter__(self) -> SentinelGroup:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
