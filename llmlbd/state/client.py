@@ -132,13 +132,14 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
 class _Retry(Retry):
     """redis-py's Retry, that also closes the connection of a command that timed out.
 
-    Given only ConnectionError to retry, redis-py re-raises a timeout without
-    calling its failure handler, which is what closes the connection: the
-    connection went back to the pool with the late reply still to come, and
-    the next command on it read that reply as its own (under a paused or
-    overloaded Redis: a heartbeat answered "PONG", a release answered with an
-    acquire's reply, so a release that never ran was taken as done and the
-    count leaked for good). Now the connection is closed and the timeout raised.
+    redis-py's Sentinel connections do not close themselves when a read times
+    out (they read with ``disconnect_on_error=False``), and given only
+    ConnectionError to retry, Retry re-raises a timeout without calling its
+    failure handler, which is what closes the connection. So the connection
+    went back to the pool owing a reply, and the next command on it read that
+    reply as its own: with a paused Sentinel master, heartbeats answered
+    "PONG", an acquire read "OK" (a 500), and leases were left behind. Now the
+    connection is closed and the timeout raised.
     """
 
     def call_with_retry(
