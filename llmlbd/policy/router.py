@@ -4,6 +4,16 @@ The Router runs the configured policy while Redis answers and the local
 least-request fallback while it does not (behind a circuit breaker), and it
 makes release reliable: a release that fails because Redis is down is kept
 and retried by `maintain()`, which a worker calls about once a second.
+
+After a Redis failover the promoted replica may lack the last writes of the
+old master (replication is asynchronous): a release acknowledged there can
+be lost, and the lease of a request that ended stays counted under this
+live worker, which the reaper never touches; an acquire can be lost too, and
+an outage longer than the lease TTL lets a reaper drop the leases of this
+live worker. So `maintain()` audits: after any Redis error, and every
+`AUDIT_EVERY_S` anyway, it releases every lease Redis holds for this worker
+that no request of it holds, and takes again the leases its requests hold
+that Redis lost.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ log = structlog.get_logger("llmlbd.router")
 # Redis stall the breaker rides out, short enough that a retry of the same
 # request id after recovery is not cut short for long.
 UNSURE_FOR_S = 10.0
+# How often maintain() audits this worker's leases when no Redis error asked for it sooner.
+AUDIT_EVERY_S = 60.0
 
 
 class Router:
@@ -53,10 +65,16 @@ class Router:
         # Acquires that timed out: request id -> when to stop releasing it (monotonic).
         self.unsure_acquires: dict[str, float] = {}
         self._last_reap = 0.0
+        # Request id -> backend of every lease held ("" while its pick is under way).
+        self.holding: dict[str, str] = {}
+        self.audit_every_s = AUDIT_EVERY_S
+        self._audit_due = False
+        self._last_audit = time.monotonic()
         # Optional callbacks for metrics: redis_error(op), fallback().
         self.observer = observer
 
     def _redis_failed(self, op: str, exc: Exception) -> None:
+        self._audit_due = True
         opened = self.breaker.failure()
         if self.observer:
             self.observer.redis_error(op)
@@ -72,9 +90,11 @@ class Router:
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
         if self.breaker.allow():
             started = time.perf_counter()
+            self.holding[request.request_id] = ""
             try:
                 decision = self.policy.pick(request, exclude)
             except REDIS_ERRORS as exc:
+                self.holding.pop(request.request_id, None)
                 self._redis_failed("pick", exc)
                 # A timed-out acquire may still run once Redis wakes up (a slow or
                 # paused server executes what sat in its socket, in no set order
@@ -83,9 +103,11 @@ class Router:
                 # lease that never landed is a no-op.
                 self.unsure_acquires[request.request_id] = time.monotonic() + UNSURE_FOR_S
             except LLMLBError:
+                self.holding.pop(request.request_id, None)
                 self.breaker.success()
                 raise
             else:
+                self.holding[decision.request_id] = decision.backend.name
                 if self.breaker.state != "closed":
                     log.info("redis_recovered")
                 self.breaker.success()
@@ -104,6 +126,7 @@ class Router:
         if decision.local:
             self.fallback.release(decision.request_id)
             return
+        self.holding.pop(decision.request_id, None)
         started = time.perf_counter()
         try:
             released = self.leases.release(decision.request_id, outcome)
@@ -155,6 +178,8 @@ class Router:
                 self._last_reap = now
                 self.leases.reap()
             self._refresh_unavailable()
+            if self._audit_due or now - self._last_audit >= self.audit_every_s:
+                self._audit()
         except REDIS_ERRORS as exc:
             self._redis_failed("maintain", exc)
         else:
@@ -162,6 +187,28 @@ class Router:
                 # maintain() itself just proved Redis answers: route globally again now.
                 log.info("redis_recovered")
                 self.breaker.success()
+
+    def _audit(self) -> None:
+        """Make Redis hold exactly the leases of this worker's requests: release the leases
+        no request holds, take again those Redis lost (a lost acquire, or a reaper that
+        declared this worker dead while it could not heart-beat)."""
+        self._audit_due = False
+        self._last_audit = time.monotonic()
+        own = self.leases.own()
+        keep = set(self.holding) | self.pending_releases | set(self.unsure_acquires)
+        released = restored = 0
+        for request_id in own - keep:
+            # A pick that began meanwhile holds its own, new request id: never one of these.
+            if request_id not in self.holding and self.leases.release(request_id):
+                released += 1
+        for request_id, backend in list(self.holding.items()):
+            # Checked just before the call: a release() that runs later sends its script
+            # after this acquire, so nothing is left behind. A backend now down, drained or
+            # full refuses: that request stays uncounted until it ends, as before.
+            if backend and request_id not in own and self.holding.get(request_id) == backend:
+                restored += bool(self.leases.acquire(request_id, backend).backend)
+        if released or restored:
+            log.warning("leases_repaired", released=released, restored=restored)
 
     def _refresh_unavailable(self) -> None:
         names = [b.name for b in self.fallback.ctx.backends]

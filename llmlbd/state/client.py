@@ -9,7 +9,8 @@ fallback take over instead).
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -17,6 +18,8 @@ from redis.retry import Retry
 
 from llmlbd.config.loader import RedisTarget
 from llmlbd.embedded import EMBEDDED_URL_ENV
+
+T = TypeVar("T")
 
 __all__ = [
     "connect",
@@ -27,6 +30,8 @@ __all__ = [
     "UNREACHABLE",
     "AuthenticationError",
     "ResponseError",
+    "script_pipeline",
+    "execute_script_pipeline",
 ]
 
 # Redis cannot be reached (or refuses for now): callers fall back or retry later.
@@ -87,7 +92,7 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
         # restarted Redis), never on a timeout: the timed-out command may still
         # run, and running an acquire script twice counted the request once and
         # answered the client 503 (the second run finds its own lease).
-        retry=Retry(
+        retry=_Retry(
             ExponentialBackoff(cap=0.05, base=0.005), 1, supported_errors=(redis.ConnectionError,)
         ),
         retry_on_timeout=False,
@@ -115,12 +120,99 @@ def connect(config: Any, url: str | None = None, decode_responses: bool = True) 
             f"which starts an embedded server and exports {EMBEDDED_URL_ENV}"
         )
     if target.mode == "cluster":
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(url, **common)
+        return _Cluster.from_url(url, **common)
     if common.pop("ssl", False):
         common["connection_class"] = redis.SSLConnection
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=r.max_connections, timeout=timeout, **common
     )
     return redis.Redis(connection_pool=pool)
+
+
+class _Retry(Retry):
+    """redis-py's Retry, that also closes the connection of a command that timed out.
+
+    redis-py's Sentinel connections do not close themselves when a read times
+    out (they read with ``disconnect_on_error=False``), and given only
+    ConnectionError to retry, Retry re-raises a timeout without calling its
+    failure handler, which is what closes the connection. So the connection
+    went back to the pool owing a reply, and the next command on it read that
+    reply as its own: with a paused Sentinel master, heartbeats answered
+    "PONG", an acquire read "OK" (a 500), and leases were left behind. Now the
+    connection is closed and the timeout raised.
+    """
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        try:
+            return super().call_with_retry(do, fail, is_retryable, with_failure_count)
+        except redis.TimeoutError as error:
+            try:
+                if with_failure_count:
+                    fail(error, 1)
+                else:
+                    fail(error)
+            except redis.RedisError:
+                pass  # fail() closed the connection, then raised its own error: keep ours
+            raise
+
+
+class _Cluster(redis.RedisCluster):
+    """redis-py's cluster client, minus its retry of a command that timed out.
+
+    redis-py retries a cluster command on a timeout whatever `retry` says
+    (`ERRORS_ALLOW_RETRY`): on a stalled node a request waited two socket
+    timeouts and a slot-map refresh before the local fallback, and a
+    timed-out acquire that still runs next to its retry counts once and
+    answers "duplicate" (a 503), as the standalone client's comment above
+    says. A broken connection, CLUSTERDOWN and an uncovered slot (a
+    failover under way) are still retried once, after the client re-read
+    the slot map; MOVED and ASK are followed as before.
+    """
+
+    # A narrower tuple than the base class's, on purpose: TimeoutError is left out.
+    ERRORS_ALLOW_RETRY = (  # type: ignore[assignment]
+        redis.ConnectionError,
+        redis.exceptions.ClusterDownError,
+        redis.exceptions.SlotNotCoveredError,
+    )
+
+
+def script_pipeline(client: Any, key: str) -> Any:
+    """A pipeline that may carry EVALSHA, on the server that holds *key*.
+
+    redis-py refuses scripts in a cluster pipeline; every key of a pool
+    shares one slot, so a pool's pipeline goes to the node that serves it.
+    Run it with `execute_script_pipeline`, which re-reads the slot map when
+    that node failed or no longer serves the slot.
+    """
+    if not isinstance(client, redis.RedisCluster):
+        return client.pipeline(transaction=False)
+    node = client.get_node_from_key(key)
+    return client.get_redis_connection(node).pipeline(transaction=False)
+
+
+def execute_script_pipeline(client: Any, pipe: Any) -> list[Any]:
+    """`pipe.execute(raise_on_error=False)`; on a cluster, a failed node or a moved slot
+    refreshes the slot map and raises ConnectionError (nothing is known to be written)."""
+    if not isinstance(client, redis.RedisCluster):
+        return list(pipe.execute(raise_on_error=False))
+    try:
+        results = list(pipe.execute(raise_on_error=False))
+    except UNREACHABLE:
+        client.nodes_manager.initialize()
+        raise
+    moved = (
+        redis.exceptions.MovedError,
+        redis.exceptions.AskError,
+        redis.exceptions.ClusterDownError,
+    )
+    if any(isinstance(result, moved) for result in results):
+        client.nodes_manager.initialize()
+        raise redis.ConnectionError("the pool's slot moved (a cluster failover): retry")
+    return results

@@ -18,17 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llmlbd.state.client import ResponseError
+from llmlbd.state.client import execute_script_pipeline, script_pipeline
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet, reply_text
 
 __all__ = ["CollectorLeases", "FieldWrite", "new_collector_id"]
-
-
-def _is_cluster(client: Any) -> bool:
-    from redis.cluster import RedisCluster
-
-    return isinstance(client, RedisCluster)
 
 
 @dataclass(frozen=True)
@@ -91,23 +85,13 @@ class CollectorLeases:
         collector took the backend), or the Exception a script raised. A
         network error raises, since then nothing is known to be written.
         """
-        if _is_cluster(self.client):
-            # redis-py refuses scripts in a Redis Cluster pipeline: one call per write
-            # (every key of a pool is in one slot, so each goes to the same node).
-            return [self._publish_one(write) for write in writes]
-        pipe = self.client.pipeline(transaction=False)
+        pipe = script_pipeline(self.client, self.keys.scrape_owners)
         for write in writes:
             self._publish(write, pipe)
         return [
             r if isinstance(r, Exception) else bool(int(r))
-            for r in pipe.execute(raise_on_error=False)
+            for r in execute_script_pipeline(self.client, pipe)
         ]
-
-    def _publish_one(self, write: FieldWrite) -> bool | Exception:
-        try:
-            return bool(int(self._publish(write, self.client)))
-        except ResponseError as exc:  # as execute(raise_on_error=False) reports it
-            return exc
 
     def _publish(self, write: FieldWrite, client: Any) -> Any:
         k, backend, fields, delete = self.keys, write.backend, write.fields, write.delete

@@ -103,6 +103,15 @@ class Leases:
         args = [request_id, outcome, *self.outlier.args()]
         return Released.from_reply(self.scripts.release(keys=[k.inflight, k.leases], args=args))
 
+    def own(self) -> set[str]:
+        """The request ids this worker holds a lease for, as Redis has them."""
+        held = self.client.hgetall(self.keys.leases)
+        return {
+            reply_text(request_id)
+            for request_id, lease in held.items()
+            if reply_text(lease).split(" ", 2)[1:2] == [self.worker_id]
+        }
+
     def heartbeat(self) -> int:
         """Keep this worker's leases alive for another TTL; returns the deadline (ms)."""
         return int(

@@ -27,7 +27,7 @@ from llmlbd.state import backend_fields as F
 from llmlbd.state.breaker import Breaker
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
-from tests.harness import free_port
+from tests.harness import free_port, wait_until
 
 BACKENDS = [Backend("a", "http://a", 1.0), Backend("b", "http://b", 1.0)]
 KEYS = PoolKeys("router")
@@ -201,3 +201,66 @@ def test_release_outcomes_eject_a_backend_once_and_the_fallback_avoids_it(router
     assert {router.pick(request(100 + i)).backend.name for i in range(6)} == {"b"}
     router.maintain()
     assert router.fallback.unavailable == {"a"}
+
+
+def test_a_lease_lost_to_a_failover_is_released_by_the_audit(router, server, admin) -> None:
+    """A release acknowledged by a master that died before its replica got it: the promoted
+    Redis still holds the lease under this live worker, which the reaper never touches.
+    After a Redis error, maintain() releases every lease of this worker that no request of
+    it holds, and keeps the ones its requests hold."""
+    held = router.pick(request(1))
+    # The lost release: a lease of this worker (same script, same worker id) that no
+    # request of the router holds, as after a failover that lost its release.
+    assert router.leases.acquire("lost-1", "a").backend == "a"
+    admin.save()
+    server.kill()
+    assert router.pick(request(2)).local  # a Redis error: the audit is due
+    server.start()
+    wait_until(lambda: _answers(admin), timeout=10, message="Redis back")
+    router.maintain()
+    assert router.breaker.state == "closed"
+    assert set(admin.hkeys(KEYS.leases)) == {held.request_id}
+    assert sum(counts(admin).values()) == 1
+    router.release(held)
+    assert counts(admin) == {} and admin.hlen(KEYS.leases) == 0
+
+
+def test_the_audit_also_runs_now_and_then_without_an_error(router, admin) -> None:
+    """A lost release with no error seen by this worker (it was idle during the failover):
+    the periodic audit releases it; a pick under way keeps its lease."""
+    router.maintain()
+    assert router.leases.acquire("lost-2", "b").backend == "b"
+    held = router.pick(request(3))
+    router.maintain()  # the audit is not due yet
+    assert admin.hexists(KEYS.leases, "lost-2")
+    router.audit_every_s = 0.0
+    router.maintain()
+    assert set(admin.hkeys(KEYS.leases)) == {held.request_id}
+    router.release(held)
+    assert counts(admin) == {}
+
+
+def _answers(client) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_the_audit_takes_again_a_lease_redis_lost(router, admin) -> None:
+    """The promoted replica lacks an acquire (or a reaper dropped this live worker's leases
+    during a long outage): the request still runs on its backend, so after a Redis error
+    maintain() takes its lease again, and its release later frees it."""
+    router.maintain()
+    held = router.pick(request(4))
+    router.leases.release(held.request_id)  # Redis lost it; the router still holds it
+    assert counts(admin) == {}
+    router.audit_every_s = 0.0  # as after a Redis error: the next maintain() audits
+    router.maintain()
+    lease = admin.hget(KEYS.leases, held.request_id)
+    assert lease is not None and lease.split(" ")[:2] == [held.backend.name, "host:1:router"]
+    assert counts(admin) == {held.backend.name: 1}
+    router.maintain()  # audits again: nothing more to repair, counted once
+    assert counts(admin) == {held.backend.name: 1}
+    router.release(held)
+    assert counts(admin) == {} and admin.hlen(KEYS.leases) == 0

@@ -2,125 +2,45 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
+import threading
 import time
-from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from llmlbd.config import config_from_dict
 from llmlbd.config.loader import Backend
-from llmlbd.embedded import find_server_binary
-from llmlbd.state.client import connect
+from llmlbd.state.client import REDIS_ERRORS, connect
+from llmlbd.state.collectors import CollectorLeases, FieldWrite
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases, reap
 from llmlbd.state.snapshot import read_pool
-from tests.harness import free_port, wait_until
+from tests.harness import wait_until
 from tests.state.least_request import acquire_least
+from tests.topologies import ClusterDeployment, SentinelGroup
 
 pytestmark = pytest.mark.cluster
 
 
-def start_server(directory: Path, port: int, *args: str) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [
-            find_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: _pings(port), timeout=10, message=f"server on {port}")
-    except TimeoutError:
-        process.kill()
-        process.wait()
-        raise
-    return process
-
-
-def _pings(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=0.5) as client:
-            return client.ping()
-    except redis.RedisError:
-        return False
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    import random
-    import socket
-
-    while True:
-        port = random.randint(20000, 45000)
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-            return port
-        except OSError:
-            continue
-
-
 @pytest.fixture(scope="module")
-def cluster_url():
-    """Three masters sharing the 16384 slots, joined with CLUSTER MEET."""
-    directory = Path(tempfile.mkdtemp(prefix="llmlbd-cluster-"))
-    ports = [cluster_port() for _ in range(3)]
-    processes: list[subprocess.Popen] = []
-    try:
-        for port in ports:
-            processes.append(
-                start_server(
-                    directory,
-                    port,
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    f"nodes-{port}.conf",
-                )
-            )
-        bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
-        for port, (low, high) in zip(ports, bounds):
-            with redis.Redis(port=port) as client:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
-        with redis.Redis(port=ports[0]) as client:
-            for port in ports[1:]:
-                client.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+def cluster():
+    """Three masters sharing the 16384 slots, each with one replica."""
+    with ClusterDeployment(masters=3, replicas=1) as started:
+        yield started
 
-        def healthy() -> bool:
-            for port in ports:
-                with redis.Redis(port=port, decode_responses=True) as client:
-                    if "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-                        return False
-            return True
 
-        wait_until(healthy, timeout=20, message="cluster_state:ok")
-        yield f"redis://127.0.0.1:{ports[0]}/0"
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+@pytest.fixture
+def cluster_url(cluster):
+    return cluster.startup_url()
 
 
 def test_lease_scripts_and_snapshot_run_on_redis_cluster(cluster_url):
     """Every key of a pool carries the {pool} tag, so each script runs on one node."""
     config = config_from_dict({"redis": {"url": cluster_url, "mode": "cluster"}})
     client = connect(config)
-    assert type(client).__name__ == "RedisCluster"
+    assert isinstance(client, redis.RedisCluster)
     backends = [Backend(name, f"http://{name}:1") for name in ("a", "b", "c")]
     for pool in ("east", "west"):  # different pools hash to different slots, still fine
         keys = PoolKeys(pool)
@@ -183,29 +103,9 @@ def test_prefix_cache_runs_on_redis_cluster(cluster_url):
 
 @pytest.fixture
 def sentinel_setup():
-    directory = Path(tempfile.mkdtemp(prefix="llmlbd-sentinel-"))
-    master_port, sentinel_port = free_port(), free_port()
-    master = start_server(directory, master_port)
-    sentinel = None
-    conf = directory / "sentinel.conf"
-    conf.write_text(
-        f"port {sentinel_port}\nbind 127.0.0.1\n"
-        f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
-        "sentinel down-after-milliseconds mymaster 1000\n"
-    )
-    try:
-        sentinel = subprocess.Popen(
-            [find_server_binary(), str(conf), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: _pings(sentinel_port), timeout=10, message="sentinel up")
-        yield sentinel_port
-    finally:
-        for process in (sentinel, master):
-            if process is not None:
-                process.kill()
-                process.wait()
+    """A master with one replica, watched by one Sentinel; yields the group."""
+    with SentinelGroup(replicas=1, sentinels=1) as group:
+        yield group
 
 
 def test_leases_through_sentinel(sentinel_setup):
@@ -213,7 +113,7 @@ def test_leases_through_sentinel(sentinel_setup):
         {
             "redis": {
                 "mode": "sentinel",
-                "sentinels": [f"127.0.0.1:{sentinel_setup}"],
+                "sentinels": sentinel_setup.hosts,
                 "sentinel_master": "mymaster",
             }
         }
@@ -233,4 +133,115 @@ def test_leases_through_sentinel(sentinel_setup):
     assert acquire_least(leases, "r1", ["a", "b"], [1, 1]).backend in ("a", "b")
     assert leases.release("r1")
     assert client.hgetall(keys.inflight) == {}
+    client.close()
+
+
+def sentinel_config(group: SentinelGroup, timeout_s: float) -> object:
+    return config_from_dict(
+        {
+            "redis": {
+                "mode": "sentinel",
+                "sentinels": group.hosts,
+                "sentinel_master": group.name,
+                "socket_timeout_s": timeout_s,
+            }
+        }
+    )
+
+
+def test_a_timed_out_command_never_hands_its_late_reply_to_the_next_one(sentinel_setup):
+    """redis-py's Sentinel connections do not close on a read timeout: the pooled connection
+    kept the PING's reply owed, and the heartbeat sent next on it read "PONG" (a release
+    read an acquire's reply the same way, and its count leaked). The timed-out connection
+    must be closed, so the heartbeat gets its own reply."""
+    client = connect(sentinel_config(sentinel_setup, 1.0))
+    leases = Leases(client, PoolKeys("desync"), "h:1:d", ttl_ms=5000)
+    wait_until(lambda: _answers(client), timeout=10, message="the sentinel names its master")
+    master = sentinel_setup.master
+    master.pause()
+    try:
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        # The heartbeat is sent while the master is still paused; it wakes up 0.2 s later
+        # and answers the PING first, then the heartbeat.
+        threading.Timer(0.2, master.resume).start()
+        deadline = leases.heartbeat()
+    finally:
+        master.resume()
+    assert isinstance(deadline, int) and deadline > 0
+    assert client.ping() is True
+    client.close()
+
+
+def _answers(client: object) -> bool:
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except redis.RedisError:
+        return False
+
+
+def test_a_cluster_call_waits_at_most_one_socket_timeout(cluster):
+    """redis-py retried a cluster command after a timeout (whatever `retry` says): a request
+    waited two timeouts and a slot-map refresh on a stalled node, and the script could run
+    twice (the second run finds the request's own lease: "duplicate", a 503). As on a single
+    server, a timeout now reaches the router at once (local fallback), and nothing is
+    counted twice."""
+    keys = PoolKeys("timeout")
+    node = cluster.master_of(keys.inflight)
+    config = config_from_dict(
+        {"redis": {"mode": "cluster", "url": cluster.startup_url(), "socket_timeout_s": 0.5}}
+    )
+    client = connect(config)
+    leases = Leases(client, keys, "h:1:t", ttl_ms=5000)
+    assert acquire_least(leases, "warm", ["a", "b"], [1, 1]).backend
+    # The node stalls for 0.8 s: longer than one timeout, shorter than two.
+    sleeper = threading.Thread(
+        target=lambda: node.client(socket_timeout=5).execute_command("DEBUG", "SLEEP", "0.8")
+    )
+    with node.client(socket_timeout=0.05, retry=Retry(NoBackoff(), 0)) as probe:
+        probe.ping()  # connected before the stall
+        sleeper.start()
+        wait_until(lambda: not _answers(probe), timeout=5, message="the node stalls")
+    try:
+        with pytest.raises(redis.TimeoutError):
+            acquire_least(leases, "r1", ["a", "b"], [1, 1])
+    finally:
+        sleeper.join()
+    with node.client() as admin:
+        leased = admin.hgetall(keys.leases)
+        assert sum(int(v) for v in admin.hvals(keys.inflight)) == len(leased) <= 2
+    client.close()
+
+
+def test_collector_publishes_on_a_cluster_and_after_its_failover(cluster):
+    """redis-py refuses EVALSHA in a cluster pipeline, so the collector published nothing on
+    Redis Cluster. Its pipeline goes to the node of the pool's slot; when that node dies the
+    call fails (the collector drops the batch and scrapes again) and, once a replica is
+    promoted, it publishes to the new master."""
+    keys = PoolKeys("collect")
+    config = config_from_dict(
+        {"redis": {"mode": "cluster", "url": cluster.startup_url(), "socket_timeout_s": 0.5}}
+    )
+    client = connect(config)
+    collectors = CollectorLeases(client, keys, "c:1:x", lease_ms=60000)
+    assert collectors.claim(["a", "b"]) == {"a", "b"}
+    writes = [FieldWrite(name, {"num_requests_running": "3"}) for name in ("a", "b")]
+    assert collectors.publish_many(writes) == [True, True]
+    assert client.hget(keys.backend("a"), "num_requests_running") == "3"
+
+    old = cluster.master_of(keys.inflight)
+    old.kill()
+    with pytest.raises(REDIS_ERRORS):
+        collectors.publish_many(writes)
+    cluster.wait_promoted(keys.inflight, old)
+    writes = [FieldWrite(name, {"num_requests_running": "5"}) for name in ("a", "b")]
+
+    def published() -> bool:
+        try:
+            return collectors.publish_many(writes) == [True, True]
+        except REDIS_ERRORS:
+            return False
+
+    wait_until(published, timeout=10, message="a publish to the promoted master")
+    assert client.hget(keys.backend("b"), "num_requests_running") == "5"
     client.close()
