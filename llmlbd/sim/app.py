@@ -32,6 +32,18 @@ __all__ = ["SimApp", "DropConnection"]
 
 JSON = [("Content-Type", "application/json")]
 _INFERENCE_PATHS = ("/v1/chat/completions", "/v1/completions")
+# The sampling fields a render echoes back (vLLM's SamplingParams, as the request set them).
+_SAMPLING_KEYS = (
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "n",
+    "stop",
+    "seed",
+    "ignore_eos",
+)
 SSE = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
 
 
@@ -74,6 +86,12 @@ class SimApp:
             ("GET", "/kv_event_sources"): self.kv_event_sources,
             ("POST", "/tokenize"): self.tokenize_route,
             ("POST", "/detokenize"): self.detokenize_route,
+            ("POST", "/v1/chat/completions/render"): lambda environ: self.render_route(
+                environ, "chat"
+            ),
+            ("POST", "/v1/completions/render"): lambda environ: self.render_route(
+                environ, "completion"
+            ),
             ("POST", "/v1/embeddings"): self.embeddings,
             ("POST", "/reset_prefix_cache"): self.reset_prefix_cache,
             ("GET", "/debug/state"): lambda environ: debug.state(self),
@@ -156,6 +174,27 @@ class SimApp:
                 }
             ).encode(),
         )
+
+    def render_route(self, environ, kind: str):
+        """vLLM's render routes: the request as the engine would receive it, without running it.
+
+        Chat answers one ``{"request_id", "token_ids", "features", "sampling_params",
+        "model"}`` object, completions a list of them (vLLM renders a batch of
+        prompts); the ids are those the engine itself would prefill.
+        """
+        body = read_json(environ)
+        model, _ = resolve_model(self.config, body.get("model"))
+        ids = prompt_ids_of(self.config, kind, body, prompt_of(kind, body))
+        rendered = {
+            "request_id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
+            "token_ids": ids,
+            "features": None,
+            "sampling_params": {
+                key: body[key] for key in _SAMPLING_KEYS if body.get(key) is not None
+            },
+            "model": model,
+        }
+        return 200, JSON, json.dumps(rendered if kind == "chat" else [rendered]).encode()
 
     def detokenize_route(self, environ):
         body = read_json(environ)

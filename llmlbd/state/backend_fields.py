@@ -19,6 +19,10 @@ MODELS = "models"  # served model ids (base and adapters), comma-separated
 MODELS_AT = "models_at"  # when MODELS was refreshed (ms since the epoch)
 SCRAPED_AT = "scraped_at"  # when the metrics were read (ms since the epoch)
 SCRAPE_MS = "scrape_ms"  # how long the scrape took (ms)
+# llmlbd's own in-flight count on the backend when the scrape was published (the
+# collector_publish script reads it in the same step): the load filters compare it
+# with the count now to see the requests sent and finished since the scrape.
+INFLIGHT_AT_SCRAPE = "inflight_at_scrape"
 HEALTH = "health"  # "up", "down" or "unknown"
 FAILS = "fails"  # consecutive failed health checks or scrapes
 SUCCESSES = "successes"  # consecutive successful health checks

@@ -108,12 +108,41 @@ class PoolSnapshot:
         drained = set(map(reply_text, reply[2]))
         return _states(backends, now_ms, inflight, drained, self._metrics, _pairs(reply[4]))
 
-    def _holds_stale(self, now_ms: int) -> bool:
-        """Whether a metric this copy holds would be judged stale at *now_ms*."""
+    def read_some(self, backends: Sequence[Backend]) -> tuple[list[BackendState], bool]:
+        """*backends* with exact in-flight counts, drains and ejections and this copy's metrics.
+
+        One round trip of O(len(backends)) (snapshot_some.lua), whatever the pool
+        size; the metrics are never re-read here. The flag says the copy is due a
+        re-read (``read`` of the whole pool): the collector published since and
+        the refresh interval passed, or one of *backends* holds metrics that are
+        stale while the collector has published since, or is not in the copy.
+        """
+        k = self.keys
+        names = [b.name for b in backends]
+        reply = self.scripts.snapshot_some(
+            keys=[k.inflight, k.drained, k.metrics_version], args=names
+        )
+        now_ms = int(reply[0])
+        inflight = {n: reply_text(c) for n, c in zip(names, reply[1]) if c is not None}
+        drained = {n for n, flag in zip(names, reply[2]) if int(flag)}
+        published = reply_text(reply[3]) != self._version
+        unknown = any(n not in self._metrics for n in names)
+        due = time.monotonic() - self._checked_at >= self.refresh_s
+        stale = published and (due or self._holds_stale(now_ms, names))
+        ejected = _pairs(reply[4])
+        return _states(
+            backends, now_ms, inflight, drained, self._metrics, ejected
+        ), unknown or stale
+
+    def _holds_stale(self, now_ms: int, names: Sequence[str] | None = None) -> bool:
+        """Whether a metric this copy holds (of *names*, default all) is stale at *now_ms*."""
         if self.stale_after_ms is None:
             return False
         edge = now_ms - self.stale_after_ms
-        for metrics in self._metrics.values():
+        held = (
+            self._metrics.values() if names is None else [self._metrics.get(n, {}) for n in names]
+        )
+        for metrics in held:
             scraped = metrics.get(F.SCRAPED_AT)
             if scraped and scraped.isdigit() and int(scraped) <= edge:
                 return True

@@ -77,7 +77,25 @@ class TestClaimScript:
         seconds, micros = redis_client.time()
         assert 0 <= seconds * 1000 + micros // 1000 - int(h[F.SCRAPED_AT]) < 1000
         assert a.publish("x", {F.WAITING: "4"}, delete=[F.RUNNING])
-        assert redis_client.hgetall(KEYS.backend("x")).keys() == {F.WAITING, F.SCRAPED_AT}
+        assert redis_client.hgetall(KEYS.backend("x")).keys() == {
+            F.WAITING,
+            F.SCRAPED_AT,
+            F.INFLIGHT_AT_SCRAPE,
+        }
+
+    def test_publish_records_the_inflight_count_at_the_scrape(self, redis_client):
+        """A scrape's publish stores llmlbd's in-flight count of that moment beside the
+        metrics (the load filters' baseline); a publish without metrics leaves it alone."""
+        a = leases(redis_client, "A")
+        a.claim(["x"])
+        assert a.publish("x", {F.WAITING: "0"}, scraped_age_ms=3)
+        assert redis_client.hget(KEYS.backend("x"), F.INFLIGHT_AT_SCRAPE) == "0"
+        redis_client.hset(KEYS.inflight, "x", 7)
+        assert a.publish("x", {F.WAITING: "2"}, scraped_age_ms=3)
+        assert redis_client.hget(KEYS.backend("x"), F.INFLIGHT_AT_SCRAPE) == "7"
+        redis_client.hset(KEYS.inflight, "x", 9)
+        assert a.publish("x", {F.HEALTH: "up"})
+        assert redis_client.hget(KEYS.backend("x"), F.INFLIGHT_AT_SCRAPE) == "7"
 
     def test_keys_share_one_cluster_slot(self, redis_client):
         """Every key a collector script touches hashes to the pool's slot (Redis Cluster)."""

@@ -18,7 +18,7 @@ import yaml
 from llmlbd import errors
 from llmlbd.config.loader import Backend, config_from_dict
 from llmlbd.policy.context import PolicyContext
-from llmlbd.policy.profiles.least_busy import LeastBusy
+from llmlbd.policy.profiles.least_busy import SHORTLIST, LeastBusy
 from llmlbd.request import RoutingRequest
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
@@ -261,3 +261,38 @@ def test_explain_shed(redis_client) -> None:
     assert data["choice"] is None
     assert data["outcome"]["status"] == 429 and data["outcome"]["code"] == "shed"
     assert [f["name"] for f in data["filters"]][-1] == "sheddable_capacity"
+
+
+def test_large_pool_decides_on_a_shortlist_with_exact_counts(redis_client) -> None:
+    """Above SHORTLIST backends a decision ranks a few backends, not the pool: their
+    in-flight counts and drains are exact on every call, the metrics are not re-read
+    without a publish, and a shed is still decided on the whole pool."""
+    names = [f"b{i}" for i in range(40)]
+    pool = Pool(redis_client, names, seed=3)
+    for name in names:
+        pool.set_backend(name, {"waiting": 3, "kv_usage": 0.5, "age_ms": 0})
+    pool.set_backend("b7", {"waiting": 0, "kv_usage": 0.5, "age_ms": 0})
+    critical = {"model": "m", "criticality": "critical"}
+    for _ in range(20):
+        decision = pool.pick_and_release(critical)
+        assert decision.backend.name == "b7"
+        assert len(decision.details["rounds"][0][0]["in"]) <= SHORTLIST
+    reads = pool.policy.snapshot.metrics_reads
+    # Requests sent since the scrape count at once (no publish, no re-read).
+    redis_client.hset(pool.keys.inflight, "b7", 10)
+    assert {pool.pick_and_release(critical).backend.name for _ in range(30)} <= set(names) - {"b7"}
+    redis_client.hset(pool.keys.inflight, "b7", 0)
+    assert pool.pick_and_release(critical).backend.name == "b7"
+    redis_client.sadd(pool.keys.drained, "b7")
+    assert pool.pick_and_release(critical).backend.name != "b7"
+    assert pool.policy.snapshot.metrics_reads == reads
+
+    # Every shortlisted backend is past queueThresholdCritical, the rest are not: a
+    # sheddable request is not shed, it goes to the rest of the pool.
+    redis_client.srem(pool.keys.drained, "b7")
+    listed = {b.name for b in pool.policy._lists["m"]}
+    assert len(listed) == SHORTLIST
+    for name in listed:
+        redis_client.hset(pool.keys.inflight, name, 20)
+    decision = pool.pick_and_release({"model": "m", "criticality": "sheddable"})
+    assert decision.backend.name not in listed

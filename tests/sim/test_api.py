@@ -146,6 +146,41 @@ def test_health_version_tokenize_detokenize(sim, http):
     assert chat_tokens["count"] > tokens["count"]  # the chat template adds its markers
 
 
+def test_render_gives_the_ids_the_engine_prefills(sim, http):
+    """vLLM's /v1/chat/completions/render and /v1/completions/render (vllm-router's
+    cache_aware asks for them before /tokenize): the engine's own prompt ids."""
+    body = chat("Render me, please.") | {"max_tokens": 3, "temperature": 0.5}
+    rendered = http.post(sim + "/v1/chat/completions/render", json=body, timeout=5)
+    assert rendered.status_code == 200, rendered.text
+    one = rendered.json()
+    tokens = http.post(sim + "/tokenize", json=chat("Render me, please."), timeout=5).json()
+    assert one["token_ids"] == tokens["tokens"]
+    assert one["request_id"].startswith("chatcmpl-") and one["model"] == "sim-llama"
+    assert one["sampling_params"] == {"max_tokens": 3, "temperature": 0.5}
+    usage = http.post(sim + "/v1/chat/completions", json=body, timeout=10).json()["usage"]
+    assert usage["prompt_tokens"] == len(one["token_ids"])
+
+    batch = http.post(
+        sim + "/v1/completions/render", json={"prompt": "Hello, world!"}, timeout=5
+    ).json()
+    assert isinstance(batch, list) and len(batch) == 1
+    assert (
+        batch[0]["token_ids"]
+        == http.post(sim + "/tokenize", json={"prompt": "Hello, world!"}, timeout=5).json()[
+            "tokens"
+        ]
+    )
+    assert batch[0]["request_id"].startswith("cmpl-")
+
+    unknown = http.post(
+        sim + "/v1/chat/completions/render", json=chat("x") | {"model": "nope"}, timeout=5
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == 404
+    empty = http.post(sim + "/v1/chat/completions/render", json={"messages": []}, timeout=5)
+    assert empty.status_code == 400
+    assert http.get(sim + "/v1/chat/completions/render", timeout=5).status_code == 405
+
+
 def test_usage_matches_tokenize(sim, http):
     prompt = "The quick brown fox jumps over the lazy dog. " * 3
     count = http.post(sim + "/tokenize", json={"prompt": prompt}, timeout=5).json()["count"]

@@ -96,6 +96,9 @@ def test_consecutive_failures_eject_everywhere_at_once(leases, redis_client, key
     assert a.ejected_until_ms is not None
     snapshot = PoolSnapshot(redis_client, keys, refresh_ms=60_000)
     assert [s.ejected_until_ms is not None for s in snapshot.read(backends)] == [1, 0, 0]
+    # ... and so does least_busy's shortlist read of a few backends (large pools).
+    some, _ = snapshot.read_some(backends[:2])
+    assert [s.ejected_until_ms is not None for s in some] == [1, 0]
     # The workers' fallback (Redis away) avoids it too, from the last view it read.
     assert unavailable(redis_client, keys, NAMES) == {"a"}
     # Nothing leaked: the ejection did not touch the counts.

@@ -87,3 +87,25 @@ def test_the_copys_lag_never_makes_fresh_metrics_look_stale(redis_client):
     time.sleep(0.25)
     snapshot.read(BACKENDS[:1])
     assert snapshot.metrics_reads == 2
+
+
+def test_read_some_reads_only_the_backends_asked_and_says_when_a_reread_is_due(redis_client):
+    """read_some: exact in-flight counts and drains of a subset, this copy's metrics, and
+    a flag once the collector published and the refresh interval passed (or a backend
+    asked for is not in the copy); it never re-reads a hash itself."""
+    keys = PoolKeys("snap4")
+    for b in BACKENDS:
+        publish(redis_client, keys, b.name, waiting="2")
+    snapshot = PoolSnapshot(redis_client, keys, refresh_ms=200)
+    snapshot.read(BACKENDS[:2])
+    redis_client.hset(keys.inflight, "b1", 3)
+    set_drained(redis_client, keys, "b0", True)
+    states, due = snapshot.read_some(BACKENDS[:2])
+    assert [(s.name, s.inflight, s.drained) for s in states] == [("b0", 0, True), ("b1", 3, False)]
+    assert [s.metrics["waiting"] for s in states] == ["2", "2"] and not due
+    assert snapshot.read_some(BACKENDS)[1]  # b2 is not in the copy
+    publish(redis_client, keys, "b0", waiting="7")
+    assert not snapshot.read_some(BACKENDS[:2])[1]  # published, but within the interval
+    time.sleep(0.25)
+    states, due = snapshot.read_some(BACKENDS[:2])
+    assert due and states[0].metrics["waiting"] == "2" and snapshot.metrics_reads == 1

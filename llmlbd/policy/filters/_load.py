@@ -1,15 +1,30 @@
 """What the load filters read from a backend's state: one definition for all of them.
 
 The collector's hash holds what the engine reported at ``scraped_at``; the
-in-flight count is what llmlbd holds open on the backend *now*. Their gap is
-the requests dispatched since the scrape that the engine had not yet
-reported (minus those finished since), and it is counted as queued:
+in-flight count is what llmlbd holds open on the backend *now*. The collector
+also records llmlbd's own in-flight count at the moment it publishes a scrape
+(``inflight_at_scrape``), so the net change since the scrape,
+``delta = inflight - inflight_at_scrape``, is known exactly: each request sent
+since joins the queue, each one finished since lets a waiting one start. The
+queue every load filter uses is
 
-    queue = waiting + max(0, inflight - (running + waiting))
+    queue = max(0, waiting + delta, inflight - running)
+
+``waiting + delta`` is the scraped queue moved by what llmlbd did since; it keeps
+traffic that does not pass through llmlbd (that stays in ``waiting``).
+``inflight - running`` is what llmlbd holds beyond the engine's running batch:
+it catches requests sent in the few milliseconds between the scrape and its
+publish (in ``inflight_at_scrape`` but not in ``waiting``). Without
+``inflight_at_scrape`` (hand-written state, a collector that predates it) delta
+is taken as 0, which is the older rule ``max(waiting, inflight - running)``,
+i.e. ``waiting + max(0, inflight - (running + waiting))``.
 
 An absent field counts as 0 here, so a backend with no metrics at all has
 ``queue = inflight``. Without this correction every pick made between two
-scrapes sees the same snapshot and herds onto the same "least busy" backend.
+scrapes sees the same snapshot and herds onto the same "least busy" backend,
+and a fast server that has worked off its queue since the scrape still looks
+queued until the next one (the workers' copy of the metrics can be a few
+hundred milliseconds old: ``state/snapshot.py``).
 """
 
 from __future__ import annotations
@@ -21,14 +36,18 @@ __all__ = ["queue", "pending", "kv", "adapters", "max_lora", "knows_load"]
 
 
 def pending(state: BackendState) -> int:
-    """Requests llmlbd holds on the backend beyond what its last scrape reported."""
-    reported = int(state.metric(F.RUNNING) or 0) + int(state.metric(F.WAITING) or 0)
-    return max(0, state.inflight - reported)
+    """Net requests llmlbd sent to the backend since its last scrape (negative: finished);
+    0 when the scrape did not record llmlbd's in-flight count."""
+    baseline = state.metric(F.INFLIGHT_AT_SCRAPE)
+    return 0 if baseline is None else state.inflight - int(baseline)
 
 
 def queue(state: BackendState) -> int:
-    """Waiting requests, corrected by the requests dispatched since the scrape."""
-    return int(state.metric(F.WAITING) or 0) + pending(state)
+    """Waiting requests now: the scraped queue moved by what llmlbd sent and saw finish
+    since, and at least what llmlbd holds beyond the engine's running batch."""
+    waiting = int(state.metric(F.WAITING) or 0)
+    running = int(state.metric(F.RUNNING) or 0)
+    return max(0, waiting + pending(state), state.inflight - running)
 
 
 def kv(state: BackendState) -> float | None:

@@ -21,8 +21,8 @@ One request, in order:
                  ├ success → least_queue ─→ lora_affinity ─(either)→ least_kv
                  └ failure → shed: 429 with Retry-After
 
-   where ``queue`` counts the requests dispatched since the last scrape
-   (``filters/_load.py``).
+   where ``queue`` is the scraped queue moved by the requests llmlbd sent and
+   saw finish since the scrape (``filters/_load.py``).
 4. Pick uniformly at random among the survivors and reserve the pick with
    the lease script, which re-checks drained/down/model/cap atomically with
    the in-flight increment. A refused pick is dropped and another survivor
@@ -41,7 +41,7 @@ from llmlbd.errors import LLMLBError, Shed
 from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.criticality import Criticality, resolve_criticality
 from llmlbd.policy.decision_tree import Node, TreeRequest, run_tree
-from llmlbd.policy.filters._load import adapters, queue
+from llmlbd.policy.filters._load import adapters, kv, queue
 from llmlbd.policy.filters.below_cap import BelowCap
 from llmlbd.policy.filters.critical_request import CriticalRequest
 from llmlbd.policy.filters.fresh_metrics import FreshMetrics
@@ -57,8 +57,14 @@ from llmlbd.policy.outcomes import combined_reason, error_outcome, no_route, no_
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 from llmlbd.state.snapshot import PoolSnapshot, read_pool
+from llmlbd.state.types import Backend
 
-__all__ = ["LeastBusy", "build_tree"]
+__all__ = ["LeastBusy", "build_tree", "SHORTLIST"]
+
+# How many backends a decision looks at in a pool larger than this: enough that the
+# tree's buckets and LoRA affinity have choices, few enough that a decision costs the
+# same at 2,048 backends as at 16 (docs/policies/least_busy.md, "Large pools").
+SHORTLIST = 16
 
 log = structlog.get_logger("llmlbd.policy.least_busy")
 
@@ -100,6 +106,13 @@ class LeastBusy:
             FreshMetrics(ctx.stale_after_ms),
         ]
         self.tree = build_tree(cfg, ctx.rng)
+        # Per model: the SHORTLIST backends least loaded at the last metrics re-read (plus,
+        # for an adapter, those holding it), so a decision in a large pool reads and ranks
+        # only those, with their exact in-flight counts (see _shortlist).
+        self._lists: dict[str, list[Backend]] = {}
+        self._ranked: list[BackendState] = []
+        self._members: list[Backend] | None = None
+        self._pool_adapters: frozenset[str] = frozenset()
         # The metrics are scrape-old anyway: a copy a quarter of the staleness bound old at
         # most keeps the fresh_metrics rule meaningful and costs Redis little per decision.
         self.snapshot = PoolSnapshot(
@@ -113,11 +126,85 @@ class LeastBusy:
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert ctx.leases is not None and ctx.client is not None
+        routed, criticality = self.routed(request)
+        if len(ctx.backends) > SHORTLIST:
+            states = self._shortlist(routed, exclude)
+            if states:
+                try:
+                    return self._decide(request, routed, criticality, states)
+                except LLMLBError:
+                    pass  # a shed or no route is decided on the whole pool, below
         backends = ctx.candidates(exclude)
         if not backends:
             raise no_route("none" if exclude else "empty", request)
         states = self.snapshot.read(backends)
-        routed, criticality = self.routed(request)
+        if len(ctx.backends) > SHORTLIST and not exclude:
+            self._rank(states)
+        routed.pool_adapters = None
+        return self._decide(request, routed, criticality, states)
+
+    def _shortlist(self, routed: TreeRequest, exclude: frozenset[str]) -> list[BackendState]:
+        """The few backends a decision in a large pool looks at, with exact live counts.
+
+        Refreshed with the metrics copy (at most every ``stale_after_ms / 4``, and
+        only after a collector publish): the backends that passed ``healthy`` and
+        ``serves_model`` then, ranked by (stale metrics, queue, kv, in flight), the
+        first SHORTLIST of them, plus for an adapter the first SHORTLIST of those
+        holding it. Their in-flight counts and drains are read exactly on each
+        call (O(SHORTLIST), whatever the pool size), so the tree's queue and
+        in-flight rules see every request sent since the refresh.
+        """
+        ctx = self.ctx
+        if self._members is not ctx.backends:
+            self._rank(self.snapshot.read(ctx.backends))
+        model = routed.model or ""
+        listed = self._lists.get(model)
+        if listed is None:
+            listed = self._lists[model] = self._list_for(routed)
+        states, due = self.snapshot.read_some([b for b in listed if b.name not in exclude])
+        if due:
+            self._rank(self.snapshot.read(ctx.backends))
+            listed = self._lists[model] = self._list_for(routed)
+            by_name = {s.name: s for s in self._ranked}
+            states = [by_name[b.name] for b in listed if b.name not in exclude]
+        routed.pool_adapters = self._pool_adapters
+        return states
+
+    def _rank(self, states: list[BackendState]) -> None:
+        """Rank a whole-pool snapshot for the shortlists (which are rebuilt on demand)."""
+        stale_after = self.ctx.stale_after_ms
+
+        def key(s: BackendState) -> tuple[bool, int, float, float]:
+            age = s.metrics_age_ms
+            stale = age is None or (stale_after is not None and age > stale_after)
+            return (stale, queue(s), kv(s) or 0.0, s.inflight / (s.backend.weight or 1))
+
+        self._members = self.ctx.backends
+        self._ranked = sorted(states, key=key)
+        self._pool_adapters = frozenset().union(*(adapters(s) for s in states))
+        self._lists.clear()
+
+    def _list_for(self, routed: TreeRequest) -> list[Backend]:
+        """The shortlist of *routed*'s model from the last ranking."""
+        usable = self._ranked
+        for prefilter in self.prefilters[:2]:  # healthy, serves_model: fixed between refreshes
+            usable = prefilter.filter(routed, usable).kept
+        chosen = usable[:SHORTLIST]
+        if routed.model in self._pool_adapters:
+            holders = [s for s in usable[SHORTLIST:] if routed.model in adapters(s)]
+            chosen = chosen + holders[:SHORTLIST]
+        return [s.backend for s in chosen]
+
+    def _decide(
+        self,
+        request: RoutingRequest,
+        routed: TreeRequest,
+        criticality: Criticality,
+        states: list[BackendState],
+    ) -> Decision:
+        """Run the tree on *states* and reserve a survivor (see the module docstring, 3-4)."""
+        ctx = self.ctx
+        assert ctx.leases is not None
         details: dict[str, Any] = {
             "criticality": criticality.level,
             "criticality_source": criticality.source,
@@ -182,7 +269,8 @@ class LeastBusy:
             current = result.kept
         # Every adapter the snapshot knows of, even on backends filtered out: it tells
         # whether the request's model is an adapter at all.
-        request.pool_adapters = frozenset().union(*(adapters(s) for s in states))
+        if request.pool_adapters is None:  # a shortlist brings the pool-wide set along
+            request.pool_adapters = frozenset().union(*(adapters(s) for s in states))
         outcome = run_tree(self.tree, request, current)
         trace.extend(outcome.trace)
         if outcome.shed:

@@ -4,7 +4,9 @@
 -- KEYS[1] scrape_owners HASH (backend -> "collector_id deadline_ms")
 -- KEYS[2] the backend's metrics HASH
 -- ARGV[1] collector id   ARGV[2] backend name
--- ARGV[3] age (ms) of the metrics at send time, or '': sets scraped_at = now - age
+-- ARGV[3] age (ms) of the metrics at send time, or '': sets scraped_at = now - age and
+--   inflight_at_scrape = the pool's in-flight count of the backend now (the load filters'
+--   baseline for "sent or finished since the scrape")
 -- ARGV[4] age (ms) of the model list at send time, or '': sets models_at = now - age
 -- ARGV[5] n, the number of field/value pairs that follow
 -- ARGV[6 .. 5+2n] field, value pairs to set;  ARGV[6+2n ..] fields to delete
@@ -21,8 +23,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[5])
 local set = {}
 for i = 6, 5 + 2 * n do set[#set + 1] = ARGV[i] end
+local base = pool_base(KEYS[1], ':scrape_owners')
 if ARGV[3] ~= '' then
   set[#set + 1] = 'scraped_at'; set[#set + 1] = tostring(now - tonumber(ARGV[3]))
+  set[#set + 1] = 'inflight_at_scrape'
+  set[#set + 1] = redis.call('HGET', base .. ':inflight', ARGV[2]) or '0'
 end
 if ARGV[4] ~= '' then
   set[#set + 1] = 'models_at'; set[#set + 1] = tostring(now - tonumber(ARGV[4]))
@@ -32,7 +37,6 @@ if #set > 0 then redis.call('HSET', KEYS[2], unpack(set)) end
 if #ARGV >= 6 + 2 * n then
   redis.call('HDEL', KEYS[2], unpack(ARGV, 6 + 2 * n))
 end
-local base = pool_base(KEYS[1], ':scrape_owners')
 if was == 'down' and redis.call('HGET', KEYS[2], 'health') == 'up' then
   -- Health checks saw it down and back (a restart): its ejection is over too.
   redis.call('ZREM', base .. ':ejected', ARGV[2])
