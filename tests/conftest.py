@@ -46,3 +46,18 @@ def redis_client(redis_url):
 def private_redis():
     """A server of the test's own, which the test may kill and restart."""
     yield from _real_redis()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Redis Cluster of three masters sharing the 16384 slots, each with one replica."""
+    from tests.topologies import ClusterDeployment
+
+    with ClusterDeployment(masters=3, replicas=1) as started:
+        yield started
+
+
+@pytest.fixture
+def cluster_url(cluster):
+    """A startup URL of the module's cluster (any of its masters)."""
+    return cluster.startup_url()

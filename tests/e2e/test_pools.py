@@ -15,7 +15,6 @@ from llmlbd.state.keys import PoolKeys
 from llmlbd.state.types import ClaimRecord
 from tests.e2e.test_membership import llmlbctl
 from tests.harness import LLMLBD, StubBackends, wait_until
-from tests.state.test_topologies import cluster_url  # noqa: F401 (the 3-master fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -202,7 +201,7 @@ def test_two_pools_route_by_model_with_their_own_policy_state_and_collector(redi
 
 
 @pytest.mark.cluster
-def test_pools_spread_over_redis_cluster_shards(cluster_url):  # noqa: F811 (fixture)
+def test_pools_spread_over_redis_cluster_shards(cluster_url):
     """Each pool's keys share its {pool} hash tag: one slot per pool, so pools whose names
     hash to different masters put their state (and their script load) on different shards.
     code, audio and chat hash to the first, second and third master of the fixture."""

@@ -19,21 +19,9 @@ from llmlbd.state.leases import Leases, reap
 from llmlbd.state.snapshot import read_pool
 from tests.harness import wait_until
 from tests.state.least_request import acquire_least
-from tests.topologies import ClusterDeployment, SentinelGroup
+from tests.topologies import SentinelGroup
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Three masters sharing the 16384 slots, each with one replica."""
-    with ClusterDeployment(masters=3, replicas=1) as started:
-        yield started
-
-
-@pytest.fixture
-def cluster_url(cluster):
-    return cluster.startup_url()
 
 
 def test_lease_scripts_and_snapshot_run_on_redis_cluster(cluster_url):
