@@ -76,7 +76,9 @@ class PrefixCache:
         levels = self.levels(request)
         # Every backend of the pool goes in (entries of names not in it are stale), shuffled
         # so that the script's "first best wins" is a uniform random tie-break.
-        candidates = list(ctx.backends)
+        # The members as of now: the Redis call below yields, and the membership may change
+        # meanwhile (set_backends); the reply names a member of this view.
+        candidates, by_name = list(ctx.backends), ctx.by_name
         ctx.rng.shuffle(candidates)
         reservation = self.index.acquire(
             request.request_id,
@@ -91,7 +93,7 @@ class PrefixCache:
         if reservation.backend is None:
             raise no_route(reservation.reason, request)
         return Decision(
-            ctx.by_name[reservation.backend],
+            by_name[reservation.backend],
             request.request_id,
             self.name,
             reason=reservation.reason,
