@@ -22,6 +22,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_run(count: int) -> int:
+    """A free port p with p + 1 ... p + count - 1 free too (a demo fleet takes consecutive
+    ports from demo.base_port)."""
+    while True:
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port + count - 1 > 65535:
+                continue
+            others = [socket.socket() for _ in range(count - 1)]
+            try:
+                for offset, sock in enumerate(others, start=1):
+                    sock.bind(("127.0.0.1", port + offset))
+                return port
+            except OSError:
+                continue
+            finally:
+                for sock in others:
+                    sock.close()
+
+
 def wait_for_port(
     port: int,
     host: str = "127.0.0.1",

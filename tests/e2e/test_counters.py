@@ -139,7 +139,9 @@ def test_two_replicas_balance_globally(redis_server, stubs):
                 target=open_stream,
                 args=(
                     (a if i % 2 else b).url,
-                    {"x-stub-chunks": "30", "x-stub-interval": "0.1"},
+                    # 5 s streams: the first is still open when the 30th opens, even on
+                    # a loaded machine (at 3 s the first ones could end before).
+                    {"x-stub-chunks": "50", "x-stub-interval": "0.1"},
                     results,
                     i,
                 ),

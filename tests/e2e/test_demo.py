@@ -10,23 +10,9 @@ import sys
 import pytest
 import requests
 
-from tests.harness import LLMLBD, wait_until
+from tests.harness import LLMLBD, free_port_run, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def two_free_ports() -> int:
-    """A port p with p + 1 free too (the demo fleet takes consecutive ports)."""
-    while True:
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                    return port
-                except OSError:
-                    continue
 
 
 def listening(port: int) -> bool:
@@ -35,7 +21,7 @@ def listening(port: int) -> bool:
 
 
 def test_embedded_redis_demo_backends_and_collector_then_clean_exit():
-    base = two_free_ports()
+    base = free_port_run(2)
     proxy = LLMLBD({"demo": {"backends": 2, "base_port": base}}, workers=1, name="demo")
     try:
         models = requests.get(f"{proxy.url}/v1/models").json()["data"]

@@ -15,8 +15,7 @@ import time
 import pytest
 import yaml
 
-from tests.e2e.test_demo import two_free_ports
-from tests.harness import free_port
+from tests.harness import free_port, free_port_run
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +26,7 @@ def _start(stderr: int, extra_env: dict[str, str]) -> tuple[subprocess.Popen, in
     port = free_port()
     config = {
         "server": {"bind": f"127.0.0.1:{port}", "workers": 1},
-        "demo": {"backends": 2, "base_port": two_free_ports()},
+        "demo": {"backends": 2, "base_port": free_port_run(2)},
     }
     handle, path = tempfile.mkstemp(prefix="first-run-", suffix=".yaml")
     with os.fdopen(handle, "w") as out:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.faults import scenarios
 from tests.faults.world import World, alive, children_of, cmdline
-from tests.harness import LLMLBD, free_port, wait_until
+from tests.harness import LLMLBD, free_port_run, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def test_fault_under_load(world, scenario):
 
 def test_master_killed_takes_embedded_redis_demo_sims_and_collector_with_it():
     """`llmlbd start` with no Redis and no backends runs everything itself: all of it dies."""
-    proxy = LLMLBD({"demo": {"backends": 2, "base_port": free_port()}}, workers=2, name="demo")
+    proxy = LLMLBD({"demo": {"backends": 2, "base_port": free_port_run(2)}}, workers=2, name="demo")
     try:
         master = proxy.proc.pid
         wait_until(

@@ -11,28 +11,8 @@ import sys
 
 import requests
 
-from tests.harness import Proc, free_port, python_module, wait_until
+from tests.harness import Proc, free_port_run, python_module, wait_until
 from tests.simfleet import SimFleet
-
-
-def consecutive_free_ports(count: int) -> int:
-    for _ in range(50):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        try:
-            sockets = []
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no run of free ports")
 
 
 def listening(port: int) -> bool:
@@ -44,7 +24,7 @@ def listening(port: int) -> bool:
 
 
 def start_fleet(count: int) -> tuple[Proc, int, list[str]]:
-    base = consecutive_free_ports(count)
+    base = free_port_run(count)
     proc = Proc(
         python_module(
             "llmlbd.sim",
@@ -59,13 +39,18 @@ def start_fleet(count: int) -> tuple[Proc, int, list[str]]:
         ),
         name="sim-fleet",
     )
-    lines = wait_until(
-        lambda: (lambda found: found if len(found) == count else None)(
-            re.findall(r"^(sim-\d+) (http://\S+)$", proc.log(), re.M)
-        ),
-        timeout=20,
-        message="fleet lines",
-    )
+    try:
+        lines = wait_until(
+            lambda: (lambda found: found if len(found) == count else None)(
+                re.findall(r"^(sim-\d+) (http://\S+)$", proc.log(), re.M)
+            ),
+            timeout=20,
+            message="fleet lines",
+        )
+    except TimeoutError:
+        print(proc.log()[-5000:])  # why: a child that could not bind, or a slow start
+        proc.stop()
+        raise
     return proc, base, lines
 
 
@@ -128,7 +113,7 @@ def test_simfleet_helper_takes_per_server_overrides():
 
 
 def test_a_sim_started_by_the_proxy_keeps_its_metrics_out_of_the_proxys_directory(tmp_path):
-    base = consecutive_free_ports(1)
+    base = free_port_run(1)
     proc = Proc(
         python_module(
             "llmlbd.sim", "--count", "1", "--base-port", str(base), "--time-scale", "0.1"

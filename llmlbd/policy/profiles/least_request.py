@@ -30,6 +30,9 @@ class GlobalLeastRequest:
         assert ctx.leases is not None
         if not ctx.backends:
             raise no_route("empty", request)
+        # The members as of now: the Redis call below yields, and the membership may change
+        # meanwhile (set_backends); the reply names a member of this view.
+        by_name = ctx.by_name
         reservation = ctx.leases.acquire_least_request(
             request.request_id,
             ctx.membership,
@@ -41,7 +44,7 @@ class GlobalLeastRequest:
         if reservation.backend is None:
             raise no_route(reservation.reason, request)
         return Decision(
-            ctx.by_name[reservation.backend],
+            by_name[reservation.backend],
             request.request_id,
             self.name,
             reason="least_inflight",

@@ -77,9 +77,12 @@ class PrefixCache:
         assert self.index is not None
         refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
         levels = self.levels(request)
+        # The members as of now: the Redis call below yields, and the membership may change
+        # meanwhile (set_backends); the reply names a member of this view.
+        membership, by_name = ctx.membership, ctx.by_name
         reservation = self.index.acquire(
             request.request_id,
-            ctx.membership,
+            membership,
             ctx.rng.getrandbits(31),
             sorted(exclude),
             levels.hashes,
@@ -90,7 +93,7 @@ class PrefixCache:
         if reservation.backend is None:
             raise no_route(reservation.reason, request)
         return Decision(
-            ctx.by_name[reservation.backend],
+            by_name[reservation.backend],
             request.request_id,
             self.name,
             reason=reservation.reason,

@@ -81,7 +81,9 @@ class PrecisePrefix:
             blocks = self.block_hashes(request, exclude)
         except TokenizeError as exc:
             return self._fallback(request, exclude, "tokenize_failed", str(exc))
-        candidates = list(ctx.backends)
+        # The members as of now: the Redis call below yields, and the membership may change
+        # meanwhile (set_backends); the reply names a member of this view.
+        candidates, by_name = list(ctx.backends), ctx.by_name
         ctx.rng.shuffle(candidates)  # the script's "first best wins" becomes a random tie-break
         reservation = self.index.acquire(
             request.request_id,
@@ -97,7 +99,7 @@ class PrecisePrefix:
                 return self._fallback(request, exclude, "no_index", "")
             raise no_route(reservation.reason, request)
         return Decision(
-            ctx.by_name[reservation.backend],
+            by_name[reservation.backend],
             request.request_id,
             self.name,
             reason=reservation.reason,

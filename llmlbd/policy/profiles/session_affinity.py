@@ -131,12 +131,15 @@ class SessionAffinity:
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
+        # The members as of now: the Redis call below yields, and the membership may change
+        # meanwhile (set_backends); the reply names a member of this view.
+        by_name = ctx.by_name
         reply, session, names = self._call(request, exclude, dry=False)
         if not reply[0]:
             raise no_route(reply_text(reply[1]), request)
         backend = reply_text(reply[0])
         return Decision(
-            ctx.by_name[backend],
+            by_name[backend],
             request.request_id,
             self.name,
             reason=reply_text(reply[2]),
