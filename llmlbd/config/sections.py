@@ -37,6 +37,7 @@ class ServerSection:
     max_concurrent_requests: int
     client_header_timeout_s: float
     client_body_timeout_s: float
+    client_body_total_s: float
     client_write_timeout_s: float
     keepalive_s: int
     max_body_bytes: int

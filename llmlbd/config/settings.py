@@ -97,6 +97,14 @@ SETTINGS: list[Setting] = [
         "s",
     ),
     Setting(
+        "server.client_body_total_s",
+        60.0,
+        v.positive_float,
+        "Deadline for a request's whole body, however steadily it trickles in (a client "
+        "sending a byte just within client_body_timeout_s still gets 408 after this).",
+        "s",
+    ),
+    Setting(
         "server.client_write_timeout_s",
         60.0,
         v.positive_float,

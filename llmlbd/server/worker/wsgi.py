@@ -68,6 +68,10 @@ REQUEST_KEY = "llmlbd.request"
 
 
 def _client_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's header fields by lower-case name (the request loop parsed them)."""
+    parsed: dict[str, str] | None = environ.get("llmlbd.headers")
+    if parsed is not None:
+        return parsed
     headers = {
         key[5:].replace("_", "-").lower(): value
         for key, value in environ.items()
