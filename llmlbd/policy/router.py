@@ -9,6 +9,7 @@ and retried by `maintain()`, which a worker calls about once a second.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -54,6 +55,21 @@ class Router:
         self._last_reap = 0.0
         # Optional callbacks for metrics: redis_error(op), fallback().
         self.observer = observer
+        # Deferred releases (see defer_releases): the arguments of Leases.release, in order.
+        self.queued_releases: list[tuple[str]] = []
+        self._wake_sender: Callable[[], None] | None = None
+
+    def defer_releases(self, wake: Callable[[], None]) -> None:
+        """From now on `release()` queues and returns; *wake* is called when the queue
+        stops being empty, and the caller's sender then calls `send_releases()`.
+
+        The proxy worker does this so that no response and no next request on a
+        kept-alive connection waits for a release's reply, and releases that pile up
+        under load leave in one pipeline. A queued release that fails is kept in
+        pending_releases and retried by maintain(); the lease TTL and the reaper
+        remain the safety net for a worker that dies with releases queued.
+        """
+        self._wake_sender = wake
 
     def _redis_failed(self, op: str, exc: Exception) -> None:
         opened = self.breaker.failure()
@@ -69,6 +85,11 @@ class Router:
             )
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
+        queued = self.queued_releases
+        if queued and any(call[0] == request.request_id for call in queued):
+            # A retry of this request: its failed attempt's lease must go first (the
+            # acquire script never counts one request id twice).
+            self.send_releases()
         if self.breaker.allow():
             started = time.perf_counter()
             try:
@@ -101,18 +122,38 @@ class Router:
         if decision.local:
             self.fallback.release(decision.request_id)
             return
+        call = (decision.request_id,)
+        if self._wake_sender is None:
+            self._send([call])
+            return
+        self.queued_releases.append(call)
+        if len(self.queued_releases) == 1:
+            self._wake_sender()
+
+    def send_releases(self) -> None:
+        """Send every queued release (together); failures are kept for maintain()."""
+        while self.queued_releases:
+            batch, self.queued_releases = self.queued_releases, []
+            self._send(batch)
+
+    def _send(self, calls: list[tuple[str]]) -> None:
         started = time.perf_counter()
         try:
-            self.leases.release(decision.request_id)
+            self.leases.release_many(calls)
         except REDIS_ERRORS as exc:
             self._redis_failed("release", exc)
-            self.pending_releases.add(decision.request_id)
+            self.pending_releases.update(call[0] for call in calls)
+        except Exception:
+            # Never lose a release: this worker heartbeats, so the reaper would not free it.
+            log.exception("release_failed")
+            self.pending_releases.update(call[0] for call in calls)
         else:
             if self.observer:
                 self.observer.redis_call("release", time.perf_counter() - started)
 
     def maintain(self) -> None:
         """Heartbeat, retry failed releases, reap dead workers' leases, refresh health."""
+        self.send_releases()  # normally done at once by the worker's sender
         try:
             self.leases.heartbeat()
             for request_id in list(self.pending_releases):
@@ -141,6 +182,7 @@ class Router:
 
     def retire(self) -> None:
         """The worker is exiting: drop every lease it still holds."""
+        self.send_releases()
         try:
             self.leases.retire()
         except REDIS_ERRORS as exc:

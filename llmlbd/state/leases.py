@@ -92,8 +92,28 @@ class Leases:
 
     def release(self, request_id: str) -> bool:
         """Give the request's slot back; False if it had none (already released or reaped)."""
+        keys, args = self._release_call(request_id)
+        return bool(self.scripts.release(keys=keys, args=args))
+
+    def release_many(self, calls: Sequence[tuple[str]]) -> list[bool]:
+        """`release(*call)` for each of *calls*, sent together (one pipeline, one round trip).
+
+        Each release is its own script run, as alone; a failure raises for the whole
+        batch, and the caller retries them all (release is idempotent).
+        """
+        if len(calls) == 1 or not hasattr(self.client, "pipeline") or _is_cluster(self.client):
+            return [self.release(*call) for call in calls]
+        pipe = self.client.pipeline(transaction=False)
+        script = self.scripts.release
+        for call in calls:
+            keys, args = self._release_call(*call)
+            script(keys=keys, args=args, client=pipe)
+        return [bool(reply) for reply in pipe.execute()]
+
+    def _release_call(self, request_id: str) -> tuple[list[str], list[str]]:
+        """The keys and arguments of release.lua for one request (the one place they are built)."""
         k = self.keys
-        return bool(self.scripts.release(keys=[k.inflight, k.leases], args=[request_id]))
+        return [k.inflight, k.leases], [request_id]
 
     def heartbeat(self) -> int:
         """Keep this worker's leases alive for another TTL; returns the deadline (ms)."""
@@ -107,6 +127,11 @@ class Leases:
     def retire(self) -> tuple[int, int]:
         """This worker is stopping: drop whatever it still holds, now."""
         return reap(self.client, self.keys, dead_worker=self.worker_id)
+
+
+def _is_cluster(client: Any) -> bool:
+    # A Cluster client's pipeline is per slot and has no script cache: release one by one.
+    return type(client).__name__ == "RedisCluster"
 
 
 def reap(

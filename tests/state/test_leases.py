@@ -118,6 +118,16 @@ class TestRelease:
         assert leases.release("r1") is False
         assert counts(redis_client, keys) == {"a": 1}
 
+    def test_release_many_is_release_for_each_in_one_pipeline(self, leases, redis_client, keys):
+        for i in range(5):
+            leases.acquire(f"r{i}", "ab"[i % 2])
+        redis_client.script_flush()  # the pipeline loads the script it needs
+        replies = leases.release_many([("r0",), ("r1",), ("r0",), ("nope",), ("r4",)])
+        assert replies == [True, True, False, False, True]
+        assert counts(redis_client, keys) == {"a": 1, "b": 1}
+        assert leases.release_many([("r2",)]) == [True]
+        assert counts(redis_client, keys) == {"b": 1}
+
 
 class TestReap:
     def test_dead_worker_leases_are_reaped_and_counts_rebuilt(self, redis_client, keys):
