@@ -29,8 +29,8 @@ class ServerSection:
     """`server`: The proxy process: listening socket, workers, limits and timeouts."""
 
     bind: str
-    workers: int
-    worker_connections: int
+    workers: int | None
+    worker_connections: int | None
     api_keys_file: str | None
     forward_client_key: bool | None
     public_metrics: bool

@@ -39,15 +39,18 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "server.workers",
-        2,
-        v.positive_int,
-        "Number of gunicorn worker processes (gevent); about one per core.",
+        None,
+        v.optional_positive_int,
+        "Number of gunicorn worker processes (gevent). Default: one per core the process "
+        "may run on (a worker uses one core; more than the cores costs CPU per request, "
+        "see docs/benchmarks.md).",
     ),
     Setting(
         "server.worker_connections",
-        1000,
-        v.positive_int,
-        "Most concurrent client connections per worker.",
+        None,
+        v.optional_positive_int,
+        "Most concurrent client connections per worker. Default: 1000, so the host's total "
+        "grows with the worker count (one worker per core).",
     ),
     Setting(
         "server.api_keys_file",

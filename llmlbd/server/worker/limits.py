@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from llmlbd.config import sizing
 from llmlbd.errors import BadRequest, Overloaded, RequestTimeout
 from llmlbd.server.worker.front import BodyClosed, BodyFramingError, BodyTimeout
 
@@ -34,7 +35,9 @@ class ClientLimits:
     """One worker's count of requests being served, and the deadlines on its clients."""
 
     def __init__(self, server: Any) -> None:
-        self.cap = concurrency_cap(server.max_concurrent_requests, server.worker_connections)
+        self.cap = concurrency_cap(
+            server.max_concurrent_requests, sizing.worker_connections(server)
+        )
         self.active = 0
 
     def admit(self, environ: dict[str, Any]) -> None:
