@@ -101,10 +101,13 @@ class Leases:
         Each release is its own script run, as alone; a failure raises for the whole
         batch, and the caller retries them all (release is idempotent).
         """
-        if len(calls) == 1 or not hasattr(self.client, "pipeline") or _is_cluster(self.client):
+        if len(calls) == 1 or _is_cluster(self.client):
             return [self.release(*call) for call in calls]
-        pipe = self.client.pipeline(transaction=False)
         script = self.scripts.release
+        many = getattr(script, "many", None)
+        if many is not None:  # DirectScripts: one write on a connection of its own
+            return [bool(r) for r in many([self._release_call(*call) for call in calls])]
+        pipe = self.client.pipeline(transaction=False)
         for call in calls:
             keys, args = self._release_call(*call)
             script(keys=keys, args=args, client=pipe)

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from llmlbd.state.direct_scripts import DirectScripts
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases, reap
 from tests.state.least_request import acquire_least
@@ -118,7 +119,12 @@ class TestRelease:
         assert leases.release("r1") is False
         assert counts(redis_client, keys) == {"a": 1}
 
-    def test_release_many_is_release_for_each_in_one_pipeline(self, leases, redis_client, keys):
+    @pytest.mark.parametrize("direct", [False, True], ids=["redis-py", "direct"])
+    def test_release_many_is_release_for_each_in_one_pipeline(
+        self, leases, redis_client, keys, direct
+    ):
+        if direct:  # the worker's path: EVALSHA on connections of its own
+            leases.scripts = DirectScripts(leases.client)
         for i in range(5):
             leases.acquire(f"r{i}", "ab"[i % 2])
         redis_client.script_flush()  # the pipeline loads the script it needs
