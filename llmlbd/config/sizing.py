@@ -2,11 +2,11 @@
 
 A gevent worker is one Python thread: it uses at most one core, and a
 proxied request costs it a fixed amount of CPU (bench/hotpath_profile.py:
-about 370-400 µs of worker CPU per plain request on the 2-core benchmark
+about 250-400 µs of worker CPU per plain request on the 2-core benchmark
 VM). So the default is one worker per core this process may run on. More
-workers than cores buys no capacity and costs CPU per request (3 workers on
-2 cores measured 547-556 µs per plain request against 370-398 µs with 1-2,
-docs/benchmarks.md "Worker count"), fewer leaves cores idle under load.
+workers than cores buys no core to run on and costs CPU per request (+10-50%
+per extra worker on 2 cores, docs/benchmarks.md "Worker count"); fewer
+leaves cores idle under load.
 
 worker_connections stays 1000 per worker, so the host's total (workers x
 1000) grows with the core count: an idle keep-alive connection costs a
