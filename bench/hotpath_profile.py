@@ -44,13 +44,13 @@ from llmlbd.server.worker import cpuprofile
 # that owns them, and so are frames of a rule whose category is None.
 # Each rule: (category, path fragment, function names or None for all).
 RULES: list[tuple[str | None, str, frozenset[str] | None]] = [
-    ("profiler", "llmlbd/server/cpuprofile.py", None),
-    (None, "llmlbd/server/http1.py", frozenset({"fill", "close"})),  # _Connection's I/O
+    ("profiler", "llmlbd/server/worker/cpuprofile.py", None),
+    (None, "llmlbd/server/worker/http1.py", frozenset({"fill", "close"})),  # _Connection's I/O
     ("request log", "/structlog/", None),
     ("request log", "/logging/", None),
     ("request log", "llmlbd/logs.py", None),
-    ("request log", "llmlbd/server/requestlog.py", None),
-    ("request log", "llmlbd/server/wsgi.py", frozenset({"_log_request"})),
+    ("request log", "llmlbd/server/worker/requestlog.py", None),
+    ("request log", "llmlbd/server/worker/wsgi.py", frozenset({"_log_request"})),
     ("metrics", "/prometheus_client/", None),
     ("metrics", "llmlbd/metrics.py", None),
     ("policy + Redis", "/redis/", None),
@@ -58,21 +58,45 @@ RULES: list[tuple[str | None, str, frozenset[str] | None]] = [
     ("policy + Redis", "llmlbd/policy/", None),
     ("parse request", "llmlbd/server/parse.py", None),
     ("parse request", "llmlbd/request.py", None),
-    ("parse request", "llmlbd/server/forward.py", frozenset({"request_headers"})),
+    ("parse request", "llmlbd/server/worker/forward.py", frozenset({"request_headers"})),
     (
         "parse request",
-        "llmlbd/server/wsgi.py",
+        "llmlbd/server/worker/wsgi.py",
         frozenset({"_read_body", "_client_headers", "<dictcomp>"}),
     ),
-    ("upstream request", "llmlbd/server/http1.py", frozenset({"request", "_read_head"})),
-    ("upstream request", "llmlbd/server/http1.py", frozenset({"_connect", "_checkout"})),
-    ("upstream request", "llmlbd/server/http1.py", frozenset({"__init__", "header"})),
-    ("upstream body", "llmlbd/server/http1.py", frozenset({"iter_body", "_chunked", "_line"})),
-    ("upstream body", "llmlbd/server/http1.py", frozenset({"release", "checkin", "discard"})),
-    ("relay", "llmlbd/server/relay.py", None),
-    ("relay", "llmlbd/server/forward.py", frozenset({"response_headers"})),
-    ("gunicorn: write response", "llmlbd/server/worker/onewrite.py", None),
-    ("gunicorn: worker loop", "llmlbd/server/app.py", None),  # gunicorn hooks
+    ("upstream request", "llmlbd/server/worker/http1.py", frozenset({"request", "_read_head"})),
+    ("upstream request", "llmlbd/server/worker/http1.py", frozenset({"_connect", "_checkout"})),
+    ("upstream request", "llmlbd/server/worker/http1.py", frozenset({"__init__", "header"})),
+    (
+        "upstream body",
+        "llmlbd/server/worker/http1.py",
+        frozenset({"iter_body", "_chunked", "_line"}),
+    ),
+    (
+        "upstream body",
+        "llmlbd/server/worker/http1.py",
+        frozenset({"release", "checkin", "discard"}),
+    ),
+    ("relay", "llmlbd/server/worker/relay.py", None),
+    ("relay", "llmlbd/server/worker/forward.py", frozenset({"response_headers"})),
+    (
+        "client: read request",
+        "llmlbd/server/worker/front.py",
+        frozenset(
+            {
+                "_read_head",
+                "_environ",
+                "fill",
+                "read",
+                "_read_length",
+                "_read_chunked",
+                "skip_buffered",
+            }
+        ),
+    ),
+    ("client: write response", "llmlbd/server/worker/front.py", None),
+    ("client: write response", "llmlbd/server/worker/onewrite.py", None),
+    ("gunicorn: worker loop", "llmlbd/server/master/app.py", None),  # gunicorn hooks
     ("app dispatch", "llmlbd/server/", None),
     (
         "gunicorn: read request",

@@ -6,7 +6,8 @@
 
 The load generator is wrk (C, Debian package `wrk`), so that the client is not the
 bottleneck; bench/wrk_chat.lua POSTs a 16-token chat completion (STREAM=1 for SSE).
-The backends are bench/peerbench/zero_backend.py processes, which answer at once.
+The backends are bench/zero_backend.py processes, which answer at once (a stream's
+16 events each in its own write, as a server generating tokens would).
 "direct" drives each backend with its own wrk, the connections split evenly, and
 sums their rates. Every target runs in every round, in the same order, plain then
 streaming, so that a noisy moment on this shared machine hits all of them; each
@@ -25,8 +26,6 @@ figures (bench/proxy_bench.py may reuse both).
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +37,16 @@ if str(ROOT) not in sys.path:
 from bench.peerbench.install import ensure_debian  # noqa: E402
 from bench.peerbench.routers import RouterUnavailable, start_router  # noqa: E402
 from bench.peerbench.stats import fmt, median, ratio  # noqa: E402
-from tests.harness import Proc, free_port, python_module, wait_for_http  # noqa: E402
+from bench.wrkbench import parse_wrk, wrk_popen, zero_backends  # noqa: E402
 
-__all__ = ["Cell", "measure", "parse_wrk", "run_overhead", "overhead_table"]
+__all__ = [
+    "Cell",
+    "measure",
+    "parse_wrk",
+    "run_overhead",
+    "overhead_table",
+]  # parse_wrk: wrkbench's
 
-LUA = ROOT / "bench" / "wrk_chat.lua"
 TARGETS = ("direct", "nginx least_conn", "vllm-router round_robin", "llmlbd global_least_request")
 MODES = ("plain", "streaming")
 
@@ -57,46 +61,10 @@ class Cell:
     errors: int = 0
 
 
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def parse_wrk(output: str) -> dict:
-    """Requests/s, latency p50/p99 (ms) and errors (non-2xx + socket errors) from wrk --latency."""
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    latency = {
-        q: float(v) * _UNITS[u]
-        for q, v, u in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
-    }
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", output))
-    socket = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    if socket:
-        errors += sum(int(n) for n in socket.groups())
-    return {
-        "rate": float(rate.group(1)) if rate else 0.0,
-        "p50_ms": latency.get("50", float("nan")),
-        "p99_ms": latency.get("99", float("nan")),
-        "errors": errors,
-    }
-
-
-def _wrk(wrk: str, url: str, connections: int, seconds: float, stream: bool, bearer: str = ""):
-    env = {"STREAM": "1" if stream else "0", "BEARER": bearer, "PATH": "/usr/bin:/bin"}
-    args = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "--latency"]
-    return subprocess.Popen(
-        args + ["-s", str(LUA), url + "/v1/chat/completions"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-
-
 def _run_cell(wrk: str, urls: list[str], connections: int, seconds: float, stream: bool) -> dict:
     """One wrk per URL, connections split evenly, all at once; rates summed."""
     share = max(1, connections // len(urls))
-    procs = [_wrk(wrk, url, share, seconds, stream) for url in urls]
+    procs = [wrk_popen(url, share, seconds, stream, wrk=wrk) for url in urls]
     parsed = [parse_wrk(p.communicate(timeout=seconds + 60)[0]) for p in procs]
     return {
         "rate": sum(p["rate"] for p in parsed),
@@ -119,49 +87,70 @@ def measure(
     wrk, reason = ensure_debian("wrk", "wrk", install)
     if wrk is None:
         return {}, {target: reason for target in targets}
-    ports = [free_port(), free_port()]
-    backends = [
-        Proc(python_module("bench.peerbench.zero_backend", "--port", str(p)), name=f"zero-{p}")
-        for p in ports
-    ]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
     running, skipped = {}, {}
-    try:
-        for url, proc in zip(urls, backends):
-            wait_for_http(url + "/health", process=proc.popen)
-        for target in targets:
-            if target == "direct":
-                continue
-            try:
-                running[target] = start_router(
-                    target, [(f"zero-{i}", u) for i, u in enumerate(urls)], ["sim-llama"], install
-                )
-            except RouterUnavailable as exc:
-                skipped[target] = str(exc)
-        cells: dict[tuple[str, str], Cell] = {}
-        live = [t for t in targets if t == "direct" or t in running]
-        total = rounds * len(modes) * len(live)
-        bar = _progress(total) if progress else None
-        for _ in range(rounds):
-            for mode in modes:
-                for target in live:
-                    target_urls = urls if target == "direct" else [running[target].url]
-                    result = _run_cell(wrk, target_urls, connections, seconds, mode == "streaming")
-                    cell = cells.setdefault((target, mode), Cell())
-                    cell.rates.append(result["rate"])
-                    cell.p50_ms.append(result["p50_ms"])
-                    cell.p99_ms.append(result["p99_ms"])
-                    cell.errors += result["errors"]
-                    if bar is not None:
-                        bar.update(1)
-        if bar is not None:
-            bar.close()
-        return cells, skipped
-    finally:
-        for router in running.values():
-            router.stop()
-        for proc in backends:
-            proc.stop(5)
+    with zero_backends(2) as ports:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        try:
+            return _measure(
+                urls,
+                running,
+                skipped,
+                wrk,
+                targets,
+                modes,
+                rounds,
+                seconds,
+                connections,
+                install,
+                progress,
+            )
+        finally:
+            for router in running.values():
+                router.stop()
+
+
+def _measure(
+    urls: list[str],
+    running: dict,
+    skipped: dict[str, str],
+    wrk: str,
+    targets: tuple[str, ...],
+    modes: tuple[str, ...],
+    rounds: int,
+    seconds: float,
+    connections: int,
+    install: bool,
+    progress: bool,
+) -> tuple[dict[tuple[str, str], Cell], dict[str, str]]:
+    """Start the routers, then every (target, mode) once per round, in the same order."""
+    for target in targets:
+        if target == "direct":
+            continue
+        try:
+            running[target] = start_router(
+                target, [(f"zero-{i}", u) for i, u in enumerate(urls)], ["sim-llama"], install
+            )
+        except RouterUnavailable as exc:
+            skipped[target] = str(exc)
+    cells: dict[tuple[str, str], Cell] = {}
+    live = [t for t in targets if t == "direct" or t in running]
+    total = rounds * len(modes) * len(live)
+    bar = _progress(total) if progress else None
+    for _ in range(rounds):
+        for mode in modes:
+            for target in live:
+                target_urls = urls if target == "direct" else [running[target].url]
+                result = _run_cell(wrk, target_urls, connections, seconds, mode == "streaming")
+                cell = cells.setdefault((target, mode), Cell())
+                cell.rates.append(result["rate"])
+                cell.p50_ms.append(result["p50_ms"])
+                cell.p99_ms.append(result["p99_ms"])
+                cell.errors += result["errors"]
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return cells, skipped
 
 
 def _progress(total: int):
@@ -216,7 +205,7 @@ def run_overhead(
         "#### Proxy overhead",
         "",
         f"Command: `{command}` (also run by `bench/peers.py`). Two zero-delay backends "
-        f"(`bench/peerbench/zero_backend.py`, 16-token answers), wrk with 1 thread and "
+        f"(`bench/zero_backend.py`, 16-token answers), wrk with 1 thread and "
         f"{connections} connections, {seconds:g} s per cell, {rounds} interleaved rounds; "
         "medians. wrk, the router and the backends share the 2 cores.",
         "",

@@ -13,12 +13,13 @@ llmlbd, Redis) still shares the cores, so read ratios, not absolutes.
 Run: python bench/proxy_bench.py [--seconds 6] [--concurrency 32 256] [--workers 2]
 Writes the table to stdout and, with --write-docs, into docs/benchmarks.md.
 
-`--side-by-side` measures instead, with wrk -t1 -c32 against two zero-delay
-backends (bench/zero_backend.py): the backends directly (one wrk per
-backend, at the same time, summed), nginx least_conn, vllm-router
-power_of_two and llmlbd with its default config (request log on), plain and
-streaming (16 chunks), in interleaved rounds; it prints medians and the
-ratios to vllm-router (see bench/wrkbench.py for installing the peers).
+`--side-by-side` runs bench/overhead.py instead (the one side-by-side harness,
+shared with bench/peers.py): wrk -t1 -c32 against two zero-delay backends
+(bench/zero_backend.py) directly (one wrk per backend, at the same time,
+summed), nginx least_conn, vllm-router and llmlbd with its default config
+(request log on), plain and streaming (16 chunks), in interleaved rounds;
+it prints medians and the ratios to direct and to vllm-router. Peers are
+installed as bench/peers.py installs them (bench/peerbench/install.py).
 """
 
 from __future__ import annotations
@@ -188,13 +189,6 @@ def main() -> None:
         help="wrk: direct vs nginx vs vllm-router vs llmlbd (default config), two backends",
     )
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side: interleaved rounds")
-    parser.add_argument("--vllm-router", help="side-by-side: path of the vllm-router binary")
-    parser.add_argument(
-        "--also-tree",
-        metavar="DIR",
-        help="side-by-side: also run the llmlbd + collector packages under DIR "
-        "(e.g. git archive main llmlbd collector | tar -x -C DIR)",
-    )
     parser.add_argument(
         "--write-docs",
         action="store_true",
@@ -202,9 +196,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.side_by_side:
-        from side_by_side import run_side_by_side
+        from bench.overhead import run_overhead
 
-        run_side_by_side(args.seconds, args.rounds, args.workers, args.vllm_router, args.also_tree)
+        print(run_overhead(args.rounds, args.seconds), flush=True)
         return
 
     from llmlbd.embedded import EmbeddedRedis

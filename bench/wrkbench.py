@@ -1,15 +1,10 @@
-"""Shared pieces of the wrk benchmarks: zero-delay backends, peers, llmlbd, wrk, CPU counters.
+"""Shared pieces of the wrk benchmarks: wrk (run, parse), zero-delay backends, llmlbd, CPU.
 
-Everything runs as a real process on 127.0.0.1 and free ports, stopped (with
-its process group) on exit. Peers that are not installed are reported as
-missing, never faked:
-
-- nginx: the Debian package (`apt-get install -y nginx wrk`), a private
-  instance with `least_conn`, keep-alive upstreams and `proxy_buffering off`
-  (as in /work/shared/design/reference/peer-runbook.md);
-- vllm-router: `pip install vllm-router==0.1.17` into a venv whose
-  `bin/vllm-router` is given with `--vllm-router` (or the VLLM_ROUTER env
-  variable), run with `power_of_two` and `RUST_LOG=warn`.
+Used by bench/overhead.py (the one side-by-side harness: direct, nginx,
+vllm-router, llmlbd; peers are started by bench/peerbench/routers.py) and
+bench/hotpath_profile.py (worker CPU per request). Everything runs as a real
+process on 127.0.0.1 and free ports, stopped (with its process group) on exit.
+The backends are bench/zero_backend.py; wrk posts bench/wrk_chat.lua's request.
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,20 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import LLMLBD, Proc, free_port, wait_for_http, wait_for_port  # noqa: E402
+from tests.harness import LLMLBD, Proc, free_port, wait_for_port  # noqa: E402
 
-DEFAULT_VLLM_ROUTER = "/tmp/hotpath-peers/venv-vllm-router/bin/vllm-router"
-CHUNKS = 16
+CHUNKS = 16  # SSE events per streamed answer of the zero-delay backends
+# wrk's request: a 16-token chat completion; STREAM=1 asks for SSE, BEARER=KEY adds a key.
+LUA = ROOT / "bench" / "wrk_chat.lua"
 
-# wrk's request: a 16-token chat completion; STREAM=1 asks for SSE.
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local stream = os.getenv("STREAM") == "1"
-wrk.body = '{"model": "stub-model", "max_tokens": 16, "stream": '
-  .. (stream and "true" or "false")
-  .. ', "messages": [{"role": "user", "content": "Say hello in sixteen tokens."}]}'
-"""
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
 @dataclass
@@ -54,51 +41,55 @@ class WrkResult:
     errors: int
 
 
-def _script_path() -> str:
-    path = Path(tempfile.gettempdir()) / "llmlbd-bench-wrk-chat.lua"
-    if not path.exists() or path.read_text() != WRK_SCRIPT:
-        path.write_text(WRK_SCRIPT)
-    return str(path)
+def parse_wrk(output: str) -> dict:
+    """Requests/s, requests, latency p50/p99 (ms) and errors (non-2xx + socket errors)
+    from `wrk --latency` output."""
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    count = re.search(r"(\d+) requests in", output)
+    latency = {
+        q: float(v) * _UNITS[u]
+        for q, v, u in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
+    }
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", output))
+    socket = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if socket:
+        errors += sum(int(n) for n in socket.groups())
+    return {
+        "rate": float(rate.group(1)) if rate else 0.0,
+        "requests": int(count.group(1)) if count else 0,
+        "p50_ms": latency.get("50", float("nan")),
+        "p99_ms": latency.get("99", float("nan")),
+        "errors": errors,
+    }
 
 
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+def wrk_popen(
+    url: str, connections: int, seconds: float, stream: bool, bearer: str = "", wrk: str = "wrk"
+) -> subprocess.Popen[str]:
+    """Start one closed-loop wrk (-t1) against POST *url*/v1/chat/completions."""
+    env = {"STREAM": "1" if stream else "0", "BEARER": bearer, "PATH": "/usr/bin:/bin"}
+    args = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "--latency"]
+    return subprocess.Popen(
+        args + ["-s", str(LUA), url + "/v1/chat/completions"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def run_wrk(port: int, seconds: float, connections: int = 32, stream: bool = False) -> WrkResult:
-    """One closed-loop wrk run (-t1) against POST /v1/chat/completions on *port*."""
-    if shutil.which("wrk") is None:
+    """One wrk run against 127.0.0.1:*port*."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
-    env = dict(os.environ, STREAM="1" if stream else "0")
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds:g}s",
-            "--timeout",
-            "10s",
-            "--latency",
-            "-s",
-            _script_path(),
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    errors = 0
-    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: (.*)"):
-        found = re.search(pattern, out)
-        if found:
-            errors += sum(int(n) for n in re.findall(r"\d+", found.group(1)))
-    return WrkResult(rps, p50, p99, requests, errors)
+    proc = wrk_popen(f"http://127.0.0.1:{port}", connections, seconds, stream, wrk=wrk)
+    parsed = parse_wrk(proc.communicate(timeout=seconds + 60)[0])
+    return WrkResult(
+        parsed["rate"], parsed["p50_ms"], parsed["p99_ms"], parsed["requests"], parsed["errors"]
+    )
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -164,82 +155,6 @@ def llmlbd(
         yield proxy
     finally:
         proxy.stop()
-
-
-NGINX_CONF = """
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  upstream backends {{ least_conn; {servers} keepalive 64; }}
-  server {{ listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://backends; proxy_http_version 1.1;
-      proxy_set_header Connection ""; proxy_buffering off; proxy_read_timeout 600s; }} }}
-}}
-"""
-
-
-@contextmanager
-def nginx(backend_ports: list[int]) -> Iterator[int | None]:
-    """A private nginx (least_conn) in front of the backends; yields its port, or None."""
-    binary = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if binary is None:
-        yield None
-        return
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="bench-nginx-")
-    servers = " ".join(f"server 127.0.0.1:{p};" for p in backend_ports)
-    conf = Path(workdir) / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, servers=servers, port=port))
-    proc = Proc([binary, "-p", workdir, "-c", str(conf)], name="bench-nginx")
-    try:
-        wait_for_port(port, process=proc.popen)
-        yield port
-    finally:
-        proc.stop()
-
-
-@contextmanager
-def vllm_router(backend_ports: list[int], binary: str | None = None) -> Iterator[int | None]:
-    """vllm-router power_of_two in front of the backends; yields its port, or None."""
-    binary = binary or os.environ.get("VLLM_ROUTER") or DEFAULT_VLLM_ROUTER
-    if not Path(binary).exists():
-        yield None
-        return
-    port = free_port()
-    proc = Proc(
-        [
-            binary,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--worker-urls",
-            *(f"http://127.0.0.1:{p}" for p in backend_ports),
-            "--policy",
-            "power_of_two",
-            "--prometheus-host",
-            "127.0.0.1",
-            "--prometheus-port",
-            str(free_port()),
-            "--log-level",
-            "warning",
-        ],
-        name="bench-vllm-router",
-        env={"RUST_LOG": "warn"},
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/readiness", process=proc.popen)
-        yield port
-    finally:
-        proc.stop()
 
 
 def median(values: list[float]) -> float:

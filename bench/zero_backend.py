@@ -4,16 +4,19 @@ One asyncio `Protocol` per process (no streams, no framework), HTTP/1.1
 keep-alive only. It answers `POST .../chat/completions` and `.../completions`
 with a fixed JSON body, or, when the body says `"stream": true`, with
 `--chunks` SSE events (each in its own chunked-encoding write, as a server
-generating tokens back to back would) and `data: [DONE]`. `/health`,
-`/v1/models` and `/metrics` answer so that llmlbd's collector and
-vllm-router's health check are satisfied. Nothing else is modelled: this is
-the "infinitely fast model server" that shows a proxy's own cost; use
-`llmlbd sim` for realistic timing.
+generating tokens back to back would) and `data: [DONE]`. The GET routes the
+routers' health checks and collectors read answer too: `/health`,
+`/health_generate`, `/v1/models`, `/metrics` (vLLM gauges, all zero),
+`/get_load`, `/get_server_info`, `/server_info`, `/get_model_info`,
+`/model_info`, `/version`; anything else is 404. Nothing else is modelled:
+this is the "infinitely fast model server" that shows a proxy's own cost;
+use `llmlbd sim` for realistic timing.
 
-Kept minimal on purpose (the peers benchmark may bring its own): one
-process serves about 20-30k plain requests/s on this machine.
+The one zero-delay backend of the benchmarks (bench/overhead.py, bench/peers.py
+through it, bench/hotpath_profile.py): one process serves about 20-30k plain
+requests/s on this machine.
 
-Run: python bench/zero_backend.py --port 8001 [--name b1] [--model stub-model] [--chunks 16]
+Run: python bench/zero_backend.py --port 8001 [--name b1] [--model sim-llama] [--chunks 16]
 """
 
 from __future__ import annotations
@@ -68,6 +71,19 @@ class Replies:
             ).encode(),
         )
         self.not_found = _response("404 Not Found", "application/json", b'{"error":"not found"}')
+        info = json.dumps({"model_path": model, "served_model_name": model}).encode()
+        self.gets = {
+            b"/health": self.health,
+            b"/health_generate": self.health,
+            b"/v1/models": self.models,
+            b"/metrics": self.metrics,
+            b"/get_load": _response("200 OK", "application/json", b'{"load": 0}'),
+            b"/get_server_info": _response("200 OK", "application/json", info),
+            b"/server_info": _response("200 OK", "application/json", info),
+            b"/get_model_info": _response("200 OK", "application/json", info),
+            b"/model_info": _response("200 OK", "application/json", info),
+            b"/version": _response("200 OK", "application/json", b'{"version": "0.33.0"}'),
+        }
         self.stream_head = (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -131,14 +147,8 @@ class ZeroServer(asyncio.Protocol):
                     transport.write(event)
             else:
                 transport.write(replies.plain)
-        elif path == b"/health":
-            transport.write(replies.health)
-        elif path == b"/v1/models":
-            transport.write(replies.models)
-        elif path == b"/metrics":
-            transport.write(replies.metrics)
         else:
-            transport.write(replies.not_found)
+            transport.write(replies.gets.get(path, replies.not_found))
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -157,8 +167,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="zero")
-    parser.add_argument("--model", default="stub-model")
-    parser.add_argument("--chunks", type=int, default=16, help="SSE events per streamed answer")
+    parser.add_argument("--model", default="sim-llama")
+    parser.add_argument(
+        "--chunks", "--tokens", type=int, default=16, help="SSE events per streamed answer"
+    )
     args = parser.parse_args()
     try:
         asyncio.run(serve(args.host, args.port, Replies(args.name, args.model, args.chunks)))

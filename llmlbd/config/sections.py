@@ -29,14 +29,15 @@ class ServerSection:
     """`server`: The proxy process: listening socket, workers, limits and timeouts."""
 
     bind: str
-    workers: int
-    worker_connections: int
+    workers: int | None
+    worker_connections: int | None
     api_keys_file: str | None
     forward_client_key: bool | None
     public_metrics: bool
     max_concurrent_requests: int
     client_header_timeout_s: float
     client_body_timeout_s: float
+    client_body_total_s: float
     client_write_timeout_s: float
     keepalive_s: int
     max_body_bytes: int

@@ -39,15 +39,18 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "server.workers",
-        2,
-        v.positive_int,
-        "Number of gunicorn worker processes (gevent); about one per core.",
+        None,
+        v.optional_positive_int,
+        "Number of gunicorn worker processes (gevent). Default: one per core the process "
+        "may run on (a worker uses one core; more than the cores costs CPU per request, "
+        "see docs/benchmarks.md).",
     ),
     Setting(
         "server.worker_connections",
-        1000,
-        v.positive_int,
-        "Most concurrent client connections per worker.",
+        None,
+        v.optional_positive_int,
+        "Most concurrent client connections per worker. Default: 1000, so the host's total "
+        "grows with the worker count (one worker per core).",
     ),
     Setting(
         "server.api_keys_file",
@@ -94,6 +97,14 @@ SETTINGS: list[Setting] = [
         v.positive_float,
         "Longest silence allowed from a client while it sends the request body; then it gets "
         "408 and the connection is closed.",
+        "s",
+    ),
+    Setting(
+        "server.client_body_total_s",
+        60.0,
+        v.positive_float,
+        "Deadline for a request's whole body, however steadily it trickles in (a client "
+        "sending a byte just within client_body_timeout_s still gets 408 after this).",
         "s",
     ),
     Setting(

@@ -11,7 +11,7 @@ is one Redis, so it is up or down for every pool at once.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from llmlbd.config.pools import PoolMap
 from llmlbd.errors import ModelNotFound
@@ -51,10 +51,19 @@ class PoolRouters:
         decision.pool = name
         return decision
 
-    def release(self, decision: Decision, *args: Any, **kwargs: Any) -> None:
-        """Give the slot back to the pool that reserved it, exactly once; never raises.
-        Whatever else the caller passes (an outcome) goes on to that pool's Router."""
-        self.routers[decision.pool].release(decision, *args, **kwargs)
+    def release(self, decision: Decision, outcome: str = "") -> None:
+        """Give the slot back to the pool that reserved it, exactly once, with how the
+        backend did (Router.release); never raises."""
+        self.routers[decision.pool].release(decision, outcome)
+
+    def defer_releases(self, wake: Callable[[], None]) -> None:
+        """Every pool's releases are queued and sent by the caller's sender (Router)."""
+        for router in self.routers.values():
+            router.defer_releases(wake)
+
+    def send_releases(self) -> None:
+        for router in self.routers.values():
+            router.send_releases()
 
     def maintain(self) -> None:
         """Each pool's heartbeat, retried releases, reaping and health view."""

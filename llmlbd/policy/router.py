@@ -19,6 +19,7 @@ that Redis lost.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -72,6 +73,21 @@ class Router:
         self._last_audit = time.monotonic()
         # Optional callbacks for metrics: redis_error(op), fallback().
         self.observer = observer
+        # Deferred releases (see defer_releases): the arguments of Leases.release, in order.
+        self.queued_releases: list[tuple[str, str]] = []
+        self._wake_sender: Callable[[], None] | None = None
+
+    def defer_releases(self, wake: Callable[[], None]) -> None:
+        """From now on `release()` queues and returns; *wake* is called when the queue
+        stops being empty, and the caller's sender then calls `send_releases()`.
+
+        The proxy worker does this so that no response and no next request on a
+        kept-alive connection waits for a release's reply, and releases that pile up
+        under load leave in one pipeline. A queued release that fails is kept in
+        pending_releases and retried by maintain(); the lease TTL and the reaper
+        remain the safety net for a worker that dies with releases queued.
+        """
+        self._wake_sender = wake
 
     def _redis_failed(self, op: str, exc: Exception) -> None:
         self._audit_due = True
@@ -88,6 +104,11 @@ class Router:
             )
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
+        queued = self.queued_releases
+        if queued and any(call[0] == request.request_id for call in queued):
+            # A retry of this request: its failed attempt's lease must go first (the
+            # acquire script never counts one request id twice).
+            self.send_releases()
         if self.breaker.allow():
             started = time.perf_counter()
             self.holding[request.request_id] = ""
@@ -127,17 +148,37 @@ class Router:
             self.fallback.release(decision.request_id)
             return
         self.holding.pop(decision.request_id, None)
+        call = (decision.request_id, outcome)
+        if self._wake_sender is None:
+            self._send([call])
+            return
+        self.queued_releases.append(call)
+        if len(self.queued_releases) == 1:
+            self._wake_sender()
+
+    def send_releases(self) -> None:
+        """Send every queued release (together); failures are kept for maintain()."""
+        while self.queued_releases:
+            batch, self.queued_releases = self.queued_releases, []
+            self._send(batch)
+
+    def _send(self, calls: list[tuple[str, str]]) -> None:
         started = time.perf_counter()
         try:
-            released = self.leases.release(decision.request_id, outcome)
+            results = self.leases.release_many(calls)
         except REDIS_ERRORS as exc:
             self._redis_failed("release", exc)
-            self.pending_releases.add(decision.request_id)
+            self.pending_releases.update(call[0] for call in calls)
+        except Exception:
+            # Never lose a release: this worker heartbeats, so the reaper would not free it.
+            log.exception("release_failed")
+            self.pending_releases.update(call[0] for call in calls)
         else:
             if self.observer:
                 self.observer.redis_call("release", time.perf_counter() - started)
-            if released.event:
-                self._outlier_event(released, decision.request_id)
+            for (request_id, _), released in zip(calls, results):
+                if released.event:
+                    self._outlier_event(released, request_id)
 
     def _outlier_event(self, released: Released, request_id: str) -> None:
         """One log line per ejection and per return, from the worker whose release caused it."""
@@ -164,6 +205,7 @@ class Router:
 
     def maintain(self) -> None:
         """Heartbeat, retry failed releases, reap dead workers' leases, refresh health."""
+        self.send_releases()  # normally done at once by the worker's sender
         try:
             self.leases.heartbeat()
             for request_id in list(self.pending_releases):
@@ -195,7 +237,8 @@ class Router:
         self._audit_due = False
         self._last_audit = time.monotonic()
         own = self.leases.own()
-        keep = set(self.holding) | self.pending_releases | set(self.unsure_acquires)
+        queued = {request_id for request_id, _ in self.queued_releases}
+        keep = set(self.holding) | self.pending_releases | set(self.unsure_acquires) | queued
         released = restored = 0
         for request_id in own - keep:
             # A pick that began meanwhile holds its own, new request id: never one of these.
@@ -216,6 +259,7 @@ class Router:
 
     def retire(self) -> None:
         """The worker is exiting: drop every lease it still holds."""
+        self.send_releases()
         try:
             self.leases.retire()
         except REDIS_ERRORS as exc:

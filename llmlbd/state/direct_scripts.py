@@ -108,6 +108,47 @@ class _DirectScript:
         owner._idle.append(conn)
         return reply
 
+    def many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run the script once per (keys, args), all sent in one write, replies in order.
+
+        A reply error (other than NOSCRIPT) raises after the connection is dropped
+        (its other replies are unread). NOSCRIPT loads the script and sends the whole
+        batch again: only for scripts that are safe to run twice (release is).
+        """
+        owner = self.owner
+        if owner._in_use >= owner._limit:
+            return [self(keys=keys, args=args) for keys, args in calls]
+        conn = owner._idle.pop() if owner._idle else owner._new_connection()
+        owner._in_use += 1
+        try:
+            try:
+                replies = self._run_many(conn, calls)
+            except NoScriptError:
+                conn.disconnect()
+                self._call(conn, "SCRIPT", "LOAD", self.source)
+                replies = self._run_many(conn, calls)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            owner._in_use -= 1
+        owner._idle.append(conn)
+        return replies
+
+    def _run_many(
+        self, conn: Any, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        if conn._sock is None:
+            conn.connect()
+        commands = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args in calls]
+        try:
+            send_all(conn._sock, b"".join(conn.pack_commands(commands)))
+        except TimeoutError:
+            raise redis.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from None
+        return [conn.read_response() for _ in calls]
+
     def _run(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
             return self._call(conn, "EVALSHA", self.sha, len(keys), *keys, *args)

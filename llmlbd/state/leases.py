@@ -99,9 +99,34 @@ class Leases:
         """Give the request's slot back and record *outcome* for outlier ejection ("ok", a
         kind of outlier.FAILURES, or "" for none); falsy if it had no slot (already
         released or reaped)."""
+        keys, args = self._release_call(request_id, outcome)
+        return Released.from_reply(self.scripts.release(keys=keys, args=args))
+
+    def release_many(self, calls: Sequence[tuple[str, str]]) -> list[Released]:
+        """`release(*call)` for each of *calls* (request id, outcome), sent together (one
+        pipeline, one round trip).
+
+        Each release is its own script run, as alone; a failure raises for the whole
+        batch, and the caller retries them all (release is idempotent).
+        """
+        if len(calls) == 1 or _is_cluster(self.client):
+            return [self.release(*call) for call in calls]
+        script = self.scripts.release
+        many = getattr(script, "many", None)
+        if many is not None:  # DirectScripts: one write on a connection of its own
+            replies = many([self._release_call(*call) for call in calls])
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for call in calls:
+                keys, args = self._release_call(*call)
+                script(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
+        return [Released.from_reply(reply) for reply in replies]
+
+    def _release_call(self, request_id: str, outcome: str = "") -> tuple[list[str], list[Any]]:
+        """The keys and arguments of release.lua for one request (the one place they are built)."""
         k = self.keys
-        args = [request_id, outcome, *self.outlier.args()]
-        return Released.from_reply(self.scripts.release(keys=[k.inflight, k.leases], args=args))
+        return [k.inflight, k.leases], [request_id, outcome, *self.outlier.args()]
 
     def own(self) -> set[str]:
         """The request ids this worker holds a lease for, as Redis has them."""
@@ -124,6 +149,11 @@ class Leases:
     def retire(self) -> tuple[int, int]:
         """This worker is stopping: drop whatever it still holds, now."""
         return reap(self.client, self.keys, dead_worker=self.worker_id)
+
+
+def _is_cluster(client: Any) -> bool:
+    # A Cluster client's pipeline is per slot and has no script cache: release one by one.
+    return type(client).__name__ == "RedisCluster"
 
 
 def reap(

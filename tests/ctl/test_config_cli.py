@@ -56,7 +56,8 @@ class TestShow:
         data = yaml.safe_load(result.stdout)
         assert data["redis"]["url"] == "redis://user:***@10.0.0.5:6379/0"
         assert data["redis"]["password"] == "***" and data["lb_config"]["password"] == "***"
-        assert data["server"]["workers"] == 2  # a default
+        assert data["server"]["keepalive_s"] == 5  # a default
+        assert data["server"]["workers"] is None  # unset: one per core when the proxy starts
         assert set(SECTIONS) <= set(data)
         as_json = json.loads(run("show", "--json", str(path)).stdout)
         assert as_json["redis"]["password"] == "***"

@@ -226,3 +226,98 @@ def test_fuzzed_requests_never_get_a_500(proxy, method, path, value, body):
     assert status < 500, answer
     if headers.get("x-llmlbd-backend") is None:  # llmlbd's own answer
         assert json.loads(answer)["error"]["code"]
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """*count* whole responses (head, body) from *sock*; bodies framed by Content-Length
+    or chunked."""
+    data = b""
+    answers: list[tuple[bytes, bytes]] = []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(answers)} responses: {data!r}"
+            data += chunk
+        head, data = data.split(b"\r\n\r\n", 1)
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            while not data.endswith(b"0\r\n\r\n") and b"\r\n0\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            end = (
+                data.index(b"0\r\n\r\n") + 5
+                if data.startswith(b"0\r\n")
+                else (data.index(b"\r\n0\r\n\r\n") + 7)
+            )
+            body, data = data[:end], data[end:]
+        else:
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(data) < length:
+                data += sock.recv(65536)
+            body, data = data[:length], data[length:]
+        answers.append((head, body))
+    return answers
+
+
+def test_a_chunked_request_body_is_forwarded(proxy):
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT), CHAT)
+    raw = request(
+        b"POST", b"/v1/chat/completions", POST + b"Transfer-Encoding: chunked\r\n", chunked
+    )
+    status, headers, body = exchange(proxy, raw)
+    assert status == 200 and headers["x-llmlbd-backend"] == "stub-0", body
+
+
+def test_expect_100_continue_gets_100_then_the_answer(proxy):
+    head = request(
+        b"POST",
+        b"/v1/chat/completions",
+        POST + b"Expect: 100-continue\r\nContent-Length: %d\r\n" % len(CHAT),
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+        sock.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        sock.sendall(CHAT)
+        ((final, _),) = read_responses(sock, 1)
+    assert final.startswith(b"HTTP/1.1 200"), final
+
+
+def test_pipelined_and_kept_alive_requests_are_answered_in_order(proxy):
+    chat = request(
+        b"POST", b"/v1/chat/completions", POST + b"Content-Length: %d\r\n" % len(CHAT), CHAT
+    )
+    health = request(b"GET", b"/healthz", b"")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+        sock.sendall(chat + health + chat)  # three requests in one write
+        answers = read_responses(sock, 3)
+        sock.sendall(health)  # and the connection still serves afterwards
+        answers += read_responses(sock, 1)
+    statuses = [head.split(b" ")[1] for head, _ in answers]
+    assert statuses == [b"200"] * 4
+    assert b'"status":"ok"' in answers[1][1] and b'"status":"ok"' in answers[3][1]
+    assert b"x-llmlbd-backend" in answers[0][0] and b"x-llmlbd-backend" in answers[2][0]
+
+
+def test_http10_without_keep_alive_is_closed_after_the_answer(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data
+    assert data.endswith(b'{"status":"ok"}')
+
+
+def test_an_unread_body_of_a_refused_request_does_not_become_the_next_request(proxy):
+    # 404 without reading the body: the body (already here) is skipped, the next request is served.
+    stray = request(b"POST", b"/nope", POST + b"Content-Length: 9\r\n", b"GET / x\r\n")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+        sock.sendall(stray + request(b"GET", b"/healthz", b""))
+        answers = read_responses(sock, 2)
+    assert [head.split(b" ")[1] for head, _ in answers] == [b"404", b"200"]

@@ -161,3 +161,38 @@ def test_a_full_worker_answers_503_with_retry_after(redis_server, backends):
         assert refused.elapsed.total_seconds() < 3  # fast, not after the slow ones
         # Slots come back: afterwards the worker serves again.
         assert requests.post(f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=10).ok
+
+
+def test_a_trickled_body_gets_408_after_the_total_body_deadline(redis_server, backends):
+    # One byte every 0.5 s never trips client_body_timeout_s (2 s of silence), but the
+    # whole body must arrive within client_body_total_s.
+    with start(redis_server, backends, client_body_total_s=2.0) as proxy:
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        try:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+            )
+            began = time.monotonic()
+            answer = b""
+            sock.settimeout(0.5)
+            for byte in BODY:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break  # the proxy stopped reading: its answer is waiting
+                try:
+                    answer += sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if answer:
+                    break
+            answer += read_all(sock, 5)
+            elapsed = time.monotonic() - began
+        finally:
+            sock.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"client_body_total_s" in answer
+        assert 1.5 < elapsed < 6, elapsed
+        # The proxy serves others as before.
+        assert requests.post(f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=10).ok

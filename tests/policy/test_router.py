@@ -264,3 +264,49 @@ def test_the_audit_takes_again_a_lease_redis_lost(router, admin) -> None:
     assert counts(admin) == {held.backend.name: 1}
     router.release(held)
     assert counts(admin) == {} and admin.hlen(KEYS.leases) == 0
+
+
+def test_deferred_releases_wait_for_the_sender_and_survive_an_outage(router, server, admin):
+    woken: list[int] = []
+    router.defer_releases(lambda: woken.append(len(router.queued_releases)))
+    decisions = [router.pick(request(i)) for i in range(4)]
+    for decision in decisions[:3]:
+        router.release(decision)
+    assert woken == [1]  # woken once, when the queue stopped being empty
+    assert counts(admin) == {"a": 2, "b": 2}  # nothing sent yet: the caller did not wait
+    router.send_releases()  # the sender: all three in one batch
+    assert router.queued_releases == []
+    assert sum(counts(admin).values()) == 1 and admin.hlen(KEYS.leases) == 1
+
+    # A batch that cannot reach Redis is kept and sent by maintain() once it is back.
+    admin.save()
+    server.kill()
+    router.release(decisions[3])
+    router.send_releases()
+    assert router.pending_releases == {decisions[3].request_id}
+    server.start()
+    router.maintain()
+    assert router.pending_releases == set()
+    assert counts(admin) == {} and admin.hlen(KEYS.leases) == 0
+
+
+def test_a_retry_sends_its_own_queued_release_before_picking_again(router, admin):
+    router.defer_releases(lambda: None)
+    other = router.pick(request(2))
+    router.release(other)
+    first = router.pick(request(1))
+    router.release(first)  # the attempt failed; the request is retried under the same id
+    retry = router.pick(request(1), exclude=frozenset({first.backend.name}))
+    assert retry.backend.name != first.backend.name
+    assert admin.hgetall(KEYS.leases).keys() == {"req-1"}
+    router.release(retry)
+    router.send_releases()
+    assert counts(admin) == {}
+
+
+def test_retire_sends_queued_releases_first(router, admin):
+    router.defer_releases(lambda: None)
+    router.release(router.pick(request(1)))
+    assert admin.hlen(KEYS.leases) == 1
+    router.retire()
+    assert counts(admin) == {} and admin.hlen(KEYS.leases) == 0 and not router.queued_releases

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from llmlbd.state.direct_scripts import DirectScripts
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases, reap
 from tests.state.least_request import acquire_least
@@ -141,6 +142,29 @@ class TestRelease:
         leases.acquire("r2", "a")
         assert leases.release("r1").released is False
         assert counts(redis_client, keys) == {"a": 1}
+
+    @pytest.mark.parametrize("direct", [False, True], ids=["redis-py", "direct"])
+    def test_release_many_is_release_for_each_in_one_pipeline(
+        self, leases, redis_client, keys, direct
+    ):
+        if direct:  # the worker's path: EVALSHA on connections of its own
+            leases.scripts = DirectScripts(leases.client)
+        for i in range(5):
+            leases.acquire(f"r{i}", "ab"[i % 2])
+        redis_client.script_flush()  # the pipeline loads the script it needs
+        calls = [("r0", "ok"), ("r1", ""), ("r0", "ok"), ("nope", ""), ("r4", "ok")]
+        replies = leases.release_many(calls)
+        assert [bool(r) for r in replies] == [True, True, False, False, True]
+        assert counts(redis_client, keys) == {"a": 1, "b": 1}
+        assert [bool(r) for r in leases.release_many([("r2", "")])] == [True]
+        assert counts(redis_client, keys) == {"b": 1}
+        # Outcomes travel with the batch: five failed requests in one batch eject the
+        # backend, and the release that did it says so.
+        for i in range(5):
+            leases.acquire(f"f{i}", "c")
+        replies = leases.release_many([(f"f{i}", "status") for i in range(5)])
+        assert [r.event for r in replies] == ["", "", "", "", "ejected"]
+        assert replies[-1].backend == "c" and redis_client.zscore(keys.ejected, "c")
 
 
 class TestReap:

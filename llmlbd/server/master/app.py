@@ -16,6 +16,7 @@ import structlog
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from llmlbd.config import sizing
 from llmlbd.config.loader import Config
 from llmlbd.server.master.children import Child
 from llmlbd.state.leases import new_worker_id
@@ -85,10 +86,10 @@ class LLMLBApplication(BaseApplication):
         server = self.config.server
         settings = {
             "bind": [server.bind],
-            "workers": server.workers,
+            "workers": sizing.workers(server),
             # gunicorn's gevent worker plus client deadlines and one-write responses (llmlbd/server/gworker.py).
             "worker_class": "llmlbd.server.gworker.LLMLBWorker",
-            "worker_connections": server.worker_connections,
+            "worker_connections": sizing.worker_connections(server),
             "graceful_timeout": max(1, round(server.graceful_timeout_s)),
             "timeout": 30,
             "keepalive": server.keepalive_s,
@@ -196,7 +197,7 @@ class LLMLBApplication(BaseApplication):
             "llmlbd_ready",
             url=_url(self.config.server.bind),
             **_pools_fields(self.config),
-            workers=self.config.server.workers,
+            workers=sizing.workers(self.config.server),
         )
 
     def _on_exit(self, server: Any) -> None:

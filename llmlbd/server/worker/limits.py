@@ -4,9 +4,9 @@ A gevent worker holds one greenlet per connection, up to worker_connections.
 Without deadlines, clients that send half a body and stall (or stop reading a
 stream) keep their greenlet, their backend slot and their in-flight count for
 ever; a few hundred of them lock every other client out. The request head is
-bounded by the worker class (llmlbd.server.gworker); the body and the
-response are bounded here through the client socket's timeout, which gevent
-applies to each recv and send.
+bounded by the request loop (llmlbd.server.worker.front), and so are the
+body (each read, and the whole body) and each response write; this module
+caps concurrent requests and names a body deadline in the client's 408.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from gunicorn.http.errors import NoMoreData, ParseException
-
+from llmlbd.config import sizing
 from llmlbd.errors import BadRequest, Overloaded, RequestTimeout
+from llmlbd.server.worker.front import BodyClosed, BodyFramingError, BodyTimeout
 
 __all__ = ["ClientLimits", "concurrency_cap"]
 
@@ -35,9 +35,9 @@ class ClientLimits:
     """One worker's count of requests being served, and the deadlines on its clients."""
 
     def __init__(self, server: Any) -> None:
-        self.cap = concurrency_cap(server.max_concurrent_requests, server.worker_connections)
-        self.body_timeout_s: float = server.client_body_timeout_s
-        self.write_timeout_s: float = server.client_write_timeout_s
+        self.cap = concurrency_cap(
+            server.max_concurrent_requests, sizing.worker_connections(server)
+        )
         self.active = 0
 
     def admit(self, environ: dict[str, Any]) -> None:
@@ -51,51 +51,40 @@ class ClientLimits:
         environ[_ADMITTED] = True
 
     def finished(self, environ: dict[str, Any]) -> None:
-        """gunicorn's post_request: count the request out; the idle connection has no deadline."""
+        """After each response (the post_request hook): count the request out."""
         if environ.pop(_ADMITTED, False):
             self.active -= 1
-        sock = environ.get("gunicorn.socket")
-        if sock is not None:
-            try:
-                sock.settimeout(None)  # the keep-alive wait is bounded by the worker class
-            except OSError:
-                pass
 
     def read_body(self, environ: dict[str, Any], read: Callable[[], bytes]) -> bytes:
-        """*read* the body with the body deadline; afterwards, the response's write deadline."""
+        """*read* the body; its deadlines (per read and in total) are the request loop's
+        (llmlbd.server.worker.front), named here in the client's answer."""
         sock = environ.get("gunicorn.socket")
-        _set_timeout(sock, self.body_timeout_s)
         try:
             return read()
-        except TimeoutError:
+        except BodyTimeout as exc:
             _stop_reading(sock)  # the rest of the body will not come: close after the 408
+            if exc.total:
+                raise RequestTimeout(
+                    f"the client did not send the whole body within {exc.seconds:g} s "
+                    "(server.client_body_total_s)"
+                ) from None
             raise RequestTimeout(
-                f"the client sent no body bytes for {self.body_timeout_s:g} s "
+                f"the client sent no body bytes for {exc.seconds:g} s "
                 "(server.client_body_timeout_s)"
             ) from None
-        except NoMoreData:
+        except BodyClosed:
             raise BadRequest(
                 "the client closed the connection before the end of the body"
             ) from None
-        except ParseException as exc:
+        except BodyFramingError as exc:
             # A chunked body whose framing lies (bad size line, missing CRLF...).
             _stop_reading(sock)
             raise BadRequest(f"the request body's framing is invalid: {exc}") from None
-        finally:
-            _set_timeout(sock, self.write_timeout_s)
-
-
-def _set_timeout(sock: Any, seconds: float) -> None:
-    if sock is not None:
-        try:
-            sock.settimeout(seconds)
-        except OSError:
-            pass
 
 
 def _stop_reading(sock: Any) -> None:
     """After an unreadable body the connection cannot serve another request: end it once
-    the error response is written (gunicorn then reads end-of-stream and closes)."""
+    the error response is written (the request loop then closes it)."""
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RD)

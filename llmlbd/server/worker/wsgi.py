@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import gevent
+import gevent.event
 import structlog
 
 from llmlbd import metrics
@@ -68,6 +69,10 @@ REQUEST_KEY = "llmlbd.request"
 
 
 def _client_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's header fields by lower-case name (the request loop parsed them)."""
+    parsed: dict[str, str] | None = environ.get("llmlbd.headers")
+    if parsed is not None:
+        return parsed
     headers = {
         key[5:].replace("_", "-").lower(): value
         for key, value in environ.items()
@@ -96,6 +101,8 @@ class ProxyApp:
         self._id_prefix = secrets.token_hex(8)
         self._id_counter = itertools.count()
         self._maintainer: gevent.Greenlet[[], None] | None = None
+        self._release_sender: gevent.Greenlet[[], None] | None = None
+        self._releases_queued = gevent.event.Event()
         self._idle_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.models = models_union.ModelsCache(config.all_backends())
         self.backends = config.all_backends()  # every pool's, each backend once
@@ -111,6 +118,9 @@ class ProxyApp:
         if self.access_log:
             self.request_log = requestlog.for_config(self.config.logging.format)
         cpuprofile.start_if_enabled()  # benchmarks only: off unless its variable is set
+        # Releases leave from their own greenlet: no response waits for a release's reply.
+        self.runtime.router.defer_releases(self._releases_queued.set)
+        self._release_sender = gevent.spawn(self._send_releases_forever)
         self._maintain()  # heartbeat and membership before the first request
         self._maintainer = gevent.spawn(self._maintain_forever)
 
@@ -136,9 +146,22 @@ class ProxyApp:
             except Exception:
                 log.exception("maintain_failed")
 
+    def _send_releases_forever(self) -> None:
+        assert self.runtime is not None
+        router = self.runtime.router
+        while True:
+            self._releases_queued.wait()
+            self._releases_queued.clear()
+            try:
+                router.send_releases()
+            except Exception:
+                log.exception("release_send_failed")  # maintain() sends what is left
+
     def shutdown_worker(self) -> None:
         if self._maintainer is not None:
             self._maintainer.kill(block=False)
+        if self._release_sender is not None:
+            self._release_sender.kill(block=False)
         if self.runtime is not None:
             self.runtime.router.retire()
             self.runtime.upstreams.close()
