@@ -6,7 +6,7 @@ and health apply to them exactly as to the real policies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 
 from llmlbd.config.loader import Backend
 from llmlbd.policy.context import PolicyContext
@@ -27,7 +27,8 @@ class _InOrder:
         self.ctx = ctx
         self.cap = ctx.lb_config.maxRequestCount
 
-    def order(self, candidates: list[Backend]) -> Sequence[Backend]:
+    def order(self, candidates: list[Backend]) -> Iterable[Backend]:
+        """The order to try *candidates* in (a fresh list: it may be reordered in place)."""
         raise NotImplementedError
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
@@ -55,7 +56,7 @@ class _InOrder:
 class RoundRobin(_InOrder):
     name = "round_robin"
 
-    def order(self, candidates: list[Backend]) -> Sequence[Backend]:
+    def order(self, candidates: list[Backend]) -> Iterable[Backend]:
         # One counter for the whole pool, so replicas take turns together.
         turn = next_turn(self.ctx.client, self.ctx.keys) if self.ctx.client else 0
         start = turn % len(candidates)
@@ -65,5 +66,11 @@ class RoundRobin(_InOrder):
 class Random(_InOrder):
     name = "random"
 
-    def order(self, candidates: list[Backend]) -> Sequence[Backend]:
-        return self.ctx.rng.sample(candidates, len(candidates))
+    def order(self, candidates: list[Backend]) -> Iterator[Backend]:
+        # A shuffle drawn lazily (Fisher-Yates, one step per backend tried): the first try,
+        # which nearly always reserves, costs O(1) whatever the pool size.
+        rng, n = self.ctx.rng, len(candidates)
+        for i in range(n):
+            j = rng.randrange(i, n)
+            candidates[i], candidates[j] = candidates[j], candidates[i]
+            yield candidates[i]
