@@ -87,6 +87,12 @@ class PoolKeys:
         """ZSET eligible backend whose model list is unknown -> in-flight / weight."""
         return f"{self._base}:lr:any"
 
+    @property
+    def index_sum(self) -> str:
+        """HASH `<zset>#n` / `<zset>#w`: requests in flight and weights (millionths) of the
+        members of each index ZSET (session_affinity's load bound in O(1))."""
+        return f"{self._base}:lr:sum"
+
     def index_model(self, model: str) -> str:
         """ZSET eligible backend serving *model* -> in-flight / weight (all of them when '')."""
         return f"{self._base}:lr:model:{model}" if model else self.index_all

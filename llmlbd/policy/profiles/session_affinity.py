@@ -4,11 +4,15 @@ What vllm-router and sglang-router call consistent hashing, with bounded loads
 (Mirrokni, Thorup and Zadimoghaddam): the session id (``lb_config.sessionHeader``,
 else the OpenAI ``user`` field) hashes onto a ring of virtual nodes; a new session
 takes the first backend clockwise whose in-flight count stays within
-``loadFactor`` x the fleet's mean plus ``loadSlack`` requests. The choice is remembered in Redis
+``loadFactor`` x the fleet's mean plus ``loadSlack`` requests. Only the first
+``RING_PREFIX`` distinct backends of the ring are tried; when none of them may take it,
+the least-loaded eligible backend does (the ordered index), so a decision costs the
+same at any pool size. The choice is remembered in Redis
 (``session:<digest>``, ``sessionTTL``), so a session moves only when its backend is
 down, drained, excluded after a failure, or over the bound, and then stays where
 it moved. Adding or removing a backend moves only the sessions whose ring
-segment changed. Requests without a session go to the least-loaded backend.
+segment changed. Requests without a session go to the least-loaded backend, random
+among ties (as global_least_request).
 One Lua script (state/lua/acquire_session.lua) decides and reserves atomically.
 """
 
@@ -23,9 +27,14 @@ from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.framework import Decision
 from llmlbd.policy.outcomes import no_route, no_route_outcome, refuse_empty_pool
 from llmlbd.request import RoutingRequest
+from llmlbd.state.ordered_index import Membership, index_keys, with_resync
 from llmlbd.state.scripts import reply_text
 
-__all__ = ["SessionAffinity", "HashRing", "session_of"]
+__all__ = ["SessionAffinity", "HashRing", "session_of", "RING_PREFIX"]
+
+# Distinct backends of a session's ring order passed to the script: the session's next
+# homes when its backend cannot take it; past them, the least-loaded backend.
+RING_PREFIX = 16
 
 
 def _point(text: str) -> int:
@@ -45,16 +54,18 @@ class HashRing:
         self.names = [n for _, n in points]
         self.distinct = len(set(self.names))
 
-    def order(self, key: str) -> list[str]:
-        """Every backend once, in the order met walking clockwise from *key*'s point."""
+    def order(self, key: str, limit: int | None = None) -> list[str]:
+        """Every backend once (the first *limit* of them), in the order met walking
+        clockwise from *key*'s point."""
         seen: dict[str, None] = {}
         if not self.points:
             return []
+        want = self.distinct if limit is None else min(limit, self.distinct)
         start = bisect.bisect(self.points, _point(key))
         count = len(self.names)
         for step in range(count):
             seen.setdefault(self.names[(start + step) % count], None)
-            if len(seen) == self.distinct:
+            if len(seen) == want:
                 break
         return list(seen)
 
@@ -81,13 +92,13 @@ class SessionAffinity:
         self.factor = lb.loadFactor
         self.vnodes = lb.virtualNodes
         self.slack = lb.loadSlack
-        self._ring_of: tuple[tuple[str, float], ...] = ()
+        self._ring_of: Membership | None = None
         self._ring = HashRing([], self.vnodes)
 
     def ring(self) -> HashRing:
         """The ring of the current members (rebuilt when membership changes)."""
-        members = tuple((b.name, b.weight) for b in self.ctx.backends)
-        if members != self._ring_of:
+        members = self.ctx.membership  # a new object on every membership change
+        if members is not self._ring_of:
             self._ring = HashRing(list(self.ctx.backends), self.vnodes)
             self._ring_of = members
         return self._ring
@@ -95,38 +106,40 @@ class SessionAffinity:
     def _call(
         self, request: RoutingRequest, exclude: frozenset[str], dry: bool
     ) -> tuple[Any, str, list[str]]:
-        """(the script's reply, the session id, the candidates in the order passed)."""
+        """(the script's reply, the session id, the ring backends passed)."""
         ctx = self.ctx
         assert ctx.leases is not None
+        leases = ctx.leases
         session = session_of(request, self.header, self.from_user)
-        if session:
-            names = self.ring().order(session)
-        else:
-            names = [b.name for b in ctx.backends]
-            if not dry:
-                ctx.rng.shuffle(names)
+        names = self.ring().order(session, RING_PREFIX) if session else []
         k = ctx.keys
-        digest = hashlib.blake2b(session.encode(), digest_size=12).hexdigest()
-        keys = [k.inflight, k.leases, k.workers, k.drained]
-        keys += [k.session(digest)] if session else []
-        keys += [k.backend(n) for n in names]
+        members = ctx.membership
+        keys = [k.inflight, k.leases, k.workers, k.drained, *index_keys(k, request.model)]
+        keys.append(k.index_sum)
+        if session:
+            keys.append(k.session(hashlib.blake2b(session.encode(), digest_size=12).hexdigest()))
         args = [
             request.request_id,
-            ctx.leases.worker_id,
-            ctx.leases.ttl_ms,
+            leases.worker_id,
+            leases.ttl_ms,
             self.cap,
             request.model,
-            len(names),
+            members.digest,
+            ctx.rng.getrandbits(31),
             repr(float(self.factor)),
             self.ttl_ms,
             "1" if session else "0",
             self.slack,
             "1" if dry else "0",
+            len(names),
             *names,
-            *(repr(float(ctx.by_name[n].weight)) for n in names),
-            *("1" if n in exclude else "0" for n in names),
+            *sorted(exclude),
         ]
-        return ctx.leases.scripts.acquire_session(keys=keys, args=args), session, names
+
+        def run() -> Any:
+            return leases.scripts.acquire_session(keys=keys, args=args)
+
+        return with_resync(run, leases.client, k, members), session, names
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
@@ -157,7 +170,7 @@ class SessionAffinity:
         if not reply[0]:
             result["outcome"] = no_route_outcome(reply_text(reply[1]), request)
             return result
-        rows = {reply_text(r[0]): r for r in reply[3]}
+        ring_rank = {name: position for position, name in enumerate(names)}
         current = reply_text(reply[2])
         result.update(
             choice=reply_text(reply[0]),
@@ -165,23 +178,23 @@ class SessionAffinity:
             outcome={"status": 200},
             session=session or None,
             session_backend=current or None,
-            score_meaning="ring order from the session's hash (1 = its first choice); a backend "
-            "takes it while in flight + 1 <= bound",
+            score_meaning=f"ring order from the session's hash (1 = its first choice; the "
+            f"first {RING_PREFIX} are tried, then the least loaded); a backend takes it while "
+            "in flight + 1 <= bound",
             candidates=[
                 {
                     "name": name,
                     "url": self.ctx.by_name[name].url,
                     "weight": self.ctx.by_name[name].weight,
-                    "inflight": int(rows[name][1]),
-                    "bound": int(rows[name][2]),
-                    "removed_by": None
-                    if reply_text(rows[name][3]) == "ok"
-                    else reply_text(rows[name][3]),
-                    "score": position + 1 if session else None,
+                    "inflight": int(row[1]),
+                    "bound": int(row[2]),
+                    "removed_by": None if reply_text(row[3]) == "ok" else reply_text(row[3]),
+                    "score": ring_rank[name] + 1 if name in ring_rank else None,
                 }
-                for position, name in enumerate(names)
+                for row in reply[3]
+                for name in [reply_text(row[0])]
             ],
-            note="dry run of acquire_session.lua"
+            note="dry run of acquire_session.lua (the backends it looked at)"
             + ("" if session else "; without a session the least loaded wins, ties at random"),
         )
         return result

@@ -58,12 +58,35 @@ local function index_zsets(base, placement)
   return zsets
 end
 
+-- Per index ZSET, the totals of its members (`lr:sum` HASH): `<zset>#n` requests in
+-- flight, `<zset>#w` weights in millionths (integers: adding and taking away stays exact).
+-- session_affinity's load bound reads them instead of walking the pool.
+local function weight_units(weight)
+  return math.floor(weight * 1000000 + 0.5)
+end
+
+-- Add dn requests and dw weight units to the totals of the ZSETs a backend placed as
+-- `placement` is in.
+local function index_total_add(base, placement, dn, dw)
+  for _, zset in ipairs(index_zsets(base, placement)) do
+    if dn ~= 0 then redis.call('HINCRBY', base .. ':lr:sum', zset .. '#n', dn) end
+    if dw ~= 0 then redis.call('HINCRBY', base .. ':lr:sum', zset .. '#w', dw) end
+  end
+end
+
+-- The in-flight count a placed backend is indexed with (its score x weight), 0 if none.
+local function index_counted(base, name, weight)
+  local score = redis.call('ZSCORE', base .. ':lr:all', name)
+  return score and math.floor(tonumber(score) * weight + 0.5) or 0
+end
+
 -- Score a placed backend by its current in-flight count (after any change to it).
 local function index_score(base, name)
   local placement = redis.call('HGET', base .. ':lr:placed', name)
   if not placement then return end
   local weight = tonumber(redis.call('HGET', base .. ':lr:weights', name)) or 1
   local count = tonumber(redis.call('HGET', base .. ':inflight', name) or '0')
+  index_total_add(base, placement, count - index_counted(base, name, weight), 0)
   local score = string.format('%.17g', count / weight)
   for _, zset in ipairs(index_zsets(base, placement)) do redis.call('ZADD', zset, score, name) end
 end
@@ -80,12 +103,15 @@ local function index_place(base, name)
   local placed_key = base .. ':lr:placed'
   local had = redis.call('HGET', placed_key, name)
   if had == want then return end
+  local weight = tonumber(redis.call('HGET', base .. ':lr:weights', name)) or 1
   if had then
+    index_total_add(base, had, -index_counted(base, name, weight), -weight_units(weight))
     for _, zset in ipairs(index_zsets(base, had)) do redis.call('ZREM', zset, name) end
     redis.call('HDEL', placed_key, name)
   end
   if want then
     redis.call('HSET', placed_key, name, want)
+    index_total_add(base, want, 0, weight_units(weight))
     index_score(base, name)
   end
 end
@@ -98,7 +124,7 @@ local function index_rebuild(base)
   for i = 2, #placed, 2 do
     for _, zset in ipairs(index_zsets(base, placed[i])) do redis.call('DEL', zset) end
   end
-  redis.call('DEL', placed_key, base .. ':lr:all', base .. ':lr:any')
+  redis.call('DEL', placed_key, base .. ':lr:all', base .. ':lr:any', base .. ':lr:sum')
   local names = redis.call('HKEYS', base .. ':lr:weights')
   for _, name in ipairs(names) do
     if string.sub(name, 1, 1) ~= '#' then index_place(base, name) end
@@ -254,6 +280,51 @@ local function index_tied_at(zsets, raw, offset)
     end
     offset = offset - c
   end
+end
+
+-- The least-loaded member of `zsets` that usable(name) accepts, uniformly random among
+-- ties (math.random, seeded by the caller), or nil; and true when the walk stopped at
+-- score_limit (no backend under the cap scores that much). Tied members are probed at
+-- random first (O(log n) each, enough when few are unusable), then read as a group.
+local function index_least(zsets, usable, score_limit)
+  -- The lowest score above `above` (exclusive; nil: the lowest of all), as Redis prints it.
+  local function next_score(above)
+    local best
+    for _, zset in ipairs(zsets) do
+      local r
+      if above then
+        r = redis.call('ZRANGEBYSCORE', zset, '(' .. above, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      else
+        r = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
+      end
+      if r[2] and (best == nil or tonumber(r[2]) < tonumber(best)) then best = r[2] end
+    end
+    return best
+  end
+  local PROBES, SMALL = 8, 16
+  local function pick_among(score)
+    local total = index_tie_count(zsets, score)
+    if total > SMALL then
+      for _ = 1, PROBES do
+        local name = index_tied_at(zsets, score, math.random(total) - 1)
+        if usable(name) then return name end
+      end
+    end
+    local ok = {}
+    for _, zset in ipairs(zsets) do
+      for _, name in ipairs(redis.call('ZRANGEBYSCORE', zset, score, score)) do
+        if usable(name) then ok[#ok + 1] = name end
+      end
+    end
+    if #ok > 0 then return ok[math.random(#ok)] end
+  end
+  local best
+  local score = next_score(nil)
+  while score and not best and tonumber(score) < score_limit do
+    best = pick_among(score)
+    if not best then score = next_score(score) end
+  end
+  return best, best == nil and score ~= nil and tonumber(score) >= score_limit
 end
 
 -- Is `name` in one of `zsets` at score `raw`?

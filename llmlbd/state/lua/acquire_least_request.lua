@@ -41,52 +41,12 @@ local function usable(name)
   return true
 end
 
--- The lowest score above `above` (exclusive; nil: the lowest of all), as Redis prints it.
-local function next_score(above)
-  local best
-  for _, zset in ipairs(zsets) do
-    local r
-    if above then
-      r = redis.call('ZRANGEBYSCORE', zset, '(' .. above, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    else
-      r = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
-    end
-    if r[2] and (best == nil or tonumber(r[2]) < tonumber(best)) then best = r[2] end
-  end
-  return best
-end
-
--- A uniformly random usable backend among those tied at `score`, or nil. Random probes
--- first (O(log n) each, enough when few are unusable), then the whole tie group.
-local PROBES, SMALL = 8, 16
-local function pick_among(score)
-  local total = index_tie_count(zsets, score)
-  if total > SMALL then
-    for _ = 1, PROBES do
-      local name = index_tied_at(zsets, score, math.random(total) - 1)
-      if usable(name) then return name end
-    end
-  end
-  local ok = {}
-  for _, zset in ipairs(zsets) do
-    for _, name in ipairs(redis.call('ZRANGEBYSCORE', zset, score, score)) do
-      if usable(name) then ok[#ok + 1] = name end
-    end
-  end
-  if #ok > 0 then return ok[math.random(#ok)] end
-end
-
 -- A backend of weight w is under the cap only while its score is below cap / w: past
 -- cap / (lightest weight) nobody is (with uniform weights: right after the first group).
 local score_limit = math.huge
 if cap > 0 then score_limit = cap / (tonumber(redis.call('HGET', KEYS[5], '#min_weight')) or 1) end
-local best
-local score = next_score(nil)
-while score and not best and tonumber(score) < score_limit do
-  best = pick_among(score)
-  if not best then score = next_score(score) end
-end
-if not best and score and tonumber(score) >= score_limit then saw_cap = true end
+local best, capped = index_least(zsets, usable, score_limit)
+if capped then saw_cap = true end
 if not best then
   if saw_cap then return {false, 'cap'} end
   if saw_usable then return {false, 'none'} end
