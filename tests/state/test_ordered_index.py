@@ -61,6 +61,24 @@ def expected_index(client, keys: PoolKeys) -> dict[str, dict[str, float]]:
     return dict(zsets)
 
 
+def expected_sums(client, keys: PoolKeys) -> dict[str, int]:
+    """lr:sum recomputed: per index ZSET, its members' in-flight counts (from the inflight
+    HASH) and weights in millionths; zero totals left out."""
+    weights = {n: float(w) for n, w in client.hgetall(keys.index_weights).items() if n[0] != "#"}
+    inflight = client.hgetall(keys.inflight)
+    sums: dict[str, int] = collections.Counter()
+    for zset, members in expected_index(client, keys).items():
+        for name in members:
+            sums[f"{zset}#n"] += int(inflight.get(name, 0))
+            sums[f"{zset}#w"] += round(weights[name] * 1_000_000)
+    return {field: total for field, total in sums.items() if total}
+
+
+def read_sums(client, keys: PoolKeys) -> dict[str, int]:
+    found = {field: int(v) for field, v in client.hgetall(keys.index_sum).items()}
+    return {field: total for field, total in found.items() if total}
+
+
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("acquire"), st.integers(0, 1), st.integers(0, 20)),
@@ -117,6 +135,8 @@ def test_index_equals_a_full_recomputation(redis_url, ops):
             reap(client, keys, recount=arg)
         if client.exists(keys.index_weights):
             assert read_index(client, keys) == expected_index(client, keys)
+            # The totals session_affinity's load bound reads: exact after every step.
+            assert read_sums(client, keys) == expected_sums(client, keys)
     client.close()
 
 
@@ -189,4 +209,5 @@ def test_membership_change_rebuilds(leases, redis_client, keys):
 def test_every_index_key_shares_the_pool_slot(keys):
     found = {key_slot(k.encode()) for k in index_keys(keys, "some/model") + [keys.inflight]}
     found.add(key_slot(keys.index_placed.encode()))
+    found.add(key_slot(keys.index_sum.encode()))
     assert len(found) == 1
