@@ -136,7 +136,9 @@ def _request(i: int, worker: str, shared: bool = False) -> Any:
     messages = [{"role": "user", "content": text}]
     if shared:
         messages.insert(0, {"role": "system", "content": SYSTEM})
-    body = {"model": MODEL, "messages": messages}
+    # The conversation is a session too (the OpenAI `user` field: session_affinity's
+    # sessions, a mix of new and returning ones); the other policies ignore it.
+    body = {"model": MODEL, "messages": messages, "user": f"{worker}-conversation-{i % 97}"}
     return RoutingRequest(f"{worker}-{i}", "POST", "/v1/chat/completions", body, model=MODEL)
 
 

@@ -47,7 +47,7 @@ SETTINGS: list[Setting] = [
         _load_factor,
         "Bounded loads: a backend takes a session's request while its in-flight count stays "
         "within this multiple of the fleet's mean (per unit of weight); else the session moves "
-        "to the next backend on its ring.",
+        "to the next of the first 16 backends on its ring, past them to the least loaded.",
         policies=(SESSION,),
     ),
     Setting(
