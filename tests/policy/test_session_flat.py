@@ -105,8 +105,10 @@ def full_bound(client: Any, policy: SessionAffinity, name: str, exclude: set[str
     inflight = {n: int(c) for n, c in client.hgetall(keys.inflight).items()}
     total, weights = 0, 0.0
     for backend in policy.ctx.backends:
-        health = client.hget(keys.backend(backend.name), F.HEALTH)
+        health, models = client.hmget(keys.backend(backend.name), F.HEALTH, F.MODELS)
         if backend.name in drained or health == F.HEALTH_DOWN or backend.name in exclude:
+            continue
+        if models and "m" not in models.split(","):
             continue
         total += inflight.get(backend.name, 0)
         weights += backend.weight
@@ -116,12 +118,14 @@ def full_bound(client: Any, policy: SessionAffinity, name: str, exclude: set[str
 
 
 def test_the_bound_is_the_one_a_walk_over_the_pool_gives(redis_client):
-    """Random sessions, releases, drains and health changes: every bound explain shows
-    (the script's own, from lr:sum) equals the bound recomputed from every backend."""
+    """Random sessions, releases, drains, health and model-list changes: every bound the
+    script's dry run shows (from lr:sum, less the excluded backends) equals the bound
+    recomputed from every backend that serves the model."""
     rng = random.Random(11)
     policy = make_policy(redis_client, 40)
     keys = policy.ctx.keys
     held: list[str] = []
+    checked = 0
     for step in range(300):
         roll = rng.random()
         name = f"b{rng.randrange(40):04d}"
@@ -133,15 +137,20 @@ def test_the_bound_is_the_one_a_walk_over_the_pool_gives(redis_client):
         elif roll < 0.9:
             set_drained(redis_client, keys, name, rng.random() < 0.5)
         else:
-            health = F.HEALTH_DOWN if rng.random() < 0.5 else "up"
+            field, value = rng.choice(
+                [(F.HEALTH, F.HEALTH_DOWN), (F.HEALTH, "up"), (F.MODELS, "m,x"), (F.MODELS, "x")]
+            )
             redis_client.hset(keys.scrape_owners, name, "col 99999999999999")
             policy.ctx.leases.scripts.collector_publish(
                 keys=[keys.scrape_owners, keys.backend(name)],
-                args=["col", name, "", "", 1, F.HEALTH, health],
+                args=["col", name, "", "", 1, field, value],
             )
         if step % 10 == 0:
-            answer = policy.explain(request(f"s{rng.randrange(30)}"))
-            if answer["choice"] is None:
+            exclude = {f"b{rng.randrange(40):04d}" for _ in range(rng.randrange(3))}
+            reply, _, _ = policy._call(request(f"s{rng.randrange(30)}"), frozenset(exclude), True)
+            if not reply[0]:
                 continue
-            for row in answer["candidates"]:
-                assert row["bound"] == full_bound(redis_client, policy, row["name"], set()), step
+            checked += 1
+            for name, _, bound, _ in reply[3]:
+                assert int(bound) == full_bound(redis_client, policy, name, exclude), step
+    assert checked > 20
