@@ -154,3 +154,21 @@ def test_the_bound_is_the_one_a_walk_over_the_pool_gives(redis_client):
             for name, _, bound, _ in reply[3]:
                 assert int(bound) == full_bound(redis_client, policy, name, exclude), step
     assert checked > 20
+
+
+def test_a_request_id_that_holds_a_lease_gets_it_back(redis_client):
+    """Acquiring is idempotent per request id: a second pick with the same id returns the
+    held backend, counted once, and the session follows it."""
+    policy = make_policy(redis_client, 64)
+    first = policy.pick(request("home"), frozenset())
+    other = next(
+        s for s in (f"o{i}" for i in range(100)) if policy.ring().order(s)[0] != first.backend.name
+    )
+    again = request(other)
+    again.request_id = first.request_id
+    second = policy.pick(again, frozenset())
+    assert second.backend.name == first.backend.name
+    keys = policy.ctx.keys
+    assert redis_client.hgetall(keys.inflight) == {first.backend.name: "1"}
+    third = policy.pick(request(other), frozenset())
+    assert (third.backend.name, third.reason) == (first.backend.name, "sticky")
