@@ -52,7 +52,7 @@ class PrefixParams:
     weights: tuple[float, float, float, float] = (3.0, 2.0, 2.0, 1.0)  # prefix, queue, kv, inflight
     # Leading levels named by more backends than this are looked up per candidate rather
     # than read whole (lua/acquire_prefix.lua, "wide" levels).
-    wide_level_holders: int = 64
+    wide_level_holders: int = 16
     # The fallback's emptiest-index choice among backends tied at the least load looks at a
     # uniformly random sample of this many of them (all of them when there are no more).
     tie_sample: int = 16

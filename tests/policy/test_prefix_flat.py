@@ -131,7 +131,7 @@ backend_state = st.fixed_dictionaries(
     model=st.sampled_from(["m", "m", ""]),
     branches=st.integers(0, 2),
     tail=st.integers(0, 3),
-    wide=st.sampled_from([0, 1, 2, 64]),
+    wide=st.sampled_from([0, 1, 2, 16, 64]),
     sample=st.sampled_from([1, 2, 3, 16]),
 )
 def test_pick_is_one_a_full_recomputation_allows(
@@ -145,7 +145,7 @@ def test_pick_is_one_a_full_recomputation_allows(
         [s["weight"] for s in states],
         {"maxRequestCount": cap, "maxLoadGap": 2, "minMatchBlocks": 2},
     )
-    # Levels named by more than *wide* backends are looked up, not read (64: the default).
+    # Levels named by more than *wide* backends are looked up, not read (16: the default).
     # The fallback samples *sample* of the backends tied at the least load (16: the
     # default, more than this test's pools hold: the exact rule).
     policy.index.params = dataclasses.replace(
