@@ -52,7 +52,10 @@ class PrefixParams:
     weights: tuple[float, float, float, float] = (3.0, 2.0, 2.0, 1.0)  # prefix, queue, kv, inflight
     # Leading levels named by more backends than this are looked up per candidate rather
     # than read whole (lua/acquire_prefix.lua, "wide" levels).
-    wide_level_holders: int = 64
+    wide_level_holders: int = 16
+    # The fallback's emptiest-index choice among backends tied at the least load looks at a
+    # uniformly random sample of this many of them (all of them when there are no more).
+    tie_sample: int = 16
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class PrefixIndex:
                     "weights": {"prefix": prefix, "queue": queue, "kv": kv, "inflight": inflight},
                     "dry": dry,
                     "wide_level_holders": p.wide_level_holders,
+                    "tie_sample": p.tie_sample,
                     "level_blocks": list(blocks),
                     "evicted_by": [name for name, _ in evictions],
                 },

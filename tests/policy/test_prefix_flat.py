@@ -60,8 +60,15 @@ def chat(text: str, model: str = "m") -> RoutingRequest:
     return RoutingRequest(f"req-{next(_ids)}", "POST", "/v1/chat/completions", body, model=model)
 
 
-def allowed(answer: dict[str, Any], params: Any) -> set[str]:
-    """The backends the pre-index rule may pick, from a full dry run's rows and reason."""
+def allowed(answer: dict[str, Any], params: Any, sample: int | None = None) -> set[str]:
+    """The backends the rule may pick, from a full dry run's rows and reason.
+
+    The fallback (no affinity) takes, among the backends tied at the least load, the
+    least full index of a uniformly random sample of *sample* of them (all of them, the
+    dry run's exact rule, when *sample* is None or at least the tie group's size). So a
+    backend may be picked when it is tied at the least load and at most
+    ``len(tied) - sample`` tied backends are less full than it: a sample of *sample*
+    holding it and none of those must exist."""
     rows = answer["candidates"]
     ok = [r for r in rows if r["status"] == "ok"]
     min_load = min(r["load"] for r in ok)
@@ -83,8 +90,14 @@ def allowed(answer: dict[str, Any], params: Any) -> set[str]:
         least = min(r["load"] for r in best)
         return {r["name"] for r in best if r["load"] == least}
     pool = [r for r in ok if kv_fits(r)] or ok
-    least = min((r["load"], r["index_occupancy"]) for r in pool)
-    return {r["name"] for r in pool if (r["load"], r["index_occupancy"]) == least}
+    least_load = min(r["load"] for r in pool)
+    tied = [r for r in pool if r["load"] == least_load]
+    beaten_at_most = len(tied) - min(sample or len(tied), len(tied))
+    return {
+        r["name"]
+        for r in tied
+        if sum(t["index_occupancy"] < r["index_occupancy"] for t in tied) <= beaten_at_most
+    }
 
 
 backend_state = st.fixed_dictionaries(
@@ -118,10 +131,11 @@ backend_state = st.fixed_dictionaries(
     model=st.sampled_from(["m", "m", ""]),
     branches=st.integers(0, 2),
     tail=st.integers(0, 3),
-    wide=st.sampled_from([0, 1, 2, 64]),
+    wide=st.sampled_from([0, 1, 2, 16, 64]),
+    sample=st.sampled_from([1, 2, 3, 16]),
 )
 def test_pick_is_one_a_full_recomputation_allows(
-    redis_client, states, excluded, cap, model, branches, tail, wide
+    redis_client, states, excluded, cap, model, branches, tail, wide, sample
 ):
     redis_client.flushall()
     names = [f"b{i}" for i in range(len(states))]
@@ -131,8 +145,12 @@ def test_pick_is_one_a_full_recomputation_allows(
         [s["weight"] for s in states],
         {"maxRequestCount": cap, "maxLoadGap": 2, "minMatchBlocks": 2},
     )
-    # Levels named by more than *wide* backends are looked up, not read (64: the default).
-    policy.index.params = dataclasses.replace(policy.index.params, wide_level_holders=wide)
+    # Levels named by more than *wide* backends are looked up, not read (16: the default).
+    # The fallback samples *sample* of the backends tied at the least load (16: the
+    # default, more than this test's pools hold: the exact rule).
+    policy.index.params = dataclasses.replace(
+        policy.index.params, wide_level_holders=wide, tie_sample=sample
+    )
     keys, leases = policy.ctx.keys, policy.ctx.leases
     request = chat(PROMPT + f"tail {tail} " * 20, model=model or "m")
     request = RoutingRequest(
@@ -183,9 +201,9 @@ def test_pick_is_one_a_full_recomputation_allows(
         assert type(refusal) is type(no_route(answer["reason"], request))
         return
     assert answer["choice"] is not None
-    permitted = allowed(answer, policy.params)
+    permitted = allowed(answer, policy.params, sample)
     event(f"{answer['reason']}, {len(permitted)} allowed")
-    assert answer["choice"] in permitted  # the full recomputation follows the rule
+    assert answer["choice"] in allowed(answer, policy.params)  # the dry run: the exact rule
     assert decision.backend.name in permitted, (decision.backend.name, permitted, answer)
     assert decision.reason == answer["reason"]
     rows = {r["name"]: r for r in answer["candidates"]}
@@ -232,12 +250,14 @@ def redis_commands(client: Any) -> int:
     return sum(int(v["calls"]) for v in client.info("commandstats").values())
 
 
-@pytest.mark.parametrize("mode", ["miss", "hit"])
+@pytest.mark.parametrize("mode", ["miss", "hit", "occupied"])
 def test_decision_work_does_not_grow_with_the_pool(redis_client, mode):
-    """The Redis commands one decision runs are the same at 16 and at 1,024 backends."""
+    """The Redis commands one decision runs are the same at 16 and at 1,024 backends,
+    also when every backend's index holds entries (no empty index ends the draw: the
+    fallback reads its sample of the tie group, not the group)."""
     per_decision = {}
     for count in (16, 1024):
-        policy = idle_pool(redis_client, count, occupied=0)
+        policy = idle_pool(redis_client, count, occupied=count if mode == "occupied" else 0)
         for i in range(5):  # warm: index built, scripts loaded, prefixes recorded
             policy.ctx.leases.release(policy.pick(chat(f"{i} " + PROMPT), frozenset()).request_id)
         before = redis_commands(redis_client)
@@ -245,6 +265,8 @@ def test_decision_work_does_not_grow_with_the_pool(redis_client, mode):
             text = f"{i % 5} " + PROMPT if mode == "hit" else f"new {i} " + PROMPT
             decision = policy.pick(chat(text), frozenset())
             assert decision.reason == ("affinity" if mode == "hit" else "miss")
+            if mode == "occupied":  # the new prefix lands on a backend already holding some
+                assert redis_client.zcard(policy.ctx.keys.prefix_owned_by(decision.backend.name))
             policy.ctx.leases.release(decision.request_id)
         per_decision[count] = (redis_commands(redis_client) - before) / 10
     # A few probes of the tie group are random: allow a small difference, not a walk.
@@ -300,7 +322,7 @@ def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, case):
     answer = policy.index.explain(policy.ctx.membership, levels.hashes, levels.blocks, "m")
     decision = policy.pick(request, frozenset())
     assert decision.reason == answer["reason"]
-    assert decision.backend.name in allowed(answer, policy.params)
+    assert decision.backend.name in allowed(answer, policy.params, policy.index.params.tie_sample)
     assert decision.details["best_blocks"] == levels.blocks[deep - 1]
     if case == "history":
         assert (decision.backend.name, decision.reason) == ("b000", "affinity")
@@ -310,3 +332,29 @@ def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, case):
         assert decision.details["matched_blocks"] == levels.blocks[shared - 1]
         if case == "branched":
             assert decision.backend.name != "b000"
+
+
+@pytest.mark.parametrize("sample", [16, 64])
+def test_fallback_takes_the_least_full_of_a_sample_of_the_ties(redis_client, sample):
+    """40 idle backends, backend i holding i + 1 entries: the fallback picks the least
+    full index of a uniform sample of `tie_sample` of them, so never one that more than
+    40 - sample backends beat, and the least full one in sample / 40 of the picks; with
+    a sample of at least 40, always the least full (the exact rule)."""
+    policy = idle_pool(redis_client, 40, occupied=0)
+    policy.index.params = dataclasses.replace(policy.index.params, tie_sample=sample)
+    seconds, micros = redis_client.time()
+    now = seconds * 1000 + micros // 1000
+    for i in range(40):
+        owned = policy.ctx.keys.prefix_owned_by(f"b{i:03d}")
+        redis_client.zadd(owned, {f"entry-{k}": now for k in range(i + 1)})
+    ranks: Counter[int] = Counter()
+    for _ in range(300):
+        decision = policy.pick(chat("hi"), frozenset())  # no full block: nothing recorded
+        assert decision.reason == "miss"
+        ranks[int(decision.backend.name[1:])] += 1
+        policy.ctx.leases.release(decision.request_id)
+    if sample >= 40:
+        assert ranks == Counter({0: 300})
+    else:
+        assert max(ranks) <= 40 - sample, ranks
+        assert 0.28 * 300 < ranks[0] < 0.52 * 300, ranks  # expected 16 / 40 = 0.4

@@ -327,6 +327,26 @@ local function index_least(zsets, usable, score_limit)
   return best, best == nil and score ~= nil and tonumber(score) >= score_limit
 end
 
+-- The same numbering for many draws: how many members `zsets` hold at score `raw`, and a
+-- function giving member `offset` (one ZRANGE per call; the counts are read once).
+local function index_tie_group(zsets, raw)
+  local counts, starts, total = {}, {}, 0
+  for z, zset in ipairs(zsets) do
+    counts[z] = redis.call('ZCOUNT', zset, raw, raw)
+    total = total + counts[z]
+  end
+  local function at(offset)
+    for z, zset in ipairs(zsets) do
+      if offset < counts[z] then
+        starts[z] = starts[z] or redis.call('ZCOUNT', zset, '-inf', '(' .. raw)
+        return redis.call('ZRANGE', zset, starts[z] + offset, starts[z] + offset)[1]
+      end
+      offset = offset - counts[z]
+    end
+  end
+  return total, at
+end
+
 -- Is `name` in one of `zsets` at score `raw`?
 local function index_has_at(zsets, name, raw)
   for _, zset in ipairs(zsets) do

@@ -29,6 +29,8 @@
 --   weights {prefix, queue, kv, inflight} (weighted mode), dry (true for explain: reads
 --   only, reserves and writes nothing), wide_level_holders (a level named by more
 --   backends is looked up, not read whole, when it leads the prompt),
+--   tie_sample (the fallback's least-full-index choice looks at this many of the backends
+--   tied at the least load, drawn at random: all of them when there are no more),
 --   level_blocks [blocks covered by level j] j = 1..m,
 --   evicted_by [backend of eviction k] k = 1..e
 -- return {backend, in-flight, reason, matched blocks of the chosen backend, longest match
@@ -267,55 +269,66 @@ local function least_pool_load()
   return nil, model_miss and 'model' or 'none'
 end
 
--- least_loaded() over the pool, from the index: the least loaded pickable backend,
--- preferring one whose fresh KV use is at most max_kv; equal loads: the emptiest index;
--- still equal: a uniformly random one. The walk stops past the least load found. When
--- that load's best is an empty index (nothing can beat it), the rest of its tie group
--- is not walked: a random draw among the group and the ties found below it, kept when
--- it qualifies (rejection sampling: still uniform), a few times before walking on.
-local PROBES = 8
+-- The fallback, from the index: among pickable backends, preferring those whose fresh KV
+-- use is at most max_kv, the tie group G = those at the least load; of G, the least full
+-- index among a uniformly random sample of min(SAMPLE, #G) members (power of k choices:
+-- all of G, the exact rule, when G has at most SAMPLE members); still equal: the first
+-- drawn, i.e. a uniformly random one. The walk stops at the least load's own score: the
+-- rest of G is at that score (a load is never below its score), and is drawn from by
+-- rank, not read. Draws are without replacement and skip members that do not qualify
+-- (rejection: the kept ones are still a uniform sample of G); an empty index ends the
+-- draw early (nothing drawn later could replace it: the same pick, fewer reads).
+local SAMPLE = args.tie_sample
 local function least_loaded_indexed()
   for pass = 1, 2 do
-    local function fits(c) return c.pickable and (pass == 2 or kv_fits(c)) end
-    local best_load, best_occ, ties, seen, probed = nil, nil, {}, {}, false
+    local function qualifies(c, best_load) return c.pickable and (pass == 2 or kv_fits(c)) and c.load == best_load end
+    local best_load, tied, seen = nil, {}, {}
     local function consider(name)
       local c = info[name]
-      if seen[name] or not fits(c) then return end
+      if seen[name] or not (c.pickable and (pass == 2 or kv_fits(c))) then return end
       seen[name] = true
-      local o = occupancy(name)
-      if best_load == nil or c.load < best_load or (c.load == best_load and o < best_occ) then
-        best_load, best_occ, ties = c.load, o, {name}
-      elseif c.load == best_load and o == best_occ then
-        ties[#ties + 1] = name
-      end
-    end
-    local function probe(raw)
-      local outside = {}
-      for _, name in ipairs(ties) do
-        if not index_has_at(zsets, name, raw) then outside[#outside + 1] = name end
-      end
-      local total = #outside + index_tie_count(zsets, raw)
-      for _ = 1, PROBES do
-        local r = math.random(total)
-        local name = outside[r] or index_tied_at(zsets, raw, r - #outside - 1)
-        local c = indexed(name)
-        if fits(c) and c.load == best_load and occupancy(name) == 0 then return name end
+      if best_load == nil or c.load < best_load then
+        best_load, tied = c.load, {name}
+      elseif c.load == best_load then
+        tied[#tied + 1] = name
       end
     end
     for _, name in ipairs(names) do consider(name) end
+    local group_total, group_at = 0, nil
     local next_entry = index_walker(zsets)
     while true do
       local name, score, raw = next_entry()
       if not name or (best_load and score > best_load) or score >= score_limit then break end
-      if not probed and best_load and score == best_load and best_occ == 0 then
-        probed = true
-        local pick = probe(raw)
-        if pick then return pick end
+      if best_load and score == best_load then
+        -- The rest of G is at this score: ties found below it, and this score's members.
+        local outside = {}
+        for _, t in ipairs(tied) do
+          if not index_has_at(zsets, t, raw) then outside[#outside + 1] = t end
+        end
+        tied = outside
+        group_total, group_at = index_tie_group(zsets, raw)
+        break
       end
       indexed(name)
       consider(name)
     end
-    if #ties > 0 then return ties[math.random(#ties)] end
+    if best_load then
+      local total, swapped = #tied + group_total, {}
+      local chosen, chosen_occ, kept = nil, nil, 0
+      for i = 1, total do  -- a partial Fisher-Yates shuffle of 1..total
+        local r = math.random(i, total)
+        local slot = swapped[r] or r
+        swapped[r] = swapped[i] or i
+        local name = tied[slot] or group_at(slot - #tied - 1)
+        if qualifies(indexed(name), best_load) then
+          kept = kept + 1
+          local o = occupancy(name)
+          if chosen == nil or o < chosen_occ then chosen, chosen_occ = name, o end
+          if o == 0 or kept == SAMPLE then break end
+        end
+      end
+      if chosen then return chosen end
+    end
   end
 end
 
