@@ -146,6 +146,16 @@ class PoolKeys:
         """HASH of *backend*'s KV-event stream: last seq, lag, liveness, counters."""
         return f"{self._base}:kvx_state:{backend}"
 
+    def kv_holders(self, block_hash: int | str) -> str:
+        """SET of the backends holding vLLM block *block_hash* in either tier: the inversion
+        of the `kv_blocks` ZSETs (the precise index's reverse side)."""
+        return f"{self._base}:kvx_holders:{block_hash}"
+
+    @property
+    def kv_live(self) -> str:
+        """ZSET backend -> live_until (ms): the backends whose KV-event index is trusted."""
+        return f"{self._base}:kvx_live"
+
     # session_affinity state ------------------------------------------------------------
     def session(self, session_digest: str) -> str:
         """STRING: the backend of a session (keyed by a digest of its id), with a TTL."""

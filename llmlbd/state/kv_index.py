@@ -13,6 +13,15 @@ the precise prefix policy's script (``lua/acquire_precise.lua``). Per backend
   clear), ``ts`` (its server time), ``lag_ms``, ``live_until`` (ms, Redis
   clock: the index is trusted only before it), ``owner``, ``block_size``,
   ``stored``, ``removed``, ``clears``, ``cleared_at``, ``cleared_reason``.
+
+And per pool, kept in step with those by the same scripts:
+
+- ``kvx_holders:<hash>`` SET: the backends holding block ``<hash>`` in either
+  tier (the inversion of the ``kvx`` ZSETs: a store adds the backend, a remove,
+  an overflow pop or a clear takes it out unless its other tier still has the
+  block).
+- ``kvx_live`` ZSET: backend -> ``live_until`` of the backends whose stream is
+  trusted (silent or cleared ones are not in it).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.scripts import ScriptSet
 
-__all__ = ["TIERS", "tier_of", "Applied", "KVIndexWriter", "read_holdings"]
+__all__ = ["TIERS", "tier_of", "Applied", "KVIndexWriter", "read_holdings", "read_holders"]
 
 TIERS = ("gpu", "offload")
 
@@ -67,7 +76,7 @@ class KVIndexWriter:
     ) -> Applied:
         """Apply batches' operations (see kv_index_apply.lua) and record *seq* as applied."""
         reply = self.scripts.kv_index_apply(
-            keys=[*self._keys, self.keys.backend(self.backend)],
+            keys=[*self._keys, self.keys.backend(self.backend), self.keys.kv_live],
             args=[
                 self.owner,
                 seq,
@@ -93,7 +102,7 @@ class KVIndexWriter:
 
     def _status(self, mode: str, reason: str = "") -> int:
         reply = self.scripts.kv_index_status(
-            keys=self._keys, args=[self.owner, mode, self.live_ttl_ms, reason]
+            keys=[*self._keys, self.keys.kv_live], args=[self.owner, mode, self.live_ttl_ms, reason]
         )
         return int(reply)
 
@@ -105,3 +114,8 @@ def read_holdings(client: Any, keys: PoolKeys, backend: str) -> dict[str, set[in
         members = client.zrange(keys.kv_blocks(backend, tier), 0, -1)
         out[tier] = {int(m) for m in members}
     return out
+
+
+def read_holders(client: Any, keys: PoolKeys, block_hash: int) -> set[str]:
+    """The backends the reverse index says hold *block_hash* (for llmlbctl and tests)."""
+    return {str(m) for m in client.smembers(keys.kv_holders(block_hash))}

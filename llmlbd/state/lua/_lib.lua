@@ -19,6 +19,31 @@ local function pool_base(key, suffix)
   return string.sub(key, 1, #key - #suffix)
 end
 
+-- The precise prefix index's reverse side (kv_index_apply.lua, kv_index_status.lua):
+-- `kvx_holders:<hash>` SET of the backends holding vLLM block <hash> in either tier, the
+-- inversion of their `kvx:<backend>:gpu|offload` ZSETs, kept in step with them. `name` no
+-- longer holds `hashes` in one tier: it leaves their holders unless `other` (its other
+-- tier's ZSET) still has them.
+local function kvx_unhold(base, name, other, hashes)
+  for _, h in ipairs(hashes) do
+    if not redis.call('ZSCORE', other, h) then redis.call('SREM', base .. ':kvx_holders:' .. h, name) end
+  end
+end
+
+-- Empty both tiers of backend `name` (ZSETs `gpu`, `off`) and its reverse entries.
+local function kvx_clear(base, name, gpu, off)
+  for _, key in ipairs({gpu, off}) do
+    local start = 0
+    while true do
+      local batch = redis.call('ZRANGE', key, start, start + 999)
+      if #batch == 0 then break end
+      for _, h in ipairs(batch) do redis.call('SREM', base .. ':kvx_holders:' .. h, name) end
+      start = start + #batch
+    end
+  end
+  redis.call('DEL', gpu, off)
+end
+
 -- Outlier ejection (docs/reliability.md, "Outlier ejection"): `ejected` ZSET backend ->
 -- the Redis time (ms) until which it takes no request. A member whose time has passed is
 -- half-open: eligible again, and the next request reserved on it is its probe.
