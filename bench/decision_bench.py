@@ -5,6 +5,7 @@
     python bench/decision_bench.py --tree /work/main --no-write   # the same, another checkout
     python bench/decision_bench.py --policies prefix_cache --occupied        # worst cases of
     python bench/decision_bench.py --policies prefix_cache --shared-prefix   # prefix_cache
+    python bench/decision_bench.py --policies prefix_cache --precise   # lb_config.index: precise
 
 Starts a dedicated Redis-compatible server on a free port. For each pool size,
 policy and replica count it seeds the pool (every backend up, serving the
@@ -90,7 +91,9 @@ def seed_pool(url: str, pool: str, count: int, occupied: bool = False) -> None:
     client.close()
 
 
-def _policy(url: str, pool: str, policy: str, count: int, worker: str) -> Any:
+def _policy(
+    url: str, pool: str, policy: str, count: int, worker: str, precise: bool = False
+) -> Any:
     import redis
 
     from llmlbd.config.loader import config_from_dict
@@ -102,6 +105,7 @@ def _policy(url: str, pool: str, policy: str, count: int, worker: str) -> Any:
     cfg = config_from_dict(
         {
             "lb_policy": policy,
+            **({"lb_config": {"index": "precise"}} if precise else {}),
             "backends": [
                 {"name": f"b{i}", "url": f"http://127.0.0.1:{20000 + i}"} for i in range(count)
             ],
@@ -128,8 +132,18 @@ def _policy(url: str, pool: str, policy: str, count: int, worker: str) -> Any:
 SYSTEM = "You are the assistant of a large shop; answer briefly and politely. " * 35
 
 
-def _request(i: int, worker: str, shared: bool = False) -> Any:
+# --precise: a completions prompt given as token ids (no tokenizer needed), 20 blocks of
+# 16 tokens, one of 97 conversations: its first token says which.
+def _precise_prompt(i: int) -> list[int]:
+    return [1000 + i % 97] + [(i % 97 * 7 + t) % 30000 for t in range(319)]
+
+
+def _request(i: int, worker: str, shared: bool = False, precise: bool = False) -> Any:
     from llmlbd.request import RoutingRequest
+
+    if precise:
+        body = {"model": MODEL, "prompt": _precise_prompt(i)}
+        return RoutingRequest(f"{worker}-{i}", "POST", "/v1/completions", body, model=MODEL)
 
     # Distinct conversations: prefix_cache sees a miss-then-hit mix, not one hot prefix.
     text = f"conversation {i % 97} of {worker}: " + "tell me about load balancing. " * 20
@@ -171,11 +185,33 @@ def seed_shared_prefix(url: str, pool: str, count: int) -> None:
     client.close()
 
 
-def replica(args: tuple[str, str, str, str, int, int, int, bool, Any, Any]) -> list[float]:
-    tree, url, pool, policy, count, warmup, decisions, shared, ready, start = args
+def seed_kv_index(url: str, pool: str, count: int) -> None:
+    """--precise: every backend's KV-event stream is live (for the whole cell), and each
+    of the 97 conversations' blocks are held by one backend (conversation c by b{c % count},
+    as its events would say)."""
+    import redis
+
+    from llmlbd.state.keys import PoolKeys
+    from llmlbd.state.kv_index import KVIndexWriter
+
+    chooser = _policy(url, pool, "prefix_cache", count, "bench:seed", precise=True)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    held: dict[int, list[int]] = {}
+    for c in range(97):
+        hashes = chooser.precise.block_hashes(_request(c, "seed", precise=True), frozenset())
+        held.setdefault(c % count, []).extend(hashes.hashes)
+    for i in range(count):
+        writer = KVIndexWriter(client, PoolKeys(pool), f"b{i}", "bench", 100_000, 3_600_000)
+        blocks = held.get(i, [])
+        writer.apply(["S", "gpu", len(blocks), *blocks] if blocks else [], 0, 0.0, 16)
+    client.close()
+
+
+def replica(args: tuple[str, str, str, str, int, int, int, bool, bool, Any, Any]) -> list[float]:
+    tree, url, pool, policy, count, warmup, decisions, shared, precise, ready, start = args
     _import_tree(Path(tree))
     worker = f"bench:{os.getpid()}:{random.getrandbits(24):06x}"
-    chooser = _policy(url, pool, policy, count, worker)
+    chooser = _policy(url, pool, policy, count, worker, precise)
     leases = chooser.ctx.leases
     # The proxy reports each request's outcome with its release (outlier ejection);
     # a tree from before that (--tree) takes only the request id.
@@ -185,10 +221,12 @@ def replica(args: tuple[str, str, str, str, int, int, int, bool, Any, Any]) -> l
         if i == warmup:  # warm (scripts loaded, index built): measure from here, all at once
             ready.put(worker)
             start.wait()
-        request = _request(i, worker, shared)
+        request = _request(i, worker, shared, precise)
         began = time.perf_counter()
         decision = chooser.pick(request, frozenset())
         took = time.perf_counter() - began
+        if precise and decision.details.get("index") != "precise":  # not the fallback
+            raise RuntimeError(f"--precise decided by {decision.details}")
         leases.release(decision.request_id, *outcome)
         if i >= warmup:
             latencies.append(took * 1000)
@@ -221,11 +259,14 @@ def run_cell(
     decisions: int,
     occupied: bool = False,
     shared: bool = False,
+    precise: bool = False,
 ) -> dict[str, Any]:
     pool = "bench"
     seed_pool(url, pool, count, occupied)
     if shared:
         seed_shared_prefix(url, pool, count)
+    if precise:
+        seed_kv_index(url, pool, count)
     ctx = multiprocessing.get_context("spawn")
     manager = ctx.Manager()
     ready, start = manager.Queue(), manager.Event()
@@ -233,7 +274,8 @@ def run_cell(
     with ctx.Pool(replicas) as workers:
         job = workers.map_async(
             replica,
-            [(tree, url, pool, policy, count, warmup, decisions, shared, ready, start)] * replicas,
+            [(tree, url, pool, policy, count, warmup, decisions, shared, precise, ready, start)]
+            * replicas,
         )
         for _ in range(replicas):
             ready.get(timeout=600)
@@ -327,6 +369,11 @@ def main() -> None:
         action="store_true",
         help="prompts start with one system prompt every backend already holds",
     )
+    parser.add_argument(
+        "--precise",
+        action="store_true",
+        help="lb_config.index: precise, every backend's KV-event index live and seeded",
+    )
     opts = parser.parse_args()
     _import_tree(Path(opts.tree))
     from llmlbd.embedded import EmbeddedRedis
@@ -352,6 +399,7 @@ def main() -> None:
                         decisions,
                         opts.occupied,
                         opts.shared_prefix,
+                        opts.precise,
                     )
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)
