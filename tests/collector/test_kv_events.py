@@ -15,7 +15,7 @@ from collector.metrics import CollectorMetrics
 from llmlbd.config.kv_events import parse_kv_events
 from llmlbd.kvblocks import wire
 from llmlbd.state.keys import PoolKeys
-from llmlbd.state.kv_index import KVIndexWriter, read_holdings
+from llmlbd.state.kv_index import KVIndexWriter, read_holders, read_holdings
 from tests.collector.kv_publisher import ScriptedPublisher, removed, stored
 from tests.harness import wait_until
 
@@ -83,6 +83,16 @@ class Harness:
     def wait_gpu(self, expected: set[int]) -> None:
         wait_until(lambda: self.gpu() == expected, timeout=10)
 
+    def assert_reverse_index(self) -> None:
+        """kvx_holders names b1 for exactly the blocks it holds; kvx_live has it iff live."""
+        held = set().union(*read_holdings(self.client, KEYS, "b1").values())
+        prefix = KEYS.kv_holders("")
+        named = {int(k[len(prefix) :]) for k in self.client.scan_iter(match=prefix + "*")}
+        assert named == held
+        assert all(read_holders(self.client, KEYS, h) == {"b1"} for h in held)
+        live = self.client.zscore(KEYS.kv_live, "b1")
+        assert (live or 0) == int(self.state().get("live_until", 0))
+
     def counter(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, {"backend": "b1", **labels})
         return value or 0.0
@@ -148,6 +158,7 @@ def test_gap_beyond_the_replay_buffer_clears_rather_than_keeping_stale_blocks(ha
     # buffer still has (seq 2) and the live batch are applied.
     h.wait_gpu({7, 8})
     assert h.counter("llmlbd_collector_kv_resyncs_total", reason="gap_lost") == 1
+    h.assert_reverse_index()  # block 1 and 2 went with the clear
 
 
 def test_gap_without_a_replay_socket_clears(harness) -> None:
@@ -195,6 +206,7 @@ def test_publisher_restart_clears_and_rebuilds(harness) -> None:
     h.publisher.batch(1, [stored(21)])
     h.wait_gpu({20, 21})
     assert int(h.state()["live_until"]) > 0
+    h.assert_reverse_index()
 
 
 def test_silent_publisher_is_untrusted_then_dropped(harness) -> None:
@@ -205,6 +217,7 @@ def test_silent_publisher_is_untrusted_then_dropped(harness) -> None:
     wait_until(lambda: h.state().get("live_until") == "0", timeout=10)
     h.wait_gpu(set())
     assert h.state()["cleared_reason"] == "silent"
+    h.assert_reverse_index()  # nothing held, not live
     h.publisher = ScriptedPublisher()  # something for close() to close
 
 
