@@ -141,6 +141,7 @@ class ProxyApp:
     def _maintain_forever(self) -> None:
         while True:
             gevent.sleep(1.0)
+            metrics.flush()  # at most a second behind under load (see llmlbd/metrics.py)
             try:
                 self._maintain()
             except Exception:
@@ -156,6 +157,8 @@ class ProxyApp:
                 router.send_releases()
             except Exception:
                 log.exception("release_send_failed")  # maintain() sends what is left
+            if not self.active:
+                metrics.flush()  # idle: the release's round trip is counted now
 
     def shutdown_worker(self) -> None:
         if self._maintainer is not None:
@@ -167,6 +170,7 @@ class ProxyApp:
             self.runtime.upstreams.close()
         if self.request_log is not None:
             self.request_log.close()
+        metrics.flush()
 
     # request dispatch ---------------------------------------------------------------------
     # idle keep-alive connections -----------------------------------------------------------
@@ -296,6 +300,7 @@ class ProxyApp:
             multiprocess.MultiProcessCollector(registry)
         else:
             from prometheus_client import REGISTRY as registry
+        metrics.flush()  # this worker's counts; the others flush when idle and each second
         body = generate_latest(registry)
         if self.runtime is not None and self.runtime.router.breaker.state == "closed":
             pool = CollectorRegistry()
@@ -456,8 +461,11 @@ class ProxyApp:
         backend = decision.backend.name if decision else ""
         policy = decision.policy if decision else ""
         metrics.requests_by(backend, policy, str(status)).inc()
+        busy = self.active > holding
+        if not busy:
+            metrics.flush()  # idle now: write the counts at once; under load, each second
         if self.request_log is not None:
             finished = requestlog.Finished(
                 request, decision, status, size, ttfb, time.perf_counter() - sent_at, outcome
             )
-            self.request_log.request_done(finished, busy=self.active > holding)
+            self.request_log.request_done(finished, busy=busy)
