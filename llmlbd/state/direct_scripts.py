@@ -25,6 +25,13 @@ What stays as before:
 
 Only a standalone server (ConnectionPool or BlockingConnectionPool) takes
 this path; Cluster and Sentinel clients keep `ScriptSet`.
+
+A Redis configured over loopback TCP (127.0.0.1, localhost, ::1) that also
+listens on a unix socket (CONFIG GET unixsocket) is reached through that
+socket instead, once a probe showed it is the same server (INFO's run_id)
+and this process may open it: about 2 µs less client CPU and 7 µs less
+round trip per script call than loopback TCP (docs/benchmarks.md). When
+CONFIG is refused, the socket is missing or not ours to open, TCP stays.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from redis.exceptions import NoScriptError
 from llmlbd.sockets import send_all
 from llmlbd.state.scripts import ScriptSet, script_source
 
-__all__ = ["DirectScripts", "supports"]
+__all__ = ["DirectScripts", "find_unix_socket", "supports"]
 
 _POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
 
@@ -53,11 +60,17 @@ def supports(client: Any) -> bool:
 class DirectScripts:
     """`ScriptSet`'s interface on a few connections of its own; attribute access by file name."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, local_unix_socket: bool = True) -> None:
+        """*local_unix_socket*: look for the server's unix socket (redis.local_unix_socket)."""
         pool = client.connection_pool
-        self._new_connection: Callable[[], Any] = lambda: pool.connection_class(
-            **pool.connection_kwargs
-        )
+        connection_class, kwargs = pool.connection_class, pool.connection_kwargs
+        self.unix_socket = find_unix_socket(client) if local_unix_socket else None
+        if self.unix_socket is not None:
+            connection_class, kwargs = (
+                redis.UnixDomainSocketConnection,
+                _unix_kwargs(kwargs, self.unix_socket),
+            )
+        self._new_connection: Callable[[], Any] = lambda: connection_class(**kwargs)
         self._limit = pool.max_connections
         self._idle: list[Any] = []
         self._in_use = 0
@@ -75,6 +88,50 @@ class DirectScripts:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().disconnect()
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+_TCP_ONLY = frozenset(
+    {"host", "port", "socket_keepalive", "socket_keepalive_options", "socket_type"}
+)
+
+
+def _unix_kwargs(kwargs: dict[str, Any], path: str) -> dict[str, Any]:
+    unix = {key: value for key, value in kwargs.items() if key not in _TCP_ONLY}
+    unix["path"] = path
+    return unix
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def find_unix_socket(client: Any) -> str | None:
+    """The unix socket of the standalone Redis *client* reaches over loopback TCP, when
+    that server listens on one and this process can use it; else None."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    if pool.connection_class is not redis.Connection or kwargs.get("host") not in _LOOPBACK:
+        return None  # TLS, a unix socket already, or another host
+    try:
+        reply = client.config_get("unixsocket")
+        path = _text(reply.get("unixsocket", reply.get(b"unixsocket")))
+        if not path:
+            return None
+        run_id = _text(client.info("server").get("run_id"))
+        probe = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=redis.UnixDomainSocketConnection, **_unix_kwargs(kwargs, path)
+            )
+        )
+        try:
+            same = _text(probe.info("server").get("run_id")) == run_id
+        finally:
+            probe.close()
+            probe.connection_pool.disconnect()
+    except (redis.RedisError, OSError):
+        return None  # CONFIG refused (ACL, rename-command), socket missing or not ours
+    return path if same and run_id else None
 
 
 class _DirectScript:
