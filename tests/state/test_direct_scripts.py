@@ -146,3 +146,25 @@ def test_a_redis_that_refuses_config_keeps_tcp():
         assert leases.scripts.unix_socket is None  # type: ignore[attr-defined]
         assert _acquire(leases, "r1").backend in NAMES
         client.close()
+
+
+def test_the_evalsha_bytes_are_redis_pys(redis_client):
+    scripts = DirectScripts(redis_client)
+    script = scripts.release
+    conn = redis_client.connection_pool.connection_class(
+        **redis_client.connection_pool.connection_kwargs
+    )
+    cases = [
+        ((), ()),
+        (("k",), ()),
+        (
+            ("{pool}:inflight", "{pool}:lease"),
+            ("r1", 0, 12, 1.5, 2.0e-7, -3, "ünïcode", b"\x00\xff"),
+        ),
+        (("k",), ("x" * 10_000,)),  # redis-py splits a big value into its own chunk
+    ]
+    for keys, args in cases:
+        expected = b"".join(conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
+        assert script._pack(conn, keys, args) == expected
+    with pytest.raises(redis.DataError):  # as redis-py: no bools
+        script._pack(conn, ("k",), (True,))
