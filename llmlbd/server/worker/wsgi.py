@@ -141,8 +141,8 @@ class ProxyApp:
     def _maintain_forever(self) -> None:
         while True:
             gevent.sleep(1.0)
-            metrics.flush()  # at most a second behind under load (see llmlbd/metrics.py)
             try:
+                metrics.flush()  # at most a second behind under load (see llmlbd/metrics.py)
                 self._maintain()
             except Exception:
                 log.exception("maintain_failed")
@@ -165,12 +165,14 @@ class ProxyApp:
             self._maintainer.kill(block=False)
         if self._release_sender is not None:
             self._release_sender.kill(block=False)
-        if self.runtime is not None:
-            self.runtime.router.retire()
-            self.runtime.upstreams.close()
-        if self.request_log is not None:
-            self.request_log.close()
-        metrics.flush()
+        try:
+            if self.runtime is not None:
+                self.runtime.router.retire()
+                self.runtime.upstreams.close()
+            if self.request_log is not None:
+                self.request_log.close()
+        finally:
+            metrics.flush()  # the last counts, retire()'s releases included
 
     # request dispatch ---------------------------------------------------------------------
     # idle keep-alive connections -----------------------------------------------------------
