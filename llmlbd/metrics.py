@@ -103,22 +103,30 @@ INFLIGHT = Gauge(
 )
 
 
+# The Local* that changed since the last flush(): a flush costs what changed, not what
+# exists (a pool of hundreds of backends has thousands of children).
+_dirty: list[Any] = []
+
+
 class LocalCounter:
     """A counter child's increments, kept in this process until `flush()`."""
 
-    __slots__ = ("child", "pending")
+    __slots__ = ("child", "dirty", "pending")
 
     def __init__(self, child: Any) -> None:
         self.child = child
         self.pending = 0.0
+        self.dirty = False
 
     def inc(self, amount: float = 1.0) -> None:
         self.pending += amount
+        if not self.dirty:
+            self.dirty = True
+            _dirty.append(self)
 
     def flush(self) -> None:
-        pending = self.pending
+        pending, self.pending, self.dirty = self.pending, 0.0, False
         if pending:
-            self.pending = 0.0
             self.child.inc(pending)
 
 
@@ -142,11 +150,11 @@ class LocalHistogram:
     def observe(self, amount: float) -> None:
         self.counts[bisect_left(self.bounds, amount)] += 1
         self.sum += amount
-        self.dirty = True
+        if not self.dirty:
+            self.dirty = True
+            _dirty.append(self)
 
     def flush(self) -> None:
-        if not self.dirty:
-            return
         counts, total = self.counts, self.sum
         self.counts, self.sum, self.dirty = [0] * len(self.bounds), 0.0, False
         self.child._sum.inc(total)
@@ -158,31 +166,32 @@ class LocalHistogram:
 class LocalGauge:
     """A gauge this process alone moves (inc/dec); flush() writes its value."""
 
-    __slots__ = ("gauge", "value", "written")
+    __slots__ = ("dirty", "gauge", "value")
 
     def __init__(self, gauge: Any) -> None:
         self.gauge = gauge
         self.value = 0.0
-        self.written = 0.0
+        self.dirty = False
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
+        if not self.dirty:
+            self.dirty = True
+            _dirty.append(self)
 
     def dec(self, amount: float = 1.0) -> None:
-        self.value -= amount
+        self.inc(-amount)
 
     def flush(self) -> None:
-        if self.value != self.written:
-            self.written = self.value
-            self.gauge.set(self.value)
-
-
-_locals: list[Any] = []  # every Local* of this process, for flush()
+        self.dirty = False
+        self.gauge.set(self.value)
 
 
 def flush() -> None:
     """Fold every per-process count into the metric files (see the module's notes)."""
-    for local in _locals:
+    global _dirty
+    changed, _dirty = _dirty, []
+    for local in changed:
         local.flush()
 
 
@@ -202,7 +211,6 @@ class Children:
         child = self.children.get(values)
         if child is None:
             child = self.children[values] = self.local(self.metric.labels(*values))
-            _locals.append(child)
         return child
 
 
@@ -213,7 +221,6 @@ upstream_seconds_by = Children(UPSTREAM_SECONDS)
 _redis_seconds_by = Children(REDIS_SECONDS)
 _prefix_blocks_by = Children(PREFIX_BLOCKS)
 inflight = LocalGauge(INFLIGHT)
-_locals.append(inflight)
 
 
 class Observer:

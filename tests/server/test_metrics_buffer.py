@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import random
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
+from llmlbd import metrics
 from llmlbd.metrics import LocalCounter, LocalGauge, LocalHistogram
 
 BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.5)
@@ -64,3 +72,22 @@ def test_flushed_values_equal_direct_observations() -> None:
         # Summed in another order: equal up to rounding.
         assert abs(_sum(buffered) - _sum(direct)) < 1e-9 * _sum(direct)
     assert 'h_seconds_bucket{le="0.0002",op="pick"}' in "\n".join(_text(buffered))
+
+
+def test_the_module_flush_writes_what_changed_once() -> None:
+    labels = {"backend": "flush-test", "policy": "p", "status": "200"}
+    inflight_before = REGISTRY.get_sample_value("llmlbd_worker_inflight") or 0.0
+    metrics.requests_by("flush-test", "p", "200").inc()
+    metrics.requests_by("flush-test", "p", "200").inc()
+    metrics.inflight.inc()
+    assert REGISTRY.get_sample_value("llmlbd_requests_total", labels) == 0  # not yet
+    metrics.flush()
+    assert REGISTRY.get_sample_value("llmlbd_requests_total", labels) == 2
+    assert REGISTRY.get_sample_value("llmlbd_worker_inflight") == inflight_before + 1
+    metrics.flush()  # nothing changed since: nothing added
+    assert REGISTRY.get_sample_value("llmlbd_requests_total", labels) == 2
+    metrics.inflight.dec()
+    metrics.requests_by("flush-test", "p", "200").inc()
+    metrics.flush()
+    assert REGISTRY.get_sample_value("llmlbd_requests_total", labels) == 3
+    assert REGISTRY.get_sample_value("llmlbd_worker_inflight") == inflight_before
