@@ -22,16 +22,19 @@ median CPU per request and req/s of each: one change measured at a time.
 
 Run: python bench/hotpath_profile.py [--seconds 8] [--rounds 3] [--keep DIR]
      python bench/hotpath_profile.py --compare /tmp/base [--seconds 5] [--rounds 5]
+     python bench/hotpath_profile.py --compare-setting redis.local_unix_socket=false --redis-tcp
 Needs wrk (apt-get install -y wrk).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -171,12 +174,28 @@ def measure(proxy: wb.LLMLBD, stream: bool, seconds: float, rounds: int) -> tupl
     return wb.median(rates), wb.median(costs)
 
 
-def compare(base_root: str, workers: int, seconds: float, rounds: int) -> None:
-    """Interleaved rounds: the tree under *base_root* vs this one, same backends."""
+def compare(
+    base_root: str | None,
+    workers: int,
+    seconds: float,
+    rounds: int,
+    base_setting: dict[str, Any] | None = None,
+    redis_url: str | None = None,
+) -> None:
+    """Interleaved rounds: the tree under *base_root* (else this one with *base_setting*,
+    e.g. {"redis": {"local_unix_socket": False}}) vs this one, same backends; both on
+    *redis_url* when given, else each on its embedded Redis."""
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    shared = {"redis": {"url": redis_url}} if redis_url else {}
+    base_extra = {k: {**shared.get(k, {}), **v} for k, v in (base_setting or {}).items()}
+    base_extra = {**shared, **base_extra}
     with wb.zero_backends(2) as ports:
-        base_env = {"PYTHONPATH": base_root, "PYTHONSAFEPATH": "1"}  # no cwd on sys.path
-        with wb.llmlbd(ports, workers, env=base_env) as base, wb.llmlbd(ports, workers) as new:
+        # No cwd on sys.path, so the base tree's packages are the ones imported.
+        base_env = {"PYTHONPATH": base_root, "PYTHONSAFEPATH": "1"} if base_root else None
+        with (
+            wb.llmlbd(ports, workers, extra=base_extra, env=base_env) as base,
+            wb.llmlbd(ports, workers, extra=shared) as new,
+        ):
             for proxy in (base, new):
                 wb.run_wrk(proxy.port, 2)
             for _ in range(rounds):
@@ -214,9 +233,33 @@ def main() -> None:
         help="profile the llmlbd + collector packages under DIR instead of this tree "
         "(DIR's worker must call llmlbd.server.worker.cpuprofile.start_if_enabled())",
     )
+    parser.add_argument(
+        "--compare-setting",
+        metavar="SECTION.KEY=JSON",
+        help="A/B this tree with the setting (base) against this tree's default (new)",
+    )
+    parser.add_argument(
+        "--redis-tcp",
+        action="store_true",
+        help="with --compare/--compare-setting: both on one Redis on 127.0.0.1 TCP (that also "
+        "listens on a unix socket) instead of each one's embedded Redis on its socket",
+    )
     args = parser.parse_args()
-    if args.compare:
-        compare(args.compare, args.workers, args.seconds, args.rounds)
+    if args.compare or args.compare_setting:
+        setting = None
+        if args.compare_setting:
+            key, _, value = args.compare_setting.partition("=")
+            section, _, name = key.partition(".")
+            setting = {section: {name: json.loads(value)}}
+        if not args.redis_tcp:
+            compare(args.compare, args.workers, args.seconds, args.rounds, setting)
+            return
+        from llmlbd.embedded import EmbeddedRedis
+
+        with EmbeddedRedis(port=wb.free_port()) as redis_server:
+            compare(
+                args.compare, args.workers, args.seconds, args.rounds, setting, redis_server.url
+            )
         return
 
     rows: dict[str, tuple[float, float, Counter[str]]] = {}

@@ -73,6 +73,7 @@ class RedisSection:
     socket_timeout_s: float
     connect_timeout_s: float
     max_connections: int
+    local_unix_socket: bool
     breaker_failures: int
     breaker_reset_s: float
 

@@ -25,6 +25,13 @@ What stays as before:
 
 Only a standalone server (ConnectionPool or BlockingConnectionPool) takes
 this path; Cluster and Sentinel clients keep `ScriptSet`.
+
+A Redis configured over loopback TCP (127.0.0.1, localhost, ::1) that also
+listens on a unix socket (CONFIG GET unixsocket) is reached through that
+socket instead, once a probe showed it is the same server (INFO's run_id)
+and this process may open it: about 2 µs less client CPU and 7 µs less
+round trip per script call than loopback TCP (docs/benchmarks.md). When
+CONFIG is refused, the socket is missing or not ours to open, TCP stays.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from redis.exceptions import NoScriptError
 from llmlbd.sockets import send_all
 from llmlbd.state.scripts import ScriptSet, script_source
 
-__all__ = ["DirectScripts", "supports"]
+__all__ = ["DirectScripts", "find_unix_socket", "supports"]
 
 _POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
 
@@ -53,11 +60,22 @@ def supports(client: Any) -> bool:
 class DirectScripts:
     """`ScriptSet`'s interface on a few connections of its own; attribute access by file name."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, local_unix_socket: bool = True) -> None:
+        """*local_unix_socket*: look for the server's unix socket (redis.local_unix_socket)."""
         pool = client.connection_pool
-        self._new_connection: Callable[[], Any] = lambda: pool.connection_class(
-            **pool.connection_kwargs
-        )
+        connection_class, kwargs = pool.connection_class, pool.connection_kwargs
+        self.unix_socket = find_unix_socket(client) if local_unix_socket else None
+        if self.unix_socket is not None:
+            connection_class, kwargs = (
+                redis.UnixDomainSocketConnection,
+                _unix_kwargs(kwargs, self.unix_socket),
+            )
+        self._new_connection: Callable[[], Any] = lambda: connection_class(**kwargs)
+        # Our own EVALSHA packer writes UTF-8 (strict), redis-py's default encoding.
+        self._utf8 = (kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict")) in {
+            ("utf-8", "strict"),
+            ("utf8", "strict"),
+        }
         self._limit = pool.max_connections
         self._idle: list[Any] = []
         self._in_use = 0
@@ -77,12 +95,57 @@ class DirectScripts:
             self._idle.pop().disconnect()
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+_TCP_ONLY = frozenset(
+    {"host", "port", "socket_keepalive", "socket_keepalive_options", "socket_type"}
+)
+
+
+def _unix_kwargs(kwargs: dict[str, Any], path: str) -> dict[str, Any]:
+    unix = {key: value for key, value in kwargs.items() if key not in _TCP_ONLY}
+    unix["path"] = path
+    return unix
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def find_unix_socket(client: Any) -> str | None:
+    """The unix socket of the standalone Redis *client* reaches over loopback TCP, when
+    that server listens on one and this process can use it; else None."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    if pool.connection_class is not redis.Connection or kwargs.get("host") not in _LOOPBACK:
+        return None  # TLS, a unix socket already, or another host
+    try:
+        reply = client.config_get("unixsocket")
+        path = _text(reply.get("unixsocket", reply.get(b"unixsocket")))
+        if not path:
+            return None
+        run_id = _text(client.info("server").get("run_id"))
+        probe = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=redis.UnixDomainSocketConnection, **_unix_kwargs(kwargs, path)
+            )
+        )
+        try:
+            same = _text(probe.info("server").get("run_id")) == run_id
+        finally:
+            probe.close()
+            probe.connection_pool.disconnect()
+    except (redis.RedisError, OSError):
+        return None  # CONFIG refused (ACL, rename-command), socket missing or not ours
+    return path if same and run_id else None
+
+
 class _DirectScript:
     def __init__(self, owner: DirectScripts, name: str) -> None:
         self.owner = owner
         self.name = name
         self.source = script_source(name)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self._head = b"$7\r\nEVALSHA\r\n$40\r\n%b\r\n" % self.sha.encode()
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         owner = self.owner
@@ -138,32 +201,53 @@ class _DirectScript:
     def _run_many(
         self, conn: Any, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
     ) -> list[Any]:
-        if conn._sock is None:
-            conn.connect()
-        commands = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args in calls]
-        try:
-            send_all(conn._sock, b"".join(conn.pack_commands(commands)))
-        except TimeoutError:
-            raise redis.TimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from None
+        data = b"".join(self._pack(conn, keys, args) for keys, args in calls)
+        _send(conn, data)
         return [conn.read_response() for _ in calls]
 
     def _run(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
-            return self._call(conn, "EVALSHA", self.sha, len(keys), *keys, *args)
+            _send(conn, self._pack(conn, keys, args))
+            return conn.read_response()
         except NoScriptError:
             self._call(conn, "SCRIPT", "LOAD", self.source)
             return self._call(conn, "EVALSHA", self.sha, len(keys), *keys, *args)
 
+    def _pack(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
+        """EVALSHA sha len(keys) *keys *args in RESP: the bytes redis-py's packer makes
+        (str as UTF-8, int and float by repr, bytes as they are), at a third of its cost;
+        any other value, or another encoding, goes through redis-py's packer."""
+        if not self.owner._utf8:
+            return b"".join(conn.pack_command("EVALSHA", self.sha, len(keys), *keys, *args))
+        out = [b"*%d\r\n" % (len(keys) + len(args) + 3), self._head]
+        numkeys = b"%d" % len(keys)
+        out.append(b"$%d\r\n%b\r\n" % (len(numkeys), numkeys))
+        for values in (keys, args):
+            for value in values:
+                kind = type(value)
+                if kind is str:
+                    data = value.encode()
+                elif kind is bytes:
+                    data = value
+                elif kind is int or kind is float:
+                    data = repr(value).encode()
+                else:
+                    return b"".join(conn.pack_command("EVALSHA", self.sha, len(keys), *keys, *args))
+                out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+        return b"".join(out)
+
     @staticmethod
     def _call(conn: Any, *command: Any) -> Any:
-        if conn._sock is None:
-            conn.connect()
-        try:
-            send_all(conn._sock, b"".join(conn.pack_command(*command)))
-        except TimeoutError:  # socket.timeout: redis-py's error, as its send would raise
-            raise redis.TimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from None
+        _send(conn, b"".join(conn.pack_command(*command)))
         return conn.read_response()
+
+
+def _send(conn: Any, data: bytes) -> None:
+    if conn._sock is None:
+        conn.connect()
+    try:
+        send_all(conn._sock, data)
+    except TimeoutError:  # socket.timeout: redis-py's error, as its send would raise
+        raise redis.TimeoutError("Timeout writing to socket") from None
+    except OSError as exc:
+        raise redis.ConnectionError(f"Error while writing to socket: {exc}") from None

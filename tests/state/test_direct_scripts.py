@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import pytest
 import redis
 
+from llmlbd.embedded import EmbeddedRedis
 from llmlbd.state import direct_scripts
 from llmlbd.state.direct_scripts import DirectScripts
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases, Reservation
+from tests.harness import free_port
 from tests.state.least_request import acquire_least
 
 NAMES = ["a", "b", "c"]
@@ -104,3 +107,64 @@ def test_only_standalone_clients_take_the_direct_path(redis_url):
     blocking = redis.BlockingConnectionPool.from_url(redis_url)
     assert direct_scripts.supports(redis.Redis(connection_pool=blocking))
     assert not direct_scripts.supports(object())
+
+
+def _connection_class(leases: Leases) -> type:
+    """The class of the connection the last script call used (back in the idle list)."""
+    return type(leases.scripts._idle[-1])  # type: ignore[attr-defined]
+
+
+def test_a_loopback_redis_is_reached_through_its_unix_socket(redis_server, redis_client):
+    assert redis_server.url.startswith("redis://127.0.0.1:")  # loopback TCP, as configured
+    leases = _leases(redis_client, "unix", direct=True)
+    assert leases.scripts.unix_socket == redis_server.socket_path  # type: ignore[attr-defined]
+    assert _acquire(leases, "r1").backend in NAMES
+    assert _connection_class(leases) is redis.UnixDomainSocketConnection
+    # The same server: the lease taken through the socket is what TCP clients see.
+    assert sum(int(v) for v in redis_client.hgetall(leases.keys.inflight).values()) == 1
+
+
+def test_local_unix_socket_off_keeps_tcp(redis_client):
+    leases = Leases(redis_client, PoolKeys("tcp"), "host:1:tcp", ttl_ms=5000)
+    leases.scripts = DirectScripts(redis_client, local_unix_socket=False)  # type: ignore[assignment]
+    assert leases.scripts.unix_socket is None  # type: ignore[attr-defined]
+    leases.heartbeat()
+    assert _acquire(leases, "r1").backend in NAMES
+    assert _connection_class(leases) is redis.Connection
+
+
+def test_a_redis_that_refuses_config_keeps_tcp():
+    with EmbeddedRedis(
+        runtime_dir=tempfile.mkdtemp(prefix="llmlbd-test-redis-"),
+        port=free_port(),
+        extra_args=["--rename-command", "CONFIG", '""'],
+    ) as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        with pytest.raises(redis.ResponseError):
+            client.config_get("unixsocket")
+        leases = _leases(client, "noconfig", direct=True)
+        assert leases.scripts.unix_socket is None  # type: ignore[attr-defined]
+        assert _acquire(leases, "r1").backend in NAMES
+        client.close()
+
+
+def test_the_evalsha_bytes_are_redis_pys(redis_client):
+    scripts = DirectScripts(redis_client)
+    script = scripts.release
+    conn = redis_client.connection_pool.connection_class(
+        **redis_client.connection_pool.connection_kwargs
+    )
+    cases = [
+        ((), ()),
+        (("k",), ()),
+        (
+            ("{pool}:inflight", "{pool}:lease"),
+            ("r1", 0, 12, 1.5, 2.0e-7, -3, "ünïcode", b"\x00\xff"),
+        ),
+        (("k",), ("x" * 10_000,)),  # redis-py splits a big value into its own chunk
+    ]
+    for keys, args in cases:
+        expected = b"".join(conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
+        assert script._pack(conn, keys, args) == expected
+    with pytest.raises(redis.DataError):  # as redis-py: no bools
+        script._pack(conn, ("k",), (True,))

@@ -59,7 +59,7 @@ class ProxiedResponse:
         self.closed = False
         content_type = upstream.header("content-type") or ""
         self.is_sse = content_type.startswith("text/event-stream")
-        metrics.INFLIGHT.inc()
+        metrics.inflight.inc()
         app.active += 1
 
     def headers(self) -> list[tuple[str, str]]:
@@ -108,7 +108,7 @@ class ProxiedResponse:
             # the backend to stop generating.
             self.upstream.release()
         finally:
-            metrics.INFLIGHT.dec()
+            metrics.inflight.dec()
             self.app.active -= 1
             assert self.app.runtime is not None
             self.app.runtime.router.release(

@@ -88,7 +88,11 @@ class WorkerRuntime:
     @classmethod
     def build(cls, config: Config, worker_id: str) -> WorkerRuntime:
         client = connect(config)
-        scripts = direct_scripts.DirectScripts(client) if direct_scripts.supports(client) else None
+        scripts = (
+            direct_scripts.DirectScripts(client, config.redis.local_unix_socket)
+            if direct_scripts.supports(client)
+            else None
+        )
         breaker = Breaker(config.redis.breaker_failures, config.redis.breaker_reset_s)
         observer = Observer()
         pools = {

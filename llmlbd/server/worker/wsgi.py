@@ -142,6 +142,7 @@ class ProxyApp:
         while True:
             gevent.sleep(1.0)
             try:
+                metrics.flush()  # at most a second behind under load (see llmlbd/metrics.py)
                 self._maintain()
             except Exception:
                 log.exception("maintain_failed")
@@ -156,17 +157,22 @@ class ProxyApp:
                 router.send_releases()
             except Exception:
                 log.exception("release_send_failed")  # maintain() sends what is left
+            if not self.active:
+                metrics.flush()  # idle: the release's round trip is counted now
 
     def shutdown_worker(self) -> None:
         if self._maintainer is not None:
             self._maintainer.kill(block=False)
         if self._release_sender is not None:
             self._release_sender.kill(block=False)
-        if self.runtime is not None:
-            self.runtime.router.retire()
-            self.runtime.upstreams.close()
-        if self.request_log is not None:
-            self.request_log.close()
+        try:
+            if self.runtime is not None:
+                self.runtime.router.retire()
+                self.runtime.upstreams.close()
+            if self.request_log is not None:
+                self.request_log.close()
+        finally:
+            metrics.flush()  # the last counts, retire()'s releases included
 
     # request dispatch ---------------------------------------------------------------------
     # idle keep-alive connections -----------------------------------------------------------
@@ -296,6 +302,7 @@ class ProxyApp:
             multiprocess.MultiProcessCollector(registry)
         else:
             from prometheus_client import REGISTRY as registry
+        metrics.flush()  # this worker's counts; the others flush when idle and each second
         body = generate_latest(registry)
         if self.runtime is not None and self.runtime.router.breaker.state == "closed":
             pool = CollectorRegistry()
@@ -456,8 +463,11 @@ class ProxyApp:
         backend = decision.backend.name if decision else ""
         policy = decision.policy if decision else ""
         metrics.requests_by(backend, policy, str(status)).inc()
+        busy = self.active > holding
+        if not busy:
+            metrics.flush()  # idle now: write the counts at once; under load, each second
         if self.request_log is not None:
             finished = requestlog.Finished(
                 request, decision, status, size, ttfb, time.perf_counter() - sent_at, outcome
             )
-            self.request_log.request_done(finished, busy=self.active > holding)
+            self.request_log.request_done(finished, busy=busy)
