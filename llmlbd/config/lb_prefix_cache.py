@@ -106,6 +106,16 @@ SETTINGS: list[Setting] = [
         policies=(PREFIX,),
     ),
     Setting(
+        "lb_config.sharedPrefix",
+        "follow",
+        v.one_of("follow", "spread"),
+        "Bounded mode, a new conversation on a prefix others branched from (a shared "
+        "system prompt): follow = the least loaded in-bound backend that holds it; "
+        "spread = by load and index occupancy over every backend, which pays the "
+        "shared prefill again on each one it reaches.",
+        policies=(PREFIX,),
+    ),
+    Setting(
         "lb_config.maxKvUsage",
         0.95,
         v.fraction,

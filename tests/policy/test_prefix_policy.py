@@ -127,9 +127,32 @@ class TestAffinity:
         again = policy.pick(chat(next(turns)), frozenset())
         assert again.backend.name == decisions[3].backend.name
 
+    def test_new_conversations_on_a_shared_prompt_follow_its_holder(self, redis_client):
+        """sharedPrefix follow (the default): a new conversation on a shared system prompt
+        goes to a backend that already holds the prompt while it is within the load bound,
+        so the prompt's prefill is not paid again elsewhere; past the bound it spreads."""
+        policy = make_policy(redis_client, lb={"maxLoadGap": 2, "maxLoadRatio": 1.0})
+        first = policy.pick(chat(next(conversation("u0", 1))), frozenset())
+        release(policy, first)
+        home = first.backend.name
+        held = []
+        for i in range(1, 4):  # idle fleet: each one follows, reason shared_prefix
+            decision = policy.pick(chat(next(conversation(f"u{i}", 1))), frozenset())
+            assert decision.backend.name == home
+            held.append(decision)
+        assert held[-1].reason == "shared_prefix" and held[-1].inflight == 3
+        # home at 3 in flight, everyone else at 0: past the bound (0 + 2), so the next
+        # goes to the least loaded and becomes a second holder...
+        over = policy.pick(chat(next(conversation("u4", 1))), frozenset())
+        assert over.backend.name != home and over.reason == "overloaded"
+        # ...and the next follows the less loaded of the two holders.
+        again = policy.pick(chat(next(conversation("u5", 1))), frozenset())
+        assert again.backend.name == over.backend.name and again.reason == "shared_prefix"
+
     def test_new_conversations_on_a_shared_prompt_spread_even_when_idle(self, redis_client):
-        """Sequential first turns sharing a system prompt spread; each later turn sticks."""
-        policy = make_policy(redis_client)
+        """sharedPrefix spread: sequential first turns sharing a system prompt spread;
+        each later turn sticks."""
+        policy = make_policy(redis_client, lb={"sharedPrefix": "spread"})
         homes = {}
         for i in range(16):
             decision = policy.pick(chat(next(conversation(f"idle{i}", 1))), frozenset())
