@@ -257,6 +257,7 @@ def test_least_load_looks_past_a_long_engine_queue(redis_client):
     """The index is ordered by in-flight count, but load also counts the engine's queue:
     the least load (which sets the bound) is found past a head whose queue is long."""
     policy = idle_pool(redis_client, 3, occupied=0)
+    policy.index.params = dataclasses.replace(policy.index.params, max_load_gap=4.0)
     keys, leases = policy.ctx.keys, policy.ctx.leases
     request = chat("long shared history. " * 40)
     home = policy.pick(request, frozenset())  # recorded on one backend

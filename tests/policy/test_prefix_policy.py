@@ -108,8 +108,9 @@ class TestAffinity:
         assert decision.details["matched_blocks"] > 36
 
     def test_shared_system_prompt_spreads(self, redis_client):
-        """Conversations sharing one long system prompt spread by load instead of piling up."""
-        policy = make_policy(redis_client)
+        """Conversations sharing one long system prompt spread by load instead of piling up
+        on one backend past the load bound."""
+        policy = make_policy(redis_client, lb={"maxLoadGap": 4})
         decisions = [
             policy.pick(chat(next(conversation(f"user{i}", 1))), frozenset()) for i in range(64)
         ]
@@ -191,6 +192,25 @@ class TestAffinity:
         decision = policy.pick(chat(next(turns)), frozenset())
         assert decision.backend.name != home.backend.name
         assert decision.reason == "overloaded" and decision.inflight == 1
+
+    def test_default_bound_keeps_a_match_on_a_somewhat_busier_backend(self, redis_client):
+        """With the default bound (16 requests, 1.5x) a conversation stays home while its
+        backend is 8 requests busier than an idle one: leaving would cost the prefill of
+        its whole history elsewhere. Past 16 it moves."""
+        policy = make_policy(redis_client, count=4)
+        turns = conversation("busy-home", 3)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        name = home.backend.name
+        busy = [policy.ctx.leases.acquire(f"bg{i}", name) for i in range(8)]
+        assert all(r.backend == name for r in busy)
+        decision = policy.pick(chat(next(turns)), frozenset())
+        assert (decision.backend.name, decision.reason) == (name, "affinity")
+        release(policy, decision)
+        more = [policy.ctx.leases.acquire(f"bg{i}", name) for i in range(8, 17)]
+        assert all(r.backend == name for r in more)  # 17 in flight against 0
+        decision = policy.pick(chat(next(turns)), frozenset())
+        assert decision.backend.name != name and decision.reason == "overloaded"
 
     def test_short_match_is_a_miss(self, redis_client):
         """A match shorter than minMatchBlocks does not count: the request goes by load."""
