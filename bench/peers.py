@@ -83,6 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a few seconds: shared-system on 2 fast servers at one rate (the test suite's run)",
     )
+    parser.add_argument(
+        "--llmlbd-lb-config",
+        default="",
+        help="JSON object of lb_config keys for the llmlbd routers (e.g. '{\"maxLoadGap\": 16}'; "
+        "default: llmlbd's defaults)",
+    )
     parser.add_argument("--list", action="store_true", help="print scenarios and routers, exit")
     return parser.parse_args(argv)
 
@@ -288,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    routers: {', '.join(scenario.routers or ALL_ROUTERS)}")
         return 0
     ensure_bench_requirements()
+    if args.llmlbd_lb_config:
+        from bench.peerbench import routers
+
+        routers.LLMLBD_LB_CONFIG.update(json.loads(args.llmlbd_lb_config))
     if args.from_json:
         run = json.loads(Path(args.from_json).read_text())
     else:

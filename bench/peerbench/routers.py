@@ -33,6 +33,9 @@ import yaml
 from bench.peerbench.install import ensure_debian, ensure_venv
 from tests.harness import LLMLBD, Proc, free_port, wait_for_http, wait_until
 
+# lb_config keys for every llmlbd router of a run (peers.py --llmlbd-lb-config; default: none).
+LLMLBD_LB_CONFIG: dict = {}
+
 __all__ = ["ALL_ROUTERS", "RouterUnavailable", "Running", "sim_options_for", "start_router"]
 
 ALL_ROUTERS = (
@@ -113,6 +116,8 @@ def _llmlbd(label, policy, backends, models, install) -> Running:
         # Another llmlbd may hold the default collector metrics port on this host.
         "collector": {"metrics_port": 0},
     }
+    if LLMLBD_LB_CONFIG:
+        config["lb_config"] = dict(LLMLBD_LB_CONFIG)
     try:
         server = LLMLBD(config, workers=2, name="peers-llmlbd")
     except Exception as exc:

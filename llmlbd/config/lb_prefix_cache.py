@@ -90,7 +90,7 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "lb_config.maxLoadGap",
-        4.0,
+        16.0,
         v.non_negative_float,
         "Bounded mode: follow a match while the backend's load is at most this many "
         "requests above the least-loaded backend's (or within maxLoadRatio).",
@@ -103,6 +103,16 @@ SETTINGS: list[Setting] = [
         _at_least_one,
         "Bounded mode: follow a match while the backend's load is at most this multiple "
         "of the least-loaded backend's (or within maxLoadGap).",
+        policies=(PREFIX,),
+    ),
+    Setting(
+        "lb_config.sharedPrefix",
+        "follow",
+        v.one_of("follow", "spread"),
+        "Bounded mode, a new conversation on a prefix others branched from (a shared "
+        "system prompt): follow = the least loaded in-bound backend that holds it; "
+        "spread = by load and index occupancy over every backend, which pays the "
+        "shared prefill again on each one it reaches.",
         policies=(PREFIX,),
     ),
     Setting(

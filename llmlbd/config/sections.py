@@ -103,6 +103,7 @@ class PrefixCacheLbConfig(LbConfigCommon):
     minMatchBlocks: int
     maxLoadGap: float
     maxLoadRatio: float
+    sharedPrefix: Literal["follow", "spread"]
     maxKvUsage: float
     maxEntriesPerBackend: int
     charsPerToken: float

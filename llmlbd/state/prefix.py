@@ -49,6 +49,8 @@ class PrefixParams:
     entries_per_backend: int = 31_250
     tokens_per_block: float = 16.0
     mode: str = "bounded"
+    # A new conversation on a shared prefix: "follow" its in-bound holders, or "spread".
+    shared: str = "follow"
     weights: tuple[float, float, float, float] = (3.0, 2.0, 2.0, 1.0)  # prefix, queue, kv, inflight
     # Leading levels named by more backends than this are looked up per candidate rather
     # than read whole (lua/acquire_prefix.lua, "wide" levels).
@@ -134,6 +136,7 @@ class PrefixIndex:
                     "entries_per_backend": p.entries_per_backend,
                     "tokens_per_block": float(p.tokens_per_block),
                     "mode": p.mode,
+                    "shared_follow": p.shared == "follow",
                     "weights": {"prefix": prefix, "queue": queue, "kv": kv, "inflight": inflight},
                     "dry": dry,
                     "wide_level_holders": p.wide_level_holders,

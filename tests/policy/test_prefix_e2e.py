@@ -28,6 +28,9 @@ def test_two_instances_route_a_conversation_to_one_backend(redis_url):
             "redis": {"url": redis_url},
             "backends": stubs.config(),
             "lb_policy": "prefix_cache",
+            # New conversations on the shared system prompt spread (the default, follow,
+            # would keep them all on its holder of an idle fleet).
+            "lb_config": {"sharedPrefix": "spread"},
             "collector": {"enabled": False},
         }
         with (

@@ -77,7 +77,9 @@ def allowed(answer: dict[str, Any], params: Any, sample: int | None = None) -> s
     def kv_fits(r: dict[str, Any]) -> bool:
         return r["kv_usage"] is None or r["kv_usage"] <= params.max_kv_usage
 
-    if answer["reason"] == "affinity":
+    if answer["reason"] == "affinity" or (
+        answer["reason"] == "shared_prefix" and params.shared == "follow"
+    ):
         bounded = [
             r
             for r in ok
@@ -277,6 +279,7 @@ def test_least_load_looks_past_a_long_engine_queue(redis_client):
     """The index is ordered by in-flight count, but load also counts the engine's queue:
     the least load (which sets the bound) is found past a head whose queue is long."""
     policy = idle_pool(redis_client, 3, occupied=0)
+    policy.index.params = dataclasses.replace(policy.index.params, max_load_gap=4.0)
     keys, leases = policy.ctx.keys, policy.ctx.leases
     request = chat("long shared history. " * 40)
     home = policy.pick(request, frozenset())  # recorded on one backend
@@ -297,13 +300,16 @@ def test_least_load_looks_past_a_long_engine_queue(redis_client):
     assert (decision.backend.name, decision.reason) == (others[1], "overloaded")
 
 
+@pytest.mark.parametrize("mode", ["follow", "spread"])
 @pytest.mark.parametrize("case", ["history", "branched", "new"])
-def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, case):
+def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, case, mode):
     """Leading levels named by many backends (a shared system prompt) are looked up for
     the deeper holders only, or sampled for a new conversation; the decision and its
     match are the full recomputation's."""
     policy = idle_pool(redis_client, 6, occupied=0)
-    policy.index.params = dataclasses.replace(policy.index.params, wide_level_holders=2)
+    policy.index.params = dataclasses.replace(
+        policy.index.params, wide_level_holders=2, shared=mode
+    )
     keys = policy.ctx.keys
     request = chat(PROMPT)
     levels = policy.levels(request)
@@ -322,12 +328,17 @@ def test_a_prefix_the_pool_shares_is_looked_up_not_read(redis_client, case):
     answer = policy.index.explain(policy.ctx.membership, levels.hashes, levels.blocks, "m")
     decision = policy.pick(request, frozenset())
     assert decision.reason == answer["reason"]
-    assert decision.backend.name in allowed(answer, policy.params, policy.index.params.tie_sample)
+    assert decision.backend.name in allowed(
+        answer, policy.index.params, policy.index.params.tie_sample
+    )
     assert decision.details["best_blocks"] == levels.blocks[deep - 1]
     if case == "history":
         assert (decision.backend.name, decision.reason) == ("b000", "affinity")
         assert decision.details["matched_blocks"] == levels.blocks[deep - 1]
-    else:  # by load, then the emptiest index
+    elif case == "branched" and mode == "follow":  # the shared prefix's in-bound holder
+        assert (decision.backend.name, decision.reason) == ("b000", "shared_prefix")
+        assert decision.details["matched_blocks"] == levels.blocks[deep - 1]
+    else:  # spread: by load, then the emptiest index; follow: any idle holder of it
         assert decision.reason == "shared_prefix"
         assert decision.details["matched_blocks"] == levels.blocks[shared - 1]
         if case == "branched":

@@ -108,8 +108,9 @@ class TestAffinity:
         assert decision.details["matched_blocks"] > 36
 
     def test_shared_system_prompt_spreads(self, redis_client):
-        """Conversations sharing one long system prompt spread by load instead of piling up."""
-        policy = make_policy(redis_client)
+        """Conversations sharing one long system prompt spread by load instead of piling up
+        on one backend past the load bound."""
+        policy = make_policy(redis_client, lb={"maxLoadGap": 4})
         decisions = [
             policy.pick(chat(next(conversation(f"user{i}", 1))), frozenset()) for i in range(64)
         ]
@@ -127,9 +128,32 @@ class TestAffinity:
         again = policy.pick(chat(next(turns)), frozenset())
         assert again.backend.name == decisions[3].backend.name
 
+    def test_new_conversations_on_a_shared_prompt_follow_its_holder(self, redis_client):
+        """sharedPrefix follow (the default): a new conversation on a shared system prompt
+        goes to a backend that already holds the prompt while it is within the load bound,
+        so the prompt's prefill is not paid again elsewhere; past the bound it spreads."""
+        policy = make_policy(redis_client, lb={"maxLoadGap": 2, "maxLoadRatio": 1.0})
+        first = policy.pick(chat(next(conversation("u0", 1))), frozenset())
+        release(policy, first)
+        home = first.backend.name
+        held = []
+        for i in range(1, 4):  # idle fleet: each one follows, reason shared_prefix
+            decision = policy.pick(chat(next(conversation(f"u{i}", 1))), frozenset())
+            assert decision.backend.name == home
+            held.append(decision)
+        assert held[-1].reason == "shared_prefix" and held[-1].inflight == 3
+        # home at 3 in flight, everyone else at 0: past the bound (0 + 2), so the next
+        # goes to the least loaded and becomes a second holder...
+        over = policy.pick(chat(next(conversation("u4", 1))), frozenset())
+        assert over.backend.name != home and over.reason == "overloaded"
+        # ...and the next follows the less loaded of the two holders.
+        again = policy.pick(chat(next(conversation("u5", 1))), frozenset())
+        assert again.backend.name == over.backend.name and again.reason == "shared_prefix"
+
     def test_new_conversations_on_a_shared_prompt_spread_even_when_idle(self, redis_client):
-        """Sequential first turns sharing a system prompt spread; each later turn sticks."""
-        policy = make_policy(redis_client)
+        """sharedPrefix spread: sequential first turns sharing a system prompt spread;
+        each later turn sticks."""
+        policy = make_policy(redis_client, lb={"sharedPrefix": "spread"})
         homes = {}
         for i in range(16):
             decision = policy.pick(chat(next(conversation(f"idle{i}", 1))), frozenset())
@@ -168,6 +192,25 @@ class TestAffinity:
         decision = policy.pick(chat(next(turns)), frozenset())
         assert decision.backend.name != home.backend.name
         assert decision.reason == "overloaded" and decision.inflight == 1
+
+    def test_default_bound_keeps_a_match_on_a_somewhat_busier_backend(self, redis_client):
+        """With the default bound (16 requests, 1.5x) a conversation stays home while its
+        backend is 8 requests busier than an idle one: leaving would cost the prefill of
+        its whole history elsewhere. Past 16 it moves."""
+        policy = make_policy(redis_client, count=4)
+        turns = conversation("busy-home", 3)
+        home = policy.pick(chat(next(turns)), frozenset())
+        release(policy, home)
+        name = home.backend.name
+        busy = [policy.ctx.leases.acquire(f"bg{i}", name) for i in range(8)]
+        assert all(r.backend == name for r in busy)
+        decision = policy.pick(chat(next(turns)), frozenset())
+        assert (decision.backend.name, decision.reason) == (name, "affinity")
+        release(policy, decision)
+        more = [policy.ctx.leases.acquire(f"bg{i}", name) for i in range(8, 17)]
+        assert all(r.backend == name for r in more)  # 17 in flight against 0
+        decision = policy.pick(chat(next(turns)), frozenset())
+        assert decision.backend.name != name and decision.reason == "overloaded"
 
     def test_short_match_is_a_miss(self, redis_client):
         """A match shorter than minMatchBlocks does not count: the request goes by load."""

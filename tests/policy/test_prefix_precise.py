@@ -96,7 +96,7 @@ class TestLookup:
         assert (decision.backend.name, decision.reason) == ("b1", "miss")
 
     def test_load_bound_moves_an_overloaded_match(self, client) -> None:
-        policy = make_policy(client)
+        policy = make_policy(client, lb={"maxLoadGap": 4})
         hold(client, "b0", HASHES)
         hold(client, "b1", [])
         client.hset(policy.ctx.keys.inflight, mapping={"b0": 10, "b1": 0, "b2": 3})

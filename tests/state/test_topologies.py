@@ -62,6 +62,7 @@ def test_prefix_cache_runs_on_redis_cluster(cluster_url):
         {
             "redis": {"url": cluster_url, "mode": "cluster"},
             "lb_policy": "prefix_cache",
+            "lb_config": {"sharedPrefix": "spread"},  # new conversations spread (below)
             "backends": [{"name": n, "url": f"http://{n}:1"} for n in ("a", "b", "c")],
         }
     )

@@ -48,6 +48,7 @@ class PrefixCache:
             entries_per_backend=lb.maxEntriesPerBackend,
             tokens_per_block=lb.blockChars / lb.charsPerToken,
             mode=lb.scoring,
+            shared=lb.sharedPrefix,
             weights=(prefix, queue, kv, inflight),
         )
         self.index = PrefixIndex(ctx.leases, self.params) if ctx.leases is not None else None

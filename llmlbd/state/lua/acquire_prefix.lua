@@ -25,7 +25,7 @@
 --   entries kept), prefix_ttl_ms, stale_after_ms (metrics), min_match_blocks,
 --   max_load_gap, max_load_ratio, max_kv_usage (0..1, for affinity),
 --   entries_per_backend (default index size), tokens_per_block (sizes the index from
---   num_gpu_blocks x block_size), mode ('bounded' or 'weighted'),
+--   num_gpu_blocks x block_size), mode ('bounded' or 'weighted'), shared_follow (bool),
 --   weights {prefix, queue, kv, inflight} (weighted mode), dry (true for explain: reads
 --   only, reserves and writes nothing), wide_level_holders (a level named by more
 --   backends is looked up, not read whole, when it leads the prompt),
@@ -42,7 +42,8 @@
 --   index occupancy} per member}.
 -- Reasons: 'affinity' (longest match within the load bound), 'shared_prefix' (the match
 --   ends where other prompts already branched off: a new conversation on a common system
---   prompt, spread by load and index occupancy), 'overloaded' (a match existed but was out
+--   prompt: its least loaded in-bound holder with shared_follow, else spread by load and
+--   index occupancy), 'overloaded' (a match existed but was out
 --   of bounds), 'miss', 'weighted_hit', 'weighted'.
 -- A level's HASH may also hold the field '#': how many prompts branched off after it (a
 -- backend name never starts with '#').
@@ -365,9 +366,11 @@ local function shared_wide(bound)
     while levels < wide and held(levels + 1, name) do levels = levels + 1 end
     if trusted(name, levels) == wide then
       longest = longest or name
-      if not pick and c.pickable and c.load <= bound and kv_fits(c) then pick = name end
+      if c.pickable and c.load <= bound and kv_fits(c) and not (pick and c.load >= info[pick].load) then
+        pick = name  -- the least loaded sampled (followed with shared_follow)
+      end
     end
-    if longest and pick then break end
+    if longest and pick and not args.shared_follow then break end
   end
   if not (longest and pick) then return false end
   best_blocks, best_name, best_levels, branches = blocks_of(wide), longest, wide, branched
@@ -436,6 +439,7 @@ else
   local pick, best_match = bounded_pick(n, pickable, match_blocks, load, kv, min_match, bound, max_kv)
   if shared_wide_pick or (pick and branches > 0 and best_match == best_blocks) then
     reason = 'shared_prefix'
+    if args.shared_follow then chosen = shared_wide_pick or names[pick] end  -- else by load
   elseif pick then
     chosen, reason = names[pick], 'affinity'
   else
