@@ -278,8 +278,9 @@ SETTINGS: list[Setting] = [
         v.boolean,
         "When the URL names loopback TCP (127.0.0.1, localhost, ::1) and that Redis also "
         "listens on a unix socket (CONFIG GET unixsocket) this process may open, send the "
-        "request path's scripts through the socket: less CPU and latency per call. Turn off "
-        "when something else (a proxy, a tunnel) listens on the loopback port.",
+        "request path's scripts through the socket: less CPU and latency per call. Not tried "
+        "with an ACL user (redis.username): CONFIG is outside its rule set. Turn off when "
+        "something else (a proxy, a tunnel) listens on the loopback port.",
     ),
     Setting(
         "redis.breaker_failures",

@@ -118,6 +118,10 @@ def find_unix_socket(client: Any) -> str | None:
     kwargs = pool.connection_kwargs
     if pool.connection_class is not redis.Connection or kwargs.get("host") not in _LOOPBACK:
         return None  # TLS, a unix socket already, or another host
+    if kwargs.get("username") not in (None, "", "default"):
+        # An ACL user: CONFIG is outside llmlbd's least-privilege rule set
+        # (docs/redis-acl.md), so do not ask (Redis would log the refusal).
+        return None
     try:
         reply = client.config_get("unixsocket")
         path = _text(reply.get("unixsocket", reply.get(b"unixsocket")))
