@@ -94,6 +94,10 @@ def test_hashes_from_tokenize_ids_are_the_published_ones(reader) -> None:
     )
 
 
+# Part of the opt-in real-vLLM tier, not a missing feature: local tokenization is built and
+# tested without vLLM (tests/kvblocks/test_prompt_blocks.py); this case also needs the
+# served model's own tokenizer files, which are not in the repository and come with the
+# model scripts/real_vllm/setup.sh downloads.
 @pytest.mark.skipif(not TOKENIZER, reason="set LLMLBD_REAL_VLLM_TOKENIZER to the model directory")
 def test_local_tokenizer_and_template_match_the_server(reader) -> None:
     body = chat_body(f"local {time.time()} " + "cache prefix block queue engine " * 60)
