@@ -23,7 +23,6 @@ cache) and through /tokenize.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -34,7 +33,6 @@ from pathlib import Path
 import gevent
 import prefix_bench
 import redis
-import yaml
 
 from bench.peerbench.workloads import WORDS
 from llmlbd.config.loader import config_from_dict
@@ -44,7 +42,7 @@ from llmlbd.kvblocks.prompt_blocks import PromptBlocks
 from llmlbd.kvblocks.remote import RemoteTokenizer
 from llmlbd.policy.registry import load_policy_class
 from llmlbd.state.keys import PoolKeys
-from tests.harness import Proc, free_port, python_module, wait_until
+from tests.harness import free_port, wait_until
 from tests.kvblocks.events import backends_config, event_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,19 +53,6 @@ POLICIES = {
     "oracle": ("prefix_cache", {}),
     "round_robin": ("round_robin", {}),
 }
-
-
-def start_collector(redis_url: str, backends: list[dict]) -> Proc:
-    config = {
-        "redis": {"url": redis_url},
-        "backends": backends,
-        "collector": {"interval_ms": 250, "metrics_port": 0},
-        "logging": {"level": "warning"},
-    }
-    handle, path = tempfile.mkstemp(prefix="precise-bench-", suffix=".yaml")
-    with os.fdopen(handle, "w") as out:
-        yaml.safe_dump(config, out)
-    return Proc(python_module("llmlbd", "collector", "--config", path), name="collector")
 
 
 def run_one(
@@ -94,7 +79,7 @@ def run_one(
     try:
         backends = backends_config(fleet, ports)
         keys = PoolKeys("default")
-        collector = start_collector(redis_url, backends)
+        collector = prefix_bench.start_collector(redis_url, backends)
         wait_until(
             lambda: (
                 all(client.hget(keys.backend(n), "num_gpu_blocks") for n in fleet.names)
