@@ -338,18 +338,6 @@ def ratios(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    start = doc.find(SECTION)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    else:
-        end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + ("\n" + doc[end:] if end >= 0 else "\n")
-    path.write_text(doc)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -414,7 +402,10 @@ def main() -> None:
     )
     print(text)
     if not opts.no_write:
-        write_section(text)
+        sys.path.insert(0, str(ROOT))  # this checkout's bench/, whatever --tree measured
+        from bench.docsection import write_section
+
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import gevent
 import prefix_bench
 import redis
 
+from bench.docsection import write_section
 from bench.peerbench.workloads import WORDS
 from llmlbd.config.loader import config_from_dict
 from llmlbd.embedded import EmbeddedRedis
@@ -227,19 +228,6 @@ tokenization time).
 """
 
 
-def write_docs(section: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    marker = "## precise prefix index (KV events)"
-    if marker in current:
-        head, _, rest = current.partition(marker)
-        tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-        current = head + section.rstrip() + "\n" + tail
-    else:
-        current = current.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(current)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", type=int, default=4)
@@ -312,7 +300,10 @@ def main() -> int:
     print("\n".join(lines))
     if args.write_docs:
         command = "python bench/precise_bench.py " + " ".join(sys.argv[1:])
-        write_docs(section_text(args, command, report, lines, cost))
+        write_section(
+            "## precise prefix index (KV events)",
+            section_text(args, command, report, lines, cost),
+        )
     return 0
 
 

@@ -44,7 +44,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
-import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -60,6 +59,7 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.docsection import write_section  # noqa: E402
 from bench.peerbench.workloads import text  # noqa: E402
 from llmlbd.config.loader import config_from_dict  # noqa: E402
 from llmlbd.embedded import EmbeddedRedis  # noqa: E402
@@ -494,17 +494,6 @@ def verdict(results: list[RunResult]) -> list[str]:
     return out
 
 
-def write_docs(section: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## prefix_cache\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        current = pattern.sub(lambda _: section.rstrip() + "\n\n", current)
-    else:
-        current = current.rstrip() + "\n\n" + section.rstrip() + "\n"
-    path.write_text(current)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", type=int, default=8)
@@ -602,7 +591,7 @@ def main() -> int:
     print("\n".join(lines))
     if args.write_docs:
         command = "python bench/prefix_bench.py " + " ".join(sys.argv[1:])
-        write_docs(section_text(args, command, report, lines, memory))
+        write_section("## prefix_cache", section_text(args, command, report, lines, memory))
     return 0
 
 
