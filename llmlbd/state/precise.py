@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmlbd.config.settings import default_of
 from llmlbd.state import ordered_index
 from llmlbd.state.leases import Leases
 from llmlbd.state.ordered_index import Membership
@@ -25,11 +26,12 @@ __all__ = ["PreciseParams", "PreciseReservation", "PreciseIndex"]
 @dataclass(frozen=True)
 class PreciseParams:
     stale_after_ms: int = 2000
-    min_match_blocks: int = 4
-    max_load_gap: float = 4.0
-    max_load_ratio: float = 1.5
-    max_kv_usage: float = 0.95
-    count_offloaded: bool = False
+    # The lb_config defaults, from the settings themselves (they cannot drift apart).
+    min_match_blocks: int = default_of("lb_config.minMatchBlocks")
+    max_load_gap: float = default_of("lb_config.maxLoadGap")
+    max_load_ratio: float = default_of("lb_config.maxLoadRatio")
+    max_kv_usage: float = default_of("lb_config.maxKvUsage")
+    count_offloaded: bool = default_of("lb_config.countOffloaded")
     # A block held by more backends than this is "wide" (a prompt prefix the pool shares):
     # its holders are sampled, not read (lua/acquire_precise.lua).
     wide_holders: int = 16
