@@ -105,13 +105,18 @@ local function index_counted(base, name, weight)
   return score and math.floor(tonumber(score) * weight + 0.5) or 0
 end
 
--- Score a placed backend by its current in-flight count (after any change to it).
-local function index_score(base, name)
+-- Score a placed backend by its current in-flight count (after any change to it). `dn`,
+-- when the caller knows it (reserve: +1, release: -1), is how much that count just changed:
+-- the backend was indexed with count - dn, since every script that changes a count
+-- re-scores it here, so the totals take dn without reading the old score. Without it (a
+-- reap's repair, a placement) the old score is read.
+local function index_score(base, name, dn)
   local placement = redis.call('HGET', base .. ':lr:placed', name)
   if not placement then return end
   local weight = tonumber(redis.call('HGET', base .. ':lr:weights', name)) or 1
   local count = tonumber(redis.call('HGET', base .. ':inflight', name) or '0')
-  index_total_add(base, placement, count - index_counted(base, name, weight), 0)
+  if dn == nil then dn = count - index_counted(base, name, weight) end
+  index_total_add(base, placement, dn, 0)
   local score = string.format('%.17g', count / weight)
   for _, zset in ipairs(index_zsets(base, placement)) do redis.call('ZADD', zset, score, name) end
 end
@@ -204,7 +209,7 @@ local function reserve(inflight_key, leases_key, workers_key, backend, request_i
   redis.call('ZADD', workers_key, 'GT', now + ttl_ms, worker)  -- GT still adds a new member
   local count = redis.call('HINCRBY', inflight_key, backend, 1)
   local base = pool_base(inflight_key, ':inflight')
-  index_score(base, backend)
+  index_score(base, backend, 1)
   claim_probe(base, backend, request_id)
   return count, backend
 end
