@@ -134,12 +134,16 @@ backend_state = st.fixed_dictionaries(
     model=st.sampled_from(["m", "m", ""]),
     offloaded=st.booleans(),
     stranger=st.booleans(),
+    wide=st.sampled_from([16, 16, 1, 2, 4]),
 )
 def test_pick_is_one_a_full_recomputation_allows(
-    redis_client, states, excluded, cap, model, offloaded, stranger
+    redis_client, states, excluded, cap, model, offloaded, stranger, wide
 ):
-    """With at most 16 holders of any block (the default `wide_holders`), the pick, its
-    reason and its matched blocks are those of the full read; refusals agree too."""
+    """With at most `wide_holders` holders of any block (16, the default: these pools are
+    smaller), the pick, its reason and its matched blocks are those of the full read;
+    refusals agree too. With fewer (a block held by more is "wide": its holders are
+    sampled), an affinity pick is still a pickable in-bound match of at least
+    minMatchBlocks, no longer than the longest, and any other pick the exact fallback's."""
     redis_client.flushall()
     names = [f"b{i}" for i in range(len(states))]
     policy = make_policy(
@@ -183,6 +187,7 @@ def test_pick_is_one_a_full_recomputation_allows(
         exclude = frozenset()  # refused before the script (llmlbd.policy.outcomes)
 
     precise = policy.precise
+    precise.index.params = dataclasses.replace(precise.params, wide_holders=wide)
     answer = precise.index.explain(policy.ctx.membership, HASHES, model, cap, sorted(exclude))
     req = request(model)
     try:
@@ -193,19 +198,43 @@ def test_pick_is_one_a_full_recomputation_allows(
         return
     rows = {r["name"]: r for r in answer["candidates"]}
     usable = [r for r in answer["candidates"] if r["status"] in ("ok", "cap", "excluded")]
-    if not any(r["index_live"] for r in usable):  # no live index: the approximate one routes
-        assert decision.details["precise_fallback"] == "no_index"
-        return
+    streams = redis_client.zcount(KEYS.kv_live, f"({now}", "+inf")  # live, usable or not
+    if not any(r["index_live"] for r in usable):
+        # No usable backend has a live index: the approximate one routes. Past `wide`
+        # live streams the script takes one of them to be usable: it decides (a miss).
+        if streams <= wide:
+            assert decision.details["precise_fallback"] == "no_index"
+            return
+        assert decision.reason == "miss"
     assert answer["choice"] is not None
     permitted = allowed(answer, precise.params)
-    event(f"{answer['reason']}, {len(permitted)} allowed")
     assert answer["choice"] in permitted  # the dry run follows the rule itself
+    d = decision.details
+    row = rows[decision.backend.name]
+    assert d["matched_blocks"] == row["matched_blocks"]
+    best = max((r["matched_blocks"] for r in usable), default=0)
+    live = sum(r["index_live"] for r in usable)
+    if wide < len(names) + stranger or streams > wide:
+        event(f"wide {wide}: {decision.reason}")
+        assert d["best_blocks"] <= best
+        assert d["live_backends"] >= live  # past `wide` live streams: all of them counted
+        if decision.reason == "affinity":
+            ok = [r for r in answer["candidates"] if r["status"] == "ok"]
+            min_load = min(r["load"] for r in ok)
+            p = precise.params
+            assert row["status"] == "ok"
+            assert max(p.min_match_blocks, 1) <= row["matched_blocks"] <= best
+            assert row["load"] <= max(min_load + p.max_load_gap, min_load * p.max_load_ratio)
+            assert row["kv_usage"] is None or row["kv_usage"] <= p.max_kv_usage
+        else:
+            fallback = allowed({**answer, "reason": "miss"}, precise.params)
+            assert decision.backend.name in fallback
+        return
+    event(f"{answer['reason']}, {len(permitted)} allowed")
     assert decision.backend.name in permitted, (decision.backend.name, permitted, answer)
     assert decision.reason == answer["reason"]
-    d = decision.details
-    assert d["matched_blocks"] == rows[decision.backend.name]["matched_blocks"]
-    assert d["best_blocks"] == max((r["matched_blocks"] for r in usable), default=0)
-    assert d["live_backends"] == sum(r["index_live"] for r in usable)
+    assert d["best_blocks"] == best
+    assert d["live_backends"] == live
 
 
 def idle_pool(redis_client: Any, count: int) -> Any:
