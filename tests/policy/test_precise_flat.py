@@ -349,3 +349,21 @@ def test_decision_work_does_not_grow_with_the_pool(redis_client, mode):
         per_decision[count] = (redis_commands(redis_client) - before) / 10
     small, large = sizes
     assert per_decision[large] <= per_decision[small] + 10, per_decision
+
+
+def test_a_miss_goes_to_a_uniformly_random_least_loaded_backend(redis_client):
+    """Among idle backends a miss is drawn from the ordered index's tie group, each
+    backend equally often (the precise fallback has no occupancy tie-break), and never
+    to a busier one."""
+    policy = idle_pool(redis_client, 24)
+    leases = policy.ctx.leases
+    for i in range(4):  # b0000..b0003 are busier: never the fallback's choice
+        assert leases.acquire(f"busy-{i}", f"b{i:04d}").backend == f"b{i:04d}"
+    counts: dict[str, int] = {}
+    for _ in range(1000):
+        decision = policy.pick(request(prompt=[1] * 8), frozenset())  # no full block: a miss
+        assert decision.reason == "miss"
+        counts[decision.backend.name] = counts.get(decision.backend.name, 0) + 1
+        leases.release(decision.request_id)
+    assert set(counts) == {f"b{i:04d}" for i in range(4, 24)}
+    assert min(counts.values()) > 20 and max(counts.values()) < 85, counts  # expected 50
