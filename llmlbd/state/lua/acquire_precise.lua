@@ -205,10 +205,23 @@ end
 -- min x ratio) and whose fresh KV use is under the limit; equal matches: the least loaded.
 local bound = math.max(min_load + gap, min_load * ratio)
 local chosen = bounded_pick(n, pickable, matched, load, kv, min_match, bound, max_kv)
-if wide > 0 and not (chosen and matched[chosen] > wide) then
+if wide > 0 and wide >= min_match and not (chosen and matched[chosen] > wide) then
   -- Only a match of `wide` blocks or fewer may decide, and the last wide block has more
-  -- than WIDE holders: a uniformly random sample of WIDE of them joins the candidates.
-  for _, name in ipairs(redis.call('SRANDMEMBER', holders_key(wide), WIDE)) do add(name) end
+  -- than WIDE holders: a uniformly random sample of WIDE of them joins the candidates,
+  -- read in random order. A holder matching all `wide` blocks at the least load, in the
+  -- bound and under the KV limit ends the reading: nothing read after it could beat it
+  -- (a sampled holder matches `wide` blocks at most: one matching more holds block
+  -- wide + 1, and was read). Below min_match no sampled match could decide: no sample.
+  local sample = redis.call('SRANDMEMBER', holders_key(wide), WIDE)
+  for i = #sample, 2, -1 do  -- SRANDMEMBER's order is not random
+    local r = math.random(i)
+    sample[i], sample[r] = sample[r], sample[i]
+  end
+  for _, holder in ipairs(sample) do
+    add(holder)
+    local c = info[holder]
+    if c.pickable and c.run == wide and c.load == min_load and kv_fits(c, max_kv) then break end
+  end
   compare()
   chosen = bounded_pick(n, pickable, matched, load, kv, min_match, bound, max_kv)
 end
