@@ -120,6 +120,13 @@ local function add(name)
 end
 local wide = 0
 local function holders_key(j) return base .. ':kvx_holders:' .. hashes[j] end
+local function shuffled(list)  -- in place, uniformly (a SET's reply order is not random)
+  for i = #list, 2, -1 do
+    local r = math.random(i)
+    list[i], list[r] = list[r], list[i]
+  end
+  return list
+end
 if dry then
   for _, name in ipairs(redis.call('HKEYS', KEYS[5])) do
     if string.sub(name, 1, 1) ~= '#' then add(name) end
@@ -139,17 +146,29 @@ elseif m > 0 then
     wide = lo
   end
   if wide < m then
-    for _, name in ipairs(redis.call('SMEMBERS', holders_key(wide + 1))) do add(name) end
+    -- Read in random order. A holder nobody can beat ends the reading: pickable, at the
+    -- least load (from the ordered index), under the KV limit, matching at least
+    -- min_match blocks, and the block after its run held by nobody (so nobody matches
+    -- more). The first such holder of a random order is a uniformly random one of those
+    -- tied with it: the rule's own tie-break.
+    local least = index_least_load(R, 0, {}, {})
+    local list = shuffled(redis.call('SMEMBERS', holders_key(wide + 1)))
+    for _, holder in ipairs(list) do
+      add(holder)
+      local c = info[holder]
+      if least and c.pickable and c.run > 0 and c.run >= min_match and c.load == least
+          and kv_fits(c, max_kv)
+          and (c.run == m or redis.call('EXISTS', holders_key(c.run + 1)) == 0) then
+        break
+      end
+    end
   end
 end
 
 local n, pickable, load, kv, matched
 local best_blocks, best_name
 local function compare()
-  for i = #names, 2, -1 do
-    local r = math.random(i)
-    names[i], names[r] = names[r], names[i]
-  end
+  shuffled(names)
   n = #names
   pickable, load, kv, matched = {}, {}, {}, {}
   for i = 1, n do
@@ -212,12 +231,7 @@ if wide > 0 and wide >= min_match and not (chosen and matched[chosen] > wide) th
   -- bound and under the KV limit ends the reading: nothing read after it could beat it
   -- (a sampled holder matches `wide` blocks at most: one matching more holds block
   -- wide + 1, and was read). Below min_match no sampled match could decide: no sample.
-  local sample = redis.call('SRANDMEMBER', holders_key(wide), WIDE)
-  for i = #sample, 2, -1 do  -- SRANDMEMBER's order is not random
-    local r = math.random(i)
-    sample[i], sample[r] = sample[r], sample[i]
-  end
-  for _, holder in ipairs(sample) do
+  for _, holder in ipairs(shuffled(redis.call('SRANDMEMBER', holders_key(wide), WIDE))) do
     add(holder)
     local c = info[holder]
     if c.pickable and c.run == wide and c.load == min_load and kv_fits(c, max_kv) then break end
