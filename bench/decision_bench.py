@@ -133,16 +133,21 @@ SYSTEM = "You are the assistant of a large shop; answer briefly and politely. " 
 
 
 # --precise: a completions prompt given as token ids (no tokenizer needed), 20 blocks of
-# 16 tokens, one of 97 conversations: its first token says which.
-def _precise_prompt(i: int) -> list[int]:
-    return [1000 + i % 97] + [(i % 97 * 7 + t) % 30000 for t in range(319)]
+# 16 tokens, one of 97 conversations: its first token says which. With --shared-prefix,
+# after SHARED_IDS (4 blocks every backend holds: a system prompt spread over the pool).
+SHARED_IDS = [(31 * t) % 30000 for t in range(64)]
+
+
+def _precise_prompt(i: int, shared: bool = False) -> list[int]:
+    own = [1000 + i % 97] + [(i % 97 * 7 + t) % 30000 for t in range(319)]
+    return SHARED_IDS + own[: 320 - len(SHARED_IDS)] if shared else own
 
 
 def _request(i: int, worker: str, shared: bool = False, precise: bool = False) -> Any:
     from llmlbd.request import RoutingRequest
 
     if precise:
-        body = {"model": MODEL, "prompt": _precise_prompt(i)}
+        body = {"model": MODEL, "prompt": _precise_prompt(i, shared)}
         return RoutingRequest(f"{worker}-{i}", "POST", "/v1/completions", body, model=MODEL)
 
     # Distinct conversations: prefix_cache sees a miss-then-hit mix, not one hot prefix.
@@ -185,10 +190,11 @@ def seed_shared_prefix(url: str, pool: str, count: int) -> None:
     client.close()
 
 
-def seed_kv_index(url: str, pool: str, count: int) -> None:
+def seed_kv_index(url: str, pool: str, count: int, shared: bool = False) -> None:
     """--precise: every backend's KV-event stream is live (for the whole cell), and each
     of the 97 conversations' blocks are held by one backend (conversation c by b{c % count},
-    as its events would say)."""
+    as its events would say); with *shared*, every backend also holds SHARED_IDS' blocks and
+    the odd conversations are held by nobody (a new conversation on the shared prefix)."""
     import redis
 
     from llmlbd.state.keys import PoolKeys
@@ -198,11 +204,14 @@ def seed_kv_index(url: str, pool: str, count: int) -> None:
     client = redis.Redis.from_url(url, decode_responses=True)
     held: dict[int, list[int]] = {}
     for c in range(97):
-        hashes = chooser.precise.block_hashes(_request(c, "seed", precise=True), frozenset())
-        held.setdefault(c % count, []).extend(hashes.hashes)
+        request = _request(c, "seed", shared=shared, precise=True)
+        hashes = chooser.precise.block_hashes(request, frozenset()).hashes
+        if not (shared and c % 2):  # shared: odd conversations are new (the prefix only)
+            held.setdefault(c % count, []).extend(hashes)
+    common = hashes[: len(SHARED_IDS) // 16] if shared else []
     for i in range(count):
         writer = KVIndexWriter(client, PoolKeys(pool), f"b{i}", "bench", 100_000, 3_600_000)
-        blocks = held.get(i, [])
+        blocks = common + held.get(i, [])
         writer.apply(["S", "gpu", len(blocks), *blocks] if blocks else [], 0, 0.0, 16)
     client.close()
 
@@ -263,10 +272,10 @@ def run_cell(
 ) -> dict[str, Any]:
     pool = "bench"
     seed_pool(url, pool, count, occupied)
-    if shared:
+    if shared and not precise:
         seed_shared_prefix(url, pool, count)
     if precise:
-        seed_kv_index(url, pool, count)
+        seed_kv_index(url, pool, count, shared)
     ctx = multiprocessing.get_context("spawn")
     manager = ctx.Manager()
     ready, start = manager.Queue(), manager.Event()
@@ -355,7 +364,8 @@ def main() -> None:
     parser.add_argument(
         "--shared-prefix",
         action="store_true",
-        help="prompts start with one system prompt every backend already holds",
+        help="prompts start with one system prompt every backend already holds (with "
+        "--precise: 4 blocks, and half the conversations are new)",
     )
     parser.add_argument(
         "--precise",

@@ -11,11 +11,13 @@ Keys under `lb_config` keep Higress's camelCase spelling so that a Higress
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmlbd.config import kv_events, lb_least_busy, lb_prefix_cache, lb_session
 from llmlbd.config import validators as v
 from llmlbd.config.setting import Setting
 
-__all__ = ["Setting", "SETTINGS", "SECTIONS", "by_path"]
+__all__ = ["Setting", "SETTINGS", "SECTIONS", "by_path", "default_of"]
 
 
 SECTIONS = {
@@ -466,3 +468,12 @@ _BY_PATH.update({f"{s.section}.{alias}": s for s in SETTINGS for alias in s.alia
 
 def by_path(path: str) -> Setting | None:
     return _BY_PATH.get(path)
+
+
+def default_of(path: str) -> Any:
+    """The default of the setting at *path* (e.g. ``lb_config.maxLoadGap``): the one place
+    other layers take a default from, so theirs cannot drift from the config's."""
+    setting = _BY_PATH.get(path)
+    if setting is None:
+        raise KeyError(f"no setting {path!r}")
+    return setting.default

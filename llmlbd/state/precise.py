@@ -1,19 +1,23 @@
 """The precise prefix index's one-round-trip acquire (``lua/acquire_precise.lua``).
 
-Reads what the collector keeps from the backends' KV events (see kv_index.py):
-per candidate, its liveness and the longest run of the prompt's leading blocks it
-holds; then the same eligibility, load and bound as the approximate index, and the
-reservation, in one script.
+Reads what the collector keeps from the backends' KV events (see kv_index.py): the
+holders of the prompt's leading blocks (the reverse index), each one's liveness and
+longest run of leading blocks; then the same eligibility, load and bound as the
+approximate index, from the ordered index (ordered_index.py), and the reservation, in
+one script. The worker sends its membership's digest, not the member list.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llmlbd.state.kv_index import TIERS
+from llmlbd.config.settings import default_of
+from llmlbd.state import ordered_index
 from llmlbd.state.leases import Leases
+from llmlbd.state.ordered_index import Membership
 from llmlbd.state.scripts import explain_reply, reply_text
 
 __all__ = ["PreciseParams", "PreciseReservation", "PreciseIndex"]
@@ -22,11 +26,15 @@ __all__ = ["PreciseParams", "PreciseReservation", "PreciseIndex"]
 @dataclass(frozen=True)
 class PreciseParams:
     stale_after_ms: int = 2000
-    min_match_blocks: int = 4
-    max_load_gap: float = 4.0
-    max_load_ratio: float = 1.5
-    max_kv_usage: float = 0.95
-    count_offloaded: bool = False
+    # The lb_config defaults, from the settings themselves (they cannot drift apart).
+    min_match_blocks: int = default_of("lb_config.minMatchBlocks")
+    max_load_gap: float = default_of("lb_config.maxLoadGap")
+    max_load_ratio: float = default_of("lb_config.maxLoadRatio")
+    max_kv_usage: float = default_of("lb_config.maxKvUsage")
+    count_offloaded: bool = default_of("lb_config.countOffloaded")
+    # A block held by more backends than this is "wide" (a prompt prefix the pool shares):
+    # its holders are sampled, not read (lua/acquire_precise.lua).
+    wide_holders: int = 16
 
 
 @dataclass(frozen=True)
@@ -49,56 +57,69 @@ class PreciseIndex:
     def _call(
         self,
         request_id: str,
-        names: Sequence[str],
-        weights: Sequence[float],
-        excluded: Sequence[bool],
+        members: Membership,
+        seed: int,
+        exclude: Sequence[str],
         hashes: Sequence[int],
         model: str,
         cap: int,
         dry: bool,
     ) -> Any:
+        """Run the script; rebuild the ordered index when it follows another membership
+        (or Redis lost it), and once more before refusing with 'none' or 'model' (as
+        PrefixIndex does)."""
         k, p = self.keys, self.params
-        keys = [
-            k.inflight,
-            k.leases,
-            k.workers,
-            k.drained,
-            *(k.backend(n) for n in names),
-            *(k.kv_state(n) for n in names),
-            *(k.kv_blocks(n, tier) for tier in TIERS for n in names),
-        ]
+        keys = [k.inflight, k.leases, k.workers, k.drained, *ordered_index.index_keys(k, model)]
+        keys.append(k.kv_live)
         args = [
-            request_id,
-            self.leases.worker_id,
-            self.leases.ttl_ms,
-            cap,
-            model,
-            len(names),
-            p.stale_after_ms,
-            p.min_match_blocks,
-            repr(float(p.max_load_gap)),
-            repr(float(p.max_load_ratio)),
-            repr(float(p.max_kv_usage)),
-            "1" if p.count_offloaded else "0",
-            "1" if dry else "0",
-            *names,
-            *(repr(float(w)) for w in weights),
-            *("1" if x else "0" for x in excluded),
-            *hashes,
+            json.dumps(
+                {
+                    "request_id": request_id,
+                    "worker": self.leases.worker_id,
+                    "lease_ttl_ms": self.leases.ttl_ms,
+                    "cap": cap,
+                    "model": model,
+                    "digest": members.digest,
+                    "seed": seed,
+                    "excluded": list(exclude),
+                    "stale_after_ms": p.stale_after_ms,
+                    "min_match_blocks": p.min_match_blocks,
+                    "max_load_gap": float(p.max_load_gap),
+                    "max_load_ratio": float(p.max_load_ratio),
+                    "max_kv_usage": float(p.max_kv_usage),
+                    "count_offloaded": p.count_offloaded,
+                    "dry": dry,
+                    "wide_holders": p.wide_holders,
+                    # 64-bit hashes: as text (a JSON number would lose digits in Lua).
+                    "hashes": [str(h) for h in hashes],
+                },
+                separators=(",", ":"),
+            )
         ]
-        return self.leases.scripts.acquire_precise(keys=keys, args=args)
+
+        def run() -> Any:
+            return self.leases.scripts.acquire_precise(keys=keys, args=args)
+
+        client = self.leases.client
+        reply = ordered_index.with_resync(run, client, k, members)
+        if not reply[0] and reply_text(reply[1]) in ("none", "model"):
+            ordered_index.sync(client, k, members)
+            reply = ordered_index.with_resync(run, client, k, members)
+        return reply
 
     def acquire(
         self,
         request_id: str,
-        names: Sequence[str],
-        weights: Sequence[float],
-        excluded: Sequence[bool],
+        members: Membership,
+        seed: int,
+        exclude: Sequence[str],
         hashes: Sequence[int],
         model: str = "",
         cap: int = 0,
     ) -> PreciseReservation:
-        reply = self._call(request_id, names, weights, excluded, hashes, model, cap, dry=False)
+        """Pick and reserve a member of *members* not in *exclude* for a prompt whose vLLM
+        block hashes are *hashes*; *seed* drives the random tie-breaks."""
+        reply = self._call(request_id, members, seed, exclude, hashes, model, cap, dry=False)
         if not reply[0]:
             return PreciseReservation(None, 0, reply_text(reply[1]))
         return PreciseReservation(
@@ -113,14 +134,13 @@ class PreciseIndex:
 
     def explain(
         self,
-        names: Sequence[str],
-        weights: Sequence[float],
+        members: Membership,
         hashes: Sequence[int],
         model: str = "",
         cap: int = 0,
+        exclude: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """What acquire would choose now, read-only: {"choice", "reason", "candidates"}."""
-        reply = self._call(
-            "explain", names, weights, [False] * len(names), hashes, model, cap, True
-        )
+        """What acquire would choose now, read-only: {"choice", "reason", "candidates"}
+        (one candidate per member). Every member is read: a full recomputation."""
+        reply = self._call("explain", members, 0, exclude, hashes, model, cap, True)
         return explain_reply(reply, "index_live", lambda live: live == "1")

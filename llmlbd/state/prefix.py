@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmlbd.config.settings import default_of
 from llmlbd.state import ordered_index
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
@@ -42,15 +43,16 @@ EVICTIONS_KEPT = 8192
 class PrefixParams:
     ttl_ms: int = 1_800_000
     stale_after_ms: int = 2000
-    min_match_blocks: int = 4
-    max_load_gap: float = 4.0
-    max_load_ratio: float = 1.5
-    max_kv_usage: float = 0.95
-    entries_per_backend: int = 31_250
+    # The lb_config defaults, from the settings themselves (they cannot drift apart).
+    min_match_blocks: int = default_of("lb_config.minMatchBlocks")
+    max_load_gap: float = default_of("lb_config.maxLoadGap")
+    max_load_ratio: float = default_of("lb_config.maxLoadRatio")
+    max_kv_usage: float = default_of("lb_config.maxKvUsage")
+    entries_per_backend: int = default_of("lb_config.maxEntriesPerBackend")
     tokens_per_block: float = 16.0
-    mode: str = "bounded"
+    mode: str = default_of("lb_config.scoring")
     # A new conversation on a shared prefix: "follow" its in-bound holders, or "spread".
-    shared: str = "follow"
+    shared: str = default_of("lb_config.sharedPrefix")
     weights: tuple[float, float, float, float] = (3.0, 2.0, 2.0, 1.0)  # prefix, queue, kv, inflight
     # Leading levels named by more backends than this are looked up per candidate rather
     # than read whole (lua/acquire_prefix.lua, "wide" levels).

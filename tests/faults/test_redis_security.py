@@ -157,3 +157,79 @@ def test_tls_only_redis_with_client_certs(tmp_path):
         )  # fmt: skip
         assert good.ping()
         admin.close()
+
+
+def test_prefix_scripts_shared_prefix_paths_run_under_the_acl_user():
+    """The prefix indexes' rarer paths (a prefix every backend holds: the precise index's
+    holder search and sample, the approximate index's sampled wide level) and the KV-event
+    scripts call only commands the documented rules allow."""
+    import dataclasses
+    import random
+
+    from llmlbd.kvblocks import hashing
+    from llmlbd.policy.context import PolicyContext
+    from llmlbd.policy.profiles.prefix_cache import PrefixCache
+    from llmlbd.request import RoutingRequest
+    from llmlbd.state.keys import PoolKeys
+    from llmlbd.state.kv_index import KVIndexWriter
+    from llmlbd.state.leases import Leases
+    from llmlbd.state.ordered_index import sync
+
+    names = ["b0", "b1", "b2"]
+    tokens = list(range(1000, 1000 + 16 * 6))
+    with EmbeddedRedis(runtime_dir=tempfile.mkdtemp(), port=free_port()) as server:
+        admin = redis.Redis.from_url(server.url, decode_responses=True)
+        admin.execute_command("ACL", "SETUSER", "llmlbd", "reset", "on", f">{PASSWORD}",
+                              *documented_rules().split())  # fmt: skip
+        admin.execute_command("ACL", "LOG", "RESET")
+        user = redis.Redis.from_url(
+            server.url, username="llmlbd", password=PASSWORD, decode_responses=True
+        )
+        keys = PoolKeys(POOL)
+        for name in names:
+            user.hset(keys.backend(name), mapping={"health": "up", "models": "m"})
+            writer = KVIndexWriter(user, keys, name, "acl", 1000, 60_000)
+            writer.apply(["S", "gpu", 4, *hashing.block_hashes(tokens, 16)[:4]], 0, 0.0, 16)
+            writer.live()
+        for index in ("precise", "approximate"):
+            cfg = config_from_dict(
+                {
+                    "lb_policy": "prefix_cache",
+                    "lb_config": {"index": index},
+                    "backends": [{"name": n, "url": f"http://127.0.0.1:1/{n}"} for n in names],
+                }
+            )
+            leases = Leases(user, keys, "acl:1", 60_000)
+            ctx = PolicyContext(
+                cfg.backends, cfg.lb_config, keys, leases, user, rng=random.Random(1)
+            )
+            policy = PrefixCache(ctx)
+            sync(user, keys, ctx.membership)
+            assert policy.index is not None
+            policy.index.params = dataclasses.replace(policy.index.params, wide_level_holders=1)
+            if policy.precise is not None:
+                precise = policy.precise.index
+                precise.params = dataclasses.replace(precise.params, wide_holders=1)
+                body: dict = {"model": "m", "prompt": tokens + [7] * 16 * 4}
+            else:  # every backend holds the system prompt's levels, others branched after it
+                system = {"role": "system", "content": "a system prompt the pool shares. " * 20}
+                shared = RoutingRequest("s", "POST", "/v1/x", {"messages": [system]}, model="m")
+                levels = policy.levels(shared).hashes
+                now = int(admin.time()[0]) * 1000
+                for name in names:
+                    for h in levels:
+                        admin.hset(keys.prefix(h), name, now)
+                        admin.zadd(keys.prefix_owned_by(name), {h: now})
+                admin.hset(keys.prefix(levels[-1]), "#", 3)
+                ask = {"role": "user", "content": "a new question " * 20}
+                body = {"model": "m", "messages": [system, ask]}
+            request = RoutingRequest(f"{index}-1", "POST", "/v1/x", body, model="m")
+            decision = policy.pick(request, frozenset())
+            assert decision.details.get("index", "approximate") == index
+            assert decision.reason in ("affinity", "shared_prefix"), decision
+            policy.explain(request)
+            leases.release(decision.request_id)
+        refusals = admin.execute_command("ACL", "LOG")
+        assert not refusals, f"llmlbd needed a command the documented rules refuse: {refusals}"
+        user.close()
+        admin.close()

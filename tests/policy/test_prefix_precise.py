@@ -18,6 +18,7 @@ from llmlbd.request import RoutingRequest
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.kv_index import KVIndexWriter
 from llmlbd.state.leases import Leases
+from llmlbd.state.ordered_index import index_keys
 from tests.kvblocks.capture import batches as captured_batches
 
 _ids = itertools.count()
@@ -176,6 +177,8 @@ def test_keys_of_one_call_share_a_slot(client) -> None:
     names = ["b0", "b1"]
     all_keys = [keys.inflight, keys.drained, *(keys.kv_state(n) for n in names)]
     all_keys += [keys.kv_blocks(n, t) for n in names for t in ("gpu", "offload")]
+    # declared (the ordered index, liveness) or derived from the pool's base in the script
+    all_keys += [*index_keys(keys, "m"), keys.kv_live, *(keys.kv_holders(h) for h in HASHES)]
     assert len({key_slot(k.encode()) for k in all_keys}) == 1
 
 

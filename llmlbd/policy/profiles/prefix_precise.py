@@ -5,8 +5,9 @@ which vLLM blocks each one holds. For a request, Python computes the prompt's
 block hashes exactly as vLLM does (llmlbd.kvblocks: the model's tokenizer and chat
 template from ``lb_config.tokenizer``, else a backend's /tokenize; vLLM's hash chain
 with the LoRA name and cache_salt), and one Lua script (state/lua/acquire_precise.lua)
-finds each backend's longest run of leading blocks, applies the same load bound as the
-approximate index, picks and reserves, in one round trip.
+finds the holders of the prompt's leading blocks and each one's longest run of them,
+applies the same load bound as the approximate index (from the ordered index), picks
+and reserves, in one round trip, without walking the pool.
 
 It falls back to the approximate index (the `PrefixCache` it belongs to) when no
 usable backend has a live KV-event stream or the prompt cannot be tokenized, so a
@@ -66,30 +67,40 @@ class PrecisePrefix:
         """The prompt's vLLM block hashes; TokenizeError when they cannot be known."""
         if not isinstance(request.body, dict):
             raise TokenizeError("no JSON body")
-        candidates = [b for b in self.ctx.backends if b.name not in exclude] or self.ctx.backends
-        url = self.ctx.rng.choice(candidates).url if candidates else None
+        url = self._tokenize_url(exclude)
         lora = request.model if request.model in self.lora_adapters else None
         return self.blocks.hashes(
             request.body, request.model, lora, request.cache_salt or None, url
         )
 
+    def _tokenize_url(self, exclude: frozenset[str]) -> str | None:
+        """A uniformly random backend not in *exclude* (any when all are) to ask for
+        /tokenize, drawn without reading the whole pool in the usual case."""
+        backends, rng = self.ctx.backends, self.ctx.rng
+        if not backends:
+            return None
+        for _ in range(4):
+            backend = rng.choice(backends)
+            if backend.name not in exclude:
+                return backend.url
+        return rng.choice([b for b in backends if b.name not in exclude] or backends).url
+
     def pick(self, request: RoutingRequest, exclude: frozenset[str]) -> Decision:
         ctx = self.ctx
         assert self.index is not None
-        refuse_empty_pool((b.name for b in ctx.backends), exclude, request)
+        refuse_empty_pool(ctx.membership.names, exclude, request)
         try:
             blocks = self.block_hashes(request, exclude)
         except TokenizeError as exc:
             return self._fallback(request, exclude, "tokenize_failed", str(exc))
         # The members as of now: the Redis call below yields, and the membership may change
         # meanwhile (set_backends); the reply names a member of this view.
-        candidates, by_name = list(ctx.backends), ctx.by_name
-        ctx.rng.shuffle(candidates)  # the script's "first best wins" becomes a random tie-break
+        membership, by_name = ctx.membership, ctx.by_name
         reservation = self.index.acquire(
             request.request_id,
-            [b.name for b in candidates],
-            [b.weight for b in candidates],
-            [b.name in exclude for b in candidates],
+            membership,
+            ctx.rng.getrandbits(31),
+            sorted(exclude),
             blocks.hashes,
             model=request.model,
             cap=self.cap,
@@ -139,11 +150,7 @@ class PrecisePrefix:
             return fallback
         backends = self.ctx.backends
         answer = self.index.explain(
-            [b.name for b in backends],
-            [b.weight for b in backends],
-            blocks.hashes,
-            model=request.model,
-            cap=self.cap,
+            self.ctx.membership, blocks.hashes, model=request.model, cap=self.cap
         )
         result: dict[str, Any] = {
             "policy": self.name,

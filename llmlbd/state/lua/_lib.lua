@@ -105,13 +105,18 @@ local function index_counted(base, name, weight)
   return score and math.floor(tonumber(score) * weight + 0.5) or 0
 end
 
--- Score a placed backend by its current in-flight count (after any change to it).
-local function index_score(base, name)
+-- Score a placed backend by its current in-flight count (after any change to it). `dn`,
+-- when the caller knows it (reserve: +1, release: -1), is how much that count just changed:
+-- the backend was indexed with count - dn, since every script that changes a count
+-- re-scores it here, so the totals take dn without reading the old score. Without it (a
+-- reap's repair, a placement) the old score is read.
+local function index_score(base, name, dn)
   local placement = redis.call('HGET', base .. ':lr:placed', name)
   if not placement then return end
   local weight = tonumber(redis.call('HGET', base .. ':lr:weights', name)) or 1
   local count = tonumber(redis.call('HGET', base .. ':inflight', name) or '0')
-  index_total_add(base, placement, count - index_counted(base, name, weight), 0)
+  if dn == nil then dn = count - index_counted(base, name, weight) end
+  index_total_add(base, placement, dn, 0)
   local score = string.format('%.17g', count / weight)
   for _, zset in ipairs(index_zsets(base, placement)) do redis.call('ZADD', zset, score, name) end
 end
@@ -204,7 +209,7 @@ local function reserve(inflight_key, leases_key, workers_key, backend, request_i
   redis.call('ZADD', workers_key, 'GT', now + ttl_ms, worker)  -- GT still adds a new member
   local count = redis.call('HINCRBY', inflight_key, backend, 1)
   local base = pool_base(inflight_key, ':inflight')
-  index_score(base, backend)
+  index_score(base, backend, 1)
   claim_probe(base, backend, request_id)
   return count, backend
 end
@@ -379,4 +384,125 @@ local function index_has_at(zsets, name, raw)
     if s and tonumber(s) == tonumber(raw) then return true end
   end
   return false
+end
+
+-- The prefix indexes' walks of the ordered index (acquire_prefix, acquire_precise). --
+-- R, a decision's reader over the pool: R.read(name) reads a backend once and returns
+-- its record {usable, pickable, load, kv, why, ...}, setting R.saw_eligible when the
+-- backend is eligible and not excluded; R.info name -> record (the ones read so far);
+-- R.zsets the index ZSETs to pick from (the model's and lr:any, or lr:all); R.all_key
+-- lr:all; R.model ('' for any); R.score_limit (past it nobody is under the cap);
+-- R.base the pool's base key; R.dry (reads only); R.stale (see below).
+
+local function kv_fits(c, max_kv) return c.kv == nil or c.kv <= max_kv end
+
+-- Indexed backends found ineligible on the way were changed behind the index's back (a
+-- direct write): re-placed once the walks are done (a walk needs the ZSETs unchanged).
+local function reader_indexed(R, name)
+  local c = R.read(name)
+  if not c.usable then R.stale[name] = true end
+  return c
+end
+
+local function reader_replace_stale(R)
+  if R.dry then return end
+  for name in pairs(R.stale) do index_place(R.base, name) end
+  R.stale = {}
+end
+
+-- The least load of a pickable backend among candidates 1..n (pickable[i], load[i]) and
+-- the index, or nil and why none is (least_pickable_load's reasons). From the index: its
+-- scores are in-flight / weight and a load is never below its backend's score, so the
+-- walk stops at the first score at or above the least load found (at once when the
+-- head's engine queue is not longer than its in-flight count).
+local function index_least_load(R, n, pickable, load)
+  local best
+  for i = 1, n do
+    if pickable[i] and (best == nil or load[i] < best) then best = load[i] end
+  end
+  local next_entry = index_walker(R.zsets)
+  while true do
+    local name, score = next_entry()
+    if not name or (best and score >= best) then break end
+    if score >= R.score_limit and (best or R.saw_eligible) then break end
+    local c = reader_indexed(R, name)
+    if c.pickable and (best == nil or c.load < best) then best = c.load end
+  end
+  if best then return best end
+  if R.saw_eligible then return nil, 'cap' end
+  reader_replace_stale(R)
+  local zsets = R.zsets
+  local model_miss = R.model ~= '' and redis.call('ZCARD', R.all_key)
+    > redis.call('ZCARD', zsets[1]) + (zsets[2] and redis.call('ZCARD', zsets[2]) or 0)
+  for _, c in pairs(R.info) do
+    if c.why == 'model' then model_miss = true end
+  end
+  return nil, model_miss and 'model' or 'none'
+end
+
+-- The fallback, from the index: among pickable backends (the candidates `names` and the
+-- index), preferring those whose fresh KV use is at most max_kv, the tie group G = those
+-- at the least load; with occupancy(name) given, the least of it among a uniformly random
+-- sample of min(sample, #G) members (power of k choices: all of G, the exact rule, when G
+-- has at most `sample` members), still equal: the first drawn; without, the first drawn,
+-- i.e. a uniformly random member of G. The walk stops at the least load's own score: the
+-- rest of G is at that score (a load is never below its score), and is drawn from by
+-- rank, not read. Draws are without replacement and skip members that do not qualify
+-- (rejection: the kept ones are still a uniform sample of G); an occupancy of 0 ends the
+-- draw early (nothing drawn later could replace it: the same pick, fewer reads).
+local function index_least_loaded(R, names, max_kv, sample, occupancy)
+  local info, zsets = R.info, R.zsets
+  for pass = 1, 2 do
+    local function qualifies(c, best_load)
+      return c.pickable and (pass == 2 or kv_fits(c, max_kv)) and c.load == best_load
+    end
+    local best_load, tied, seen = nil, {}, {}
+    local function consider(name)
+      local c = info[name]
+      if seen[name] or not (c.pickable and (pass == 2 or kv_fits(c, max_kv))) then return end
+      seen[name] = true
+      if best_load == nil or c.load < best_load then
+        best_load, tied = c.load, {name}
+      elseif c.load == best_load then
+        tied[#tied + 1] = name
+      end
+    end
+    for _, name in ipairs(names) do consider(name) end
+    local group_total, group_at = 0, nil
+    local next_entry = index_walker(zsets)
+    while true do
+      local name, score, raw = next_entry()
+      if not name or (best_load and score > best_load) or score >= R.score_limit then break end
+      if best_load and score == best_load then
+        -- The rest of G is at this score: ties found below it, and this score's members.
+        local outside = {}
+        for _, t in ipairs(tied) do
+          if not index_has_at(zsets, t, raw) then outside[#outside + 1] = t end
+        end
+        tied = outside
+        group_total, group_at = index_tie_group(zsets, raw)
+        break
+      end
+      reader_indexed(R, name)
+      consider(name)
+    end
+    if best_load then
+      local total, swapped = #tied + group_total, {}
+      local chosen, chosen_occ, kept = nil, nil, 0
+      for i = 1, total do  -- a partial Fisher-Yates shuffle of 1..total
+        local r = math.random(i, total)
+        local slot = swapped[r] or r
+        swapped[r] = swapped[i] or i
+        local name = tied[slot] or group_at(slot - #tied - 1)
+        if qualifies(reader_indexed(R, name), best_load) then
+          if not occupancy then return name end
+          kept = kept + 1
+          local o = occupancy(name)
+          if chosen == nil or o < chosen_occ then chosen, chosen_occ = name, o end
+          if o == 0 or kept == sample then break end
+        end
+      end
+      if chosen then return chosen end
+    end
+  end
 end

@@ -73,7 +73,8 @@ local now = now_ms()
 -- hold entries: eligible, maybe at the cap or excluded), pickable (may be picked now),
 -- load, kv (fresh KV use or nil), waiting, entries (its index's size).
 local info = {}
-local saw_eligible = false
+local R = {info = info, zsets = zsets, all_key = KEYS[8], model = model, base = base, dry = dry,
+           stale = {}, saw_eligible = false}
 local function backend(name)
   local c = info[name]
   if c then return c end
@@ -106,11 +107,12 @@ local function backend(name)
     c.entries = default_entries
   end
   if not excluded[name] then
-    saw_eligible = true
+    R.saw_eligible = true
     if cap == 0 or inflight < cap then c.pickable = true end
   end
   return c
 end
+R.read = backend
 -- How full a backend's index is (its share of its estimated KV cache).
 local function occupancy(name)
   local c = info[name]
@@ -119,24 +121,11 @@ local function occupancy(name)
   end
   return c.occupancy
 end
-local function kv_fits(c) return c.kv == nil or c.kv <= max_kv end
 
--- Indexed backends found ineligible on the way were changed behind the index's back (a
--- direct write): re-placed once the walks are done (a walk needs the ZSETs unchanged).
-local stale = {}
-local function replace_stale()
-  if dry then return end
-  for name in pairs(stale) do index_place(base, name) end
-  stale = {}
-end
-local function indexed(name)
-  local c = backend(name)
-  if not c.usable then stale[name] = true end
-  return c
-end
 -- Past score cap / (lightest weight) nobody is under the cap.
 local score_limit = math.huge
 if cap > 0 then score_limit = cap / (tonumber(redis.call('HGET', KEYS[5], '#min_weight')) or 1) end
+R.score_limit = score_limit
 
 -- Longest prefix per holder. Every level is read, even past the end of the match,
 -- because the chosen backend is written at every level: what points at removed, down,
@@ -243,95 +232,13 @@ local function compare()
 end
 compare()
 
--- The least load of a pickable backend, or nil and why none is (least_pickable_load's
--- reasons). From the index: its scores are in-flight / weight and a load is never below
--- its backend's score, so the walk stops at the first score at or above the least load
--- found (at once when the head's engine queue is not longer than its in-flight count).
-local function least_pool_load()
-  local best
-  for i = 1, n do
-    if pickable[i] and (best == nil or load[i] < best) then best = load[i] end
-  end
-  local next_entry = index_walker(zsets)
-  while true do
-    local name, score = next_entry()
-    if not name or (best and score >= best) then break end
-    if score >= score_limit and (best or saw_eligible) then break end
-    local c = indexed(name)
-    if c.pickable and (best == nil or c.load < best) then best = c.load end
-  end
-  if best then return best end
-  if saw_eligible then return nil, 'cap' end
-  replace_stale()
-  local model_miss = model ~= '' and redis.call('ZCARD', KEYS[8]) > redis.call('ZCARD', KEYS[6]) + redis.call('ZCARD', KEYS[7])
-  for _, c in pairs(info) do
-    if c.why == 'model' then model_miss = true end
-  end
-  return nil, model_miss and 'model' or 'none'
-end
-
--- The fallback, from the index: among pickable backends, preferring those whose fresh KV
--- use is at most max_kv, the tie group G = those at the least load; of G, the least full
--- index among a uniformly random sample of min(SAMPLE, #G) members (power of k choices:
--- all of G, the exact rule, when G has at most SAMPLE members); still equal: the first
--- drawn, i.e. a uniformly random one. The walk stops at the least load's own score: the
--- rest of G is at that score (a load is never below its score), and is drawn from by
--- rank, not read. Draws are without replacement and skip members that do not qualify
--- (rejection: the kept ones are still a uniform sample of G); an empty index ends the
--- draw early (nothing drawn later could replace it: the same pick, fewer reads).
+-- The least load (index_least_load) and the fallback (index_least_loaded, the least full
+-- index among a sample of tie_sample of the backends tied at the least load) from the
+-- ordered index: _lib.lua.
 local SAMPLE = args.tie_sample
-local function least_loaded_indexed()
-  for pass = 1, 2 do
-    local function qualifies(c, best_load) return c.pickable and (pass == 2 or kv_fits(c)) and c.load == best_load end
-    local best_load, tied, seen = nil, {}, {}
-    local function consider(name)
-      local c = info[name]
-      if seen[name] or not (c.pickable and (pass == 2 or kv_fits(c))) then return end
-      seen[name] = true
-      if best_load == nil or c.load < best_load then
-        best_load, tied = c.load, {name}
-      elseif c.load == best_load then
-        tied[#tied + 1] = name
-      end
-    end
-    for _, name in ipairs(names) do consider(name) end
-    local group_total, group_at = 0, nil
-    local next_entry = index_walker(zsets)
-    while true do
-      local name, score, raw = next_entry()
-      if not name or (best_load and score > best_load) or score >= score_limit then break end
-      if best_load and score == best_load then
-        -- The rest of G is at this score: ties found below it, and this score's members.
-        local outside = {}
-        for _, t in ipairs(tied) do
-          if not index_has_at(zsets, t, raw) then outside[#outside + 1] = t end
-        end
-        tied = outside
-        group_total, group_at = index_tie_group(zsets, raw)
-        break
-      end
-      indexed(name)
-      consider(name)
-    end
-    if best_load then
-      local total, swapped = #tied + group_total, {}
-      local chosen, chosen_occ, kept = nil, nil, 0
-      for i = 1, total do  -- a partial Fisher-Yates shuffle of 1..total
-        local r = math.random(i, total)
-        local slot = swapped[r] or r
-        swapped[r] = swapped[i] or i
-        local name = tied[slot] or group_at(slot - #tied - 1)
-        if qualifies(indexed(name), best_load) then
-          kept = kept + 1
-          local o = occupancy(name)
-          if chosen == nil or o < chosen_occ then chosen, chosen_occ = name, o end
-          if o == 0 or kept == SAMPLE then break end
-        end
-      end
-      if chosen then return chosen end
-    end
-  end
-end
+local function least_pool_load() return index_least_load(R, n, pickable, load) end
+local function least_loaded_indexed() return index_least_loaded(R, names, max_kv, SAMPLE, occupancy) end
+local function replace_stale() reader_replace_stale(R) end
 
 -- A new conversation on a prefix the pool shares: no backend read matches deeper than
 -- the wide levels, and prompts already branched off after them. The bounded pick would
@@ -366,7 +273,7 @@ local function shared_wide(bound)
     while levels < wide and held(levels + 1, name) do levels = levels + 1 end
     if trusted(name, levels) == wide then
       longest = longest or name
-      if c.pickable and c.load <= bound and kv_fits(c) and not (pick and c.load >= info[pick].load) then
+      if c.pickable and c.load <= bound and kv_fits(c, max_kv) and not (pick and c.load >= info[pick].load) then
         pick = name  -- the least loaded sampled (followed with shared_follow)
       end
     end
@@ -384,7 +291,7 @@ if full then
   for _, c in pairs(info) do
     if c.why == 'model' then saw_model_miss = true end
   end
-  min_load, refused = least_pickable_load(n, pickable, load, saw_eligible, saw_model_miss)
+  min_load, refused = least_pickable_load(n, pickable, load, R.saw_eligible, saw_model_miss)
 else
   min_load, refused = least_pool_load()
   if min_load and wide > 0 then

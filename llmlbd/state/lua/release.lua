@@ -16,11 +16,13 @@ local lease = redis.call('HGET', KEYS[2], ARGV[1])
 if not lease then return {0, ''} end
 redis.call('HDEL', KEYS[2], ARGV[1])
 local backend = string.match(lease, '^(%S+)')
-if redis.call('HINCRBY', KEYS[1], backend, -1) <= 0 then
+local left = redis.call('HINCRBY', KEYS[1], backend, -1)
+if left <= 0 then
   redis.call('HDEL', KEYS[1], backend)  -- absent means 0; never leave a negative count
 end
 local base = pool_base(KEYS[1], ':inflight')
-index_score(base, backend)  -- keep the ordered index in step
+-- Keep the ordered index in step: the count went from max(left + 1, 0) to max(left, 0).
+index_score(base, backend, math.max(left, 0) - math.max(left + 1, 0))
 local outcome = ARGV[2] or ''
 if outcome == '' then return {1, ''} end
 
