@@ -90,7 +90,7 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "lb_config.maxLoadGap",
-        16.0,
+        32.0,
         v.non_negative_float,
         "Bounded mode: follow a match while the backend's load is at most this many "
         "requests above the least-loaded backend's (or within maxLoadRatio).",
