@@ -314,8 +314,9 @@ class TestSharedPrefix:
     def test_overloaded_holders_go_by_load(self, redis_client) -> None:
         policy = self.setup(redis_client, deep=False)
         leases = policy.ctx.leases
+        busy = int(policy.precise.params.max_load_gap) + 4  # past the load bound over idle b0004
         for i in (0, 1, 2, 3, 5):  # every holder busy; b0004 holds nothing any more
-            for k in range(20):
+            for k in range(busy):
                 leases.acquire(f"busy-{i}-{k}", f"b{i:04d}")
         KVIndexWriter(redis_client, KEYS, "b0004", "test", 100_000, 60_000).clear("test")
         hold(redis_client, "b0004", [], [], True)
