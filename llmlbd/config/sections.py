@@ -128,6 +128,7 @@ class LeastBusyLbConfig(LbConfigCommon):
     queueThresholdCritical: int
     kvCacheThreshold: float
     loraAffinityThreshold: float
+    criticalHeadroom: int
     metric_policy: Literal["default", "least", "most"]
     target_metric: str
     rate_limit: float
