@@ -81,16 +81,6 @@ SETTINGS: list[Setting] = [
         policies=(BUSY,),
         aliases=("LORA_AFFINITY_THRESHOLD",),
     ),
-    Setting(
-        "lb_config.criticalHeadroom",
-        1,
-        v.non_negative_int,
-        "Running slots per backend that a non-critical request leaves free for critical ones: "
-        "least_wait judges its wait as if each backend had this many slots fewer, so it "
-        "goes where a slot is free beyond them when it has the choice.",
-        "slots",
-        policies=(BUSY,),
-    ),
     # Higress endpoint_metrics keys, accepted so its configs load unchanged.
     Setting(
         "lb_config.metric_policy",

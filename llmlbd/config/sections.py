@@ -128,7 +128,6 @@ class LeastBusyLbConfig(LbConfigCommon):
     queueThresholdCritical: int
     kvCacheThreshold: float
     loraAffinityThreshold: float
-    criticalHeadroom: int
     metric_policy: Literal["default", "least", "most"]
     target_metric: str
     rate_limit: float

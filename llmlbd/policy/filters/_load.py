@@ -75,7 +75,6 @@ def wait_s(
     state: BackendState,
     adapter: str | None = None,
     default_speed: tuple[float, float] | None = None,
-    headroom: int = 0,
 ) -> float | None:
     """Expected seconds from sending one more request to its first token; None when the
     backend's speed is unknown (no ``service_s`` or ``prefill_s``) and no
@@ -86,11 +85,7 @@ def wait_s(
     ``max(0, n + 1 - S)`` of them have finished, which takes ``service_s / S`` each
     when every slot is busy; its first token then comes ``prefill_s`` later::
 
-        wait = max(0, n + 1 - (S - headroom)) * service_s / S + prefill_s
-
-    *headroom* slots are left to others: the request counts as queued once fewer than
-    ``headroom + 1`` slots are free (``least_wait`` gives non-critical requests
-    ``lb_config.criticalHeadroom``), at least one slot always being its own.
+        wait = max(0, n + 1 - S) * service_s / S + prefill_s
 
     Unknown ``slots``: the queue ahead is taken as empty. A backend of unknown speed
     is given *default_speed* and taken to run one request at a time (``S = 1``),
@@ -109,8 +104,7 @@ def wait_s(
         slots = 1  # unknown speed: probed one request at a time
     wait = prefill
     if slots > 0:
-        usable = max(1, slots - headroom)
-        wait += max(0, occupancy(state) + 1 - usable) * service / slots
+        wait += max(0, occupancy(state) + 1 - slots) * service / slots
     if adapter is not None and 0 < max_lora(state) < len(adapters(state) | {adapter}):
         wait += service
     return wait

@@ -14,13 +14,6 @@ kept set is "within a factor of two of the best" rather than the first bucket
 ``min + (max - min) / N`` of ``least_queue``: that bucket widens with the worst
 backend, so one long queue would let a slow server into a fast one's bucket.
 
-A non-critical request (standard, sheddable) leaves ``headroom`` running slots
-per backend to critical ones (``lb_config.criticalHeadroom``, default 1): it
-counts as queued once fewer than ``headroom + 1`` slots are free, so while a
-slower backend has a slot free beyond that, it goes there and the fastest
-backends' last free slots stay for the critical traffic. Critical requests
-see every slot.
-
 A backend whose speed is unknown (no ``service_s``/``prefill_s``: it has not
 finished a request since the collector started watching it) is taken to be as
 slow as the slowest candidate that has one, and to run one request at a time:
@@ -49,9 +42,8 @@ SLACK = 2.0
 
 
 class LeastWait:
-    def __init__(self, headroom: int = 0, name: str = TYPE) -> None:
+    def __init__(self, name: str = TYPE) -> None:
         self.name = name
-        self.headroom = headroom
         self.by_queue = LeastQueue()
 
     @classmethod
@@ -59,7 +51,7 @@ class LeastWait:
         return cls(**dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
-        waits = self.waits(request, candidates)
+        waits = waits_of(request, candidates)
         if waits is None:
             return self.by_queue.filter(request, candidates)
         ceiling = SLACK * min(waits.values())
@@ -72,16 +64,9 @@ class LeastWait:
             ),
         )
 
-    def waits(
-        self, request: RoutingRequest, candidates: Sequence[BackendState]
-    ) -> dict[str, float] | None:
-        """Each candidate's expected wait for *request*; None when no speed is known."""
-        critical = getattr(request, "criticality", "critical") == "critical"
-        return waits_of(request, candidates, 0 if critical else self.headroom)
-
 
 def waits_of(
-    request: RoutingRequest, candidates: Sequence[BackendState], headroom: int = 0
+    request: RoutingRequest, candidates: Sequence[BackendState]
 ) -> dict[str, float] | None:
     """Each candidate's expected wait for *request* (``_load.wait_s``), a backend of
     unknown speed taken as slow as the slowest known one; None when no candidate's
@@ -98,7 +83,7 @@ def waits_of(
     adapter = request_adapter(request, candidates)
     waits = {}
     for state in candidates:
-        wait = wait_s(state, adapter, slowest, headroom)
+        wait = wait_s(state, adapter, slowest)
         assert wait is not None  # a default speed is given
         waits[state.name] = wait
     return waits

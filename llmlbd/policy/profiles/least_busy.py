@@ -51,7 +51,7 @@ from llmlbd.policy.filters.critical_request import CriticalRequest
 from llmlbd.policy.filters.fresh_metrics import FreshMetrics
 from llmlbd.policy.filters.healthy import Healthy
 from llmlbd.policy.filters.least_kv import LeastKV
-from llmlbd.policy.filters.least_wait import LeastWait
+from llmlbd.policy.filters.least_wait import LeastWait, waits_of
 from llmlbd.policy.filters.lora_affinity import LoraAffinity
 from llmlbd.policy.filters.low_queue import LowQueue
 from llmlbd.policy.filters.serves_model import ServesModel
@@ -79,8 +79,7 @@ def build_tree(lb_config: Any, rng: Any = None) -> Node:
 
     def wait_lora_kv() -> Node:
         # least_wait never fails on a non-empty input; lora may fail (passes its input on).
-        wait = LeastWait(lb_config.criticalHeadroom)
-        return Node(wait, on_either=Node(lora, on_either=Node(LeastKV())))
+        return Node(LeastWait(), on_either=Node(lora, on_either=Node(LeastKV())))
 
     low_latency = Node(
         LowQueue(lb_config.queueingThresholdLoRA),
@@ -322,7 +321,7 @@ class LeastBusy:
                 removed_by.setdefault(name, f"{step['filter']}: {why}")
         seen = {s.name: s for s in evaluation.seen}
         # least_wait's own figures for the backends the tree ran on (None: speed unknown).
-        waits = LeastWait(ctx.lb_config.criticalHeadroom).waits(routed, evaluation.seen) or {}
+        waits = waits_of(routed, evaluation.seen) or {}
         if waits:
             result["score_meaning"] = (
                 "expected seconds to the first token (least_wait: queue over free slots x "
