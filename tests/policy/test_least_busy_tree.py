@@ -272,7 +272,7 @@ def test_explain_scores_are_the_expected_waits_the_pick_uses(redis_client) -> No
     assert scores == {"fast": 0.16, "slow": 0.66, "down": None}
     assert "expected seconds to the first token" in data["score_meaning"]
     removed = {c["name"]: c["removed_by"] for c in data["candidates"]}
-    assert removed["slow"].startswith("least_wait: wait_s 0.660 > 0.320")
+    assert removed["slow"].startswith("least_wait: wait_s 0.660 > 0.170")
     assert data["choice"] == "fast" and data["ties"] == ["fast"]
     picks = {pool.pick_and_release({"criticality": "critical"}).backend.name for _ in range(20)}
     assert picks == {"fast"}

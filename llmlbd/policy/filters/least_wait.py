@@ -4,15 +4,17 @@ Formula: with ``wait(b)`` the seconds a new request would wait on ``b`` for its
 first token (``_load.wait_s``: the requests ahead of it over the backend's free
 running slots, drained at ``slots / service_s``, plus ``prefill_s``, plus one
 ``service_s`` when its LoRA adapter would need an adapter slot that is taken),
-keep ``b`` iff ``wait(b) <= SLACK * min wait`` (``SLACK`` = 2). Waits
-[0.01, 0.02, 0.08, 0.6] keep {0.01, 0.02}. Never empties a non-empty list.
+keep ``b`` iff ``wait(b) <= min wait + min prefill_s``: waits within one first-token
+time of the fastest candidate are alike. Waits [0.01, 0.015, 0.08, 0.6] with a
+fastest ``prefill_s`` of 0.01 keep {0.01, 0.015}. Never empties a non-empty list.
 
 Where ``least_queue`` compares queue lengths, this compares what a queue costs
 on each backend: a queue of 2 on a server that finishes a request every 50 ms
 is shorter than an idle slot on a server whose first token takes 80 ms. The
-kept set is "within a factor of two of the best" rather than the first bucket
-``min + (max - min) / N`` of ``least_queue``: that bucket widens with the worst
-backend, so one long queue would let a slow server into a fast one's bucket.
+tolerance is absolute and small: the first bucket ``min + (max - min) / N`` of
+``least_queue`` widens with the worst backend, so one long queue would let a slow
+server into a fast one's bucket, and a relative one (within 2x) would, once every
+server queues, treat a queue of 2 s like one of 1 s and let the queues drift apart.
 
 A backend whose speed is unknown (no ``service_s``/``prefill_s``: it has not
 finished a request since the collector started watching it) is taken to be as
@@ -33,12 +35,9 @@ from llmlbd.policy.framework import BackendState, FilterResult
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 
-__all__ = ["LeastWait", "TYPE", "SLACK"]
+__all__ = ["LeastWait", "TYPE"]
 
 TYPE = "least_wait"
-# Waits within this factor of the best are alike: the later filters (LoRA affinity,
-# KV use) and the random pick choose among them.
-SLACK = 2.0
 
 
 class LeastWait:
@@ -54,13 +53,16 @@ class LeastWait:
         waits = waits_of(request, candidates)
         if waits is None:
             return self.by_queue.filter(request, candidates)
-        ceiling = SLACK * min(waits.values())
+        least = min(waits.values())
+        tolerance = min(p for s in candidates if (p := s.metric(F.PREFILL_S)) is not None)
+        ceiling = least + tolerance
         return by_predicate(
             candidates,
             lambda s: (
                 None
                 if waits[s.name] <= ceiling
-                else f"wait_s {waits[s.name]:.3f} > {ceiling:.3f} ({SLACK:g} x min)"
+                else f"wait_s {waits[s.name]:.3f} > {ceiling:.3f} "
+                f"(least {least:.3f} + fastest first token {tolerance:.3f})"
             ),
         )
 

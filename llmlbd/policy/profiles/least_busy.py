@@ -325,7 +325,8 @@ class LeastBusy:
         if waits:
             result["score_meaning"] = (
                 "expected seconds to the first token (least_wait: queue over free slots x "
-                "service_s / slots + prefill_s); lower wins, within 2x of the least is a tie"
+                "service_s / slots + prefill_s); lower wins, within the fastest prefill_s of the "
+                "least is a tie"
             )
         result["candidates"] = [
             {
