@@ -13,14 +13,15 @@ on each backend: a queue of 2 on a server that finishes a request every 50 ms
 is shorter than an idle slot on a server whose first token takes 80 ms. The
 tolerance is absolute and small: the first bucket ``min + (max - min) / N`` of
 ``least_queue`` widens with the worst backend, so one long queue would let a slow
-server into a fast one's bucket, and a relative one (within 2x) would, once every
-server queues, treat a queue of 2 s like one of 1 s and let the queues drift apart.
+server into a fast one's bucket, and a relative one (within 2x, the first version)
+treats a queue of 2 s like one of 1 s once every server queues.
 
 A backend whose speed is unknown (no ``service_s``/``prefill_s``: it has not
 finished a request since the collector started watching it) is taken to be as
 slow as the slowest candidate that has one, and to run one request at a time:
-it is probed with little work until its own figures come in. When no candidate's speed is known (a collector that predates these
-fields, every metric stale), the filter is ``least_queue``.
+it is probed with little work until its own figures come in. When no
+candidate's speed is known (a collector that predates these fields, every
+metric stale), the filter is ``least_queue``.
 """
 
 from __future__ import annotations
