@@ -30,7 +30,25 @@ __all__ = [
     "AGGREGATION",
     "BUILTIN",
     "METRIC_FIELDS",
+    "RAW_FIELDS",
+    "INFERENCE_SUM",
+    "INFERENCE_COUNT",
+    "PREFILL_SUM",
+    "PREFILL_COUNT",
+    "WAITING_CAPACITY",
 ]
+
+# Read from the page but not stored as they are: collector/speed.py turns them, over
+# successive scrapes, into the hash's speed and capacity fields (service_s, prefill_s,
+# slots). Histograms are cumulative, so one page alone says nothing about recent speed.
+INFERENCE_SUM = "inference_sum"  # seconds requests spent running, all finished so far
+INFERENCE_COUNT = "inference_count"
+PREFILL_SUM = "prefill_sum"  # seconds from start to first token, all so far
+PREFILL_COUNT = "prefill_count"
+WAITING_CAPACITY = "waiting_capacity"  # waiting for a slot or KV room (not for a LoRA slot)
+RAW_FIELDS = frozenset(
+    {INFERENCE_SUM, INFERENCE_COUNT, PREFILL_SUM, PREFILL_COUNT, WAITING_CAPACITY}
+)
 
 # How the series a source matches become one value:
 #   sum   - one series per engine / data-parallel rank: the backend's total
@@ -53,6 +71,11 @@ AGGREGATION: dict[str, str] = {
     F.MAX_LORA: "lora",
     F.LORA_RUNNING: "lora",
     F.LORA_WAITING: "lora",
+    INFERENCE_SUM: "sum",
+    INFERENCE_COUNT: "sum",
+    PREFILL_SUM: "sum",
+    PREFILL_COUNT: "sum",
+    WAITING_CAPACITY: "sum",
 }
 METRIC_FIELDS = tuple(AGGREGATION)
 LIST_FIELDS = frozenset({F.LORA_RUNNING, F.LORA_WAITING})
@@ -109,6 +132,13 @@ BUILTIN: dict[str, tuple[str, ...]] = {
     ),
     F.LORA_RUNNING: ("vllm:lora_requests_info@running_lora_adapters",),
     F.LORA_WAITING: ("vllm:lora_requests_info@waiting_lora_adapters",),
+    # vLLM V1 histograms (vLLM 0.10+): scheduled -> finished, and scheduled -> first token.
+    INFERENCE_SUM: ("vllm:request_inference_time_seconds_sum",),
+    INFERENCE_COUNT: ("vllm:request_inference_time_seconds_count",),
+    PREFILL_SUM: ("vllm:request_prefill_time_seconds_sum",),
+    PREFILL_COUNT: ("vllm:request_prefill_time_seconds_count",),
+    # vLLM 0.20+; without it collector/speed.py falls back to the whole waiting queue.
+    WAITING_CAPACITY: ('vllm:num_requests_waiting_by_reason{reason="capacity"}',),
 }
 
 

@@ -24,7 +24,8 @@ from collector.metrics import CollectorMetrics
 from collector.parse import Reading, read_metrics
 from collector.publish import Update
 from collector.scrape import check_health, get_metrics_text, get_models
-from collector.sources import METRIC_FIELDS, Plan, Source
+from collector.sources import METRIC_FIELDS, RAW_FIELDS, Plan, Source
+from collector.speed import Speed
 from llmlbd.state import backend_fields as F
 
 __all__ = ["Settings", "BackendWorker", "next_tick"]
@@ -94,6 +95,7 @@ class BackendWorker:
         self.memo = ScanMemo()
         self.learned: dict[str, Source] = {}
         self.missing: set[str] = set()
+        self.speed = Speed()  # learns service_s, prefill_s and slots over the scrapes
         self.last_ok: float | None = None  # monotonic time of the last good scrape
         # /metrics reads attempted and ticks skipped; written by this worker only.
         self.scrapes = 0
@@ -196,6 +198,7 @@ class BackendWorker:
         self.last_ok = None
         self.conn.close()
         self.health = Health(self.settings.down_after, self.settings.up_after)
+        self.speed.reset()
         self.log.debug("backend_released")
 
     # the three reads -----------------------------------------------------------
@@ -219,11 +222,12 @@ class BackendWorker:
             return None
         elapsed = time.monotonic() - started
         fields = dict(reading.values)
+        derived, unknown = self.speed.derive(fields)
+        fields.update(derived)
         fields[F.SCRAPE_MS] = f"{elapsed * 1000:.1f}"
         fields[F.URL] = self.url
-        self.submit(
-            Update(self.name, fields, (*reading.missing, F.LAST_ERROR), scraped_mono=received)
-        )
+        delete = [f for f in reading.missing if f not in RAW_FIELDS] + unknown
+        self.submit(Update(self.name, fields, (*delete, F.LAST_ERROR), scraped_mono=received))
         self.failing = False
         self.last_ok = received
         self.metrics.scrapes.labels(self.name, "ok").inc()

@@ -15,6 +15,11 @@ BLOCK_SIZE = "block_size"  # tokens per KV block
 NUM_GPU_BLOCKS = "num_gpu_blocks"  # KV blocks on the GPU(s)
 PREFIX_QUERIES = "prefix_queries"  # prefix-cache queried tokens (counter)
 PREFIX_HITS = "prefix_hits"  # prefix-cache hit tokens (counter)
+# Speed and capacity, derived by the collector from the engine's own histograms and
+# gauges over its recent scrapes (collector/speed.py); the least_busy wait estimate.
+SERVICE_S = "service_s"  # mean seconds a recent request held a running slot
+PREFILL_S = "prefill_s"  # mean seconds from a recent request's start to its first token
+SLOTS = "slots"  # requests the engine runs at once (learned: see collector/speed.py)
 MODELS = "models"  # served model ids (base and adapters), comma-separated
 MODELS_AT = "models_at"  # when MODELS was refreshed (ms since the epoch)
 SCRAPED_AT = "scraped_at"  # when the metrics were read (ms since the epoch)

@@ -214,8 +214,8 @@ def test_decision_details_trace(redis_client) -> None:
         "fresh_metrics",
         "critical_request",
         "low_queue",
+        "least_wait",
         "lora_affinity",
-        "least_queue",
         "least_kv",
     ]
     fresh = trace[3]
@@ -247,10 +247,35 @@ def test_explain_reserves_nothing_and_names_the_filters(redis_client) -> None:
     removed = {c["name"]: c["removed_by"] for c in data["candidates"]}
     assert removed["a"] is None
     assert removed["b"] == "healthy: down"
-    assert removed["c"].startswith("least_queue: queue 40 >")
+    assert removed["c"].startswith("least_wait: queue 40 >")  # no speed known: by queue
     assert data["criticality"] == "critical (from header)"
     assert redis_client.hlen(pool.keys.leases) == 0
     assert redis_client.hget(pool.keys.inflight, "a") == "0"
+
+
+def test_explain_scores_are_the_expected_waits_the_pick_uses(redis_client) -> None:
+    """With speeds known, explain's score is least_wait's expected wait, and its choice is
+    the backend the policy picks."""
+    pool = Pool(redis_client, ["fast", "slow", "down"])
+    speed = {"kv_usage": 0.1, "age_ms": 0, "slots": 4}
+    pool.set_backend(
+        "fast",
+        {**speed, "waiting": 2, "running": 4, "inflight": 6, "service_s": 0.2, "prefill_s": 0.01},
+    )
+    pool.set_backend(
+        "slow",
+        {**speed, "waiting": 1, "running": 4, "inflight": 5, "service_s": 1.2, "prefill_s": 0.06},
+    )
+    pool.set_backend("down", {**speed, "health": "down", "service_s": 0.1, "prefill_s": 0.01})
+    data = pool.policy.explain(pool.request(criticality="critical"))
+    scores = {c["name"]: c["score"] for c in data["candidates"]}
+    assert scores == {"fast": 0.16, "slow": 0.66, "down": None}
+    assert "expected seconds to the first token" in data["score_meaning"]
+    removed = {c["name"]: c["removed_by"] for c in data["candidates"]}
+    assert removed["slow"].startswith("least_wait: wait_s 0.660 > 0.170")
+    assert data["choice"] == "fast" and data["ties"] == ["fast"]
+    picks = {pool.pick_and_release({"criticality": "critical"}).backend.name for _ in range(20)}
+    assert picks == {"fast"}
 
 
 def test_explain_shed(redis_client) -> None:

@@ -15,6 +15,7 @@ from llmlbd.policy.filters import (
     healthy,
     least_kv,
     least_queue,
+    least_wait,
     lora_affinity,
     low_queue,
     serves_model,
@@ -32,6 +33,7 @@ FILTERS: dict[str, type] = {
     low_queue.TYPE: low_queue.LowQueue,
     lora_affinity.TYPE: lora_affinity.LoraAffinity,
     least_queue.TYPE: least_queue.LeastQueue,
+    least_wait.TYPE: least_wait.LeastWait,
     least_kv.TYPE: least_kv.LeastKV,
     sheddable_capacity.TYPE: sheddable_capacity.SheddableCapacity,
 }

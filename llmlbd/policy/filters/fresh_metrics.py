@@ -7,7 +7,7 @@ Formula:
 * some candidate is fresh -> keep exactly the fresh ones (a stale or silent
   backend is excluded only because fresher ones exist);
 * no candidate is fresh -> keep every candidate, with its load fields
-  (waiting, running, kv_usage, LoRA) treated as unknown: the tree then
+  (waiting, running, kv_usage, LoRA, speed) treated as unknown: the tree then
   decides on the in-flight counts alone (queue = in-flight; see ``_load``)
   and sheds nothing, because it cannot tell a queue from a running batch.
 
@@ -30,7 +30,17 @@ __all__ = ["FreshMetrics", "TYPE", "LOAD_FIELDS"]
 
 TYPE = "fresh_metrics"
 LOAD_FIELDS = frozenset(
-    {F.WAITING, F.RUNNING, F.KV_USAGE, F.LORA_RUNNING, F.LORA_WAITING, F.MAX_LORA}
+    {
+        F.WAITING,
+        F.RUNNING,
+        F.KV_USAGE,
+        F.LORA_RUNNING,
+        F.LORA_WAITING,
+        F.MAX_LORA,
+        F.SERVICE_S,
+        F.PREFILL_S,
+        F.SLOTS,
+    }
 )
 
 

@@ -23,7 +23,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llmlbd.policy.filters._load import adapters, max_lora
+from llmlbd.policy.filters._load import adapters, max_lora, request_adapter
 from llmlbd.policy.framework import BackendState, FilterResult
 from llmlbd.request import RoutingRequest
 
@@ -47,14 +47,10 @@ class LoraAffinity:
         return cls(rng=rng, **dict(params or {}))
 
     def filter(self, request: RoutingRequest, candidates: Sequence[BackendState]) -> FilterResult:
-        model = request.model
-        active = {state.name: adapters(state) for state in candidates}
-        pool: frozenset[str] | None = getattr(request, "pool_adapters", None)
-        is_lora = (
-            model in pool if pool is not None else any(model in names for names in active.values())
-        )
-        if not model or not is_lora:
+        model = request_adapter(request, candidates)
+        if model is None:
             return FilterResult(list(candidates))
+        active = {state.name: adapters(state) for state in candidates}
         affinity = [s for s in candidates if model in active[s.name]]
         available = [
             s

@@ -15,14 +15,18 @@ One request, in order:
 
      critical_request
      ├ success → low_queue (queue < queueingThresholdLoRA)
-     │           ├ success → lora_affinity ─(either)→ least_queue ─→ least_kv
-     │           └ failure → least_queue ─→ lora_affinity ─(either)→ least_kv
+     │           ├ success → least_wait ─→ lora_affinity ─(either)→ least_kv
+     │           └ failure → least_wait ─→ lora_affinity ─(either)→ least_kv
      └ failure → sheddable_capacity (queue <= queueThresholdCritical, kv <= kvCacheThreshold)
-                 ├ success → least_queue ─→ lora_affinity ─(either)→ least_kv
+                 ├ success → least_wait ─→ lora_affinity ─(either)→ least_kv
                  └ failure → shed: 429 with Retry-After
 
    where ``queue`` is the scraped queue moved by the requests llmlbd sent and
-   saw finish since the scrape (``filters/_load.py``).
+   saw finish since the scrape, and ``least_wait`` keeps the backends where the
+   first token is expected soonest, from each engine's learned speed and running
+   slots (``filters/_load.py``, ``filters/least_wait.py``; ``least_queue`` when no
+   speed is known). GIE ran ``lora_affinity`` before the queue step on the
+   low-latency branch; here the adapter's cost is part of the expected wait.
 4. Pick uniformly at random among the survivors and reserve the pick with
    the lease script, which re-checks drained/down/model/cap atomically with
    the in-flight increment. A refused pick is dropped and another survivor
@@ -47,7 +51,7 @@ from llmlbd.policy.filters.critical_request import CriticalRequest
 from llmlbd.policy.filters.fresh_metrics import FreshMetrics
 from llmlbd.policy.filters.healthy import Healthy
 from llmlbd.policy.filters.least_kv import LeastKV
-from llmlbd.policy.filters.least_queue import LeastQueue
+from llmlbd.policy.filters.least_wait import LeastWait, waits_of
 from llmlbd.policy.filters.lora_affinity import LoraAffinity
 from llmlbd.policy.filters.low_queue import LowQueue
 from llmlbd.policy.filters.serves_model import ServesModel
@@ -73,18 +77,18 @@ def build_tree(lb_config: Any, rng: Any = None) -> Node:
     """The v0.3 decision tree with the thresholds of *lb_config*."""
     lora = LoraAffinity(lb_config.loraAffinityThreshold, rng)
 
-    def queue_lora_kv() -> Node:
-        # least_queue never fails on a non-empty input; lora may fail (passes its input on).
-        return Node(LeastQueue(), on_either=Node(lora, on_either=Node(LeastKV())))
+    def wait_lora_kv() -> Node:
+        # least_wait never fails on a non-empty input; lora may fail (passes its input on).
+        return Node(LeastWait(), on_either=Node(lora, on_either=Node(LeastKV())))
 
     low_latency = Node(
         LowQueue(lb_config.queueingThresholdLoRA),
-        on_success=Node(lora, on_either=Node(LeastQueue(), on_either=Node(LeastKV()))),
-        on_failure=queue_lora_kv(),
+        on_success=wait_lora_kv(),
+        on_failure=wait_lora_kv(),
     )
     sheddable = Node(
         SheddableCapacity(lb_config.queueThresholdCritical, lb_config.kvCacheThreshold),
-        on_success=queue_lora_kv(),
+        on_success=wait_lora_kv(),
         shed_on_failure=True,
     )
     return Node(CriticalRequest(), on_success=low_latency, on_failure=sheddable)
@@ -316,6 +320,14 @@ class LeastBusy:
             for name, why in step["removed"].items():
                 removed_by.setdefault(name, f"{step['filter']}: {why}")
         seen = {s.name: s for s in evaluation.seen}
+        # least_wait's own figures for the backends the tree ran on (None: speed unknown).
+        waits = waits_of(routed, evaluation.seen) or {}
+        if waits:
+            result["score_meaning"] = (
+                "expected seconds to the first token (least_wait: queue over free slots x "
+                "service_s / slots + prefill_s); lower wins, within the fastest prefill_s of the "
+                "least is a tie"
+            )
         result["candidates"] = [
             {
                 "name": s.name,
@@ -332,8 +344,11 @@ class LeastBusy:
                 "kv_usage": s.metrics.get(F.KV_USAGE),
                 "queue": queue(seen.get(s.name, s)),
                 "adapters": ",".join(sorted(adapters(s))),
+                "service_s": s.metrics.get(F.SERVICE_S),
+                "prefill_s": s.metrics.get(F.PREFILL_S),
+                "slots": s.metrics.get(F.SLOTS),
                 "removed_by": removed_by.get(s.name),
-                "score": None,
+                "score": None if s.name not in waits else round(waits[s.name], 4),
             }
             for s in states
         ]
