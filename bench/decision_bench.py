@@ -6,6 +6,7 @@
     python bench/decision_bench.py --policies prefix_cache --occupied        # worst cases of
     python bench/decision_bench.py --policies prefix_cache --shared-prefix   # prefix_cache
     python bench/decision_bench.py --policies prefix_cache --precise   # lb_config.index: precise
+    python bench/decision_bench.py --policies prefix_cache --prompt-blocks 190  # long prompts
 
 Starts a dedicated Redis-compatible server on a free port. For each pool size,
 policy and replica count it seeds the pool (every backend up, serving the
@@ -143,7 +144,9 @@ def _precise_prompt(i: int, shared: bool = False) -> list[int]:
     return SHARED_IDS + own[: 320 - len(SHARED_IDS)] if shared else own
 
 
-def _request(i: int, worker: str, shared: bool = False, precise: bool = False) -> Any:
+def _request(
+    i: int, worker: str, shared: bool = False, precise: bool = False, prompt_blocks: int = 0
+) -> Any:
     from llmlbd.request import RoutingRequest
 
     if precise:
@@ -152,6 +155,8 @@ def _request(i: int, worker: str, shared: bool = False, precise: bool = False) -
 
     # Distinct conversations: prefix_cache sees a miss-then-hit mix, not one hot prefix.
     text = f"conversation {i % 97} of {worker}: " + "tell me about load balancing. " * 20
+    if prompt_blocks:  # --prompt-blocks: a long chat (blockChars = 64 characters a block)
+        text = (text * (prompt_blocks * 64 // len(text) + 1))[: prompt_blocks * 64]
     messages = [{"role": "user", "content": text}]
     if shared:
         messages.insert(0, {"role": "system", "content": SYSTEM})
@@ -216,8 +221,10 @@ def seed_kv_index(url: str, pool: str, count: int, shared: bool = False) -> None
     client.close()
 
 
-def replica(args: tuple[str, str, str, str, int, int, int, bool, bool, Any, Any]) -> list[float]:
-    tree, url, pool, policy, count, warmup, decisions, shared, precise, ready, start = args
+def replica(
+    args: tuple[str, str, str, str, int, int, int, bool, bool, int, Any, Any],
+) -> list[float]:
+    tree, url, pool, policy, count, warmup, decisions, shared, precise, blocks, ready, start = args
     _import_tree(Path(tree))
     worker = f"bench:{os.getpid()}:{random.getrandbits(24):06x}"
     chooser = _policy(url, pool, policy, count, worker, precise)
@@ -230,7 +237,7 @@ def replica(args: tuple[str, str, str, str, int, int, int, bool, bool, Any, Any]
         if i == warmup:  # warm (scripts loaded, index built): measure from here, all at once
             ready.put(worker)
             start.wait()
-        request = _request(i, worker, shared, precise)
+        request = _request(i, worker, shared, precise, blocks)
         began = time.perf_counter()
         decision = chooser.pick(request, frozenset())
         took = time.perf_counter() - began
@@ -269,6 +276,7 @@ def run_cell(
     occupied: bool = False,
     shared: bool = False,
     precise: bool = False,
+    prompt_blocks: int = 0,
 ) -> dict[str, Any]:
     pool = "bench"
     seed_pool(url, pool, count, occupied)
@@ -283,7 +291,22 @@ def run_cell(
     with ctx.Pool(replicas) as workers:
         job = workers.map_async(
             replica,
-            [(tree, url, pool, policy, count, warmup, decisions, shared, precise, ready, start)]
+            [
+                (
+                    tree,
+                    url,
+                    pool,
+                    policy,
+                    count,
+                    warmup,
+                    decisions,
+                    shared,
+                    precise,
+                    prompt_blocks,
+                    ready,
+                    start,
+                )
+            ]
             * replicas,
         )
         for _ in range(replicas):
@@ -372,6 +395,13 @@ def main() -> None:
         action="store_true",
         help="lb_config.index: precise, every backend's KV-event index live and seeded",
     )
+    parser.add_argument(
+        "--prompt-blocks",
+        type=int,
+        default=0,
+        help="each chat prompt is this many 64-character blocks (issue 13's workload 1: "
+        "~190 for a 3,000-token context), one of 97 conversations per replica",
+    )
     opts = parser.parse_args()
     _import_tree(Path(opts.tree))
     from llmlbd.embedded import EmbeddedRedis
@@ -398,6 +428,7 @@ def main() -> None:
                         opts.occupied,
                         opts.shared_prefix,
                         opts.precise,
+                        opts.prompt_blocks,
                     )
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)

@@ -3,8 +3,9 @@
 Layout (all keys carry the pool's hash tag, see keys.py):
 
 - ``prefix:<hash>`` HASH backend -> last use (ms): the backends that served a
-  prompt starting with the prefix whose chained hash is ``<hash>``. The key's
-  TTL (``redisKeyTTL``) is refreshed on every use, and a field older than the
+  prompt starting with the prefix whose chained hash is ``<hash>``. A use
+  rewrites the backend's field and the key's TTL (``redisKeyTTL``) when the
+  field is at least TTL / `REFRESH_FRACTION` old, and a field older than the
   TTL counts as absent (another backend may keep the key alive). The field
   ``#`` (`BRANCH_FIELD`) counts the prompts that branched off after this prefix.
 - ``prefix_owned:<backend>`` ZSET hash -> last use (ms): the entries of one
@@ -29,10 +30,30 @@ from llmlbd.state.leases import Leases
 from llmlbd.state.ordered_index import Membership
 from llmlbd.state.scripts import explain_reply, reply_text
 
-__all__ = ["PrefixParams", "PrefixReservation", "PrefixIndex", "BRANCH_FIELD", "holders"]
+__all__ = [
+    "PrefixParams",
+    "PrefixReservation",
+    "PrefixIndex",
+    "BRANCH_FIELD",
+    "REFRESH_FRACTION",
+    "holders",
+    "refresh_ms",
+]
 
 # Field of a prefix HASH counting the prompts that branched off after it (not a backend).
 BRANCH_FIELD = "#"
+
+# A level's field (and its key's TTL) is rewritten for the chosen backend only when the
+# backend last wrote it at least TTL / REFRESH_FRACTION ago (lua/acquire_prefix.lua): an
+# entry lives at least TTL x (1 - 1 / REFRESH_FRACTION) after its last use. The owned set's
+# scores (the eviction order) are written on every use.
+REFRESH_FRACTION = 8
+
+
+def refresh_ms(ttl_ms: int) -> int:
+    """How old a field must be before a use rewrites it (at least 1 ms)."""
+    return max(1, ttl_ms // REFRESH_FRACTION)
+
 
 # Evicted entries sent along with one acquire, and kept waiting per worker.
 EVICTIONS_PER_CALL = 256
@@ -143,6 +164,7 @@ class PrefixIndex:
                     "dry": dry,
                     "wide_level_holders": p.wide_level_holders,
                     "tie_sample": p.tie_sample,
+                    "refresh_ms": refresh_ms(p.ttl_ms),
                     "level_blocks": list(blocks),
                     "evicted_by": [name for name, _ in evictions],
                 },

@@ -29,6 +29,8 @@
 --   weights {prefix, queue, kv, inflight} (weighted mode), dry (true for explain: reads
 --   only, reserves and writes nothing), wide_level_holders (a level named by more
 --   backends is looked up, not read whole, when it leads the prompt),
+--   refresh_ms (a level's field and TTL are rewritten for the chosen backend only
+--   when its field is at least this old: see the record part at the end),
 --   tie_sample (the fallback's least-full-index choice looks at this many of the backends
 --   tied at the least load, drawn at random: all of them when there are no more),
 --   level_blocks [blocks covered by level j] j = 1..m,
@@ -139,9 +141,22 @@ R.score_limit = score_limit
 -- docs/policies/prefix_cache.md).
 local WIDE = args.wide_level_holders
 local matched, holders, healed = {}, {}, 0
+-- Level j's field for name (its last use, ms; false: no field), read at most once per
+-- call: the walk's HGETALLs fill it in as they go, an HGET the rest. The record part
+-- below uses it to skip levels the chosen backend refreshed a moment ago.
+local function used_at(j, name)
+  local c = backend(name)
+  c.used = c.used or {}
+  local used = c.used[j]
+  if used == nil then
+    used = tonumber(redis.call('HGET', KEYS[L + j], name) or '') or false
+    c.used[j] = used
+  end
+  return used
+end
 local function held(j, name)  -- level j's field for name is there and young enough
-  local used = tonumber(redis.call('HGET', KEYS[L + j], name) or '')
-  return used ~= nil and now - used <= ttl
+  local used = used_at(j, name)
+  return used and now - used <= ttl
 end
 local function trusted(name, levels)  -- see below: the owned set must still have it
   local owned = base .. ':prefix_owned:' .. name
@@ -160,6 +175,8 @@ local function match(wide)
       local name, used = fields[f], tonumber(fields[f + 1]) or 0
       if string.sub(name, 1, 1) ~= '#' then  -- else: the branch counter, not a holder
         local c = backend(name)
+        c.used = c.used or {}
+        c.used[j] = used
         if not c.member or c.why == 'down' or c.why == 'drained' or now - used > ttl then
           if not dry then redis.call('HDEL', key, name) end
           healed = healed + 1
@@ -389,16 +406,24 @@ end
 local count, held = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
 if held ~= name then return {held, count, 'held', 0, 0, '', 0, {}} end  -- its lease, as it was
 
--- Record (or refresh) every level for the chosen backend.
+-- Record (or refresh) every level for the chosen backend: its owned set's score (the
+-- eviction order, exact) always; the level's field and the key's TTL only when the field
+-- is missing or at least refresh_ms old (refresh_ms < ttl). A field is written with the
+-- key's PEXPIRE, so a key outlives each of its fields by the TTL; skipping a refresh
+-- leaves the entry alive for at least ttl - refresh_ms after its last use.
 local owned = base .. ':prefix_owned:' .. name
 if best_levels > 0 and best_levels < m then
   redis.call('HINCRBY', KEYS[L + best_levels], '#', 1)
 end
+local refresh = args.refresh_ms
 local members = {}
 for j = 1, m do
   local key = KEYS[L + j]
-  redis.call('HSET', key, name, now)
-  redis.call('PEXPIRE', key, ttl)
+  local used = used_at(j, name)
+  if not used or now - used >= refresh or used > now then
+    redis.call('HSET', key, name, now)
+    redis.call('PEXPIRE', key, ttl)
+  end
   members[#members + 1] = now
   members[#members + 1] = string.match(key, ':prefix:(.*)$')
   if #members >= 500 then redis.call('ZADD', owned, unpack(members)); members = {} end
