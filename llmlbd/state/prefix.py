@@ -11,8 +11,12 @@ Layout (all keys carry the pool's hash tag, see keys.py):
 - ``prefix_owned:<backend>`` ZSET hash -> last use (ms): the entries of one
   backend, capped to about the size of its KV cache. When the cap pops
   entries, their fields are removed by this worker's *next* acquire, which
-  declares those keys in KEYS (a script may touch only declared keys on Redis
-  Cluster); until then a lookup ignores them because the owned set lacks them.
+  passes their hashes along; until then a lookup ignores them because the
+  owned set lacks them.
+
+The script declares only the pool's fixed keys; it names the prefix keys (and
+each backend's keys) from the pool's base key, so they share the slot of the
+declared ones (Redis Cluster, docs/policies/prefix_cache.md).
 """
 
 from __future__ import annotations
@@ -111,19 +115,13 @@ class PrefixIndex:
         self.params = params
         self.pending: deque[tuple[str, str]] = deque(maxlen=EVICTIONS_KEPT)
 
-    def call_keys(
-        self, model: str, hashes: Sequence[str], evictions: Sequence[tuple[str, str]]
-    ) -> list[str]:
+    def call_keys(self, model: str) -> list[str]:
+        """The keys the script declares. The prefix keys of the prompt's levels and of the
+        evictions travel as their block hashes in the JSON argument (one argument rather
+        than ~130 keys for a long prompt): the script names them from the pool's base key,
+        in the same slot (like the backends' metrics and owned sets)."""
         k = self.keys
-        return [
-            k.inflight,
-            k.leases,
-            k.workers,
-            k.drained,
-            *ordered_index.index_keys(k, model),
-            *(k.prefix(h) for h in hashes),
-            *(k.prefix(h) for _, h in evictions),
-        ]
+        return [k.inflight, k.leases, k.workers, k.drained, *ordered_index.index_keys(k, model)]
 
     def _args(
         self,
@@ -131,6 +129,7 @@ class PrefixIndex:
         members: Membership,
         seed: int,
         exclude: Sequence[str],
+        hashes: Sequence[str],
         blocks: Sequence[int],
         model: str,
         cap: int,
@@ -165,7 +164,9 @@ class PrefixIndex:
                     "wide_level_holders": p.wide_level_holders,
                     "tie_sample": p.tie_sample,
                     "refresh_ms": refresh_ms(p.ttl_ms),
+                    "hashes": list(hashes),
                     "level_blocks": list(blocks),
+                    "evicted": [h for _, h in evictions],
                     "evicted_by": [name for name, _ in evictions],
                 },
                 separators=(",", ":"),
@@ -197,8 +198,8 @@ class PrefixIndex:
     ) -> dict[str, Any]:
         """What acquire would choose now, read-only: {"choice", "reason", "candidates"}
         (one candidate per member). Every member is read: a full recomputation."""
-        keys = self.call_keys(model, hashes, [])
-        args = self._args("explain", members, 0, exclude, blocks, model, cap, [], dry=True)
+        keys = self.call_keys(model)
+        args = self._args("explain", members, 0, exclude, hashes, blocks, model, cap, [], dry=True)
         return explain_reply(
             self._call(members, keys, args),
             "index_occupancy",
@@ -221,9 +222,9 @@ class PrefixIndex:
         evictions = [
             self.pending.popleft() for _ in range(min(EVICTIONS_PER_CALL, len(self.pending)))
         ]
-        keys = self.call_keys(model, hashes, evictions)
+        keys = self.call_keys(model)
         args = self._args(
-            request_id, members, seed, exclude, blocks, model, cap, evictions, dry=False
+            request_id, members, seed, exclude, hashes, blocks, model, cap, evictions, dry=False
         )
         try:
             reply = self._call(members, keys, args)

@@ -479,10 +479,11 @@ class TestBoundedMemory:
         """Every key an acquire declares is in the pool's hash slot (Redis Cluster)."""
         policy = make_policy(redis_client, count=3, pool="tenant-a")
         request = chat(next(conversation("slot", 1)))
-        keys = policy.index.call_keys(
-            "m", policy.levels(request).hashes, [("b1", "abc"), ("gone", "def")]
-        )
-        # ...and so are the per-backend keys the script names from the pool's base key.
+        keys = policy.index.call_keys("m")
+        # ...and so are the keys the script names from the pool's base key: the prompt's
+        # prefix keys, the evicted entries' and the per-backend ones.
+        keys += [policy.ctx.keys.prefix(h) for h in policy.levels(request).hashes]
+        keys += [policy.ctx.keys.prefix("abc"), policy.ctx.keys.prefix("def")]
         keys += [policy.ctx.keys.backend("b0"), policy.ctx.keys.prefix_owned_by("b2")]
         assert len({key_slot(key.encode()) for key in keys}) == 1
         assert all("{tenant-a}" in key for key in keys)
