@@ -19,6 +19,9 @@ Reported per cell:
   over every replica's decisions;
 * Redis CPU per decision (ms): the server's used_cpu_sys + used_cpu_user
   delta over the cell, divided by the decisions (each one pick + release);
+* client CPU per decision (ms): the replica processes' own CPU time over the
+  cell (building the request, hashing its prompt, pick and release through
+  redis-py), divided by the decisions;
 * script time per decision (ms): INFO commandstats usec of EVALSHA/EVAL
   (every Redis call of a decision is a script). Unlike the CPU figure it
   leaves out the server's idle cost (cron, connections) that a slow decision
@@ -223,7 +226,7 @@ def seed_kv_index(url: str, pool: str, count: int, shared: bool = False) -> None
 
 def replica(
     args: tuple[str, str, str, str, int, int, int, bool, bool, int, Any, Any],
-) -> list[float]:
+) -> tuple[list[float], float]:
     tree, url, pool, policy, count, warmup, decisions, shared, precise, blocks, ready, start = args
     _import_tree(Path(tree))
     worker = f"bench:{os.getpid()}:{random.getrandbits(24):06x}"
@@ -233,10 +236,12 @@ def replica(
     # a tree from before that (--tree) takes only the request id.
     outcome = ("ok",) if "outcome" in inspect.signature(leases.release).parameters else ()
     latencies: list[float] = []
+    cpu = 0.0
     for i in range(warmup + decisions):
         if i == warmup:  # warm (scripts loaded, index built): measure from here, all at once
             ready.put(worker)
             start.wait()
+            cpu = time.process_time()
         request = _request(i, worker, shared, precise, blocks)
         began = time.perf_counter()
         decision = chooser.pick(request, frozenset())
@@ -246,7 +251,7 @@ def replica(
         leases.release(decision.request_id, *outcome)
         if i >= warmup:
             latencies.append(took * 1000)
-    return latencies
+    return latencies, time.process_time() - cpu
 
 
 def redis_cpu_s(url: str) -> tuple[float, float]:
@@ -316,7 +321,7 @@ def run_cell(
         results = job.get()
         after = redis_cpu_s(url)
     manager.shutdown()
-    latencies = [x for r in results for x in r]
+    latencies = [x for r, _ in results for x in r]
     total = decisions * replicas
     return {
         "policy": policy,
@@ -325,6 +330,7 @@ def run_cell(
         "p50": statistics.median(latencies),
         "p99": percentile(latencies, 0.99),
         "cpu_ms": (after[0] - before[0]) * 1000 / total,
+        "client_ms": sum(c for _, c in results) * 1000 / total,
         "script_ms": (after[1] - before[1]) * 1000 / total,
         "load": os.getloadavg()[0],
     }
@@ -333,13 +339,14 @@ def run_cell(
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| policy | backends | replicas | p50 (ms) | p99 (ms) | Redis CPU / decision (ms) "
-        "| scripts / decision (ms) | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scripts / decision (ms) | client CPU / decision (ms) | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['policy']} | {r['backends']:,} | {r['replicas']} | {r['p50']:.2f} | "
-            f"{r['p99']:.2f} | {r['cpu_ms']:.3f} | {r['script_ms']:.3f} | {r['load']:.1f} |"
+            f"{r['p99']:.2f} | {r['cpu_ms']:.3f} | {r['script_ms']:.3f} | "
+            f"{r['client_ms']:.3f} | {r['load']:.1f} |"
         )
     return "\n".join(lines)
 
