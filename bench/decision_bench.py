@@ -6,6 +6,7 @@
     python bench/decision_bench.py --policies prefix_cache --occupied        # worst cases of
     python bench/decision_bench.py --policies prefix_cache --shared-prefix   # prefix_cache
     python bench/decision_bench.py --policies prefix_cache --precise   # lb_config.index: precise
+    python bench/decision_bench.py --policies prefix_cache --prompt-blocks 190  # long prompts
 
 Starts a dedicated Redis-compatible server on a free port. For each pool size,
 policy and replica count it seeds the pool (every backend up, serving the
@@ -18,6 +19,9 @@ Reported per cell:
   over every replica's decisions;
 * Redis CPU per decision (ms): the server's used_cpu_sys + used_cpu_user
   delta over the cell, divided by the decisions (each one pick + release);
+* client CPU per decision (ms): the replica processes' own CPU time over the
+  cell (building the request, hashing its prompt, pick and release through
+  redis-py), divided by the decisions;
 * script time per decision (ms): INFO commandstats usec of EVALSHA/EVAL
   (every Redis call of a decision is a script). Unlike the CPU figure it
   leaves out the server's idle cost (cron, connections) that a slow decision
@@ -143,7 +147,9 @@ def _precise_prompt(i: int, shared: bool = False) -> list[int]:
     return SHARED_IDS + own[: 320 - len(SHARED_IDS)] if shared else own
 
 
-def _request(i: int, worker: str, shared: bool = False, precise: bool = False) -> Any:
+def _request(
+    i: int, worker: str, shared: bool = False, precise: bool = False, prompt_blocks: int = 0
+) -> Any:
     from llmlbd.request import RoutingRequest
 
     if precise:
@@ -152,6 +158,8 @@ def _request(i: int, worker: str, shared: bool = False, precise: bool = False) -
 
     # Distinct conversations: prefix_cache sees a miss-then-hit mix, not one hot prefix.
     text = f"conversation {i % 97} of {worker}: " + "tell me about load balancing. " * 20
+    if prompt_blocks:  # --prompt-blocks: a long chat (blockChars = 64 characters a block)
+        text = (text * (prompt_blocks * 64 // len(text) + 1))[: prompt_blocks * 64]
     messages = [{"role": "user", "content": text}]
     if shared:
         messages.insert(0, {"role": "system", "content": SYSTEM})
@@ -216,8 +224,10 @@ def seed_kv_index(url: str, pool: str, count: int, shared: bool = False) -> None
     client.close()
 
 
-def replica(args: tuple[str, str, str, str, int, int, int, bool, bool, Any, Any]) -> list[float]:
-    tree, url, pool, policy, count, warmup, decisions, shared, precise, ready, start = args
+def replica(
+    args: tuple[str, str, str, str, int, int, int, bool, bool, int, Any, Any],
+) -> tuple[list[float], float]:
+    tree, url, pool, policy, count, warmup, decisions, shared, precise, blocks, ready, start = args
     _import_tree(Path(tree))
     worker = f"bench:{os.getpid()}:{random.getrandbits(24):06x}"
     chooser = _policy(url, pool, policy, count, worker, precise)
@@ -226,11 +236,13 @@ def replica(args: tuple[str, str, str, str, int, int, int, bool, bool, Any, Any]
     # a tree from before that (--tree) takes only the request id.
     outcome = ("ok",) if "outcome" in inspect.signature(leases.release).parameters else ()
     latencies: list[float] = []
+    cpu = 0.0
     for i in range(warmup + decisions):
         if i == warmup:  # warm (scripts loaded, index built): measure from here, all at once
             ready.put(worker)
             start.wait()
-        request = _request(i, worker, shared, precise)
+            cpu = time.process_time()
+        request = _request(i, worker, shared, precise, blocks)
         began = time.perf_counter()
         decision = chooser.pick(request, frozenset())
         took = time.perf_counter() - began
@@ -239,7 +251,7 @@ def replica(args: tuple[str, str, str, str, int, int, int, bool, bool, Any, Any]
         leases.release(decision.request_id, *outcome)
         if i >= warmup:
             latencies.append(took * 1000)
-    return latencies
+    return latencies, time.process_time() - cpu
 
 
 def redis_cpu_s(url: str) -> tuple[float, float]:
@@ -269,6 +281,7 @@ def run_cell(
     occupied: bool = False,
     shared: bool = False,
     precise: bool = False,
+    prompt_blocks: int = 0,
 ) -> dict[str, Any]:
     pool = "bench"
     seed_pool(url, pool, count, occupied)
@@ -283,7 +296,22 @@ def run_cell(
     with ctx.Pool(replicas) as workers:
         job = workers.map_async(
             replica,
-            [(tree, url, pool, policy, count, warmup, decisions, shared, precise, ready, start)]
+            [
+                (
+                    tree,
+                    url,
+                    pool,
+                    policy,
+                    count,
+                    warmup,
+                    decisions,
+                    shared,
+                    precise,
+                    prompt_blocks,
+                    ready,
+                    start,
+                )
+            ]
             * replicas,
         )
         for _ in range(replicas):
@@ -293,7 +321,7 @@ def run_cell(
         results = job.get()
         after = redis_cpu_s(url)
     manager.shutdown()
-    latencies = [x for r in results for x in r]
+    latencies = [x for r, _ in results for x in r]
     total = decisions * replicas
     return {
         "policy": policy,
@@ -302,6 +330,7 @@ def run_cell(
         "p50": statistics.median(latencies),
         "p99": percentile(latencies, 0.99),
         "cpu_ms": (after[0] - before[0]) * 1000 / total,
+        "client_ms": sum(c for _, c in results) * 1000 / total,
         "script_ms": (after[1] - before[1]) * 1000 / total,
         "load": os.getloadavg()[0],
     }
@@ -310,13 +339,14 @@ def run_cell(
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| policy | backends | replicas | p50 (ms) | p99 (ms) | Redis CPU / decision (ms) "
-        "| scripts / decision (ms) | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scripts / decision (ms) | client CPU / decision (ms) | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['policy']} | {r['backends']:,} | {r['replicas']} | {r['p50']:.2f} | "
-            f"{r['p99']:.2f} | {r['cpu_ms']:.3f} | {r['script_ms']:.3f} | {r['load']:.1f} |"
+            f"{r['p99']:.2f} | {r['cpu_ms']:.3f} | {r['script_ms']:.3f} | "
+            f"{r['client_ms']:.3f} | {r['load']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -372,6 +402,13 @@ def main() -> None:
         action="store_true",
         help="lb_config.index: precise, every backend's KV-event index live and seeded",
     )
+    parser.add_argument(
+        "--prompt-blocks",
+        type=int,
+        default=0,
+        help="each chat prompt is this many 64-character blocks (issue 13's workload 1: "
+        "~190 for a 3,000-token context), one of 97 conversations per replica",
+    )
     opts = parser.parse_args()
     _import_tree(Path(opts.tree))
     from llmlbd.embedded import EmbeddedRedis
@@ -398,6 +435,7 @@ def main() -> None:
                         opts.occupied,
                         opts.shared_prefix,
                         opts.precise,
+                        opts.prompt_blocks,
                     )
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)

@@ -58,7 +58,8 @@ SETTINGS: list[Setting] = [
         "lb_config.redisKeyTTL",
         1800,
         v.positive_int,
-        "Higress: life of a prefix entry, refreshed each time a request uses it.",
+        "Higress: life of a prefix entry after its last use (a use refreshes an entry "
+        "once it is 1/8 of this old, so it lives 7/8 of it at least).",
         "s",
         policies=(PREFIX,),
     ),

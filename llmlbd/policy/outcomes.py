@@ -54,11 +54,12 @@ def refuse_empty_pool(
 ) -> None:
     """Raise `no_route`'s error when the pool (backend *names*) is empty ("empty") or
     every backend is excluded for this attempt ("none")."""
-    names = list(names)
-    if not names:
-        raise no_route("empty", request)
-    if all(name in exclude for name in names):
-        raise no_route("none", request)
+    empty = True
+    for name in names:  # stops at the first backend not excluded: O(1) per request as a rule
+        if name not in exclude:
+            return
+        empty = False
+    raise no_route("empty" if empty else "none", request)
 
 
 def error_outcome(error: LLMLBError) -> dict[str, Any]:

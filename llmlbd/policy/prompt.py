@@ -209,18 +209,33 @@ def scope_hash(pool: str, model: str, cache_salt: str) -> bytes:
     )
 
 
-def block_hashes(text: str, block_chars: int, seed: bytes, count: int | None = None) -> list[str]:
-    """Chained hashes (hex) of the first *count* full blocks of *text*."""
+def _chain(text: str, block_chars: int, seed: bytes, count: int | None) -> list[bytes]:
+    """Chained digests of the first *count* full blocks of *text*."""
     full = len(text) // block_chars
     if count is not None:
         full = min(full, count)
+    size = full * block_chars
+    data = text[:size].encode("utf-8", "surrogatepass")
     out = []
     previous = seed
+    blake2b = hashlib.blake2b
+    if len(data) == size:  # one byte per character (ASCII): blocks are slices of the bytes
+        for start in range(0, size, block_chars):
+            previous = blake2b(
+                previous + data[start : start + block_chars], digest_size=_DIGEST_BYTES
+            ).digest()
+            out.append(previous)
+        return out
     for index in range(full):
         block = text[index * block_chars : (index + 1) * block_chars]
         previous = _hash(previous + block.encode("utf-8", "surrogatepass"))
-        out.append(previous.hex())
+        out.append(previous)
     return out
+
+
+def block_hashes(text: str, block_chars: int, seed: bytes, count: int | None = None) -> list[str]:
+    """Chained hashes (hex) of the first *count* full blocks of *text*."""
+    return [digest.hex() for digest in _chain(text, block_chars, seed, count)]
 
 
 def level_positions(max_levels: int) -> list[int]:
@@ -266,11 +281,11 @@ def levels(
         positions = _POSITIONS.setdefault(max_levels, level_positions(max_levels))
     last = positions[-1]
     text = canonical_text(body, limit=(last + 1) * block_chars)
-    hashes = block_hashes(text, block_chars, scope_hash(pool, model, cache_salt), last + 1)
+    digests = _chain(text, block_chars, scope_hash(pool, model, cache_salt), last + 1)
     kept_hashes, kept_blocks = [], []
-    for position in positions:
-        if position >= len(hashes):
+    for position in positions:  # only the kept digests are turned into hex
+        if position >= len(digests):
             break
-        kept_hashes.append(hashes[position])
+        kept_hashes.append(digests[position].hex())
         kept_blocks.append(position + 1)
-    return Levels(kept_hashes, kept_blocks, len(hashes))
+    return Levels(kept_hashes, kept_blocks, len(digests))

@@ -3,15 +3,20 @@
 Layout (all keys carry the pool's hash tag, see keys.py):
 
 - ``prefix:<hash>`` HASH backend -> last use (ms): the backends that served a
-  prompt starting with the prefix whose chained hash is ``<hash>``. The key's
-  TTL (``redisKeyTTL``) is refreshed on every use, and a field older than the
+  prompt starting with the prefix whose chained hash is ``<hash>``. A use
+  rewrites the backend's field and the key's TTL (``redisKeyTTL``) when the
+  field is at least TTL / `REFRESH_FRACTION` old, and a field older than the
   TTL counts as absent (another backend may keep the key alive). The field
   ``#`` (`BRANCH_FIELD`) counts the prompts that branched off after this prefix.
 - ``prefix_owned:<backend>`` ZSET hash -> last use (ms): the entries of one
   backend, capped to about the size of its KV cache. When the cap pops
   entries, their fields are removed by this worker's *next* acquire, which
-  declares those keys in KEYS (a script may touch only declared keys on Redis
-  Cluster); until then a lookup ignores them because the owned set lacks them.
+  passes their hashes along; until then a lookup ignores them because the
+  owned set lacks them.
+
+The script declares only the pool's fixed keys; it names the prefix keys (and
+each backend's keys) from the pool's base key, so they share the slot of the
+declared ones (Redis Cluster, docs/policies/prefix_cache.md).
 """
 
 from __future__ import annotations
@@ -29,10 +34,30 @@ from llmlbd.state.leases import Leases
 from llmlbd.state.ordered_index import Membership
 from llmlbd.state.scripts import explain_reply, reply_text
 
-__all__ = ["PrefixParams", "PrefixReservation", "PrefixIndex", "BRANCH_FIELD", "holders"]
+__all__ = [
+    "PrefixParams",
+    "PrefixReservation",
+    "PrefixIndex",
+    "BRANCH_FIELD",
+    "REFRESH_FRACTION",
+    "holders",
+    "refresh_ms",
+]
 
 # Field of a prefix HASH counting the prompts that branched off after it (not a backend).
 BRANCH_FIELD = "#"
+
+# A level's field (and its key's TTL) is rewritten for the chosen backend only when the
+# backend last wrote it at least TTL / REFRESH_FRACTION ago (lua/acquire_prefix.lua): an
+# entry lives at least TTL x (1 - 1 / REFRESH_FRACTION) after its last use. The owned set's
+# scores (the eviction order) are written on every use.
+REFRESH_FRACTION = 8
+
+
+def refresh_ms(ttl_ms: int) -> int:
+    """How old a field must be before a use rewrites it (at least 1 ms)."""
+    return max(1, ttl_ms // REFRESH_FRACTION)
+
 
 # Evicted entries sent along with one acquire, and kept waiting per worker.
 EVICTIONS_PER_CALL = 256
@@ -90,19 +115,13 @@ class PrefixIndex:
         self.params = params
         self.pending: deque[tuple[str, str]] = deque(maxlen=EVICTIONS_KEPT)
 
-    def call_keys(
-        self, model: str, hashes: Sequence[str], evictions: Sequence[tuple[str, str]]
-    ) -> list[str]:
+    def call_keys(self, model: str) -> list[str]:
+        """The keys the script declares. The prefix keys of the prompt's levels and of the
+        evictions travel as their block hashes in the JSON argument (one argument rather
+        than ~130 keys for a long prompt): the script names them from the pool's base key,
+        in the same slot (like the backends' metrics and owned sets)."""
         k = self.keys
-        return [
-            k.inflight,
-            k.leases,
-            k.workers,
-            k.drained,
-            *ordered_index.index_keys(k, model),
-            *(k.prefix(h) for h in hashes),
-            *(k.prefix(h) for _, h in evictions),
-        ]
+        return [k.inflight, k.leases, k.workers, k.drained, *ordered_index.index_keys(k, model)]
 
     def _args(
         self,
@@ -110,6 +129,7 @@ class PrefixIndex:
         members: Membership,
         seed: int,
         exclude: Sequence[str],
+        hashes: Sequence[str],
         blocks: Sequence[int],
         model: str,
         cap: int,
@@ -143,7 +163,10 @@ class PrefixIndex:
                     "dry": dry,
                     "wide_level_holders": p.wide_level_holders,
                     "tie_sample": p.tie_sample,
+                    "refresh_ms": refresh_ms(p.ttl_ms),
+                    "hashes": list(hashes),
                     "level_blocks": list(blocks),
+                    "evicted": [h for _, h in evictions],
                     "evicted_by": [name for name, _ in evictions],
                 },
                 separators=(",", ":"),
@@ -175,8 +198,8 @@ class PrefixIndex:
     ) -> dict[str, Any]:
         """What acquire would choose now, read-only: {"choice", "reason", "candidates"}
         (one candidate per member). Every member is read: a full recomputation."""
-        keys = self.call_keys(model, hashes, [])
-        args = self._args("explain", members, 0, exclude, blocks, model, cap, [], dry=True)
+        keys = self.call_keys(model)
+        args = self._args("explain", members, 0, exclude, hashes, blocks, model, cap, [], dry=True)
         return explain_reply(
             self._call(members, keys, args),
             "index_occupancy",
@@ -199,9 +222,9 @@ class PrefixIndex:
         evictions = [
             self.pending.popleft() for _ in range(min(EVICTIONS_PER_CALL, len(self.pending)))
         ]
-        keys = self.call_keys(model, hashes, evictions)
+        keys = self.call_keys(model)
         args = self._args(
-            request_id, members, seed, exclude, blocks, model, cap, evictions, dry=False
+            request_id, members, seed, exclude, hashes, blocks, model, cap, evictions, dry=False
         )
         try:
             reply = self._call(members, keys, args)

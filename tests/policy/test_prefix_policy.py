@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -279,18 +280,6 @@ class TestAffinity:
         decision = policy.pick(chat([{"role": "user", "content": "brand new " * 50}]), frozenset())
         assert decision.backend.name == "b1" and decision.reason == "miss"
 
-    def test_ttl_refreshed_on_hit(self, redis_client):
-        """A hit pushes every matched key's expiry back to the full redisKeyTTL."""
-        policy = make_policy(redis_client, count=2, lb={"redisKeyTTL": 100})
-        turns = conversation("ttl", 2)
-        first = next(turns)
-        release(policy, policy.pick(chat(first), frozenset()))
-        keys = [policy.ctx.keys.prefix(h) for h in policy.levels(chat(first)).hashes]
-        for key in keys:
-            redis_client.pexpire(key, 5000)
-        release(policy, policy.pick(chat(next(turns)), frozenset()))
-        assert min(redis_client.pttl(key) for key in keys) > 90_000
-
     def test_two_instances_share_the_index(self, redis_url):
         """Two proxies (own clients, workers and random seeds) send a conversation to one backend."""
         one = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -375,6 +364,86 @@ class TestHealing:
             policy.pick(chat([{"role": "user", "content": "hi"}]), frozenset())
 
 
+def redis_now_ms(client):
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+class TestRefresh:
+    """A use rewrites a level's field and TTL only when the field is at least TTL / 8 old
+    (12.5 s for a TTL of 100 s); the owned set's scores (eviction order) every time."""
+
+    def test_only_levels_older_than_the_interval_are_refreshed(self, redis_client):
+        policy = make_policy(redis_client, count=2, lb={"redisKeyTTL": 100})
+        turns = conversation("refresh", 2)
+        first = chat(next(turns))
+        decision = policy.pick(first, frozenset())
+        release(policy, decision)
+        home = decision.backend.name
+        hashes = policy.levels(first).hashes
+        keys = [policy.ctx.keys.prefix(h) for h in hashes]
+        # Even levels were last written 5 s ago (within the interval), odd ones 13 s ago.
+        now = redis_now_ms(redis_client)
+        written = {}
+        for j, key in enumerate(keys):
+            written[key] = now - (5_000 if j % 2 == 0 else 13_000)
+            redis_client.hset(key, home, written[key])
+            redis_client.pexpire(key, 50_000)
+        second = chat(next(turns))
+        decision = policy.pick(second, frozenset())
+        release(policy, decision)
+        assert decision.backend.name == home and decision.reason == "affinity"
+        after = redis_now_ms(redis_client)
+        for j, key in enumerate(keys):
+            used = int(redis_client.hget(key, home))
+            if j % 2 == 0:  # fresh enough: neither the field nor the TTL rewritten
+                assert used == written[key] and redis_client.pttl(key) <= 50_000
+            else:
+                assert now <= used <= after and redis_client.pttl(key) > 90_000
+        # The new turn's own levels are written, with the TTL.
+        new_keys = [policy.ctx.keys.prefix(h) for h in policy.levels(second).hashes[len(keys) :]]
+        assert new_keys
+        for key in new_keys:
+            assert now <= int(redis_client.hget(key, home)) <= after
+            assert 90_000 < redis_client.pttl(key) <= 100_000
+        # The owned set's scores (the eviction order) follow every use.
+        owned = policy.ctx.keys.prefix_owned_by(home)
+        assert all(now <= redis_client.zscore(owned, h) <= after for h in hashes)
+
+    def test_a_field_is_rewritten_at_most_once_per_interval(self, redis_client):
+        policy = make_policy(redis_client, count=1, lb={"redisKeyTTL": 100})
+        request = chat([{"role": "user", "content": "refresh me " * 100}])
+        keys = [policy.ctx.keys.prefix(h) for h in policy.levels(request).hashes]
+        release(policy, policy.pick(request, frozenset()))
+        first = [redis_client.hget(key, "b0") for key in keys]
+        for _ in range(5):
+            time.sleep(0.002)  # a later ms each time
+            release(policy, policy.pick(chat(request.body["messages"]), frozenset()))
+        assert [redis_client.hget(key, "b0") for key in keys] == first
+
+    def test_eviction_follows_every_use(self, redis_client):
+        """A prompt used again within the interval (its fields not rewritten) is still the
+        most recently used one for the per-backend cap: the least recently used goes."""
+        policy = make_policy(redis_client, count=1)
+        # 24 blocks of 16 tokens = 24 entries of 64 chars: two prompts of 12 levels.
+        redis_client.hset(
+            policy.ctx.keys.backend("b0"), mapping={"num_gpu_blocks": 24, "block_size": 16}
+        )
+        prompts = {name: chat([{"role": "user", "content": f"{name} " * 384}]) for name in "abc"}
+        levels = {name: policy.levels(r).hashes for name, r in prompts.items()}
+        assert all(len(hashes) == 12 for hashes in levels.values())
+        owned = policy.ctx.keys.prefix_owned_by("b0")
+        for name in "aba":  # a, b, then a again (a moment later: fields not rewritten)
+            time.sleep(0.005)
+            release(policy, policy.pick(chat(prompts[name].body["messages"]), frozenset()))
+        assert redis_client.zcard(owned) == 24
+        time.sleep(0.005)
+        decision = policy.pick(prompts["c"], frozenset())
+        release(policy, decision)
+        assert decision.details["evicted"] == 12
+        assert set(redis_client.zrange(owned, 0, -1)) == set(levels["a"]) | set(levels["c"])
+
+
 class TestBoundedMemory:
     def test_every_key_has_a_ttl(self, redis_client):
         """Every prefix and owned-set key expires."""
@@ -410,10 +479,11 @@ class TestBoundedMemory:
         """Every key an acquire declares is in the pool's hash slot (Redis Cluster)."""
         policy = make_policy(redis_client, count=3, pool="tenant-a")
         request = chat(next(conversation("slot", 1)))
-        keys = policy.index.call_keys(
-            "m", policy.levels(request).hashes, [("b1", "abc"), ("gone", "def")]
-        )
-        # ...and so are the per-backend keys the script names from the pool's base key.
+        keys = policy.index.call_keys("m")
+        # ...and so are the keys the script names from the pool's base key: the prompt's
+        # prefix keys, the evicted entries' and the per-backend ones.
+        keys += [policy.ctx.keys.prefix(h) for h in policy.levels(request).hashes]
+        keys += [policy.ctx.keys.prefix("abc"), policy.ctx.keys.prefix("def")]
         keys += [policy.ctx.keys.backend("b0"), policy.ctx.keys.prefix_owned_by("b2")]
         assert len({key_slot(key.encode()) for key in keys}) == 1
         assert all("{tenant-a}" in key for key in keys)

@@ -59,6 +59,26 @@ class TestBlockHashes:
         assert prompt.block_hashes("z" * 64, 64, seed) == [prompt._hash(seed + b"z" * 64).hex()]
         assert len(prompt.block_hashes("z" * 64, 64, seed)[0]) == 24
 
+    @pytest.mark.parametrize(
+        "text",
+        ["plain ascii text, " * 20, "café au lait, s'il vous plaît " * 9, "中文" * 100 + "x" * 70],
+    )
+    def test_the_documented_chain_whatever_the_characters(self, text):
+        """h_i = H(h_{i-1} || UTF-8 of block i, in characters): the ASCII fast path and the
+        general one give the hashes every proxy version computes (rolling upgrades)."""
+        seed = prompt.scope_hash("p", "m", "")
+        expected, previous = [], seed
+        for i in range(len(text) // 64):
+            previous = prompt._hash(previous + text[i * 64 : (i + 1) * 64].encode("utf-8"))
+            expected.append(previous.hex())
+        assert expected and prompt.block_hashes(text, 64, seed) == expected
+        body = {"prompt": text}
+        levels = prompt.levels(
+            body, pool="p", model="m", cache_salt="", block_chars=64, max_levels=8
+        )
+        every = prompt.block_hashes(prompt.canonical_text(body), 64, seed)
+        assert levels.hashes == [every[b - 1] for b in levels.blocks]
+
 
 class TestLevels:
     def test_positions_dense_then_sparse(self):

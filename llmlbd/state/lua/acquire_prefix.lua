@@ -14,10 +14,11 @@
 -- KEYS[5] lr:weights HASH (members; field '#digest')
 -- KEYS[6] the index ZSET to pick from: lr:all (no model asked) or lr:model:<model>
 -- KEYS[7] lr:any ZSET   KEYS[8] lr:all ZSET
--- KEYS[8+j]   prefix HASH of level j (j = 1..m), shortest prefix first
--- KEYS[8+m+k] prefix HASH of an entry evicted by an earlier call (k = 1..e)
--- A member's metrics HASH and prefix_owned ZSET (block hash -> last use ms) are named
--- from the pool's base key, like the index's model ZSETs (same hash tag, same slot).
+-- The prefix HASHes of the prompt's levels (`<base>:prefix:<hash>`, ARGV's `hashes`) and of
+-- the entries evicted by earlier calls (`evicted`), a member's metrics HASH and its
+-- prefix_owned ZSET (block hash -> last use ms) are named from the pool's base key, like
+-- the index's model ZSETs (same hash tag, same slot): one argument for a prompt's hashes
+-- rather than one key each (a long prompt has ~130 levels).
 -- ARGV[1] one JSON object (cjson), decoded once:
 --   request_id, worker, lease_ttl_ms, cap (per-backend in-flight cap, 0: none),
 --   model ('' for any), digest (of the caller's membership, as acquire_least_request),
@@ -29,10 +30,13 @@
 --   weights {prefix, queue, kv, inflight} (weighted mode), dry (true for explain: reads
 --   only, reserves and writes nothing), wide_level_holders (a level named by more
 --   backends is looked up, not read whole, when it leads the prompt),
+--   refresh_ms (a level's field and TTL are rewritten for the chosen backend only
+--   when its field is at least this old: see the record part at the end),
 --   tie_sample (the fallback's least-full-index choice looks at this many of the backends
 --   tied at the least load, drawn at random: all of them when there are no more),
---   level_blocks [blocks covered by level j] j = 1..m,
---   evicted_by [backend of eviction k] k = 1..e
+--   hashes [block hash of level j] and level_blocks [blocks covered by level j] j = 1..m,
+--   shortest prefix first,
+--   evicted [block hash of eviction k] and evicted_by [its backend] k = 1..e
 -- return {backend, in-flight, reason, matched blocks of the chosen backend, longest match
 --   of any usable backend (blocks), that backend or '', fields healed, {evicted: backend,
 --   hash, backend, hash, ...}}, or {false, reason} with reason 'cap', 'model', 'none' or
@@ -61,7 +65,11 @@ local dry = args.dry
 if redis.call('HGET', KEYS[5], '#digest') ~= args.digest then return {false, 'resync'} end
 local base = pool_base(KEYS[1], ':inflight')
 outlier_due(base)  -- half-open backends whose cool-down ended are pickable again
-local L = 8  -- the level keys follow KEYS[L]
+-- Level j's key and block hash; the keys are named from the pool's base key (see the header).
+local prefix_base = base .. ':prefix:'
+local level_hashes = args.hashes
+local LK = {}
+for j = 1, m do LK[j] = prefix_base .. level_hashes[j] end
 math.randomseed(args.seed)
 local excluded = {}
 for _, name in ipairs(args.excluded) do excluded[name] = true end
@@ -139,14 +147,27 @@ R.score_limit = score_limit
 -- docs/policies/prefix_cache.md).
 local WIDE = args.wide_level_holders
 local matched, holders, healed = {}, {}, 0
+-- Level j's field for name (its last use, ms; false: no field), read at most once per
+-- call: the walk's HGETALLs fill it in as they go, an HGET the rest. The record part
+-- below uses it to skip levels the chosen backend refreshed a moment ago.
+local function used_at(j, name)
+  local c = backend(name)
+  c.used = c.used or {}
+  local used = c.used[j]
+  if used == nil then
+    used = tonumber(redis.call('HGET', LK[j], name) or '') or false
+    c.used[j] = used
+  end
+  return used
+end
 local function held(j, name)  -- level j's field for name is there and young enough
-  local used = tonumber(redis.call('HGET', KEYS[L + j], name) or '')
-  return used ~= nil and now - used <= ttl
+  local used = used_at(j, name)
+  return used and now - used <= ttl
 end
 local function trusted(name, levels)  -- see below: the owned set must still have it
   local owned = base .. ':prefix_owned:' .. name
   while levels > 0 do
-    if redis.call('ZSCORE', owned, string.match(KEYS[L + levels], ':prefix:(.*)$')) then break end
+    if redis.call('ZSCORE', owned, level_hashes[levels]) then break end
     levels = levels - 1
   end
   return levels
@@ -154,12 +175,14 @@ end
 local function match(wide)
   matched, holders = {}, {}
   for j = wide + 1, m do
-    local key = KEYS[L + j]
+    local key = LK[j]
     local fields = redis.call('HGETALL', key)
     for f = 1, #fields, 2 do
       local name, used = fields[f], tonumber(fields[f + 1]) or 0
       if string.sub(name, 1, 1) ~= '#' then  -- else: the branch counter, not a holder
         local c = backend(name)
+        c.used = c.used or {}
+        c.used[j] = used
         if not c.member or c.why == 'down' or c.why == 'drained' or now - used > ttl then
           if not dry then redis.call('HDEL', key, name) end
           healed = healed + 1
@@ -185,7 +208,7 @@ end
 local full = dry or mode == 'weighted'
 local wide = 0
 if not full then
-  while wide < m and redis.call('HLEN', KEYS[L + wide + 1]) > WIDE do wide = wide + 1 end
+  while wide < m and redis.call('HLEN', LK[wide + 1]) > WIDE do wide = wide + 1 end
 end
 match(wide)
 local function blocks_of(levels)
@@ -227,7 +250,7 @@ local function compare()
   -- is a prefix many prompts share (a system prompt), not this conversation's history.
   branches = 0
   if best_levels > 0 and best_levels < m then
-    branches = tonumber(redis.call('HGET', KEYS[L + best_levels], '#') or '0')
+    branches = tonumber(redis.call('HGET', LK[best_levels], '#') or '0')
   end
 end
 compare()
@@ -249,15 +272,15 @@ local function replace_stale() reader_replace_stale(R) end
 local shared_wide_pick
 local function shared_wide(bound)
   if wide == m or blocks_of(wide) < min_match or blocks_of(wide) == 0 then return false end
-  local branched = tonumber(redis.call('HGET', KEYS[L + wide], '#') or '0')
+  local branched = tonumber(redis.call('HGET', LK[wide], '#') or '0')
   if branched == 0 then return false end
-  local pairs_ = redis.call('HRANDFIELD', KEYS[L + wide], 16, 'WITHVALUES')
+  local pairs_ = redis.call('HRANDFIELD', LK[wide], 16, 'WITHVALUES')
   local sample = {}
   for f = 1, #pairs_, 2 do
     local name, used = pairs_[f], tonumber(pairs_[f + 1]) or 0
     local c = string.sub(name, 1, 1) ~= '#' and backend(name)
     if c and (not c.member or c.why == 'down' or c.why == 'drained' or now - used > ttl) then
-      redis.call('HDEL', KEYS[L + wide], name)  -- healed as a full read would (never dry here)
+      redis.call('HDEL', LK[wide], name)  -- healed as a full read would (never dry here)
       healed = healed + 1
     elseif c and c.usable then
       sample[#sample + 1] = name
@@ -389,18 +412,28 @@ end
 local count, held = reserve(KEYS[1], KEYS[2], KEYS[3], name, request_id, worker, lease_ttl, now)
 if held ~= name then return {held, count, 'held', 0, 0, '', 0, {}} end  -- its lease, as it was
 
--- Record (or refresh) every level for the chosen backend.
+-- Record (or refresh) every level for the chosen backend: its owned set's score (the
+-- eviction order, exact) always; the level's field and the key's TTL only when the field
+-- is missing or at least refresh_ms old (refresh_ms < ttl). A field is written with the
+-- key's PEXPIRE, so a key outlives each of its fields by the TTL; skipping a refresh
+-- leaves the entry alive for at least ttl - refresh_ms after its last use.
 local owned = base .. ':prefix_owned:' .. name
 if best_levels > 0 and best_levels < m then
-  redis.call('HINCRBY', KEYS[L + best_levels], '#', 1)
+  redis.call('HINCRBY', LK[best_levels], '#', 1)
 end
+local refresh = args.refresh_ms
+local used_by = info[name].used or {}
 local members = {}
 for j = 1, m do
-  local key = KEYS[L + j]
-  redis.call('HSET', key, name, now)
-  redis.call('PEXPIRE', key, ttl)
+  local key = LK[j]
+  local used = used_by[j]
+  if used == nil then used = used_at(j, name) end
+  if not used or now - used >= refresh or used > now then
+    redis.call('HSET', key, name, now)
+    redis.call('PEXPIRE', key, ttl)
+  end
   members[#members + 1] = now
-  members[#members + 1] = string.match(key, ':prefix:(.*)$')
+  members[#members + 1] = level_hashes[j]
   if #members >= 500 then redis.call('ZADD', owned, unpack(members)); members = {} end
 end
 if #members > 0 then redis.call('ZADD', owned, unpack(members)) end
@@ -421,10 +454,11 @@ end
 -- Entries evicted by earlier calls: drop the field unless the backend took the
 -- prefix again since.
 for k = 1, e do
-  local key = KEYS[L + m + k]
+  local evicted_hash = args.evicted[k]
+  local key = prefix_base .. evicted_hash
   local holder = evicted_by[k]
   if redis.call('HEXISTS', KEYS[5], holder) == 0
-      or not redis.call('ZSCORE', base .. ':prefix_owned:' .. holder, string.match(key, ':prefix:(.*)$')) then
+      or not redis.call('ZSCORE', base .. ':prefix_owned:' .. holder, evicted_hash) then
     healed = healed + redis.call('HDEL', key, holder)
   end
 end
