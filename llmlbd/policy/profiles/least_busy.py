@@ -103,12 +103,8 @@ class LeastBusy:
         self.cap = cfg.maxRequestCount
         self.critical_models = frozenset(cfg.criticalModels)
         self.default_criticality = cfg.defaultCriticality
-        self.prefilters: list[Filter] = [
-            Healthy(),
-            ServesModel(),
-            BelowCap(self.cap),
-            FreshMetrics(ctx.stale_after_ms),
-        ]
+        self.fresh = FreshMetrics(ctx.stale_after_ms)
+        self.prefilters: list[Filter] = [Healthy(), ServesModel(), BelowCap(self.cap), self.fresh]
         self.tree = build_tree(cfg, ctx.rng)
         # Per model: the SHORTLIST backends least loaded at the last metrics re-read (plus,
         # for an adapter, those holding it), so a decision in a large pool reads and ranks
@@ -257,7 +253,10 @@ class LeastBusy:
         """Pre-filters then the tree, on a snapshot; reserves nothing."""
         trace: list[dict[str, Any]] = []
         current = states
+        eligible = states  # what fresh_metrics received: healthy, serving, below the cap
         for prefilter in self.prefilters:
+            if prefilter is self.fresh:
+                eligible = current
             result: FilterResult = prefilter.filter(request, current)
             trace.append(
                 {
@@ -277,6 +276,23 @@ class LeastBusy:
             request.pool_adapters = frozenset().union(*(adapters(s) for s in states))
         outcome = run_tree(self.tree, request, current)
         trace.extend(outcome.trace)
+        unscraped = self.fresh.unscraped(eligible)
+        if outcome.shed and unscraped and len(unscraped) < len(eligible):
+            # Shed only when every eligible backend is known to be busy: one never scraped
+            # yet (a fleet starting, a worker's copy read before its first scrape) is not,
+            # and takes the request on its in-flight count (as when no metrics are fresh).
+            current = unscraped
+            outcome = run_tree(self.tree, request, current)
+            trace.append(
+                {
+                    "filter": "unscraped",
+                    "in": [s.name for s in eligible],
+                    "kept": [s.name for s in current],
+                    "removed": {},
+                    "outcome": "success",
+                }
+            )
+            trace.extend(outcome.trace)
         if outcome.shed:
             return Evaluation(
                 [],
@@ -315,10 +331,12 @@ class LeastBusy:
             result["outcome"] = no_route_outcome("empty", request)
             return result
         evaluation = self.evaluate(routed, states)
+        survivors = {s.name for s in evaluation.survivors}
         removed_by: dict[str, str] = {}
         for step in evaluation.trace:
             for name, why in step["removed"].items():
-                removed_by.setdefault(name, f"{step['filter']}: {why}")
+                if name not in survivors:
+                    removed_by.setdefault(name, f"{step['filter']}: {why}")
         seen = {s.name: s for s in evaluation.seen}
         # least_wait's own figures for the backends the tree ran on (None: speed unknown).
         waits = waits_of(routed, evaluation.seen) or {}
