@@ -321,3 +321,31 @@ def test_large_pool_decides_on_a_shortlist_with_exact_counts(redis_client) -> No
         redis_client.hset(pool.keys.inflight, name, 20)
     decision = pool.pick_and_release({"model": "m", "criticality": "sheddable"})
     assert decision.backend.name not in listed
+
+
+def test_large_pool_shortlist_ranks_by_expected_wait(redis_client) -> None:
+    """The shortlist is ranked by least_wait's expected wait, not by queue length: four
+    fast servers with a request waiting for the next engine step (queue 1, free slots)
+    make the shortlist ahead of 36 idle slow ones (queue 0), and the picks go to them."""
+    fast = [f"f{i}" for i in range(4)]
+    slow = [f"s{i}" for i in range(36)]
+    pool = Pool(redis_client, slow + fast, seed=5)
+    for name in fast:  # wait = prefill_s 0.015 (5 of 8 slots taken)
+        pool.set_backend(
+            name,
+            {"waiting": 1, "running": 4, "kv_usage": 0.2, "age_ms": 0}
+            | {"service_s": 0.2, "prefill_s": 0.015, "slots": 8},
+        )
+    for name in slow:  # wait = prefill_s 0.06 (idle)
+        pool.set_backend(
+            name,
+            {"waiting": 0, "running": 0, "kv_usage": 0.0, "age_ms": 0}
+            | {"service_s": 1.2, "prefill_s": 0.06, "slots": 4},
+        )
+    for criticality in ("critical", "sheddable"):
+        picks = [
+            pool.pick_and_release({"model": "m", "criticality": criticality}) for _ in range(30)
+        ]
+        assert {d.backend.name for d in picks} <= set(fast)
+        assert all(len(d.details["rounds"][0][0]["in"]) <= SHORTLIST for d in picks)
+    assert set(fast) <= {b.name for b in pool.policy._lists["m"]}

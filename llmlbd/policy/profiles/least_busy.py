@@ -51,7 +51,7 @@ from llmlbd.policy.filters.critical_request import CriticalRequest
 from llmlbd.policy.filters.fresh_metrics import FreshMetrics
 from llmlbd.policy.filters.healthy import Healthy
 from llmlbd.policy.filters.least_kv import LeastKV
-from llmlbd.policy.filters.least_wait import LeastWait, waits_of
+from llmlbd.policy.filters.least_wait import LeastWait, expected_waits, waits_of
 from llmlbd.policy.filters.lora_affinity import LoraAffinity
 from llmlbd.policy.filters.low_queue import LowQueue
 from llmlbd.policy.filters.serves_model import ServesModel
@@ -171,13 +171,18 @@ class LeastBusy:
         return states
 
     def _rank(self, states: list[BackendState]) -> None:
-        """Rank a whole-pool snapshot for the shortlists (which are rebuilt on demand)."""
-        stale_after = self.ctx.stale_after_ms
+        """Rank a whole-pool snapshot for the shortlists (which are rebuilt on demand).
 
-        def key(s: BackendState) -> tuple[bool, int, float, float]:
-            age = s.metrics_age_ms
-            stale = age is None or (stale_after is not None and age > stale_after)
-            return (stale, queue(s), kv(s) or 0.0, s.inflight / (s.backend.weight or 1))
+        The order is least_wait's: backends with fresh metrics first, by expected wait
+        for a base-model request (``expected_waits``, the figures the tree's wait step
+        uses; by queue when no speed is known), then KV use, then in flight per weight;
+        stale or unscraped backends last, by queue."""
+        fresh = {s.name for s in states if self.fresh.why_stale(s) is None}
+        waits = expected_waits([s for s in states if s.name in fresh]) or {}
+
+        def key(s: BackendState) -> tuple[bool, float, float, float]:
+            load = waits[s.name] if s.name in waits else float(queue(s))
+            return (s.name not in fresh, load, kv(s) or 0.0, s.inflight / (s.backend.weight or 1))
 
         self._members = self.ctx.backends
         self._ranked = sorted(states, key=key)
