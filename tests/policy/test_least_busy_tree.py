@@ -8,6 +8,7 @@ returned must equal the case's `expect`, or every pick must raise its error.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,26 @@ def test_large_pool_shortlist_ranks_by_expected_wait(redis_client) -> None:
         assert {d.backend.name for d in picks} <= set(fast)
         assert all(len(d.details["rounds"][0][0]["in"]) <= SHORTLIST for d in picks)
     assert set(fast) <= {b.name for b in pool.policy._lists["m"]}
+
+
+def test_large_pool_reranks_off_the_request_path(redis_client) -> None:
+    """After a publish the whole pool is re-read and re-ranked in the background: the
+    decision that finds it due uses the previous shortlist, the next ones the new one."""
+    names = [f"b{i}" for i in range(40)]
+    pool = Pool(redis_client, names, stale_after_ms=800, seed=9)
+    for i, name in enumerate(names):
+        pool.set_backend(name, {"waiting": 0 if i < 16 else 4, "kv_usage": 0.1, "age_ms": 0})
+    first = {s for s in names[:16]}
+    critical = {"model": "m", "criticality": "critical"}
+    assert pool.pick_and_release(critical).backend.name in first
+    assert {b.name for b in pool.policy._lists["m"]} == first
+    for i, name in enumerate(names):  # the collector now shows the other 24 idle
+        pool.set_backend(name, {"waiting": 4 if i < 16 else 0, "kv_usage": 0.1, "age_ms": 0})
+    time.sleep(0.25)  # past the refresh interval (stale_after_ms / 4)
+    due = pool.pick_and_release(critical)
+    assert set(due.details["rounds"][0][0]["in"]) <= first  # decided on the old shortlist
+    rerank = pool.policy._reranking
+    if rerank is not None:
+        rerank.join(5)
+    after = [pool.pick_and_release(critical).backend.name for _ in range(20)]
+    assert set(after) <= set(names[16:])

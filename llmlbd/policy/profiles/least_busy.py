@@ -36,6 +36,7 @@ One request, in order:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -113,6 +114,8 @@ class LeastBusy:
         self._ranked: list[BackendState] = []
         self._members: list[Backend] | None = None
         self._pool_adapters: frozenset[str] = frozenset()
+        self._reranking: threading.Thread | None = None
+        self._rerank_lock = threading.Lock()
         # The metrics are scrape-old anyway: a copy a quarter of the staleness bound old at
         # most keeps the fresh_metrics rule meaningful and costs Redis little per decision.
         self.snapshot = PoolSnapshot(
@@ -163,14 +166,32 @@ class LeastBusy:
             listed = self._lists[model] = self._list_for(routed)
         states, due = self.snapshot.read_some([b for b in listed if b.name not in exclude])
         if due:
-            self._rank(self.snapshot.read(ctx.backends))
-            listed = self._lists[model] = self._list_for(routed)
-            by_name = {s.name: s for s in self._ranked}
-            states = [by_name[b.name] for b in listed if b.name not in exclude]
+            self._rerank_in_background()
         routed.pool_adapters = self._pool_adapters
         return states
 
-    def _rank(self, states: list[BackendState]) -> None:
+    def _rerank_in_background(self) -> None:
+        """Re-read the whole pool's metrics and re-rank it off the request path (one at a
+        time per worker: a thread, i.e. a greenlet in a gevent worker); the decisions in
+        the meantime use the previous shortlists."""
+        with self._rerank_lock:
+            if self._reranking is not None:
+                return
+            # Looked up at call time: in a gevent worker this is the patched Thread.
+            rerank = threading.Thread(target=self._rerank, name="least_busy-rank", daemon=True)
+            self._reranking = rerank
+        rerank.start()
+
+    def _rerank(self) -> None:
+        try:
+            backends = self.ctx.backends
+            self._rank(self.snapshot.read(backends), backends)
+        except Exception as exc:  # no caller to raise to: the next decision due retries
+            log.warning("least_busy_rank_failed", error=repr(exc))
+        finally:
+            self._reranking = None
+
+    def _rank(self, states: list[BackendState], backends: list[Backend] | None = None) -> None:
         """Rank a whole-pool snapshot for the shortlists (which are rebuilt on demand).
 
         The order is least_wait's: backends with fresh metrics first, by expected wait
@@ -184,10 +205,11 @@ class LeastBusy:
             load = waits[s.name] if s.name in waits else float(queue(s))
             return (s.name not in fresh, load, kv(s) or 0.0, s.inflight / (s.backend.weight or 1))
 
-        self._members = self.ctx.backends
-        self._ranked = sorted(states, key=key)
-        self._pool_adapters = frozenset().union(*(adapters(s) for s in states))
-        self._lists.clear()
+        ranked = sorted(states, key=key)
+        pool_adapters = frozenset().union(*(adapters(s) for s in states))
+        # Swapped whole: a decision running beside a background re-rank sees one ranking.
+        self._ranked, self._pool_adapters, self._lists = ranked, pool_adapters, {}
+        self._members = self.ctx.backends if backends is None else backends
 
     def _list_for(self, routed: TreeRequest) -> list[Backend]:
         """The shortlist of *routed*'s model from the last ranking."""
