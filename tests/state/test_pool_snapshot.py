@@ -130,12 +130,13 @@ def test_a_member_without_metrics_is_re_read_sooner_and_boundedly(redis_client):
         publish(redis_client, keys, "b0", waiting="1")
         snapshot.read(BACKENDS)
         time.sleep(0.005)
-    assert 2 + 2 <= snapshot.metrics_reads <= 2 + 5
+    # (at least 40 + 80 + 160 ms pass, even on a loaded host; never more than 4 fit)
+    assert 2 + 3 <= snapshot.metrics_reads <= 2 + 4
     # read_some says a re-read is due for a held member without metrics, after the interval.
-    some = PoolSnapshot(redis_client, keys, refresh_ms=60_000, soon_ms=20)
+    some = PoolSnapshot(redis_client, keys, refresh_ms=60_000, soon_ms=300)
     some.read(BACKENDS)
     publish(redis_client, keys, "b0", waiting="1")
     assert not some.read_some(BACKENDS)[1]
-    time.sleep(0.03)
+    time.sleep(0.35)
     assert some.read_some(BACKENDS)[1]
     assert not some.read_some(BACKENDS[:2])[1]  # both have metrics: nothing is due for them
