@@ -19,7 +19,8 @@ One request, in order:
      │           └ failure → least_wait ─→ lora_affinity ─(either)→ least_kv
      └ failure → sheddable_capacity (queue <= queueThresholdCritical, kv <= kvCacheThreshold)
                  ├ success → least_wait ─→ lora_affinity ─(either)→ least_kv
-                 └ failure → shed: 429 with Retry-After
+                 └ failure → shed: 429 with Retry-After, unless an eligible backend
+                             was never scraped: the tree runs again on those alone
 
    where ``queue`` is the scraped queue moved by the requests llmlbd sent and
    saw finish since the scrape, and ``least_wait`` keeps the backends where the
@@ -150,12 +151,13 @@ class LeastBusy:
         """The few backends a decision in a large pool looks at, with exact live counts.
 
         Refreshed with the metrics copy (at most every ``stale_after_ms / 4``, and
-        only after a collector publish): the backends that passed ``healthy`` and
-        ``serves_model`` then, ranked by (stale metrics, queue, kv, in flight), the
-        first SHORTLIST of them, plus for an adapter the first SHORTLIST of those
-        holding it. Their in-flight counts and drains are read exactly on each
-        call (O(SHORTLIST), whatever the pool size), so the tree's queue and
-        in-flight rules see every request sent since the refresh.
+        only after a collector publish), in the background (``_rerank_in_background``):
+        the backends that passed ``healthy`` and ``serves_model`` then, ranked by
+        (stale metrics, expected wait, kv, in flight; see ``_rank``), the first
+        SHORTLIST of them, plus for an adapter the first SHORTLIST of those holding
+        it. Their in-flight counts and drains are read exactly on each call
+        (O(SHORTLIST), whatever the pool size), so the tree's queue and in-flight
+        rules see every request sent since the refresh.
         """
         ctx = self.ctx
         if self._members is not ctx.backends:
