@@ -305,8 +305,8 @@ class LeastBusy:
             request.pool_adapters = frozenset().union(*(adapters(s) for s in states))
         outcome = run_tree(self.tree, request, current)
         trace.extend(outcome.trace)
-        unscraped = self.fresh.unscraped(eligible)
-        if outcome.shed and unscraped and len(unscraped) < len(eligible):
+        unscraped = self.fresh.unscraped(eligible) if outcome.shed else []
+        if unscraped and len(unscraped) < len(eligible):
             # Shed only when every eligible backend is known to be busy: one never scraped
             # yet (a fleet starting, a worker's copy read before its first scrape) is not,
             # and takes the request on its in-flight count (as when no metrics are fresh).
