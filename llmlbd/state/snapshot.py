@@ -104,7 +104,13 @@ class PoolSnapshot:
         self._soon_next_s = self.soon_s
         self.metrics_reads = 0  # how many calls re-read the metrics (observability, tests)
 
-    def read(self, backends: Sequence[Backend]) -> list[BackendState]:
+    def read(self, backends: Sequence[Backend], chunk: int = 0) -> list[BackendState]:
+        """*backends* with exact in-flight counts, drains and ejections, and this copy's
+        metrics, re-read first when due (see the class). With *chunk*, a re-read asks
+        for that many hashes per round trip: each reply is parsed while the others
+        wait, so a background re-read of a large pool lets a worker's other greenlets
+        run between the round trips (the metrics are scrape-old: no need to read them
+        in one step)."""
         k = self.keys
         live = [k.inflight, k.drained, k.metrics_version]
         reply = self.scripts.snapshot_live(keys=live, args=[self._version])
@@ -116,11 +122,19 @@ class PoolSnapshot:
             # A second round trip, at most once per refresh (or for a new member): passing
             # every hash's key on each call would itself cost O(pool size).
             self._note_reread(now, unknown, names)
-            reply = self.scripts.snapshot_live(
-                keys=live + [k.backend(b.name) for b in backends], args=[""]
-            )
-            self._metrics.update((b.name, _pairs(flat)) for b, flat in zip(backends, reply[5:]))
-            self._version = reply_text(reply[3])
+            step = chunk or len(backends) or 1
+            version = None
+            for start in range(0, len(backends), step):
+                part = backends[start : start + step]
+                reply = self.scripts.snapshot_live(
+                    keys=live + [k.backend(b.name) for b in part], args=[""]
+                )
+                # The version before the first hash was read: a publish during the
+                # chunks is seen by the next call.
+                version = reply_text(reply[3]) if version is None else version
+                self._metrics.update((b.name, _pairs(flat)) for b, flat in zip(part, reply[5:]))
+            if version is not None:
+                self._version = version
             self.metrics_reads += 1
         now_ms, inflight = int(reply[0]), _pairs(reply[1])
         drained = set(map(reply_text, reply[2]))

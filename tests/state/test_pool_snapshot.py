@@ -140,3 +140,18 @@ def test_a_member_without_metrics_is_re_read_sooner_and_boundedly(redis_client):
     time.sleep(0.35)
     assert some.read_some(BACKENDS)[1]
     assert not some.read_some(BACKENDS[:2])[1]  # both have metrics: nothing is due for them
+
+
+def test_a_chunked_re_read_reads_every_hash_once(redis_client):
+    """read(chunk=n) re-reads the metrics n hashes per round trip, with the same result as
+    one round trip, and counts as one re-read."""
+    keys = PoolKeys("snap6")
+    for i, b in enumerate(BACKENDS):
+        publish(redis_client, keys, b.name, waiting=str(i))
+    chunked = PoolSnapshot(redis_client, keys, refresh_ms=60_000)
+    states = chunked.read(BACKENDS, chunk=2)
+    assert [s.metrics["waiting"] for s in states] == ["0", "1", "2"]
+    assert chunked.metrics_reads == 1
+    assert [s.metrics for s in states] == [
+        s.metrics for s in read_pool(redis_client, keys, BACKENDS)
+    ]

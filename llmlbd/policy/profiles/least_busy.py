@@ -71,6 +71,9 @@ __all__ = ["LeastBusy", "build_tree", "SHORTLIST"]
 # tree's buckets and LoRA affinity have choices, few enough that a decision costs the
 # same at 2,048 backends as at 16 (docs/policies/least_busy.md, "Large pools").
 SHORTLIST = 16
+# Metrics hashes per round trip of a background re-read: the worker's other greenlets
+# run between two (each reply's parsing holds the worker's loop).
+RERANK_CHUNK = 256
 
 log = structlog.get_logger("llmlbd.policy.least_busy")
 
@@ -187,7 +190,7 @@ class LeastBusy:
     def _rerank(self) -> None:
         try:
             backends = self.ctx.backends
-            self._rank(self.snapshot.read(backends), backends)
+            self._rank(self.snapshot.read(backends, chunk=RERANK_CHUNK), backends)
         except Exception as exc:  # no caller to raise to: the next decision due retries
             log.warning("least_busy_rank_failed", error=repr(exc))
         finally:
