@@ -8,6 +8,7 @@ returned must equal the case's `expect`, or every pick must raise its error.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -321,3 +322,54 @@ def test_large_pool_decides_on_a_shortlist_with_exact_counts(redis_client) -> No
         redis_client.hset(pool.keys.inflight, name, 20)
     decision = pool.pick_and_release({"model": "m", "criticality": "sheddable"})
     assert decision.backend.name not in listed
+
+
+def test_large_pool_shortlist_ranks_by_expected_wait(redis_client) -> None:
+    """The shortlist is ranked by least_wait's expected wait, not by queue length: four
+    fast servers with a request waiting for the next engine step (queue 1, free slots)
+    make the shortlist ahead of 36 idle slow ones (queue 0), and the picks go to them."""
+    fast = [f"f{i}" for i in range(4)]
+    slow = [f"s{i}" for i in range(36)]
+    pool = Pool(redis_client, slow + fast, seed=5)
+    for name in fast:  # wait = prefill_s 0.015 (5 of 8 slots taken)
+        pool.set_backend(
+            name,
+            {"waiting": 1, "running": 4, "kv_usage": 0.2, "age_ms": 0}
+            | {"service_s": 0.2, "prefill_s": 0.015, "slots": 8},
+        )
+    for name in slow:  # wait = prefill_s 0.06 (idle)
+        pool.set_backend(
+            name,
+            {"waiting": 0, "running": 0, "kv_usage": 0.0, "age_ms": 0}
+            | {"service_s": 1.2, "prefill_s": 0.06, "slots": 4},
+        )
+    for criticality in ("critical", "sheddable"):
+        picks = [
+            pool.pick_and_release({"model": "m", "criticality": criticality}) for _ in range(30)
+        ]
+        assert {d.backend.name for d in picks} <= set(fast)
+        assert all(len(d.details["rounds"][0][0]["in"]) <= SHORTLIST for d in picks)
+    assert set(fast) <= {b.name for b in pool.policy._lists["m"]}
+
+
+def test_large_pool_reranks_off_the_request_path(redis_client) -> None:
+    """After a publish the whole pool is re-read and re-ranked in the background: the
+    decision that finds it due uses the previous shortlist, the next ones the new one."""
+    names = [f"b{i}" for i in range(40)]
+    pool = Pool(redis_client, names, stale_after_ms=800, seed=9)
+    for i, name in enumerate(names):
+        pool.set_backend(name, {"waiting": 0 if i < 16 else 4, "kv_usage": 0.1, "age_ms": 0})
+    first = {s for s in names[:16]}
+    critical = {"model": "m", "criticality": "critical"}
+    assert pool.pick_and_release(critical).backend.name in first
+    assert {b.name for b in pool.policy._lists["m"]} == first
+    for i, name in enumerate(names):  # the collector now shows the other 24 idle
+        pool.set_backend(name, {"waiting": 4 if i < 16 else 0, "kv_usage": 0.1, "age_ms": 0})
+    time.sleep(0.25)  # past the refresh interval (stale_after_ms / 4)
+    due = pool.pick_and_release(critical)
+    assert set(due.details["rounds"][0][0]["in"]) <= first  # decided on the old shortlist
+    rerank = pool.policy._reranking
+    if rerank is not None:
+        rerank.join(5)
+    after = [pool.pick_and_release(critical).backend.name for _ in range(20)]
+    assert set(after) <= set(names[16:])

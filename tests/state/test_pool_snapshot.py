@@ -109,3 +109,49 @@ def test_read_some_reads_only_the_backends_asked_and_says_when_a_reread_is_due(r
     time.sleep(0.25)
     states, due = snapshot.read_some(BACKENDS[:2])
     assert due and states[0].metrics["waiting"] == "2" and snapshot.metrics_reads == 1
+
+
+def test_a_member_without_metrics_is_re_read_sooner_and_boundedly(redis_client):
+    """A copy read while only some members had been scraped re-reads within tens of ms of a
+    publish, not after the refresh interval; a member that never gets metrics costs a few
+    re-reads at doubling intervals, not one per call."""
+    keys = PoolKeys("snap5")
+    publish(redis_client, keys, "b0", waiting="1")
+    snapshot = PoolSnapshot(redis_client, keys, refresh_ms=60_000, soon_ms=20)
+    assert "scraped_at" not in snapshot.read(BACKENDS)[1].metrics
+    publish(redis_client, keys, "b1", waiting="2")
+    time.sleep(0.03)
+    assert snapshot.read(BACKENDS)[1].metrics["waiting"] == "2"
+    assert snapshot.metrics_reads == 2
+    # b2 never answers while the collector keeps publishing the others: the intervals
+    # double (20, 40, 80, 160, 320 ms...), so 0.7 s of calls every 5 ms re-read a few times.
+    start = time.monotonic()
+    while time.monotonic() - start < 0.7:
+        publish(redis_client, keys, "b0", waiting="1")
+        snapshot.read(BACKENDS)
+        time.sleep(0.005)
+    # (at least 40 + 80 + 160 ms pass, even on a loaded host; never more than 4 fit)
+    assert 2 + 3 <= snapshot.metrics_reads <= 2 + 4
+    # read_some says a re-read is due for a held member without metrics, after the interval.
+    some = PoolSnapshot(redis_client, keys, refresh_ms=60_000, soon_ms=300)
+    some.read(BACKENDS)
+    publish(redis_client, keys, "b0", waiting="1")
+    assert not some.read_some(BACKENDS)[1]
+    time.sleep(0.35)
+    assert some.read_some(BACKENDS)[1]
+    assert not some.read_some(BACKENDS[:2])[1]  # both have metrics: nothing is due for them
+
+
+def test_a_chunked_re_read_reads_every_hash_once(redis_client):
+    """read(chunk=n) re-reads the metrics n hashes per round trip, with the same result as
+    one round trip, and counts as one re-read."""
+    keys = PoolKeys("snap6")
+    for i, b in enumerate(BACKENDS):
+        publish(redis_client, keys, b.name, waiting=str(i))
+    chunked = PoolSnapshot(redis_client, keys, refresh_ms=60_000)
+    states = chunked.read(BACKENDS, chunk=2)
+    assert [s.metrics["waiting"] for s in states] == ["0", "1", "2"]
+    assert chunked.metrics_reads == 1
+    assert [s.metrics for s in states] == [
+        s.metrics for s in read_pool(redis_client, keys, BACKENDS)
+    ]

@@ -13,6 +13,11 @@ Formula:
 
 This replaces Higress's all-or-nothing rule, where one backend missing one
 metric family turned the policy off for every backend.
+
+``unscraped`` gives the candidates with no metrics at all yet (blinded as
+above): the policy sends a request there rather than shed it, since a backend
+never scraped is not known to be busy (GIE v0.3 read its zero-valued metrics
+as idle).
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ class FreshMetrics:
         if fresh:
             return FilterResult(fresh, {name: why for name, why in reasons.items() if why})
         return FilterResult([blind(state) for state in candidates])
+
+    def unscraped(self, candidates: Sequence[BackendState]) -> list[BackendState]:
+        """The candidates with no metrics yet (never scraped), their load unknown."""
+        return [blind(state) for state in candidates if state.metrics_age_ms is None]
 
 
 def blind(state: BackendState) -> BackendState:

@@ -36,7 +36,7 @@ from llmlbd.policy.framework import BackendState, FilterResult
 from llmlbd.request import RoutingRequest
 from llmlbd.state import backend_fields as F
 
-__all__ = ["LeastWait", "TYPE"]
+__all__ = ["LeastWait", "TYPE", "waits_of", "expected_waits"]
 
 TYPE = "least_wait"
 
@@ -74,6 +74,13 @@ def waits_of(
     """Each candidate's expected wait for *request* (``_load.wait_s``), a backend of
     unknown speed taken as slow as the slowest known one; None when no candidate's
     speed is known."""
+    return expected_waits(candidates, request_adapter(request, candidates))
+
+
+def expected_waits(
+    candidates: Sequence[BackendState], adapter: str | None = None
+) -> dict[str, float] | None:
+    """``waits_of`` for a request of LoRA *adapter* (None: a base model)."""
     speeds = [
         (service, prefill)
         for s in candidates
@@ -83,7 +90,6 @@ def waits_of(
     if not speeds:
         return None
     slowest = (max(service for service, _ in speeds), max(prefill for _, prefill in speeds))
-    adapter = request_adapter(request, candidates)
     waits = {}
     for state in candidates:
         wait = wait_s(state, adapter, slowest)

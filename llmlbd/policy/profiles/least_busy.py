@@ -19,7 +19,8 @@ One request, in order:
      │           └ failure → least_wait ─→ lora_affinity ─(either)→ least_kv
      └ failure → sheddable_capacity (queue <= queueThresholdCritical, kv <= kvCacheThreshold)
                  ├ success → least_wait ─→ lora_affinity ─(either)→ least_kv
-                 └ failure → shed: 429 with Retry-After
+                 └ failure → shed: 429 with Retry-After, unless an eligible backend
+                             was never scraped: the tree runs again on those alone
 
    where ``queue`` is the scraped queue moved by the requests llmlbd sent and
    saw finish since the scrape, and ``least_wait`` keeps the backends where the
@@ -36,6 +37,7 @@ One request, in order:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -51,7 +53,7 @@ from llmlbd.policy.filters.critical_request import CriticalRequest
 from llmlbd.policy.filters.fresh_metrics import FreshMetrics
 from llmlbd.policy.filters.healthy import Healthy
 from llmlbd.policy.filters.least_kv import LeastKV
-from llmlbd.policy.filters.least_wait import LeastWait, waits_of
+from llmlbd.policy.filters.least_wait import LeastWait, expected_waits, waits_of
 from llmlbd.policy.filters.lora_affinity import LoraAffinity
 from llmlbd.policy.filters.low_queue import LowQueue
 from llmlbd.policy.filters.serves_model import ServesModel
@@ -69,6 +71,9 @@ __all__ = ["LeastBusy", "build_tree", "SHORTLIST"]
 # tree's buckets and LoRA affinity have choices, few enough that a decision costs the
 # same at 2,048 backends as at 16 (docs/policies/least_busy.md, "Large pools").
 SHORTLIST = 16
+# Metrics hashes per round trip of a background re-read: the worker's other greenlets
+# run between two (each reply's parsing holds the worker's loop).
+RERANK_CHUNK = 256
 
 log = structlog.get_logger("llmlbd.policy.least_busy")
 
@@ -103,12 +108,8 @@ class LeastBusy:
         self.cap = cfg.maxRequestCount
         self.critical_models = frozenset(cfg.criticalModels)
         self.default_criticality = cfg.defaultCriticality
-        self.prefilters: list[Filter] = [
-            Healthy(),
-            ServesModel(),
-            BelowCap(self.cap),
-            FreshMetrics(ctx.stale_after_ms),
-        ]
+        self.fresh = FreshMetrics(ctx.stale_after_ms)
+        self.prefilters: list[Filter] = [Healthy(), ServesModel(), BelowCap(self.cap), self.fresh]
         self.tree = build_tree(cfg, ctx.rng)
         # Per model: the SHORTLIST backends least loaded at the last metrics re-read (plus,
         # for an adapter, those holding it), so a decision in a large pool reads and ranks
@@ -117,6 +118,8 @@ class LeastBusy:
         self._ranked: list[BackendState] = []
         self._members: list[Backend] | None = None
         self._pool_adapters: frozenset[str] = frozenset()
+        self._reranking: threading.Thread | None = None
+        self._rerank_lock = threading.Lock()
         # The metrics are scrape-old anyway: a copy a quarter of the staleness bound old at
         # most keeps the fresh_metrics rule meaningful and costs Redis little per decision.
         self.snapshot = PoolSnapshot(
@@ -151,12 +154,13 @@ class LeastBusy:
         """The few backends a decision in a large pool looks at, with exact live counts.
 
         Refreshed with the metrics copy (at most every ``stale_after_ms / 4``, and
-        only after a collector publish): the backends that passed ``healthy`` and
-        ``serves_model`` then, ranked by (stale metrics, queue, kv, in flight), the
-        first SHORTLIST of them, plus for an adapter the first SHORTLIST of those
-        holding it. Their in-flight counts and drains are read exactly on each
-        call (O(SHORTLIST), whatever the pool size), so the tree's queue and
-        in-flight rules see every request sent since the refresh.
+        only after a collector publish), in the background (``_rerank_in_background``):
+        the backends that passed ``healthy`` and ``serves_model`` then, ranked by
+        (stale metrics, expected wait, kv, in flight; see ``_rank``), the first
+        SHORTLIST of them, plus for an adapter the first SHORTLIST of those holding
+        it. Their in-flight counts and drains are read exactly on each call
+        (O(SHORTLIST), whatever the pool size), so the tree's queue and in-flight
+        rules see every request sent since the refresh.
         """
         ctx = self.ctx
         if self._members is not ctx.backends:
@@ -167,26 +171,50 @@ class LeastBusy:
             listed = self._lists[model] = self._list_for(routed)
         states, due = self.snapshot.read_some([b for b in listed if b.name not in exclude])
         if due:
-            self._rank(self.snapshot.read(ctx.backends))
-            listed = self._lists[model] = self._list_for(routed)
-            by_name = {s.name: s for s in self._ranked}
-            states = [by_name[b.name] for b in listed if b.name not in exclude]
+            self._rerank_in_background()
         routed.pool_adapters = self._pool_adapters
         return states
 
-    def _rank(self, states: list[BackendState]) -> None:
-        """Rank a whole-pool snapshot for the shortlists (which are rebuilt on demand)."""
-        stale_after = self.ctx.stale_after_ms
+    def _rerank_in_background(self) -> None:
+        """Re-read the whole pool's metrics and re-rank it off the request path (one at a
+        time per worker: a thread, i.e. a greenlet in a gevent worker); the decisions in
+        the meantime use the previous shortlists."""
+        with self._rerank_lock:
+            if self._reranking is not None:
+                return
+            # Looked up at call time: in a gevent worker this is the patched Thread.
+            rerank = threading.Thread(target=self._rerank, name="least_busy-rank", daemon=True)
+            self._reranking = rerank
+        rerank.start()
 
-        def key(s: BackendState) -> tuple[bool, int, float, float]:
-            age = s.metrics_age_ms
-            stale = age is None or (stale_after is not None and age > stale_after)
-            return (stale, queue(s), kv(s) or 0.0, s.inflight / (s.backend.weight or 1))
+    def _rerank(self) -> None:
+        try:
+            backends = self.ctx.backends
+            self._rank(self.snapshot.read(backends, chunk=RERANK_CHUNK), backends)
+        except Exception as exc:  # no caller to raise to: the next decision due retries
+            log.warning("least_busy_rank_failed", error=repr(exc))
+        finally:
+            self._reranking = None
 
-        self._members = self.ctx.backends
-        self._ranked = sorted(states, key=key)
-        self._pool_adapters = frozenset().union(*(adapters(s) for s in states))
-        self._lists.clear()
+    def _rank(self, states: list[BackendState], backends: list[Backend] | None = None) -> None:
+        """Rank a whole-pool snapshot for the shortlists (which are rebuilt on demand).
+
+        The order is least_wait's: backends with fresh metrics first, by expected wait
+        for a base-model request (``expected_waits``, the figures the tree's wait step
+        uses; by queue when no speed is known), then KV use, then in flight per weight;
+        stale or unscraped backends last, by queue."""
+        fresh = {s.name for s in states if self.fresh.why_stale(s) is None}
+        waits = expected_waits([s for s in states if s.name in fresh]) or {}
+
+        def key(s: BackendState) -> tuple[bool, float, float, float]:
+            load = waits[s.name] if s.name in waits else float(queue(s))
+            return (s.name not in fresh, load, kv(s) or 0.0, s.inflight / (s.backend.weight or 1))
+
+        ranked = sorted(states, key=key)
+        pool_adapters = frozenset().union(*(adapters(s) for s in states))
+        # Swapped whole: a decision running beside a background re-rank sees one ranking.
+        self._ranked, self._pool_adapters, self._lists = ranked, pool_adapters, {}
+        self._members = self.ctx.backends if backends is None else backends
 
     def _list_for(self, routed: TreeRequest) -> list[Backend]:
         """The shortlist of *routed*'s model from the last ranking."""
@@ -257,7 +285,10 @@ class LeastBusy:
         """Pre-filters then the tree, on a snapshot; reserves nothing."""
         trace: list[dict[str, Any]] = []
         current = states
+        eligible = states  # what fresh_metrics received: healthy, serving, below the cap
         for prefilter in self.prefilters:
+            if prefilter is self.fresh:
+                eligible = current
             result: FilterResult = prefilter.filter(request, current)
             trace.append(
                 {
@@ -277,6 +308,23 @@ class LeastBusy:
             request.pool_adapters = frozenset().union(*(adapters(s) for s in states))
         outcome = run_tree(self.tree, request, current)
         trace.extend(outcome.trace)
+        unscraped = self.fresh.unscraped(eligible) if outcome.shed else []
+        if unscraped and len(unscraped) < len(eligible):
+            # Shed only when every eligible backend is known to be busy: one never scraped
+            # yet (a fleet starting, a worker's copy read before its first scrape) is not,
+            # and takes the request on its in-flight count (as when no metrics are fresh).
+            current = unscraped
+            outcome = run_tree(self.tree, request, current)
+            trace.append(
+                {
+                    "filter": "unscraped",
+                    "in": [s.name for s in eligible],
+                    "kept": [s.name for s in current],
+                    "removed": {},
+                    "outcome": "success",
+                }
+            )
+            trace.extend(outcome.trace)
         if outcome.shed:
             return Evaluation(
                 [],
@@ -315,10 +363,12 @@ class LeastBusy:
             result["outcome"] = no_route_outcome("empty", request)
             return result
         evaluation = self.evaluate(routed, states)
+        survivors = {s.name for s in evaluation.survivors}
         removed_by: dict[str, str] = {}
         for step in evaluation.trace:
             for name, why in step["removed"].items():
-                removed_by.setdefault(name, f"{step['filter']}: {why}")
+                if name not in survivors:
+                    removed_by.setdefault(name, f"{step['filter']}: {why}")
         seen = {s.name: s for s in evaluation.seen}
         # least_wait's own figures for the backends the tree ran on (None: speed unknown).
         waits = waits_of(routed, evaluation.seen) or {}
