@@ -22,6 +22,7 @@ median CPU per request and req/s of each: one change measured at a time.
 
 Run: python bench/hotpath_profile.py [--seconds 8] [--rounds 3] [--keep DIR]
      python bench/hotpath_profile.py --compare /tmp/base [--seconds 5] [--rounds 5]
+     python bench/hotpath_profile.py --compare /tmp/base --new /tmp/new   # two snapshots
      python bench/hotpath_profile.py --compare-setting redis.local_unix_socket=false --redis-tcp
 Needs wrk (apt-get install -y wrk).
 """
@@ -181,6 +182,7 @@ def compare(
     rounds: int,
     base_setting: dict[str, Any] | None = None,
     redis_url: str | None = None,
+    new_root: str | None = None,
 ) -> None:
     """Interleaved rounds: the tree under *base_root* (else this one with *base_setting*,
     e.g. {"redis": {"local_unix_socket": False}}) vs this one, same backends; both on
@@ -192,9 +194,10 @@ def compare(
     with wb.zero_backends(2) as ports:
         # No cwd on sys.path, so the base tree's packages are the ones imported.
         base_env = {"PYTHONPATH": base_root, "PYTHONSAFEPATH": "1"} if base_root else None
+        new_env = {"PYTHONPATH": new_root, "PYTHONSAFEPATH": "1"} if new_root else None
         with (
             wb.llmlbd(ports, workers, extra=base_extra, env=base_env) as base,
-            wb.llmlbd(ports, workers, extra=shared) as new,
+            wb.llmlbd(ports, workers, extra=shared, env=new_env) as new,
         ):
             for proxy in (base, new):
                 wb.run_wrk(proxy.port, 2)
@@ -234,6 +237,12 @@ def main() -> None:
         "(DIR's worker must call llmlbd.server.worker.cpuprofile.start_if_enabled())",
     )
     parser.add_argument(
+        "--new",
+        metavar="DIR",
+        help="with --compare: the llmlbd tree in DIR as 'new' instead of this one (a snapshot, "
+        "so that editing this tree during a run does not change what runs)",
+    )
+    parser.add_argument(
         "--compare-setting",
         metavar="SECTION.KEY=JSON",
         help="A/B this tree with the setting (base) against this tree's default (new)",
@@ -252,13 +261,21 @@ def main() -> None:
             section, _, name = key.partition(".")
             setting = {section: {name: json.loads(value)}}
         if not args.redis_tcp:
-            compare(args.compare, args.workers, args.seconds, args.rounds, setting)
+            compare(
+                args.compare, args.workers, args.seconds, args.rounds, setting, new_root=args.new
+            )
             return
         from llmlbd.embedded import EmbeddedRedis
 
         with EmbeddedRedis(port=wb.free_port()) as redis_server:
             compare(
-                args.compare, args.workers, args.seconds, args.rounds, setting, redis_server.url
+                args.compare,
+                args.workers,
+                args.seconds,
+                args.rounds,
+                setting,
+                redis_server.url,
+                new_root=args.new,
             )
         return
 
