@@ -19,9 +19,12 @@ With `--compare DIR` it instead runs two llmlbd side by side, this tree and
 the llmlbd + collector packages under DIR (e.g. `git archive main llmlbd
 collector | tar -x -C DIR`), in interleaved wrk rounds, and prints the
 median CPU per request and req/s of each: one change measured at a time.
+Both are started anew each round, in turn first: with the two started once,
+the one started second measured 0.90-0.93x the CPU per request of the other
+in an A/A run (one tree against itself); so use an even number of rounds.
 
 Run: python bench/hotpath_profile.py [--seconds 8] [--rounds 3] [--keep DIR]
-     python bench/hotpath_profile.py --compare /tmp/base [--seconds 5] [--rounds 5]
+     python bench/hotpath_profile.py --compare /tmp/base [--seconds 5] [--rounds 6]
      python bench/hotpath_profile.py --compare /tmp/base --new /tmp/new   # two snapshots
      python bench/hotpath_profile.py --compare-setting redis.local_unix_socket=false --redis-tcp
 Needs wrk (apt-get install -y wrk).

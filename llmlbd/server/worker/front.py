@@ -351,6 +351,7 @@ class Server:
                         return
                     environ, keep_alive, body = self._environ(conn, head, remote)
                 except Refused as refused:
+                    sock.settimeout(self.write_timeout_s)  # the head wait had none
                     write_json_error(sock, refused.status, str(refused))
                     return
                 if not self._answer(conn, environ, keep_alive, body, remote):
