@@ -16,12 +16,7 @@ CPU; this loop does only what the proxy needs:
   `wsgi.input`, de-framed by llmlbd/wire.py), `Expect: 100-continue`;
 - deadlines: the head (client_header_timeout_s, then keepalive_s on a kept-alive
   connection), each body read (client_body_timeout_s) and the whole body
-  (client_body_total_s), each response write (client_write_timeout_s). The head
-  deadline is kept by one sweeper greenlet per worker (`Server.sweep`, every
-  SWEEP_S), which shuts the read side of a connection past it, instead of a
-  gevent Timeout armed for every wait for a next request (a timer object and
-  an exception object per request: ~5% of a plain request's CPU); a head
-  deadline thus ends within SWEEP_S after it is due;
+  (client_body_total_s), each response write (client_write_timeout_s);
 - responses whose head leaves with the first body bytes (one write for a
   plain answer), chunked when the app gives no Content-Length.
 
@@ -36,13 +31,11 @@ from __future__ import annotations
 import errno
 import json
 import re
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import gevent
 import structlog
 
 from llmlbd.sockets import send_all
@@ -60,8 +53,6 @@ __all__ = [
 log = structlog.get_logger("llmlbd.proxy")
 
 READ_SIZE = 65536
-# How often the sweeper ends connections past their head deadline (seconds).
-SWEEP_S = 0.1
 # Bytes of a head (request line and fields) beyond which the request gets 431.
 MAX_HEAD_BYTES = 64 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -165,13 +156,12 @@ class Conn:
     read waits at most until it (or `read_timeout`, whichever is sooner).
     """
 
-    __slots__ = ("addr", "buf", "deadline", "late", "read_timeout", "sock", "total_s")
+    __slots__ = ("addr", "buf", "deadline", "read_timeout", "sock", "total_s")
 
     def __init__(self, sock: Any, addr: Any) -> None:
         self.sock = sock
         self.addr = addr
         self.buf = bytearray()
-        self.late = False  # the sweeper ended it: its head deadline passed
         self.deadline = 0.0  # monotonic time; 0: none
         self.read_timeout = 0.0
         self.total_s = 0.0
@@ -306,38 +296,9 @@ class Server:
         self.max_field_size = cfg.limit_request_field_size or MAX_HEAD_BYTES
         self.post_request = cfg.post_request
         self.date = _DateHeader()
-        # Connections waiting for a head -> their deadline (monotonic), kept by sweep().
-        self.waiting: dict[Conn, float] = {}
-        self._sweeper: gevent.Greenlet[[], None] | None = None
-
-    # head deadlines -----------------------------------------------------------------------
-    def sweep(self, now: float | None = None) -> int:
-        """End the connections whose head deadline has passed (their read side is shut:
-        the request loop sees the end of the stream and closes them); how many."""
-        now = time.monotonic() if now is None else now
-        waiting = self.waiting
-        late = [conn for conn, deadline in waiting.items() if deadline <= now]
-        for conn in late:
-            del waiting[conn]
-            conn.late = True
-            try:
-                conn.sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-        return len(late)
-
-    def _sweep_forever(self) -> None:
-        while True:
-            gevent.sleep(SWEEP_S)
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("sweep_failed")
 
     # the connection loop ------------------------------------------------------------------
     def serve(self, sock: Any, addr: Any) -> None:
-        if self._sweeper is None:
-            self._sweeper = gevent.spawn(self._sweep_forever)
         conn = Conn(sock, addr)
         remote = addr[0] if isinstance(addr, tuple) and addr else ""
         first = True
@@ -351,7 +312,6 @@ class Server:
                         return
                     environ, keep_alive, body = self._environ(conn, head, remote)
                 except Refused as refused:
-                    sock.settimeout(self.write_timeout_s)  # the head wait had none
                     write_json_error(sock, refused.status, str(refused))
                     return
                 if not self._answer(conn, environ, keep_alive, body, remote):
@@ -372,31 +332,30 @@ class Server:
         buf = conn.buf
         end = buf.find(b"\r\n\r\n")
         if end == -1:
+            deadline = time.monotonic() + seconds
             sock = conn.sock
-            sock.settimeout(None)  # the deadline is the sweeper's
-            waiting = self.waiting
-            waiting[conn] = time.monotonic() + seconds
-            try:
-                while end == -1:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        raise Refused(431, "the request headers are too large")
-                    try:
-                        data = sock.recv(READ_SIZE)
-                    except OSError:
-                        return None
-                    if not data:
-                        if buf.strip() and not conn.late:
-                            log.debug("client_closed_inside_head")
-                        return None
-                    buf += data
-                    # Empty lines before a request line are allowed (RFC 9112 2.2).
-                    while buf[:2] == b"\r\n":
-                        del buf[:2]
-                    end = buf.find(b"\r\n\r\n")
-            finally:
-                waiting.pop(conn, None)
-            if conn.late:
-                return None  # the deadline passed as the head arrived: as if it had not
+            while end == -1:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise Refused(431, "the request headers are too large")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                sock.settimeout(left)
+                try:
+                    data = sock.recv(READ_SIZE)
+                except TimeoutError:
+                    return None
+                except OSError:
+                    return None
+                if not data:
+                    if buf.strip():
+                        log.debug("client_closed_inside_head")
+                    return None
+                buf += data
+                # Empty lines before a request line are allowed (RFC 9112 2.2).
+                while buf[:2] == b"\r\n":
+                    del buf[:2]
+                end = buf.find(b"\r\n\r\n")
         head = bytes(buf[:end])
         del buf[: end + 4]
         return head
