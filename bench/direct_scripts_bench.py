@@ -4,7 +4,9 @@
 1. packing an acquire-sized EVALSHA (6 keys, 11 args): redis-py's packer against
    DirectScripts' own (µs per command);
 2. one EVALSHA round trip on one connection to a real Redis over loopback TCP and over
-   its unix socket, interleaved rounds (client CPU and wall µs per call, medians).
+   its unix socket, interleaved rounds (client CPU and wall µs per call, medians);
+3. the same round trip on the unix socket with redis-py's reply reader backed by hiredis
+   and by its pure-Python RESP3 parser, interleaved rounds ("Hot path, round four").
 
 Run: python bench/direct_scripts_bench.py [--calls 20000] [--rounds 5]
 """
@@ -70,6 +72,36 @@ def round_trips(calls: int, rounds: int) -> None:
             )
 
 
+def reply_parsers(calls: int, rounds: int) -> None:
+    """hiredis against redis-py's Python parser, reading an acquire-like reply (2 items)."""
+    from redis._parsers import _HiredisParser, _RESP3Parser
+
+    with EmbeddedRedis(port=free_port()) as server:
+        url = f"unix://{server.socket_path}"
+        sha = redis.Redis.from_url(url).script_load("return {KEYS[1], 12}")
+        conns = {
+            name: redis.ConnectionPool.from_url(
+                url, decode_responses=True, parser_class=parser, protocol=3
+            ).get_connection()
+            for name, parser in (("hiredis", _HiredisParser), ("Python RESP3", _RESP3Parser))
+        }
+        results: dict[str, list[float]] = {name: [] for name in conns}
+        for _ in range(rounds):
+            for name, conn in conns.items():
+                cpu = time.process_time()
+                for _ in range(calls):
+                    conn.send_command("EVALSHA", sha, 1, "k")
+                    conn.read_response()
+                results[name].append((time.process_time() - cpu) / calls * 1e6)
+        for name, cpus in results.items():
+            print(
+                f"EVALSHA round trip, replies read by {name:12}: client CPU "
+                f"{sorted(cpus)[len(cpus) // 2]:.1f} µs per call (median of {rounds})"
+            )
+        for conn in conns.values():
+            conn.disconnect()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
@@ -77,6 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     packing(args.calls)
     round_trips(args.calls, args.rounds)
+    reply_parsers(args.calls, args.rounds)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,13 @@ With `--compare DIR` it instead runs two llmlbd side by side, this tree and
 the llmlbd + collector packages under DIR (e.g. `git archive main llmlbd
 collector | tar -x -C DIR`), in interleaved wrk rounds, and prints the
 median CPU per request and req/s of each: one change measured at a time.
+Both are started anew each round, in turn first: with the two started once,
+the one started second measured 0.90-0.93x the CPU per request of the other
+in an A/A run (one tree against itself); so use an even number of rounds.
 
 Run: python bench/hotpath_profile.py [--seconds 8] [--rounds 3] [--keep DIR]
-     python bench/hotpath_profile.py --compare /tmp/base [--seconds 5] [--rounds 5]
+     python bench/hotpath_profile.py --compare /tmp/base [--seconds 5] [--rounds 6]
+     python bench/hotpath_profile.py --compare /tmp/base --new /tmp/new   # two snapshots
      python bench/hotpath_profile.py --compare-setting redis.local_unix_socket=false --redis-tcp
 Needs wrk (apt-get install -y wrk).
 """
@@ -29,6 +33,7 @@ Needs wrk (apt-get install -y wrk).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -181,6 +186,7 @@ def compare(
     rounds: int,
     base_setting: dict[str, Any] | None = None,
     redis_url: str | None = None,
+    new_root: str | None = None,
 ) -> None:
     """Interleaved rounds: the tree under *base_root* (else this one with *base_setting*,
     e.g. {"redis": {"local_unix_socket": False}}) vs this one, same backends; both on
@@ -192,19 +198,31 @@ def compare(
     with wb.zero_backends(2) as ports:
         # No cwd on sys.path, so the base tree's packages are the ones imported.
         base_env = {"PYTHONPATH": base_root, "PYTHONSAFEPATH": "1"} if base_root else None
-        with (
-            wb.llmlbd(ports, workers, extra=base_extra, env=base_env) as base,
-            wb.llmlbd(ports, workers, extra=shared) as new,
-        ):
-            for proxy in (base, new):
-                wb.run_wrk(proxy.port, 2)
-            for _ in range(rounds):
+        new_env = {"PYTHONPATH": new_root, "PYTHONSAFEPATH": "1"} if new_root else None
+        starts = (("base", base_extra, base_env), ("new", shared, new_env))
+        for index in range(rounds):
+            # An A/A run (one tree against itself, 2026-11-30) put the instance started
+            # second at 0.90-0.93x the CPU per request and 1.1-1.2x the rate of the first,
+            # whatever the order of the runs: so each round starts both anew, in turn
+            # first, and runs them in that order (use an even count of rounds).
+            order = starts if index % 2 == 0 else starts[::-1]
+            with contextlib.ExitStack() as stack:
+                proxies = [
+                    (label, stack.enter_context(wb.llmlbd(ports, workers, extra=extra, env=env)))
+                    for label, extra, env in order
+                ]
+                for _, proxy in proxies:
+                    wb.run_wrk(proxy.port, 2)
                 for mode, stream in (("plain", False), ("stream", True)):
-                    for label, proxy in (("base", base), ("new", new)):
+                    for label, proxy in proxies:
                         samples.setdefault((mode, label), []).append(
                             measure(proxy, stream, seconds, 1)
                         )
-    print(f"{rounds} interleaved rounds of {seconds:g} s, load average {wb.load_average()}")
+    balance = "even: balanced" if rounds % 2 == 0 else "ODD: unbalanced"
+    print(
+        f"{rounds} interleaved rounds of {seconds:g} s, each started anew, the first "
+        f"alternating ({balance}), load average {wb.load_average()}"
+    )
     for mode in ("plain", "stream"):
         base_rows, new_rows = samples[(mode, "base")], samples[(mode, "new")]
         # Each round's pair ran back to back under about the same load: compare within it.
@@ -234,6 +252,12 @@ def main() -> None:
         "(DIR's worker must call llmlbd.server.worker.cpuprofile.start_if_enabled())",
     )
     parser.add_argument(
+        "--new",
+        metavar="DIR",
+        help="with --compare: the llmlbd tree in DIR as 'new' instead of this one (a snapshot, "
+        "so that editing this tree during a run does not change what runs)",
+    )
+    parser.add_argument(
         "--compare-setting",
         metavar="SECTION.KEY=JSON",
         help="A/B this tree with the setting (base) against this tree's default (new)",
@@ -252,13 +276,21 @@ def main() -> None:
             section, _, name = key.partition(".")
             setting = {section: {name: json.loads(value)}}
         if not args.redis_tcp:
-            compare(args.compare, args.workers, args.seconds, args.rounds, setting)
+            compare(
+                args.compare, args.workers, args.seconds, args.rounds, setting, new_root=args.new
+            )
             return
         from llmlbd.embedded import EmbeddedRedis
 
         with EmbeddedRedis(port=wb.free_port()) as redis_server:
             compare(
-                args.compare, args.workers, args.seconds, args.rounds, setting, redis_server.url
+                args.compare,
+                args.workers,
+                args.seconds,
+                args.rounds,
+                setting,
+                redis_server.url,
+                new_root=args.new,
             )
         return
 

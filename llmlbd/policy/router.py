@@ -75,6 +75,8 @@ class Router:
         self.observer = observer
         # Deferred releases (see defer_releases): the arguments of Leases.release, in order.
         self.queued_releases: list[tuple[str, str]] = []
+        # Their request ids, so that pick() finds a retry's queued release without a scan.
+        self._queued_ids: set[str] = set()
         self._wake_sender: Callable[[], None] | None = None
 
     def defer_releases(self, wake: Callable[[], None]) -> None:
@@ -104,8 +106,7 @@ class Router:
             )
 
     def pick(self, request: RoutingRequest, exclude: frozenset[str] = frozenset()) -> Decision:
-        queued = self.queued_releases
-        if queued and any(call[0] == request.request_id for call in queued):
+        if request.request_id in self._queued_ids:
             # A retry of this request: its failed attempt's lease must go first (the
             # acquire script never counts one request id twice).
             self.send_releases()
@@ -153,6 +154,7 @@ class Router:
             self._send([call])
             return
         self.queued_releases.append(call)
+        self._queued_ids.add(decision.request_id)
         if len(self.queued_releases) == 1:
             self._wake_sender()
 
@@ -160,6 +162,7 @@ class Router:
         """Send every queued release (together); failures are kept for maintain()."""
         while self.queued_releases:
             batch, self.queued_releases = self.queued_releases, []
+            self._queued_ids = set()
             self._send(batch)
 
     def _send(self, calls: list[tuple[str, str]]) -> None:

@@ -121,6 +121,15 @@ CASES = {
         ),
         413,
     ),
+    # Control bytes inside a field value (the request loop checks a clean head at once and
+    # only a head with one of these value by value: each must still be refused).
+    "bare LF in a header value": (request(b"GET", b"/v1/models", b"X-A: a\nb\r\n"), 400),
+    "bare CR in a header value": (request(b"GET", b"/v1/models", b"X-A: a\rb\r\n"), 400),
+    "NUL in a header value": (request(b"GET", b"/v1/models", b"Host2: a\x00b\r\n"), 400),
+    "DEL in a known header's value": (
+        request(b"POST", b"/v1/chat/completions", POST + b"Content-Length: 2\x7f\r\n", b"{}"),
+        400,
+    ),
     "oversized header": (
         request(b"GET", b"/v1/models", b"X-Big: " + b"a" * 20000 + b"\r\n"),
         431,

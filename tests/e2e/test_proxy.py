@@ -216,6 +216,31 @@ class TestDeadBackends:
             assert response.status_code == 502
             assert error_of(response)["code"] == "backend_failed"
 
+    def test_a_backend_silent_mid_stream_ends_it_after_read_timeout_s(self, redis_server):
+        """A backend that stops sending mid-stream for longer than server.read_timeout_s
+        ends the stream with an SSE error event after about that long, not sooner."""
+        with StubBackends(1) as stubs:
+            config = {
+                "redis": {"url": redis_server.url},
+                "collector": {"enabled": False},
+                "server": {"read_timeout_s": 0.5},
+                "backends": stubs.config(),
+            }
+            with LLMLBD(config, workers=1) as proxy:
+                began = time.monotonic()
+                with requests.post(
+                    f"{proxy.url}/v1/chat/completions",
+                    json={**CHAT, "stream": True},
+                    headers={"x-stub-chunks": "3", "x-stub-interval": "3"},
+                    stream=True,
+                    timeout=10,
+                ) as response:
+                    events = [line for line in response.iter_lines() if line.startswith(b"data: ")]
+                took = time.monotonic() - began
+        assert len(events) == 2, events  # the first chunk, then the error event
+        assert json.loads(events[-1][6:])["error"]["code"] == "upstream_error"
+        assert 0.5 <= took < 2.5, took
+
     def test_silent_backend_is_504(self, redis_server):
         silent = ScriptedServer(*[[]] * 8, HANG_UP)  # reads each request, never answers
         port = silent.port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -110,6 +111,13 @@ def test_sigterm_lets_streams_finish_and_releases_everything(redis_server):
             assert proxy.proc.popen.wait(15) == 0
             assert client.hgetall("llmlb:{term}:inflight") == {}
             assert client.hlen("llmlb:{term}:leases") == 0
+            # The request log (written in batches while a worker is busy) lost no line.
+            lines = [
+                json.loads(line)
+                for line in proxy.log().splitlines()
+                if '"request_done"' in line and '"/v1/chat/completions"' in line
+            ]
+            assert [line["outcome"] for line in lines] == ["complete"] * 6
         finally:
             proxy.stop()
             client.close()

@@ -196,3 +196,25 @@ def test_a_trickled_body_gets_408_after_the_total_body_deadline(redis_server, ba
         assert 1.5 < elapsed < 6, elapsed
         # The proxy serves others as before.
         assert requests.post(f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=10).ok
+
+
+def test_head_deadlines_end_silent_connections_on_time(redis_server, backends):
+    """A kept-alive connection without a next request ends after keepalive_s, a half-sent
+    head after client_header_timeout_s, neither much before nor much after."""
+    with start(redis_server, backends, keepalive_s=1) as proxy:
+        idle = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        half = open_stalled(proxy.port, HALF_HEAD)
+        try:
+            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = idle.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200") and b"keep-alive" in answer.lower()
+            began = time.monotonic()
+            assert read_all(idle, 10) == b""
+            idle_for = time.monotonic() - began
+            assert read_all(half, 10) == b""  # no answer to a head that never ended
+            half_for = time.monotonic() - began
+        finally:
+            idle.close()
+            half.close()
+        assert 0.9 < idle_for < 2.0, idle_for
+        assert 1.9 < half_for < 3.0, half_for  # client_header_timeout_s: 2.0

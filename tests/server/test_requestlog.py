@@ -237,3 +237,14 @@ def test_the_line_is_byte_for_byte_what_structlog_wrote(structlog_json, pipe):
             return line[:start] + line[line.index('"', start + 14) + 1 :]
 
         assert without_timestamp(ours) == without_timestamp(theirs)
+
+
+def test_milliseconds_are_written_as_repr_of_round_to_two_decimals():
+    """The fast millisecond text is exactly structlog's `repr(round(s * 1000, 2))`."""
+    import random
+
+    rng = random.Random(11)
+    values = [0.0, 1.0, 0.001, 0.0005, 0.000005, 0.0000049999, 0.012345, 2.5e-6, 123.456789]
+    values += [rng.random() * rng.choice((1e-3, 1e-1, 1.0, 60.0, 3600.0)) for _ in range(20000)]
+    for seconds in values:
+        assert requestlog._ms(seconds) == repr(round(seconds * 1000, 2)), seconds

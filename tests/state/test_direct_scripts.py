@@ -168,3 +168,15 @@ def test_the_evalsha_bytes_are_redis_pys(redis_client):
         assert script._pack(conn, keys, args) == expected
     with pytest.raises(redis.DataError):  # as redis-py: no bools
         script._pack(conn, ("k",), (True,))
+    # The keys' part is packed once and reused: the same keys again, other args, and keys
+    # that redis-py packs by repr (an int) or refuses (a bool) still give its bytes.
+    for keys, args in [
+        (("{pool}:inflight", "{pool}:lease"), ("r2", 7)),
+        (("{pool}:inflight", "{pool}:lease"), ()),
+        (("{pool}:inflight", 3), ("r3",)),
+        ((b"{pool}:raw", "ünï"), ("r4",)),
+    ]:
+        expected = b"".join(conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args))
+        assert script._pack(conn, keys, args) == expected
+    with pytest.raises(redis.DataError):
+        script._pack(conn, ("k", False), ())

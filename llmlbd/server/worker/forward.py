@@ -40,6 +40,10 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# Never sent upstream: hop-by-hop fields and those the upstream request sets itself.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
+
+
 def _connection_tokens(items: list[tuple[str, str]]) -> set[str]:
     tokens: set[str] = set()
     for name, value in items:
@@ -51,12 +55,12 @@ def _connection_tokens(items: list[tuple[str, str]]) -> set[str]:
 def request_headers(
     client_headers: dict[str, str], client_addr: str, scheme: str, host: str
 ) -> dict[str, str]:
-    """Headers to send upstream: the client's, minus hop-by-hop ones, plus forwarding info."""
-    drop = (
-        HOP_BY_HOP
-        | _connection_tokens(list(client_headers.items()))
-        | {"host", "content-length", "expect"}
-    )
+    """Headers to send upstream: the client's (by lower-case name), minus hop-by-hop ones,
+    plus forwarding info."""
+    connection = client_headers.get("connection")
+    drop = _NOT_FORWARDED
+    if connection is not None:
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
     headers = {name: value for name, value in client_headers.items() if name not in drop}
     if client_addr:
         previous = client_headers.get("x-forwarded-for")

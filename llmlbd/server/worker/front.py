@@ -63,6 +63,14 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # gunicorn did; percent-encoded ones pass).
 _TARGET = re.compile(rb"[!-~]+\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A control byte other than the CR LF pairs that end lines: a head without one (and whose
+# CR and LF counts match its lines) needs no per-value check.
+_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Header names seen before (bytes -> lower-case str), so a repeated name skips its checks.
+_NAMES: dict[bytes, str] = {}
+_NAMES_MAX = 1024
+# Response header names that passed _NAME (the same bound).
+_GOOD_NAMES: set[str] = set()
 _NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 # Status -> (reason, code) for the requests this loop refuses itself.
@@ -423,17 +431,28 @@ class Server:
             raise Refused(431, f"more than {self.max_fields} header fields")
         headers: dict[str, str] = {}
         max_field = self.max_field_size
+        separators = len(lines) - 1
+        clean = (
+            raw.count(b"\n") == separators
+            and raw.count(b"\r") == separators
+            and _CTL.search(raw) is None
+        )
+        names = _NAMES
         for field in lines[1:]:
             if len(field) > max_field:
                 raise Refused(431, f"a header field is over {max_field} bytes")
             name_b, sep, value_b = field.partition(b":")
-            if not sep or not _TOKEN.match(name_b):
-                if field[:1] in (b" ", b"\t"):
-                    raise Refused(400, "obsolete line folding in the headers")
-                raise Refused(400, f"invalid header field {field[:40]!r}")
-            name = name_b.decode("ascii").lower()
+            name = names.get(name_b) if sep else None
+            if name is None:
+                if not sep or not _TOKEN.match(name_b):
+                    if field[:1] in (b" ", b"\t"):
+                        raise Refused(400, "obsolete line folding in the headers")
+                    raise Refused(400, f"invalid header field {field[:40]!r}")
+                name = name_b.decode("ascii").lower()
+                if len(names) < _NAMES_MAX:
+                    names[name_b] = name
             value = value_b.strip(b" \t").decode("latin-1")
-            if _BAD_VALUE.search(value):
+            if not clean and _BAD_VALUE.search(value):
                 raise Refused(400, f"invalid characters in header {name}")
             previous = headers.get(name)
             if previous is not None:
@@ -581,10 +600,17 @@ class _Out:
             raise AssertionError("start_response() called twice without exc_info")
         if _BAD_VALUE.search(status) or not status[:3].isdigit():
             raise ValueError(f"invalid status line {status[:40]!r}")
+        # One search over every value, and names checked once per worker; the loop below
+        # names the culprit only when something is wrong.
+        good = _GOOD_NAMES
+        clean = _BAD_VALUE.search("".join([value for _, value in headers])) is None
         for name, value in headers:
-            if not _NAME.match(name):
-                raise ValueError(f"invalid header name {name[:40]!r}")
-            if _BAD_VALUE.search(value):
+            if name not in good:
+                if not _NAME.match(name):
+                    raise ValueError(f"invalid header name {name[:40]!r}")
+                if len(good) < _NAMES_MAX:
+                    good.add(name)
+            if not clean and _BAD_VALUE.search(value):
                 raise ValueError(f"invalid characters in the value of header {name}")
         self.status = status
         self.headers = headers

@@ -50,7 +50,7 @@ WRITE_MAX = 4096  # PIPE_BUF on Linux: a write this size to a pipe is atomic
 _escape: Any = json.encoder.encode_basestring_ascii
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ sets each field through object.__setattr__
 class Finished:
     """One finished request, as its log line reports it."""
 
@@ -123,6 +123,14 @@ class _Clock:
         return f'{self._prefix}{int((now - second) * 1e6):06d}Z"'
 
 
+def _ms(seconds: float) -> str:
+    """`repr(round(seconds * 1000, 2))`, as structlog writes it, at half the cost: both
+    round the same float to two decimals, and the shortest repr of that is those
+    digits without trailing zeros."""
+    text = f"{seconds * 1000:.2f}".rstrip("0")
+    return text + "0" if text[-1] == "." else text
+
+
 def _json_value(value: Any) -> str:
     if value is None:
         return "null"
@@ -143,6 +151,8 @@ class JsonRequestLog:
         self.pending = 0
         self._flusher: gevent.Greenlet[[], None] | None = None
         self._names: dict[str, str] = {}  # backend, policy and reason strings, escaped once
+        # (backend, policy, reason) -> their three fields, rendered once.
+        self._routes: dict[tuple[str, str, str], str] = {}
 
     def _name(self, text: str) -> str:
         escaped = self._names.get(text)
@@ -156,11 +166,16 @@ class JsonRequestLog:
         request, decision, ttfb_s = finished.request, finished.decision, finished.ttfb_s
         client_id = request.headers.get("x-request-id")
         if decision is not None:
-            name = self._name
-            routed = (
-                f'"backend": {name(decision.backend.name)}, "policy": {name(decision.policy)}, '
-                f'"reason": {name(decision.reason)}, '
-            )
+            route = (decision.backend.name, decision.policy, decision.reason)
+            routed = self._routes.get(route)
+            if routed is None:
+                name = self._name
+                routed = (
+                    f'"backend": {name(route[0])}, "policy": {name(route[1])}, '
+                    f'"reason": {name(route[2])}, '
+                )
+                if len(self._routes) < 4096:
+                    self._routes[route] = routed
             details = json.dumps(decision.details) if decision.details else "null"
         else:
             routed, details = '"backend": "", "policy": "", "reason": "", ', "null"
@@ -172,8 +187,8 @@ class JsonRequestLog:
             f'"stream": {"true" if request.stream else "false"}, '
             f'"pool": {self._name(request.pool)}, '
             f'{routed}"status": {int(finished.status)}, "bytes": {int(finished.size)}, '
-            f'"ttfb_ms": {"null" if ttfb_s is None else repr(round(ttfb_s * 1000, 2))}, '
-            f'"duration_ms": {round(finished.duration_s * 1000, 2)!r}, '
+            f'"ttfb_ms": {"null" if ttfb_s is None else _ms(ttfb_s)}, '
+            f'"duration_ms": {_ms(finished.duration_s)}, '
             f'"outcome": {self._name(finished.outcome)}, '
             f'"decision": {details}{self.tail}, "timestamp": {self.clock.now()}, '
             f'"pid": {self.pid}}}\n'
