@@ -319,7 +319,13 @@ def test_backend_headers_the_server_cannot_relay_give_502_and_leak_nothing(redis
             response = requests.post(f"{proxy.url}/v1/chat/completions", json=CHAT)
             assert response.status_code == 502
             assert "cannot relay" in error_of(response)["message"]
-            assert client.hgetall("llmlb:{badheaders}:inflight") == {}
+            # Releases are sent by the worker's release sender just after the response
+            # (docs/design.md): wait for it; a leaked count would never come back to zero.
+            wait_until(
+                lambda: client.hgetall("llmlb:{badheaders}:inflight") == {},
+                timeout=5,
+                message="in-flight count back to zero",
+            )
             assert client.hlen("llmlb:{badheaders}:leases") == 0
     finally:
         listener.close()
