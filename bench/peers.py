@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="JSON object of lb_config keys for the llmlbd routers (e.g. '{\"maxLoadGap\": 16}'; "
         "default: llmlbd's defaults)",
     )
+    parser.add_argument(
+        "--llmlbd-config",
+        default="",
+        help="JSON object of other config sections for the llmlbd routers, merged per section "
+        '(e.g. \'{"collector": {"interval_ms": 1000}}\'; default: llmlbd\'s defaults)',
+    )
     parser.add_argument("--list", action="store_true", help="print scenarios and routers, exit")
     return parser.parse_args(argv)
 
@@ -298,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.peerbench import routers
 
         routers.LLMLBD_LB_CONFIG.update(json.loads(args.llmlbd_lb_config))
+    if args.llmlbd_config:
+        from bench.peerbench import routers
+
+        routers.LLMLBD_CONFIG.update(json.loads(args.llmlbd_config))
     if args.from_json:
         run = json.loads(Path(args.from_json).read_text())
     else:

@@ -35,6 +35,8 @@ from tests.harness import LLMLBD, Proc, free_port, wait_for_http, wait_until
 
 # lb_config keys for every llmlbd router of a run (peers.py --llmlbd-lb-config; default: none).
 LLMLBD_LB_CONFIG: dict = {}
+# Other config sections for them, merged section by section (peers.py --llmlbd-config).
+LLMLBD_CONFIG: dict = {}
 
 __all__ = ["ALL_ROUTERS", "RouterUnavailable", "Running", "sim_options_for", "start_router"]
 
@@ -118,6 +120,9 @@ def _llmlbd(label, policy, backends, models, install) -> Running:
     }
     if LLMLBD_LB_CONFIG:
         config["lb_config"] = dict(LLMLBD_LB_CONFIG)
+    for section, values in LLMLBD_CONFIG.items():
+        merged = config.get(section)
+        config[section] = {**merged, **values} if isinstance(merged, dict) else values
     try:
         server = LLMLBD(config, workers=2, name="peers-llmlbd")
     except Exception as exc:
