@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from llmlbd.state import ordered_index
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.ordered_index import Membership
@@ -153,7 +155,8 @@ class Leases:
 
 def _is_cluster(client: Any) -> bool:
     # A Cluster client's pipeline is per slot and has no script cache: release one by one.
-    return type(client).__name__ == "RedisCluster"
+    # isinstance, not the class name: state/client.py builds a subclass of RedisCluster.
+    return isinstance(client, redis.RedisCluster)
 
 
 def reap(

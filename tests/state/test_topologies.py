@@ -48,6 +48,27 @@ def test_lease_scripts_and_snapshot_run_on_redis_cluster(cluster_url):
     client.close()
 
 
+def test_batched_releases_run_on_redis_cluster(cluster_url):
+    """The worker's release sender batches releases (Leases.release_many) with the client
+    `connect` builds: on a cluster, whose pipelines refuse scripts, they must still all
+    be released (they raised RedisClusterException when llmlbd's own cluster subclass was
+    not recognised as a cluster)."""
+    config = config_from_dict({"redis": {"url": cluster_url, "mode": "cluster"}})
+    client = connect(config)
+    keys = PoolKeys("batched")
+    leases = Leases(client, keys, "host:batched:x", ttl_ms=5000)
+    leases.heartbeat()
+    for i in range(4):
+        assert leases.acquire(f"r{i}", "ab"[i % 2])
+    replies = leases.release_many([("r0", "ok"), ("r1", "ok"), ("r2", ""), ("nope", "")])
+    assert [bool(r) for r in replies] == [True, True, True, False]
+    inflight = {str(k): int(v) for k, v in client.hgetall(keys.inflight).items()}
+    assert inflight == {"b": 1}  # r3's slot, still held
+    assert leases.release("r3")
+    assert leases.retire()[0] == 0
+    client.close()
+
+
 def test_prefix_cache_runs_on_redis_cluster(cluster_url):
     """acquire_prefix.lua names backends' keys and the index's ZSETs from the pool's base
     key (undeclared, same slot) and samples shared levels: all of it runs on a Cluster."""
