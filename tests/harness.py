@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,31 +17,43 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
+def _listen_range() -> tuple[int, int]:
+    """Ports for the servers tests start: below the kernel's ephemeral range, from which
+    every outgoing connection takes its local port. A port picked inside that range can be
+    taken by a concurrent test's client connection between the pick and the server's bind
+    (seen: a stub backend exiting on EADDRINUSE while the failover test ran beside it)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10_000, low - 1) if low > 12_000 else (low, 65_535)
+
+
+_PORTS = random.SystemRandom()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port nothing listens on now, outside the ephemeral range (see _listen_range)."""
+    return free_port_run(1)
 
 
 def free_port_run(count: int) -> int:
     """A free port p with p + 1 ... p + count - 1 free too (a demo fleet takes consecutive
-    ports from demo.base_port)."""
+    ports from demo.base_port), outside the ephemeral range."""
+    low, high = _listen_range()
     while True:
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            if port + count - 1 > 65535:
-                continue
-            others = [socket.socket() for _ in range(count - 1)]
-            try:
-                for offset, sock in enumerate(others, start=1):
-                    sock.bind(("127.0.0.1", port + offset))
-                return port
-            except OSError:
-                continue
-            finally:
-                for sock in others:
-                    sock.close()
+        port = _PORTS.randint(low, high - count + 1)
+        if all(_bindable(port + offset) for offset in range(count)):
+            return port
 
 
 def wait_for_port(
