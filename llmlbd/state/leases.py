@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from llmlbd.state import ordered_index
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.ordered_index import Membership
@@ -155,8 +153,9 @@ class Leases:
 
 def _is_cluster(client: Any) -> bool:
     # A Cluster client's pipeline is per slot and has no script cache: release one by one.
-    # isinstance, not the class name: state/client.py builds a subclass of RedisCluster.
-    return isinstance(client, redis.RedisCluster)
+    # Any class in the MRO: state/client.py builds a subclass of RedisCluster. (By name:
+    # the gunicorn master imports this module and must not import the client library.)
+    return any(cls.__name__ == "RedisCluster" for cls in type(client).__mro__)
 
 
 def reap(
