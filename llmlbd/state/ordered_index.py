@@ -51,11 +51,29 @@ def sync(client: Any, keys: PoolKeys, membership: Membership) -> int:
     )
 
 
-def with_resync(run: Callable[[], Any], client: Any, keys: PoolKeys, membership: Membership) -> Any:
+def with_resync(
+    run: Callable[[], Any],
+    client: Any,
+    keys: PoolKeys,
+    membership: Membership,
+    recheck_refusals: bool = False,
+) -> Any:
     """The reply of *run* (an acquire script that answers {false, 'resync'} when the index
     follows another membership, or is lost): rebuilt from *membership* and retried. A
     worker whose view differs (mid-rollout) may rebuild it back: a few rounds at most,
-    then {false, 'none'}."""
+    then {false, 'none'}.
+
+    With *recheck_refusals* (the prefix scripts, which take every candidate from the
+    index), a refusal 'none' or 'model' rebuilds the index once more and retries: a
+    backend made eligible behind the scripts' back (a direct write) is not indexed yet."""
+    reply = _resynced(run, client, keys, membership)
+    if recheck_refusals and not reply[0] and reply_text(reply[1]) in ("none", "model"):
+        sync(client, keys, membership)
+        reply = _resynced(run, client, keys, membership)
+    return reply
+
+
+def _resynced(run: Callable[[], Any], client: Any, keys: PoolKeys, membership: Membership) -> Any:
     for _ in range(3):
         reply = run()
         if reply[0] or reply_text(reply[1]) != "resync":

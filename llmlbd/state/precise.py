@@ -18,6 +18,7 @@ from llmlbd.config.settings import default_of
 from llmlbd.state import ordered_index
 from llmlbd.state.leases import Leases
 from llmlbd.state.ordered_index import Membership
+from llmlbd.state.prefix import decision_fields
 from llmlbd.state.scripts import explain_reply, reply_text
 
 __all__ = ["PreciseParams", "PreciseReservation", "PreciseIndex"]
@@ -74,19 +75,9 @@ class PreciseIndex:
         args = [
             json.dumps(
                 {
-                    "request_id": request_id,
-                    "worker": self.leases.worker_id,
-                    "lease_ttl_ms": self.leases.ttl_ms,
-                    "cap": cap,
-                    "model": model,
-                    "digest": members.digest,
-                    "seed": seed,
-                    "excluded": list(exclude),
-                    "stale_after_ms": p.stale_after_ms,
-                    "min_match_blocks": p.min_match_blocks,
-                    "max_load_gap": float(p.max_load_gap),
-                    "max_load_ratio": float(p.max_load_ratio),
-                    "max_kv_usage": float(p.max_kv_usage),
+                    **decision_fields(
+                        self.leases, p, request_id, cap, model, members, seed, exclude
+                    ),
                     "count_offloaded": p.count_offloaded,
                     "dry": dry,
                     "wide_holders": p.wide_holders,
@@ -100,12 +91,7 @@ class PreciseIndex:
         def run() -> Any:
             return self.leases.scripts.acquire_precise(keys=keys, args=args)
 
-        client = self.leases.client
-        reply = ordered_index.with_resync(run, client, k, members)
-        if not reply[0] and reply_text(reply[1]) in ("none", "model"):
-            ordered_index.sync(client, k, members)
-            reply = ordered_index.with_resync(run, client, k, members)
-        return reply
+        return ordered_index.with_resync(run, self.leases.client, k, members, recheck_refusals=True)
 
     def acquire(
         self,

@@ -40,6 +40,7 @@ __all__ = [
     "PrefixIndex",
     "BRANCH_FIELD",
     "REFRESH_FRACTION",
+    "decision_fields",
     "holders",
     "refresh_ms",
 ]
@@ -52,6 +53,36 @@ BRANCH_FIELD = "#"
 # entry lives at least TTL x (1 - 1 / REFRESH_FRACTION) after its last use. The owned set's
 # scores (the eviction order) are written on every use.
 REFRESH_FRACTION = 8
+
+
+def decision_fields(
+    leases: Leases,
+    params: Any,
+    request_id: str,
+    cap: int,
+    model: str,
+    members: Membership,
+    seed: int,
+    exclude: Sequence[str],
+) -> dict[str, Any]:
+    """The JSON fields both prefix scripts (acquire_prefix.lua, acquire_precise.lua) read
+    alike: the lease, the caller's membership and exclusions, and the load bound. *params*
+    is a PrefixParams or a PreciseParams."""
+    return {
+        "request_id": request_id,
+        "worker": leases.worker_id,
+        "lease_ttl_ms": leases.ttl_ms,
+        "cap": cap,
+        "model": model,
+        "digest": members.digest,
+        "seed": seed,
+        "excluded": list(exclude),
+        "stale_after_ms": params.stale_after_ms,
+        "min_match_blocks": params.min_match_blocks,
+        "max_load_gap": float(params.max_load_gap),
+        "max_load_ratio": float(params.max_load_ratio),
+        "max_kv_usage": float(params.max_kv_usage),
+    }
 
 
 def refresh_ms(ttl_ms: int) -> int:
@@ -141,20 +172,10 @@ class PrefixIndex:
         return [
             json.dumps(
                 {
-                    "request_id": request_id,
-                    "worker": self.leases.worker_id,
-                    "lease_ttl_ms": self.leases.ttl_ms,
-                    "cap": cap,
-                    "model": model,
-                    "digest": members.digest,
-                    "seed": seed,
-                    "excluded": list(exclude),
+                    **decision_fields(
+                        self.leases, p, request_id, cap, model, members, seed, exclude
+                    ),
                     "prefix_ttl_ms": p.ttl_ms,
-                    "stale_after_ms": p.stale_after_ms,
-                    "min_match_blocks": p.min_match_blocks,
-                    "max_load_gap": float(p.max_load_gap),
-                    "max_load_ratio": float(p.max_load_ratio),
-                    "max_kv_usage": float(p.max_kv_usage),
                     "entries_per_backend": p.entries_per_backend,
                     "tokens_per_block": float(p.tokens_per_block),
                     "mode": p.mode,
@@ -181,11 +202,9 @@ class PrefixIndex:
         def run() -> Any:
             return self.leases.scripts.acquire_prefix(keys=keys, args=args)
 
-        reply = ordered_index.with_resync(run, self.leases.client, self.keys, members)
-        if not reply[0] and reply_text(reply[1]) in ("none", "model"):
-            ordered_index.sync(self.leases.client, self.keys, members)
-            reply = ordered_index.with_resync(run, self.leases.client, self.keys, members)
-        return reply
+        return ordered_index.with_resync(
+            run, self.leases.client, self.keys, members, recheck_refusals=True
+        )
 
     def explain(
         self,

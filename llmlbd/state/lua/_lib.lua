@@ -394,6 +394,49 @@ end
 -- lr:all; R.model ('' for any); R.score_limit (past it nobody is under the cap);
 -- R.base the pool's base key; R.dry (reads only); R.stale (see below).
 
+-- One backend of a prefix decision (acquire_prefix.lua, acquire_precise.lua), read once and
+-- kept in R.info: member (of the pool), why (ineligible's reason), status ('ok', that
+-- reason, 'excluded' or 'cap': what a dry run shows), usable (may hold or match entries:
+-- eligible, maybe at the cap or excluded), pickable (may be picked now), load, waiting and
+-- kv (from fresh metrics, else nil), blocks and block_size (the engine's KV cache, as
+-- scraped). R carries base, model, now, stale_after, excluded, cap and saw_eligible; KEYS
+-- are both scripts': [1] inflight HASH, [4] drained SET, [5] lr:weights HASH (members).
+local function prefix_backend(R, name)
+  local c = R.info[name]
+  if c then return c end
+  c = {}
+  R.info[name] = c
+  local weight = string.sub(name, 1, 1) ~= '#' and redis.call('HGET', KEYS[5], name)
+  if not weight then return c end
+  c.member = true
+  local metrics = R.base .. ':backend:' .. name
+  c.why = ineligible(KEYS[4], metrics, name, R.model)
+  c.status = c.why or 'ok'
+  if c.why then return c end
+  c.usable = true
+  local f = redis.call('HMGET', metrics, 'scraped_at', 'waiting', 'running', 'kv_usage',
+                       'num_gpu_blocks', 'block_size')
+  local inflight = tonumber(redis.call('HGET', KEYS[1], name) or '0')
+  local queued = 0
+  local scraped = tonumber(f[1])
+  if scraped and R.now - scraped <= R.stale_after then
+    c.waiting = tonumber(f[2])
+    queued = (c.waiting or 0) + (tonumber(f[3]) or 0)
+    c.kv = tonumber(f[4])
+  end
+  -- Requests this fleet of proxies sent, or what the engine reports if it has more
+  -- (other clients): never both, which would count our own requests twice.
+  c.load = math.max(inflight, queued) / tonumber(weight)
+  c.blocks, c.block_size = tonumber(f[5]), tonumber(f[6])
+  if R.excluded[name] then
+    c.status = 'excluded'
+  else
+    R.saw_eligible = true
+    if R.cap == 0 or inflight < R.cap then c.pickable = true else c.status = 'cap' end
+  end
+  return c
+end
+
 local function kv_fits(c, max_kv) return c.kv == nil or c.kv <= max_kv end
 
 -- Indexed backends found ineligible on the way were changed behind the index's back (a

@@ -47,43 +47,12 @@ local zsets = {KEYS[6]}
 if model ~= '' then zsets[2] = KEYS[7] end
 local now = now_ms()
 
--- One backend, read once: member (of the pool), why (ineligible's reason), usable (may
--- be matched: eligible, maybe at the cap or excluded), pickable (may be picked now),
--- status (for the dry run), load, kv (fresh KV use or nil).
+-- One backend, read once (prefix_backend in _lib.lua).
 local info = {}
 local R = {info = info, zsets = zsets, all_key = KEYS[8], model = model, base = base, dry = dry,
-           stale = {}, saw_eligible = false}
-local function backend(name)
-  local c = info[name]
-  if c then return c end
-  c = {}
-  info[name] = c
-  local weight = string.sub(name, 1, 1) ~= '#' and redis.call('HGET', KEYS[5], name)
-  if not weight then return c end
-  c.member = true
-  local metrics = base .. ':backend:' .. name
-  c.why = ineligible(KEYS[4], metrics, name, model)
-  c.status = c.why or 'ok'
-  if c.why then return c end
-  c.usable = true
-  local f = redis.call('HMGET', metrics, 'scraped_at', 'waiting', 'running', 'kv_usage')
-  local inflight = tonumber(redis.call('HGET', KEYS[1], name) or '0')
-  local queued = 0
-  local scraped = tonumber(f[1])
-  if scraped and now - scraped <= stale_after then
-    queued = (tonumber(f[2]) or 0) + (tonumber(f[3]) or 0)
-    c.kv = tonumber(f[4])
-  end
-  -- Our own requests or what the engine reports, whichever is larger (never both).
-  c.load = math.max(inflight, queued) / tonumber(weight)
-  if excluded[name] then
-    c.status = 'excluded'
-  else
-    R.saw_eligible = true
-    if cap == 0 or inflight < cap then c.pickable = true else c.status = 'cap' end
-  end
-  return c
-end
+           stale = {}, saw_eligible = false, now = now, stale_after = stale_after,
+           excluded = excluded, cap = cap}
+local function backend(name) return prefix_backend(R, name) end
 R.read = backend
 R.score_limit = math.huge  -- past cap / (lightest weight) nobody is under the cap
 if cap > 0 then R.score_limit = cap / (tonumber(redis.call('HGET', KEYS[5], '#min_weight')) or 1) end

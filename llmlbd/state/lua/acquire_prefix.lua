@@ -77,46 +77,21 @@ local zsets = {KEYS[6]}
 if model ~= '' then zsets[2] = KEYS[7] end
 local now = now_ms()
 
--- One backend, read once: member (of the pool), why (ineligible's reason), usable (may
--- hold entries: eligible, maybe at the cap or excluded), pickable (may be picked now),
--- load, kv (fresh KV use or nil), waiting, entries (its index's size).
+-- One backend, read once (prefix_backend in _lib.lua), plus entries: its index's size,
+-- its share of the KV cache it reports (else entries_per_backend).
 local info = {}
 local R = {info = info, zsets = zsets, all_key = KEYS[8], model = model, base = base, dry = dry,
-           stale = {}, saw_eligible = false}
+           stale = {}, saw_eligible = false, now = now, stale_after = stale_after,
+           excluded = excluded, cap = cap}
 local function backend(name)
-  local c = info[name]
-  if c then return c end
-  c = {}
-  info[name] = c
-  local weight = string.sub(name, 1, 1) ~= '#' and redis.call('HGET', KEYS[5], name)
-  if not weight then return c end
-  c.member = true
-  local metrics = base .. ':backend:' .. name
-  c.why = ineligible(KEYS[4], metrics, name, model)
-  if c.why then return c end
-  c.usable = true
-  local f = redis.call('HMGET', metrics, 'scraped_at', 'waiting', 'running', 'kv_usage',
-                       'num_gpu_blocks', 'block_size')
-  local inflight = tonumber(redis.call('HGET', KEYS[1], name) or '0')
-  local queued = 0
-  local scraped = tonumber(f[1])
-  if scraped and now - scraped <= stale_after then
-    c.waiting = tonumber(f[2])
-    queued = (c.waiting or 0) + (tonumber(f[3]) or 0)
-    c.kv = tonumber(f[4])
-  end
-  -- Requests this fleet of proxies sent, or what the engine reports if it has more
-  -- (other clients): never both, which would count our own requests twice.
-  c.load = math.max(inflight, queued) / tonumber(weight)
-  local blocks, block_size = tonumber(f[5]), tonumber(f[6])
-  if blocks and block_size and blocks > 0 and block_size > 0 then
-    c.entries = math.max(1, math.floor(blocks * block_size / tokens_per_block))
-  else
-    c.entries = default_entries
-  end
-  if not excluded[name] then
-    R.saw_eligible = true
-    if cap == 0 or inflight < cap then c.pickable = true end
+  local c = prefix_backend(R, name)
+  if c.usable and c.entries == nil then
+    local blocks, block_size = c.blocks, c.block_size
+    if blocks and block_size and blocks > 0 and block_size > 0 then
+      c.entries = math.max(1, math.floor(blocks * block_size / tokens_per_block))
+    else
+      c.entries = default_entries
+    end
   end
   return c
 end
