@@ -29,10 +29,10 @@ from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.outcomes import no_route
 from llmlbd.policy.profiles.prefix_cache import PrefixCache
 from llmlbd.request import RoutingRequest
-from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.kv_index import KVIndexWriter
 from llmlbd.state.ordered_index import sync
+from tests.policy.pool_state import redis_commands, write_backend
 
 _ids = itertools.count()
 PROMPT = list(range(1000, 1000 + 16 * 12))  # 12 full blocks of 16 tokens
@@ -161,21 +161,7 @@ def test_pick_is_one_a_full_recomputation_allows(
     seconds, micros = redis_client.time()
     now = seconds * 1000 + micros // 1000
     for name, s in zip(names, states):
-        for k in range(s["inflight"]):
-            assert leases.acquire(f"{name}-held-{k}", name).backend == name
-        fields: dict[str, Any] = {}
-        if s["health"]:
-            fields[F.HEALTH] = s["health"]
-        if s["models"]:
-            fields["models"] = s["models"]
-        fields["scraped_at"] = now if s["fresh"] else now - 3_600_000
-        fields["waiting"] = s["queued"] // 2
-        fields["running"] = s["queued"] - s["queued"] // 2
-        if s["kv"] is not None:
-            fields["kv_usage"] = s["kv"]
-        redis_client.hset(KEYS.backend(name), mapping=fields)
-        if s["drained"]:
-            redis_client.sadd(KEYS.drained, name)
+        write_backend(redis_client, KEYS, leases, name, s, now)
         held = [h for j, h in enumerate(HASHES[: s["run"]]) if j != s["hole"]]
         split = len(held) if s["offload_from"] is None else s["offload_from"]
         hold(redis_client, name, held[:split], held[split:], s["live"])
@@ -324,11 +310,6 @@ class TestSharedPrefix:
         assert (decision.backend.name, decision.reason) == ("b0004", "overloaded")
         assert decision.details["matched_blocks"] == 0
         assert decision.details["best_blocks"] == 6
-
-
-def redis_commands(client: Any) -> int:
-    """Commands Redis has run so far, including those called by scripts."""
-    return sum(int(v["calls"]) for v in client.info("commandstats").values())
 
 
 @pytest.mark.parametrize("mode", ["miss", "hit", "shared"])

@@ -27,10 +27,10 @@ from llmlbd.policy.context import PolicyContext
 from llmlbd.policy.outcomes import no_route
 from llmlbd.policy.profiles.prefix_cache import PrefixCache
 from llmlbd.request import RoutingRequest
-from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
 from llmlbd.state.ordered_index import sync
+from tests.policy.pool_state import redis_commands, write_backend
 
 _ids = itertools.count()
 PROMPT = "the shared part of every prompt in this test. " * 30  # ~22 blocks of 64 chars
@@ -162,23 +162,7 @@ def test_pick_is_one_a_full_recomputation_allows(
     seconds, micros = redis_client.time()
     now = seconds * 1000 + micros // 1000
     for name, s in zip(names, states):
-        for k in range(s["inflight"]):
-            assert leases.acquire(f"{name}-held-{k}", name).backend == name
-        fields: dict[str, Any] = {}
-        if s["health"]:
-            fields[F.HEALTH] = s["health"]
-        if s["models"]:
-            fields["models"] = s["models"]
-        fields["scraped_at"] = now if s["fresh"] else now - 3_600_000
-        fields["waiting"] = s["queued"] // 2
-        fields["running"] = s["queued"] - s["queued"] // 2
-        if s["kv"] is not None:
-            fields["kv_usage"] = s["kv"]
-        if s["gpu_blocks"]:
-            fields.update(num_gpu_blocks=s["gpu_blocks"], block_size=16)
-        redis_client.hset(keys.backend(name), mapping=fields)
-        if s["drained"]:
-            redis_client.sadd(keys.drained, name)
+        write_backend(redis_client, keys, leases, name, s, now)
         owned = keys.prefix_owned_by(name)
         for k in range(s["owned_extra"]):
             redis_client.zadd(owned, {f"other-{k}": now})
@@ -245,11 +229,6 @@ def test_ties_stay_uniform(redis_client):
         policy.ctx.leases.release(decision.request_id)
     assert set(counts) == {f"b{i:03d}" for i in range(12, 24)}
     assert min(counts.values()) > 60 and max(counts.values()) < 145  # expected 100 each
-
-
-def redis_commands(client: Any) -> int:
-    """Commands Redis has run so far, including those called by scripts."""
-    return sum(int(v["calls"]) for v in client.info("commandstats").values())
 
 
 @pytest.mark.parametrize("mode", ["miss", "hit", "occupied"])

@@ -23,6 +23,7 @@ from llmlbd.state import backend_fields as F
 from llmlbd.state.keys import PoolKeys
 from llmlbd.state.leases import Leases
 from llmlbd.state.members import set_drained
+from tests.policy.pool_state import redis_commands
 
 _ids = itertools.count()
 
@@ -50,11 +51,6 @@ def request(session: str = "") -> RoutingRequest:
     return RoutingRequest(
         f"r-{next(_ids)}", "POST", "/v1/chat/completions", body=body, model="m", headers=headers
     )
-
-
-def redis_commands(client: Any) -> int:
-    """Commands Redis has run so far, including those called by scripts."""
-    return sum(int(v["calls"]) for v in client.info("commandstats").values())
 
 
 @pytest.mark.parametrize("mode", ["new", "sticky", "no_session"])

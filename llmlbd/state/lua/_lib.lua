@@ -437,6 +437,16 @@ local function prefix_backend(R, name)
   return c
 end
 
+-- The least load of a dry run (explain), which read every member: from those rows, the
+-- same refusals as index_least_load ('model' when only another model's backends were seen).
+local function read_least_load(R, n, pickable, load)
+  local saw_model_miss = false
+  for _, c in pairs(R.info) do
+    if c.why == 'model' then saw_model_miss = true end
+  end
+  return least_pickable_load(n, pickable, load, R.saw_eligible, saw_model_miss)
+end
+
 local function kv_fits(c, max_kv) return c.kv == nil or c.kv <= max_kv end
 
 -- Indexed backends found ineligible on the way were changed behind the index's back (a

@@ -285,11 +285,7 @@ end
 
 local min_load, refused
 if full then
-  local saw_model_miss = false
-  for _, c in pairs(info) do
-    if c.why == 'model' then saw_model_miss = true end
-  end
-  min_load, refused = least_pickable_load(n, pickable, load, R.saw_eligible, saw_model_miss)
+  min_load, refused = read_least_load(R, n, pickable, load)
 else
   min_load, refused = least_pool_load()
   if min_load and wide > 0 then
