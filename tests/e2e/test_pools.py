@@ -80,11 +80,17 @@ def test_two_pools_route_by_model_with_their_own_policy_state_and_collector(redi
                 timeout=20,
                 message="both pools scraped",
             )
-            owners = {
-                pool: client.hgetall(PoolKeys(pool).scrape_owners) for pool in ("chat", "embed")
-            }
-            assert set(owners["chat"]) == {"chat-0", "chat-1"}
-            assert set(owners["embed"]) == {"embed-0"}
+            # Every backend has an owner in its own pool's keys. Waited for: while the two
+            # processes split the chat pool, one hands a backend over (released, then
+            # claimed by the other), so a read at that instant may miss it.
+            wait_until(
+                lambda: (
+                    set(client.hgetall(PoolKeys("chat").scrape_owners)) == {"chat-0", "chat-1"}
+                    and set(client.hgetall(PoolKeys("embed").scrape_owners)) == {"embed-0"}
+                ),
+                timeout=20,
+                message="every backend owned in its pool",
+            )
             # The two collector processes heart-beat in both pools and split each pool
             # through its own leases: the chat pool's two backends end up one each.
             for pool in ("chat", "embed"):
