@@ -29,6 +29,8 @@ from tests.simfleet import SimFleet
 
 REAL_URL = os.environ.get("LLMLBD_REAL_VLLM_URL", "").rstrip("/")
 
+# The opt-in real-vLLM tier, not a missing feature: it needs a running vLLM server, which
+# CI does not start (its CPU build takes minutes); the simulator's parity with vLLM is tested without it by every tests/sim module.
 pytestmark = [
     pytest.mark.realvllm,
     pytest.mark.skipif(
